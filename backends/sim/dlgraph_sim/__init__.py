@@ -1,0 +1,114 @@
+"""A scripted language model: dlgraph's test double, made from plain functions.
+
+``ScriptedModel(generate=fn, logprob=fn)`` answers each request with what the functions say,
+can wait a given latency and raise scripted failures, and records every call with its start
+and end time so that tests can count and order calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+import attrs
+
+import dlgraph as dg
+
+__all__ = ["CallRecord", "ScriptedModel", "stable_random"]
+
+GenerateRule = Callable[[dg.GenerateRequest], str]
+LogprobRule = Callable[[dg.LogprobRequest], float]
+FaultRule = Callable[[dg.GenerateRequest | dg.LogprobRequest, int], Exception | None]
+
+
+def stable_random(*parts: object) -> float:
+    """A number in [0, 1) fixed by its arguments: deterministic across runs and processes."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _table(rules: Mapping[str, str]) -> GenerateRule:
+    compiled = [(re.compile(pattern), text) for pattern, text in rules.items()]
+
+    def generate(request: dg.GenerateRequest) -> str:
+        for pattern, text in compiled:
+            if pattern.search(request.prompt):
+                return text
+        return ""
+
+    return generate
+
+
+def _default_logprob(request: dg.LogprobRequest) -> float:
+    return -1.0 - stable_random(request.context, request.target)
+
+
+@attrs.frozen
+class CallRecord:
+    request: dg.GenerateRequest | dg.LogprobRequest
+    started: float
+    finished: float
+    result: str | float | None
+
+
+@attrs.define(eq=False)
+class ScriptedModel(dg.Backend):
+    """Deterministic model from rules.
+
+    `generate` is a function of the request, or a table ``{regex: text}`` matched against the
+    prompt (first match wins, else ""). `logprob` is a function of the request. `fault` may
+    return an exception to raise for (request, call number). `latency_s` is waited per call.
+    """
+
+    generate_rule: GenerateRule = attrs.field(
+        default=lambda request: "", alias="generate",
+        converter=lambda rule: _table(rule) if isinstance(rule, Mapping) else rule,
+    )
+    logprob_rule: LogprobRule = attrs.field(default=_default_logprob, alias="logprob")
+    fault: FaultRule | None = None
+    latency_s: float | Callable[[Any], float] = 0.0
+    name: str = "scripted"
+    capabilities: dg.Capabilities = attrs.field(factory=dg.Capabilities)
+    calls: list[CallRecord] = attrs.field(factory=list, init=False)
+    closed: bool = attrs.field(default=False, init=False)
+
+    @property
+    def identity(self) -> str:
+        return f"sim:{self.name}"
+
+    def count(self, kind: str = "", node: str | None = None, phase: str | None = None) -> int:
+        """How many calls match: kind ``generate`` / ``logprob``, node and phase."""
+        return sum(
+            1
+            for record in self.calls
+            if (not kind or (kind == "generate") == isinstance(record.request, dg.GenerateRequest))
+            and (node is None or record.request.node == node)
+            and (phase is None or record.request.phase == phase)
+        )
+
+    async def _answer(self, request: Any, rule: Callable[[Any], Any]) -> Any:
+        number = len(self.calls)
+        started = anyio.current_time()
+        record_index = len(self.calls)
+        self.calls.append(CallRecord(request, started, started, None))
+        latency = self.latency_s(request) if callable(self.latency_s) else self.latency_s
+        if latency:
+            await anyio.sleep(latency)
+        error = self.fault(request, number) if self.fault else None
+        result = None if error else rule(request)
+        self.calls[record_index] = CallRecord(request, started, anyio.current_time(), result)
+        if error:
+            raise error
+        return result
+
+    async def generate(self, request: dg.GenerateRequest) -> str:
+        return str(await self._answer(request, self.generate_rule))
+
+    async def logprob(self, request: dg.LogprobRequest) -> float:
+        return float(await self._answer(request, self.logprob_rule))
+
+    async def aclose(self) -> None:
+        self.closed = True

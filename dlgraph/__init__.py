@@ -1,0 +1,62 @@
+"""dlgraph: trainable graphs of LLM calls (deep language networks on any DAG)."""
+
+from dlgraph.backend import (
+    Backend,
+    BackendRegistry,
+    Capabilities,
+    GenerateRequest,
+    LogprobRequest,
+    connect,
+)
+from dlgraph.data import Example
+from dlgraph.engine import Budget, Engine, LedgerSnapshot, RetryPolicy, Usage
+from dlgraph.errors import (
+    BackendError,
+    BackendUnavailable,
+    BudgetExhausted,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DlgraphError,
+    GraphError,
+    RateLimited,
+    RequestRejected,
+    RetriesExhausted,
+    TransientError,
+    UnknownBackend,
+)
+from dlgraph.forward import Trace, forward
+from dlgraph.network import INPUT, LanguageNode, Network
+
+__all__ = [
+    "INPUT",
+    "Backend",
+    "BackendError",
+    "BackendRegistry",
+    "BackendUnavailable",
+    "Budget",
+    "BudgetExhausted",
+    "Capabilities",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DlgraphError",
+    "Engine",
+    "Example",
+    "GenerateRequest",
+    "GraphError",
+    "LanguageNode",
+    "LedgerSnapshot",
+    "LogprobRequest",
+    "Network",
+    "RateLimited",
+    "RequestRejected",
+    "RetriesExhausted",
+    "RetryPolicy",
+    "Trace",
+    "TransientError",
+    "UnknownBackend",
+    "Usage",
+    "connect",
+    "forward",
+]

@@ -1,0 +1,164 @@
+"""What a model must do for dlgraph (the port), and how plugins that do it are found.
+
+A backend answers two kinds of request: generate text, and give log p(target | context).
+Plugins are separate distributions that declare an entry point in the group
+``dlgraph.backends``; the core never imports them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import attrs
+
+from dlgraph.errors import BackendError, UnknownBackend
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("forward", "posterior", "propose", "score", "eval")
+ENTRY_POINT_GROUP = "dlgraph.backends"
+
+
+def _known_phase(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in PHASES:
+        raise ValueError(f"{attribute.name}={value!r}: expected one of {', '.join(PHASES)}")
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+@attrs.frozen
+class GenerateRequest:
+    """Sample a continuation of `prompt`. `seed` is the sample index: two samples differ."""
+
+    prompt: str
+    max_tokens: int = attrs.field(default=128, kw_only=True, validator=_positive)
+    temperature: float = attrs.field(default=0.0, kw_only=True, validator=_non_negative)
+    stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=tuple)
+    seed: int = attrs.field(default=0, kw_only=True)
+    node: str | None = attrs.field(default=None, kw_only=True)
+    phase: str = attrs.field(default="forward", kw_only=True, validator=_known_phase)
+
+
+@attrs.frozen
+class LogprobRequest:
+    """log p(target | context), summed over the target's tokens."""
+
+    context: str
+    target: str
+    node: str | None = attrs.field(default=None, kw_only=True)
+    phase: str = attrs.field(default="score", kw_only=True, validator=_known_phase)
+
+
+Request = GenerateRequest | LogprobRequest
+Result = str | float
+
+
+@attrs.frozen
+class Capabilities:
+    """What a backend can do; the engine reads this to choose a strategy, it never probes."""
+
+    exact_logprobs: bool = True
+    """`logprob` returns the exact summed log-probability of the target."""
+    top_logprobs: int = 0
+    """How many first-token alternatives the backend can report (0: none)."""
+    max_batch: int = 1
+    """How many prompts one request may carry."""
+    max_concurrency: int | None = None
+    """A hard limit on calls in flight (1 for a model that is not thread-safe)."""
+
+
+class Backend:
+    """Base class of every model. Subclasses implement `generate` and `logprob`.
+
+    A backend is an async context manager; `aclose` releases what it holds (sessions, models).
+    """
+
+    capabilities: Capabilities = Capabilities()
+
+    @property
+    def identity(self) -> str:
+        """Names backend and model for cache keys: two backends with one identity answer alike."""
+        return type(self).__qualname__
+
+    async def generate(self, request: GenerateRequest) -> str:
+        raise NotImplementedError(f"{type(self).__qualname__} does not implement generate")
+
+    async def logprob(self, request: LogprobRequest) -> float:
+        raise NotImplementedError(f"{type(self).__qualname__} does not implement logprob")
+
+    def count_tokens(self, text: str) -> int:
+        """Token count for budgets and rate limits; a rough estimate unless overridden."""
+        return max(1, len(text) // 4)
+
+    async def aclose(self) -> None:
+        return None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+BackendFactory = Callable[..., Backend]
+
+
+@attrs.define(eq=False)
+class BackendRegistry:
+    """Backend factories by name: installed plugins plus any registered in process."""
+
+    _factories: dict[str, BackendFactory | importlib.metadata.EntryPoint] = attrs.field(
+        factory=dict, alias="factories"
+    )
+
+    @classmethod
+    def from_entry_points(cls) -> BackendRegistry:
+        found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        return cls(factories={entry.name: entry for entry in found})
+
+    def register(self, name: str, factory: BackendFactory) -> None:
+        self._factories[name] = factory
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)
+
+    def connect(self, name: str, /, **options: Any) -> Backend:
+        """Build the backend called `name`; raises UnknownBackend listing the known names."""
+        try:
+            factory = self._factories[name]
+        except KeyError:
+            known = ", ".join(self.names()) or "none installed"
+            raise UnknownBackend(f"unknown backend {name!r} (known: {known})") from None
+        if isinstance(factory, importlib.metadata.EntryPoint):
+            factory = factory.load()
+        backend = factory(**options)
+        if not isinstance(backend, Backend):
+            raise BackendError(f"backend {name!r} built {type(backend).__qualname__}, not a Backend")
+        return backend
+
+
+def connect(name: str, /, registry: BackendRegistry | None = None, **options: Any) -> Backend:
+    """Build an installed backend by name: ``dg.connect("openai", base_url=..., model=...)``."""
+    return (registry or BackendRegistry.from_entry_points()).connect(name, **options)
+
+
+def options_repr(options: Mapping[str, Any]) -> str:
+    """Render options for messages without secrets."""
+    return ", ".join(f"{k}={'***' if 'key' in k else v!r}" for k, v in options.items())

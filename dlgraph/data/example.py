@@ -1,0 +1,46 @@
+"""One labelled example, and its parsing from JSON lines."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import attrs
+
+from dlgraph.errors import DataError
+
+
+@attrs.frozen
+class Example:
+    """An input and its gold target (the output node's expected answer)."""
+
+    input: str
+    target: str
+
+    @classmethod
+    def from_jsonl(cls, path: str, line_number: int, text: str) -> Example:
+        """Parse one line of ``{"input": ..., "target": ...}``; errors name path:line."""
+        where = f"{path}:{line_number}"
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{where}: not valid JSON: {error.msg}") from error
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected an object with 'input' and 'target'")
+        for field in ("input", "target"):
+            if field not in record:
+                raise DataError(f"{where}: missing field {field!r}")
+            if not isinstance(record[field], str | int | float):
+                raise DataError(f"{where}: field {field!r} must be text")
+        return cls(str(record["input"]), str(record["target"]))
+
+
+def check_dataset(examples: Sequence[Example], name: str) -> list[Example]:
+    """Refuse an empty dataset or one of the wrong type, naming it."""
+    data = list(examples)
+    if not data:
+        raise DataError(f"{name}: empty dataset")
+    for index, example in enumerate(data):
+        if not isinstance(example, Example):
+            raise DataError(f"{name}[{index}]: expected dg.Example, got {type(example).__name__}")
+    return data

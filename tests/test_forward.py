@@ -1,0 +1,116 @@
+"""The async forward pass on the scripted model."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from dlgraph_sim import ScriptedModel
+
+import dlgraph as dg
+
+
+def diamond() -> dg.Network:
+    net = dg.Network()
+    net.add_node("a", prompt="Say A.")
+    net.add_node("b", prompt="Say B.")
+    net.add_node("c", prompt="Combine.")
+    for source, target in [(dg.INPUT, "a"), (dg.INPUT, "b"), ("a", "c"), ("b", "c"), (dg.INPUT, "c")]:
+        net.add_edge(source, target)
+    return net
+
+
+def echo_model(latency_s: float = 0.0) -> ScriptedModel:
+    def generate(request: dg.GenerateRequest) -> str:
+        first_line = request.prompt.splitlines()[0]
+        x = request.prompt.split("Input: ")[-1].splitlines()[0]
+        return {"Say A.": f"A({x})", "Say B.": f"B({x})"}.get(first_line, "done")
+
+    return ScriptedModel(generate=generate, latency_s=latency_s)
+
+
+async def test_forward_diamond_gives_c_both_parents_and_the_input() -> None:
+    model = echo_model()
+    async with dg.Engine(model) as engine:
+        trace = await diamond().forward(engine, ["x1", "x2"])
+    assert trace.outputs["a"] == ("A(x1)", "A(x2)")
+    assert trace.rendered["c"][1] == "Combine.\n\na: A(x2)\nb: B(x2)\nInput: x2\nOutput:"
+    assert trace.outputs["c"] == ("done", "done")
+    assert model.count("generate", node="c") == 2
+
+
+async def test_forward_runs_independent_nodes_at_the_same_time() -> None:
+    model = echo_model(latency_s=0.05)
+    async with dg.Engine(model) as engine:
+        await diamond().forward(engine, ["x"])
+    a, b, c = (next(r for r in model.calls if r.request.node == n) for n in "abc")
+    assert b.started < a.finished and a.started < b.finished  # a and b overlap
+    assert c.started >= max(a.finished, b.finished)  # c waits for both parents
+
+
+async def test_forward_moves_an_example_on_without_waiting_for_the_batch() -> None:
+    def latency(request: dg.GenerateRequest) -> float:
+        return 0.2 if "Input: slow" in request.prompt and request.node == "a" else 0.01
+
+    model = ScriptedModel(generate=lambda r: "out", latency_s=latency)
+    async with dg.Engine(model) as engine:
+        await diamond().forward(engine, ["slow", "fast"])
+    fast_c = next(r for r in model.calls if r.request.node == "c" and "Input: fast" in r.request.prompt)
+    slow_a = next(r for r in model.calls if r.request.node == "a" and "Input: slow" in r.request.prompt)
+    assert fast_c.finished < slow_a.finished
+
+
+async def test_class_node_outputs_most_probable_class_name() -> None:
+    net = dg.Network()
+    net.add_node("answer", prompt="Is it even?", classes=["yes|Yes", "no|No"])
+    net.add_edge(dg.INPUT, "answer")
+
+    def logprob(request: dg.LogprobRequest) -> float:
+        even = int(request.context.split("Input: ")[1].split()[0]) % 2 == 0
+        return -0.1 if (request.target.strip().lower() == "yes") == even else -3.0
+
+    async with dg.Engine(ScriptedModel(logprob=logprob)) as engine:
+        assert await net.predict(engine, ["2", "3"]) == ["yes", "no"]
+
+
+async def test_forward_validates_before_any_call() -> None:
+    net = diamond()
+    net.add_edge("c", "a")
+    model = echo_model()
+    async with dg.Engine(model) as engine:
+        with pytest.raises(dg.GraphError, match="cycle"):
+            await net.forward(engine, ["x"])
+    assert model.calls == []
+
+
+async def test_forward_works_inside_a_task_group_of_a_running_loop() -> None:
+    results: list[list[str]] = []
+    async with dg.Engine(echo_model()) as engine:
+        async with anyio.create_task_group() as task_group:
+            for x in ("p", "q"):
+                async def run(x: str = x) -> None:
+                    results.append(await diamond().predict(engine, [x]))
+                task_group.start_soon(run)
+    assert sorted(results) == [["done"], ["done"]]
+
+
+async def test_cancelled_forward_leaves_no_task_running() -> None:
+    model = echo_model(latency_s=10.0)
+    async with dg.Engine(model) as engine:
+        before = len(anyio.get_running_tasks())
+        with anyio.move_on_after(0.1):
+            await diamond().forward(engine, ["x", "y", "z"])
+        await anyio.wait_all_tasks_blocked()
+        assert len(anyio.get_running_tasks()) == before
+        assert len(model.calls) == 6  # a and b started on three examples; c never did
+        assert all(record.result is None for record in model.calls)
+
+
+async def test_forward_failure_raises_the_backend_error_tagged_with_node() -> None:
+    def fault(request, number):
+        return dg.RequestRejected("prompt too long") if request.node == "b" else None
+
+    async with dg.Engine(ScriptedModel(generate=lambda r: "x", fault=fault)) as engine:
+        with pytest.raises(dg.RequestRejected) as caught:
+            await diamond().forward(engine, ["x"])
+    assert caught.value.node == "b" and caught.value.phase == "forward"
+    assert "node 'b'" in str(caught.value)

@@ -1,0 +1,64 @@
+"""The public surface: exports, plugin discovery, and what `import dlgraph` loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from dlgraph_sim import ScriptedModel
+
+import dlgraph as dg
+
+
+def test_all_lists_exactly_the_importable_public_names() -> None:
+    public = {name for name in vars(dg) if not name.startswith("_")}
+    modules = {name for name in public if type(getattr(dg, name)).__name__ == "module"}
+    assert set(dg.__all__) == public - modules
+    for name in dg.__all__:
+        assert getattr(dg, name) is not None
+
+
+def test_import_dlgraph_loads_no_provider_library() -> None:
+    code = "import sys, dlgraph; print(sorted(m for m in ('aiohttp','llama_cpp','openai') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_connect_finds_the_sim_plugin_through_its_entry_point() -> None:
+    backend = dg.connect("sim", generate={"hi": "hello"})
+    assert isinstance(backend, ScriptedModel)
+
+
+def test_connect_unknown_name_lists_installed_backends() -> None:
+    with pytest.raises(dg.UnknownBackend, match=r"unknown backend 'nope' \(known: .*sim"):
+        dg.connect("nope")
+
+
+def test_registry_accepts_in_process_backends() -> None:
+    registry = dg.BackendRegistry()
+    registry.register("mine", lambda **options: ScriptedModel(name=options["name"]))
+    assert registry.connect("mine", name="x").identity == "sim:x"
+    assert registry.names() == ["mine"]
+
+
+def test_requests_validate_their_fields() -> None:
+    with pytest.raises(ValueError, match="max_tokens must be > 0"):
+        dg.GenerateRequest("x", max_tokens=0)
+    with pytest.raises(ValueError, match="phase='training'"):
+        dg.LogprobRequest("x", "y", phase="training")
+
+
+async def test_engine_closes_the_backend_on_exit() -> None:
+    model = ScriptedModel()
+    async with dg.Engine(model):
+        pass
+    assert model.closed
+
+
+async def test_engine_generate_and_logprob_reach_the_backend_with_their_fields() -> None:
+    model = ScriptedModel(generate=lambda r: f"{r.max_tokens}/{r.seed}", logprob=lambda r: -1.5)
+    async with dg.Engine(model) as engine:
+        assert await engine.generate("Say hi.", max_tokens=8, seed=3) == "8/3"
+        assert await engine.logprob("The sky is", " blue") == -1.5
+    assert engine.statistics().total.calls == 2
