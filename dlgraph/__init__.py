@@ -27,6 +27,8 @@ from dlgraph.errors import (
 )
 from dlgraph.forward import Trace, forward
 from dlgraph.network import INPUT, LanguageNode, Network
+from dlgraph.scoring import evaluate
+from dlgraph.train import Estimate, FitResult, StepRecord, TrainerOptions, VariationalTrainer
 
 __all__ = [
     "INPUT",
@@ -41,8 +43,10 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DlgraphError",
+    "Estimate",
     "Engine",
     "Example",
+    "FitResult",
     "GenerateRequest",
     "GraphError",
     "LanguageNode",
@@ -53,10 +57,14 @@ __all__ = [
     "RequestRejected",
     "RetriesExhausted",
     "RetryPolicy",
+    "StepRecord",
     "Trace",
+    "TrainerOptions",
     "TransientError",
     "UnknownBackend",
     "Usage",
+    "VariationalTrainer",
     "connect",
+    "evaluate",
     "forward",
 ]

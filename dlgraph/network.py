@@ -269,16 +269,24 @@ class Network:
 
     # -- rendering ---------------------------------------------------------------------------
 
+    def parent_values(self, name: str, values: Mapping[str, str]) -> list[Parent]:
+        """A node's parents' outputs in edge order, labelled as templates show them."""
+        return [
+            Parent(parent, "Input" if parent == INPUT else parent, values[parent])
+            for parent in self.parents(name)
+        ]
+
+    def describe_inputs(self, name: str, values: Mapping[str, str]) -> str:
+        """What a node reads besides its prompt, one ``label: text`` line per parent."""
+        return "\n".join(f"{p.label}: {p.text}" for p in self.parent_values(name, values))
+
     def render(self, name: str, values: Mapping[str, str], prompt: str | None = None) -> str:
         """The model input of node `name`, given its parents' outputs (INPUT included).
 
         `prompt` replaces the node's own prompt, for scoring candidate prompts.
         """
         node = self.node(name)
-        parents = [
-            Parent(parent, "Input" if parent == INPUT else parent, values[parent])
-            for parent in self.parents(name)
-        ]
+        parents = self.parent_values(name, values)
         named = {("input" if p.name == INPUT else p.name): p.text for p in parents}
         return node.compiled.render(
             **named,

@@ -9,6 +9,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from dlgraph.data.example import Example, check_dataset
+
+if TYPE_CHECKING:
+    from dlgraph.engine import Engine
+    from dlgraph.network import Network
 
 _NON_WORD = re.compile(r"\W+")
 _DIGITS = re.compile(r"\d")
@@ -71,3 +78,15 @@ def accuracy(predictions: Sequence[str], targets: Sequence[str], classes: Sequen
 
 def entropy(probabilities: Sequence[float]) -> float:
     return -sum(p * math.log(p) for p in probabilities if p > 0)
+
+
+async def evaluate(net: Network, engine: Engine, data: Sequence[Example]) -> float:
+    """Accuracy of the network's output node on `data`, in [0, 1].
+
+    Predictions and targets are normalised as in the DLN paper and, for a class node, mapped
+    to its classes through their verbalizers. Raises DataError for an empty dataset.
+    """
+    examples = check_dataset(data, "evaluation data")
+    predictions = await net.predict(engine, [example.input for example in examples])
+    node = net.node(net.output_nodes()[0])
+    return accuracy(predictions, [example.target for example in examples], node.classes)

@@ -1,0 +1,58 @@
+"""The trainer's options, one frozen record; defaults follow the DLN paper where it has one."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+@attrs.frozen(kw_only=True)
+class TrainerOptions:
+    num_prompt_samples: int = attrs.field(default=10, validator=_positive)
+    """New prompt candidates proposed per trainable node and step."""
+    num_hidden_samples: int = attrs.field(default=5, validator=_non_negative)
+    """Posterior samples per hidden node and example (the forward output is one more)."""
+    posterior_temperature: float = attrs.field(default=1.0, validator=_positive)
+    """τ in w_k ∝ exp(score_k / τ): higher flattens the posterior weights."""
+    use_posterior: bool = True
+    """False: hidden targets are the forward outputs (no inference of hidden states)."""
+    posterior_likelihood: bool = True
+    """Weigh a hidden candidate by how well its children then reach their targets."""
+    posterior_prior: bool = True
+    """Weigh a hidden candidate by its own probability under the node's prompt."""
+    sample_temperature: float = attrs.field(default=0.7, validator=_non_negative)
+    """Temperature of posterior and proposal samples."""
+    trainable: tuple[str, ...] | None = attrs.field(
+        default=None, converter=lambda v: None if v is None else tuple(v)
+    )
+    """Nodes to train (None: every node marked trainable)."""
+    trust_region: float = attrs.field(default=0.0, validator=_non_negative)
+    """Penalty on output nodes for losing log-likelihood on examples, relative to the current prompt."""
+    memory_size: int = attrs.field(default=5, validator=_non_negative)
+    """Best prompts remembered per node and scored again as candidates."""
+    proposal_half_batch: bool = True
+    """Proposals see a shuffled half of the batch rather than all of it."""
+    proposal_max_tokens: int = attrs.field(default=200, validator=_positive)
+    min_weight: float = attrs.field(default=0.01, validator=_non_negative)
+    """Posterior candidates lighter than this are left out of ELBO expectations."""
+    scoring: Literal["auto", "logprob", "accuracy"] = attrs.field(
+        default="auto", validator=attrs.validators.in_(("auto", "logprob", "accuracy"))
+    )
+    """How a candidate prompt is scored: exact log-likelihood, or sampled accuracy."""
+    seed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self)
+        data["trainable"] = list(self.trainable) if self.trainable is not None else None
+        return data
