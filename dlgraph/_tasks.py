@@ -23,13 +23,20 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
 
 @contextmanager
 def single_errors() -> Iterator[None]:
-    """Re-raise an exception group holding one error as that error."""
+    """Re-raise an exception group as its first error when that is its only one, or when
+    every error in it is a dlgraph error (siblings failing alike: a spent budget, a server
+    down); other mixtures stay a group."""
+    from dlgraph.errors import DlgraphError
+
     try:
         yield
     except BaseExceptionGroup as group:
         errors = list(_leaves(group))
-        if len(errors) == 1:
-            raise errors[0] from errors[0].__cause__
+        if len(errors) == 1 or all(isinstance(error, DlgraphError) for error in errors):
+            first = errors[0]
+            if len(errors) > 1:
+                first.add_note(f"{len(errors) - 1} concurrent calls failed as well")
+            raise first from first.__cause__
         raise
 
 

@@ -62,3 +62,9 @@ async def test_engine_generate_and_logprob_reach_the_backend_with_their_fields()
         assert await engine.generate("Say hi.", max_tokens=8, seed=3) == "8/3"
         assert await engine.logprob("The sky is", " blue") == -1.5
     assert engine.statistics().total.calls == 2
+
+
+async def test_error_inside_engine_block_propagates_as_itself() -> None:
+    with pytest.raises(dg.DataError, match="boom"):
+        async with dg.Engine(ScriptedModel()):
+            raise dg.DataError("boom")

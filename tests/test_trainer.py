@@ -98,3 +98,164 @@ async def test_fan_in_graph_trains_every_node_without_special_cases() -> None:
     after = net.prompts()
     assert all(after[name] != before[name] for name in before)
     assert result.best_dev_accuracy >= result.initial_dev_accuracy + 0.4
+
+
+class Interrupt(Exception):
+    pass
+
+
+async def run_counting(net, world, train, dev, steps, **fit_options):
+    model = world.model()
+    async with dg.Engine(model, cache=False) as engine:
+        trainer = dg.VariationalTrainer(net, engine, **TRAIN_OPTIONS)
+        try:
+            result = await trainer.fit(train, dev, steps=steps, batch_size=10, **fit_options)
+        except Interrupt:
+            result = None
+    return result, len(model.calls)
+
+
+async def test_fit_returns_the_best_network_on_dev_not_the_last(tmp_path) -> None:
+    world = LetterWorld(direct=True)
+    train = single_word_task(40, seed=1)
+    flipped_dev = [dg.Example(e.input, "no" if e.target == "yes" else "yes") for e in single_word_task(40, seed=2)]
+    net = dln1()
+    result, _ = await fit(net, world, train, flipped_dev, steps=3)
+    last_prompts = result.history[-1].prompts
+    assert DIRECT_KEY in last_prompts["answer"]  # training did move to the train-set rule
+    assert result.history[-1].dev_accuracy < result.initial_dev_accuracy
+    assert result.network.prompts() == {"answer": "Answer the question."} == net.prompts()
+    assert result.best_dev_accuracy == result.initial_dev_accuracy
+
+
+async def test_resume_after_interruption_repeats_no_step(tmp_path) -> None:
+    world = LetterWorld()
+    train, dev = single_word_task(40, seed=1), single_word_task(40, seed=2)
+    _, uninterrupted_calls = await run_counting(dln2(), world, train, dev, steps=4)
+
+    def crash_after_two(record: dg.StepRecord) -> None:
+        if record.step == 2:
+            raise Interrupt
+
+    first, first_calls = await run_counting(dln2(), world, train, dev, 4, checkpoint_dir=tmp_path, on_step=crash_after_two)
+    assert first is None
+    net = dln2()
+    resumed, resumed_calls = await run_counting(net, world, train, dev, 4, checkpoint_dir=tmp_path)
+    assert [r.step for r in resumed.history] == [1, 2, 3, 4]
+    assert first_calls + resumed_calls == uninterrupted_calls
+    reference = dln2()
+    await run_counting(reference, world, train, dev, steps=4)
+    assert net.prompts() == reference.prompts()
+
+
+async def test_corrupt_checkpoint_is_refused(tmp_path) -> None:
+    world = LetterWorld()
+    train, dev = single_word_task(20, seed=1), single_word_task(20, seed=2)
+    await run_counting(dln2(), world, train, dev, steps=1, checkpoint_dir=tmp_path)
+    path = tmp_path / "checkpoint.json"
+    document = json.loads(path.read_text())
+    document["payload"]["step"] = 7
+    path.write_text(json.dumps(document))
+    with pytest.raises(dg.CheckpointError, match="checksum mismatch"):
+        await run_counting(dln2(), world, train, dev, steps=2, checkpoint_dir=tmp_path)
+    path.write_text(path.read_text()[:100])
+    with pytest.raises(dg.CheckpointError, match="corrupt or truncated"):
+        await run_counting(dln2(), world, train, dev, steps=2, checkpoint_dir=tmp_path)
+
+
+async def test_checkpoint_of_another_setup_is_refused(tmp_path) -> None:
+    world = LetterWorld()
+    train, dev = single_word_task(20, seed=1), single_word_task(20, seed=2)
+    await run_counting(dln2(), world, train, dev, steps=1, checkpoint_dir=tmp_path)
+    with pytest.raises(dg.CheckpointError, match="written for another setup"):
+        await run_counting(dln1(), world, train, dev, steps=2, checkpoint_dir=tmp_path)
+
+
+async def test_budget_stop_keeps_the_best_network_and_a_checkpoint(tmp_path) -> None:
+    world = LetterWorld()
+    train, dev = single_word_task(40, seed=1), single_word_task(40, seed=2)
+    net = dln2()
+    model = world.model()
+    async with dg.Engine(model, budget=dg.Budget(max_calls=1300)) as engine:
+        trainer = dg.VariationalTrainer(net, engine, **TRAIN_OPTIONS)
+        result = await trainer.fit(train, dev, steps=10, batch_size=10, checkpoint_dir=tmp_path)
+    assert result.stopped == "budget"
+    assert 1 <= len(result.history) < 10
+    assert len(model.calls) == 1300
+    saved = dg.Network.load(tmp_path / "best.json")
+    assert saved.prompts() == result.network.prompts() == net.prompts()
+    checkpoint = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert checkpoint["payload"]["step"] == len(result.history)
+
+
+async def test_same_seed_learns_the_same_prompts_twice() -> None:
+    world = LetterWorld(pair=True)
+    train, dev = word_pair_task(40, seed=1), word_pair_task(40, seed=2)
+    runs = []
+    for _ in range(2):
+        net = fan_in()
+        result, _ = await fit(net, world, train, dev, steps=3, seed=5)
+        runs.append((net.prompts(), [r.elbo for r in result.history]))
+    assert runs[0] == runs[1]
+
+
+async def test_different_seeds_draw_different_batches() -> None:
+    world = LetterWorld()
+    train, dev = single_word_task(40, seed=1), single_word_task(20, seed=2)
+    elbos = []
+    for seed in (1, 2):
+        result, _ = await fit(dln2(), world, train, dev, steps=1, seed=seed)
+        elbos.append(result.history[0].elbo)
+    assert elbos[0] != elbos[1]
+
+
+async def test_estimate_bounds_the_calls_a_run_makes() -> None:
+    world = LetterWorld()
+    train, dev = single_word_task(40, seed=1), single_word_task(40, seed=2)
+    model = world.model()
+    async with dg.Engine(model, cache=False) as engine:
+        trainer = dg.VariationalTrainer(dln2(), engine, **TRAIN_OPTIONS)
+        estimate = trainer.estimate(3, 10, train, dev_size=len(dev))
+        await trainer.fit(train, dev, steps=3, batch_size=10)
+    assert len(model.calls) <= estimate.calls <= 6 * len(model.calls)
+    assert estimate.tokens > estimate.calls
+
+
+async def test_progress_reaches_callback_and_jsonl_log(tmp_path) -> None:
+    world = LetterWorld()
+    train, dev = single_word_task(20, seed=1), single_word_task(20, seed=2)
+    seen: list[int] = []
+
+    async def on_step(record: dg.StepRecord) -> None:
+        seen.append(record.step)
+
+    log = tmp_path / "steps.jsonl"
+    model = world.model()
+    async with dg.Engine(model) as engine:
+        trainer = dg.VariationalTrainer(dln2(), engine, **TRAIN_OPTIONS)
+        await trainer.fit(train, dev, steps=2, batch_size=10, on_step=on_step, log_path=log)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert seen == [1, 2] and [line["step"] for line in lines] == [1, 2]
+    assert lines[0]["calls"] > 0 and "reason" in lines[0]["posterior_entropy"]
+    assert lines[0]["elbo"]["answer"][0][0] == "Answer the question."
+
+
+async def test_fit_refuses_target_outside_the_output_classes() -> None:
+    world = LetterWorld()
+    train = single_word_task(10, seed=1) + [dg.Example("kbt", "maybe")]
+    with pytest.raises(dg.DataError, match=r"train\[10\]: target 'maybe' is not a class of node 'answer'"):
+        await fit(dln2(), world, train, single_word_task(10, seed=2), steps=1)
+
+
+async def test_fit_refuses_empty_dev_set() -> None:
+    with pytest.raises(dg.DataError, match="dev: empty dataset"):
+        await fit(dln2(), LetterWorld(), single_word_task(10, seed=1), [], steps=1)
+
+
+async def test_early_stopping_ends_a_run_that_stops_improving() -> None:
+    model = LetterWorld().model()
+    async with dg.Engine(model) as engine:
+        trainer = dg.VariationalTrainer(dln1(), engine, **TRAIN_OPTIONS)
+        result = await trainer.fit(single_word_task(40, seed=1), single_word_task(40, seed=2), steps=10,
+                                   batch_size=10, patience=2)
+    assert result.stopped == "early_stopping" and len(result.history) == 2

@@ -24,7 +24,7 @@ from dlgraph.engine.limiter import Limiter
 from dlgraph.engine.retry import Retry, RetryPolicy
 from dlgraph.engine.single_flight import SingleFlight
 from dlgraph.engine.stage import BackendCall, Call, request_key
-from dlgraph._tasks import map_concurrently
+from dlgraph._tasks import map_concurrently, single_errors
 from dlgraph.errors import tagged
 from dlgraph.scoring import logsumexp, normalize_log_scores, verbalizers
 
@@ -69,7 +69,8 @@ class Engine:
     ) -> None:
         stack, self._exit_stack, self._chain = self._exit_stack, None, None
         if stack is not None:
-            await stack.__aexit__(exc_type, exc, traceback)
+            with single_errors():
+                await stack.__aexit__(exc_type, exc, traceback)
 
     def _build_chain(self, task_group: anyio.abc.TaskGroup) -> Call:
         limit = min(

@@ -1,0 +1,122 @@
+"""The embedded backend against the real Gemma 3 270M model."""
+
+from __future__ import annotations
+
+import anyio
+import numpy as np
+import pytest
+from dlgraph_llamacpp import LlamaCppModel, default_model_path
+
+import dlgraph as dg
+
+CONTEXT = "The capital of France is"
+
+
+def reference_logprob(context: str, target: str) -> float:
+    """Full-vocabulary log-softmax over every position, as llama.cpp's logits_all mode gives."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(default_model_path()), n_ctx=256, logits_all=True, verbose=False)
+    try:
+        context_tokens = llm.tokenize(context.encode(), add_bos=True)
+        target_tokens = llm.tokenize(target.encode(), add_bos=False)
+        llm.eval(context_tokens + target_tokens)
+        total = 0.0
+        for offset, token in enumerate(target_tokens):
+            row = llm.scores[len(context_tokens) - 1 + offset].astype(np.float64)
+            total += row[token] - (row.max() + np.log(np.exp(row - row.max()).sum()))
+        return float(total)
+    finally:
+        llm.close()
+
+
+async def test_connect_loads_the_default_gemma_model_through_its_entry_point() -> None:
+    backend = dg.connect("llamacpp", n_ctx=256)
+    assert isinstance(backend, LlamaCppModel)
+    async with dg.Engine(backend) as engine:
+        paris = await engine.logprob(CONTEXT, " Paris")
+        london = await engine.logprob(CONTEXT, " London")
+    assert paris > london
+
+
+async def test_logprob_equals_the_full_logits_reference_on_a_fresh_context() -> None:
+    async with LlamaCppModel(n_ctx=256) as model:
+        ours = await model.logprob(dg.LogprobRequest(CONTEXT, " Paris, a city"))
+    assert ours == pytest.approx(reference_logprob(CONTEXT, " Paris, a city"), abs=1e-3)
+
+
+async def test_shared_prefix_is_reused_and_scores_stay_close() -> None:
+    async with LlamaCppModel(n_ctx=256) as model:
+        fresh = await model.logprob(dg.LogprobRequest(CONTEXT, " Paris, a city"))
+        evaluated = model.evaluator.evaluated_tokens
+        await model.logprob(dg.LogprobRequest(CONTEXT, " London"))
+        again = await model.logprob(dg.LogprobRequest(CONTEXT, " Paris, a city"))
+        context_tokens = len(model.tokenize(CONTEXT, add_bos=True))
+        assert model.evaluator.reused_tokens == 2 * (context_tokens - 1)
+        assert model.evaluator.evaluated_tokens - evaluated < 2 * evaluated
+    # only the batch shape differs, so the result differs by float rounding alone
+    assert again == pytest.approx(fresh, abs=0.1)
+
+
+async def test_missing_model_file_is_a_clear_error(tmp_path) -> None:
+    missing = tmp_path / "nope.gguf"
+    with pytest.raises(dg.BackendUnavailable, match=f"model file '{missing}' not found"):
+        async with dg.Engine(dg.connect("llamacpp", model_path=str(missing))):
+            pass
+
+
+async def test_unloadable_model_file_is_a_clear_error(tmp_path) -> None:
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"not a gguf file" * 100)
+    with pytest.raises(dg.BackendUnavailable, match="cannot load model file"):
+        async with LlamaCppModel(model_path=str(garbage)):
+            pass
+
+
+async def test_greedy_generation_is_deterministic_and_bounded() -> None:
+    async with dg.Engine(LlamaCppModel(n_ctx=256), cache=False) as engine:
+        first = await engine.generate("Count: one, two, three,", max_tokens=6)
+        second = await engine.generate("Count: one, two, three,", max_tokens=6)
+        stopped = await engine.generate("Count: one, two, three,", max_tokens=20, stop=[","])
+        assert len(engine.backend.tokenize(first, add_bos=False)) <= 6
+    assert first == second and first.strip()
+    assert "," not in stopped
+
+
+async def test_model_calls_run_in_a_worker_thread_without_blocking_the_loop() -> None:
+    ticks = 0
+    done = anyio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await anyio.sleep(0)
+
+    long_context = "Question: " + "the quick brown fox jumps over the lazy dog " * 20 + "\nAnswer:"
+    async with LlamaCppModel(n_ctx=512) as model:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(ticker)
+            await model.logprob(dg.LogprobRequest(long_context, " yes"))
+            done.set()
+    assert ticks >= 10
+
+
+async def test_engine_serialises_concurrent_calls_to_the_model() -> None:
+    targets = [" Paris", " London", " Rome", " Berlin"]
+    async with LlamaCppModel(n_ctx=256) as model:
+        alone = [await model.logprob(dg.LogprobRequest(CONTEXT, t)) for t in targets]
+    async with dg.Engine(LlamaCppModel(n_ctx=256)) as engine:
+        results: dict[str, float] = {}
+        async with anyio.create_task_group() as task_group:
+            for target in targets:
+                async def score(target: str = target) -> None:
+                    results[target] = await engine.logprob(CONTEXT, target)
+                task_group.start_soon(score)
+    assert [results[t] for t in targets] == pytest.approx(alone, abs=0.1)
+
+
+async def test_prompt_longer_than_the_context_window_is_rejected() -> None:
+    async with LlamaCppModel(n_ctx=64) as model:
+        with pytest.raises(dg.RequestRejected, match="exceed the context window of 64 tokens"):
+            await model.logprob(dg.LogprobRequest("word " * 200, " end"))
