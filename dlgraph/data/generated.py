@@ -1,0 +1,115 @@
+"""Tasks generated here with exact answers and unlimited examples under a seed.
+
+* navigation: do these steps bring you back to the start? (yes / no, balanced)
+* ordering: a few objects in a row, told by "directly left of" clues; which is at a place?
+* dates: what is the date some days before or after a given day? (multiple choice)
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+from collections.abc import Callable
+
+from dlgraph.data.example import Example
+from dlgraph.data.paper import Task
+from dlgraph.errors import DataError
+
+DIRECTIONS = {"forward": (0, 1), "backward": (0, -1), "left": (-1, 0), "right": (1, 0)}
+LETTERS = "ABCDEFG"
+
+
+def _steps(count: int) -> str:
+    return f"{count} step" if count == 1 else f"{count} steps"
+
+
+def navigation_example(rng: random.Random, returns: bool) -> Example:
+    """Moves in four directions, always facing forward; balanced yes/no by construction."""
+    moves: list[tuple[str, int]] = []
+    for _ in range(rng.randint(1, 3)):
+        direction = rng.choice(list(DIRECTIONS))
+        count = rng.randint(1, 9)
+        moves.append((direction, count))
+        opposite = {"forward": "backward", "backward": "forward", "left": "right", "right": "left"}[direction]
+        moves.append((opposite, count))
+    if not returns:
+        index = rng.randrange(len(moves))
+        direction, count = moves[index]
+        moves[index] = (direction, count + rng.randint(1, 3))
+    rng.shuffle(moves)
+    text = " ".join(f"Take {_steps(count)} {direction}." for direction, count in moves)
+    question = f"Always face forward. {text} Are you back where you started?\nOptions:\n- Yes\n- No"
+    return Example(question, "Yes" if returns else "No")
+
+
+NAMES = ["apple", "book", "cup", "drum", "egg", "fan", "glove"]
+PLACES = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh"]
+
+
+def ordering_example(rng: random.Random, size: int = 4) -> Example:
+    """Objects on a shelf, with enough "directly left of" clues to fix their order."""
+    objects = rng.sample(NAMES, size)
+    clues = [f"The {left} is directly left of the {right}." for left, right in zip(objects, objects[1:])]
+    rng.shuffle(clues)
+    place = rng.randrange(size)
+    options = sorted(objects)
+    listing = "\n".join(f"({LETTERS[i]}) The {name}" for i, name in enumerate(options))
+    question = (
+        f"On a shelf stand {size} objects in a row: {', '.join(sorted(objects))}. " + " ".join(clues)
+        + f" Which object is {PLACES[place]} from the left?\nOptions:\n{listing}"
+    )
+    return Example(question, f"({LETTERS[options.index(objects[place])]})")
+
+
+def dates_example(rng: random.Random, choices: int = 4) -> Example:
+    """Day arithmetic with distractors a day, a week or a month off."""
+    start = datetime.date(2000, 1, 1) + datetime.timedelta(days=rng.randrange(365 * 30))
+    offset = rng.choice([1, 2, 3, 5, 7, 10, 14, 21, 30])
+    later = rng.random() < 0.5
+    answer = start + datetime.timedelta(days=offset if later else -offset)
+    wrong = {answer + datetime.timedelta(days=d) for d in (-7, -1, 1, 7, 30, -30)}
+    options = [answer, *rng.sample(sorted(wrong), choices - 1)]
+    rng.shuffle(options)
+    listing = "\n".join(f"({LETTERS[i]}) {d:%m/%d/%Y}" for i, d in enumerate(options))
+    when = "after" if later else "before"
+    question = f"Today is {start:%m/%d/%Y}. What is the date {offset} days {when} today?\nOptions:\n{listing}"
+    return Example(question, f"({LETTERS[options.index(answer)]})")
+
+
+def _navigation(rng: random.Random, index: int) -> Example:
+    return navigation_example(rng, returns=index % 2 == 0)
+
+
+GENERATORS: dict[str, tuple[Callable[[random.Random, int], Example], list[str], str]] = {
+    "navigation": (_navigation, ["yes|Yes", "no|No"], "Decide whether the steps lead back to the starting point."),
+    "ordering": (lambda rng, _: ordering_example(rng), ["a|A", "b|B", "c|C", "d|D"], "Work out the order of the objects, then answer."),
+    "dates": (lambda rng, _: dates_example(rng), ["a|A", "b|B", "c|C", "d|D"], "Work out the date."),
+}
+
+
+def generate(name: str, count: int, seed: int) -> list[Example]:
+    """`count` distinct examples of a generated task; the same seed gives the same ones."""
+    if name not in GENERATORS:
+        raise DataError(f"unknown generated task {name!r} (known: {', '.join(GENERATORS)})")
+    make = GENERATORS[name][0]
+    rng = random.Random(f"{name}:{seed}")
+    examples: list[Example] = []
+    seen: set[str] = set()
+    for attempt in range(count * 50):
+        example = make(rng, len(examples))
+        if example.input not in seen:
+            seen.add(example.input)
+            examples.append(example)
+        if len(examples) == count:
+            break
+    else:
+        raise DataError(f"generated task {name!r}: cannot make {count} distinct examples")
+    random.Random(f"{name}:{seed}:order").shuffle(examples)
+    return examples
+
+
+def generated_task(name: str, train: int = 100, dev: int = 100, test: int = 100, seed: int = 0) -> Task:
+    """Disjoint splits drawn from one seeded stream."""
+    examples = generate(name, train + dev + test, seed)
+    _, classes, instruction = GENERATORS[name]
+    return Task(name, examples[:train], examples[train : train + dev], examples[train + dev :], classes, instruction)
