@@ -94,6 +94,8 @@ def generate(name: str, count: int, seed: int) -> list[Example]:
     make = GENERATORS[name][0]
     rng = random.Random(f"{name}:{seed}")
     examples: list[Example] = []
+    if count == 0:
+        return examples
     seen: set[str] = set()
     for attempt in range(count * 50):
         example = make(rng, len(examples))

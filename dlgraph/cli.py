@@ -1,0 +1,219 @@
+"""The `dlgraph` command: train, eval, show and estimate, from a run configuration file.
+
+The only place that starts an event loop, prints, or configures logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+import dlgraph as dg
+from dlgraph.config import RunConfig
+
+console = Console(soft_wrap=True)
+
+
+def _engine(config: RunConfig) -> dg.Engine:
+    options = dict(config.engine_options)
+    budget = dg.Budget(options.pop("max_calls", None), options.pop("max_tokens", None))
+    backend = dg.connect(config.backend, **config.backend_options)
+    return dg.Engine(backend, budget=budget, **options)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+async def _evaluate(net: dg.Network, engine: dg.Engine, data: Sequence[dg.Example], label: str) -> float:
+    """Accuracy, evaluated in chunks so that a progress bar can follow."""
+    with _progress() as progress:
+        bar = progress.add_task(label, total=len(data))
+        correct = 0.0
+        for start in range(0, len(data), 16):
+            chunk = data[start : start + 16]
+            correct += await dg.evaluate(net, engine, chunk) * len(chunk)
+            progress.advance(bar, len(chunk))
+    return correct / len(data)
+
+
+def _estimate(trainer: dg.VariationalTrainer, config: RunConfig, task: dg.data.Task) -> dg.Estimate:
+    return trainer.estimate(config.steps, config.batch_size, task.train, len(task.dev), config.eval_every)
+
+
+async def _train(args: argparse.Namespace) -> None:
+    config = RunConfig.read(args.config)
+    task = config.task()
+    net = config.build_network(task)
+    output = Path(args.out) if args.out else config.output_dir
+    checkpoints = output / "checkpoint"
+    if not args.resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        (output / "steps.jsonl").unlink(missing_ok=True)
+    started = time.monotonic()
+    async with _engine(config) as engine:
+        trainer = dg.VariationalTrainer(net, engine, config.options)
+        estimate = _estimate(trainer, config, task)
+        console.print(f"[bold]{task.name}[/]: {len(task.train)} train, {len(task.dev)} dev, {len(task.test)} test; "
+                      f"at most {estimate.calls:,} calls, {estimate.tokens:,} tokens")
+        before = await _scores(net, engine, task, "before")
+        with _progress() as progress:
+            bar = progress.add_task("training", total=config.steps)
+
+            def on_step(record: dg.StepRecord) -> None:
+                progress.update(bar, completed=record.step)
+                dev = "" if record.dev_accuracy is None else f", dev {record.dev_accuracy:.3f}"
+                progress.console.print(f"step {record.step}: batch loss {record.batch_loss:.3f}{dev}", markup=False)
+
+            result = await trainer.fit(task.train, task.dev, config.steps, config.batch_size,
+                                       eval_every=config.eval_every, patience=config.patience,
+                                       checkpoint_dir=checkpoints, log_path=output / "steps.jsonl", on_step=on_step)
+        after = await _scores(net, engine, task, "after")
+        spent = engine.statistics().total
+    net.save(output / "network.json")
+    _report(task, before, after, spent, time.monotonic() - started, result, output)
+    if args.plot:
+        _plot(result, before, Path(args.plot))
+
+
+async def _scores(net: dg.Network, engine: dg.Engine, task: dg.data.Task, when: str) -> dict[str, float]:
+    return {split: await _evaluate(net, engine, getattr(task, split), f"{split} ({when})")
+            for split in ("dev", "test") if getattr(task, split)}
+
+
+def _report(task: dg.data.Task, before: dict[str, float], after: dict[str, float], spent: dg.Usage,
+            seconds: float, result: dg.FitResult, output: Path) -> None:
+    table = Table(title=f"{task.name}: accuracy before and after training")
+    table.add_column("split")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    for split in before:
+        table.add_row(split, f"{before[split]:.3f}", f"{after[split]:.3f}")
+    console.print(table)
+    console.print(f"calls {spent.calls:,} (cache hits {spent.cache_hits:,}), tokens {spent.tokens:,}, "
+                  f"time {seconds:.0f} s, stopped: {result.stopped}")
+    console.print(f"learnt network: {output / 'network.json'}")
+    for name, prompt in result.network.prompts().items():
+        console.print(f"  {name}: {prompt}", markup=False, highlight=False)
+
+
+def _plot(result: dg.FitResult, before: dict[str, float], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise dg.ConfigError("--plot needs matplotlib: pip install 'dlgraph[plot]'") from None
+    steps = [0] + [r.step for r in result.history if r.dev_accuracy is not None]
+    dev = [before.get("dev", 0.0)] + [r.dev_accuracy for r in result.history if r.dev_accuracy is not None]
+    loss = [r.batch_loss for r in result.history]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(steps, dev, marker="o", label="dev accuracy")
+    axis.plot([r.step for r in result.history], [1 - value for value in loss], marker="x", label="batch accuracy (before step)")
+    axis.set_xlabel("step")
+    axis.set_ylim(0, 1)
+    axis.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    console.print(f"learning curve: {path}")
+
+
+async def _eval(args: argparse.Namespace) -> None:
+    config = RunConfig.read(args.config)
+    task = config.task()
+    net = dg.Network.load(args.net) if args.net else config.build_network(task)
+    async with _engine(config) as engine:
+        accuracy = await _evaluate(net, engine, getattr(task, args.split), args.split)
+    console.print(f"{task.name} {args.split} accuracy: {accuracy:.3f} ({len(getattr(task, args.split))} examples)")
+
+
+async def _estimate_command(args: argparse.Namespace) -> None:
+    config = RunConfig.read(args.config)
+    task = config.task()
+    net = config.build_network(task)
+    backend = dg.connect(config.backend, **config.backend_options)
+    trainer = dg.VariationalTrainer(net, dg.Engine(backend), config.options)
+    estimate = _estimate(trainer, config, task)
+    console.print(f"{config.steps} steps of batch {config.batch_size}: at most {estimate.calls:,} calls "
+                  f"and {estimate.tokens:,} tokens")
+
+
+def _show(args: argparse.Namespace) -> None:
+    path = Path(args.network)
+    net = dg.Network.load(path)
+    table = Table(title=str(path))
+    for column in ("node", "kind", "trainable", "prompt"):
+        table.add_column(column)
+    for name, node in net.nodes.items():
+        kind = "classes: " + ", ".join(node.class_names) if node.classes else f"text, {node.max_tokens} tokens"
+        table.add_row(name, kind, "yes" if node.is_trainable else "no", Text(node.prompt))
+    console.print(table)
+    console.print("```mermaid\n" + net.to_mermaid() + "```", markup=False, highlight=False)
+    history = path.parent / "steps.jsonl"
+    if history.exists():
+        rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+        steps = Table(title="history")
+        for column in ("step", "batch loss", "dev", "calls", "tokens"):
+            steps.add_column(column, justify="right")
+        for row in rows:
+            dev = "" if row["dev_accuracy"] is None else f"{row['dev_accuracy']:.3f}"
+            steps.add_row(str(row["step"]), f"{row['batch_loss']:.3f}", dev, str(row["calls"]), str(row["tokens"]))
+        console.print(steps)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dlgraph", description="Train graphs of LLM calls.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train the network of a run configuration")
+    train.add_argument("config")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument("--plot", metavar="PNG", help="write a learning curve")
+    train.add_argument("--out", metavar="DIR", help="output folder (default: the config's [output] dir)")
+    evaluate = commands.add_parser("eval", help="accuracy of a network on a split")
+    evaluate.add_argument("config")
+    evaluate.add_argument("--net", metavar="NET.json", help="a saved network (default: the config's)")
+    evaluate.add_argument("--split", choices=("train", "dev", "test"), default="test")
+    show = commands.add_parser("show", help="prompts, graph and history of a saved network")
+    show.add_argument("network")
+    estimate = commands.add_parser("estimate", help="calls and tokens a training run will need")
+    estimate.add_argument("config")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handlers: dict[str, Any] = {"train": _train, "eval": _eval, "estimate": _estimate_command}
+    try:
+        if args.command == "show":
+            _show(args)
+        else:
+            anyio.run(handlers[args.command], args)
+    except dg.DlgraphError as error:
+        console.print(f"error: {error}", markup=False, highlight=False, style="red")
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted; resume with --resume")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

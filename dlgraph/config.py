@@ -1,0 +1,203 @@
+"""Run configuration files (TOML, or YAML when PyYAML is installed) for the `dlgraph` command.
+
+Every error names the file and the key: ``run.toml: [train] unknown key 'stepz'``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from dlgraph.data import Example, Task, generated_task, load_task, read_jsonl
+from dlgraph.data.generated import GENERATORS
+from dlgraph.errors import ConfigError, DlgraphError
+from dlgraph.network import INPUT, Network
+from dlgraph.train.options import TrainerOptions
+
+SECTIONS = ("backend", "engine", "data", "network", "train", "output")
+TRAIN_KEYS = ("steps", "batch_size", "eval_every", "patience")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml)") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a table of sections ({', '.join(SECTIONS)})")
+    return data
+
+
+@attrs.frozen
+class Section:
+    """One table of a config file, reading keys with errors that name file and key."""
+
+    path: Path
+    name: str
+    values: Mapping[str, Any]
+
+    def where(self, key: str) -> str:
+        return f"{self.path}: [{self.name}] {key}"
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
+        if key not in self.values:
+            if required:
+                raise ConfigError(f"{self.path}: [{self.name}] missing key {key!r}")
+            return default
+        value = self.values[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+            names = "/".join(k.__name__ for k in _kinds(kind))
+            raise ConfigError(f"{self.where(key)}: expected {names}, got {value!r}")
+        return value
+
+    def check_keys(self, allowed: tuple[str, ...]) -> None:
+        for key in self.values:
+            if key not in allowed:
+                raise ConfigError(f"{self.path}: [{self.name}] unknown key {key!r} (known: {', '.join(allowed)})")
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+@attrs.frozen(kw_only=True)
+class RunConfig:
+    path: Path
+    backend: str
+    backend_options: dict[str, Any]
+    engine_options: dict[str, Any]
+    data: Section
+    network: Section
+    options: TrainerOptions
+    steps: int
+    batch_size: int
+    eval_every: int
+    patience: int | None
+    output_dir: Path
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> RunConfig:
+        path = Path(path)
+        raw = _read(path)
+        for key in raw:
+            if key not in SECTIONS:
+                raise ConfigError(f"{path}: unknown section [{key}] (known: {', '.join(SECTIONS)})")
+        section = {name: Section(path, name, raw.get(name, {}) or {}) for name in SECTIONS}
+        for name, table in section.items():
+            if not isinstance(table.values, Mapping):
+                raise ConfigError(f"{path}: [{name}] must be a table")
+        backend = section["backend"]
+        backend.check_keys(("name", "options"))
+        engine = section["engine"]
+        engine.check_keys(("rpm", "tpm", "max_concurrency", "cache", "max_calls", "max_tokens"))
+        train = section["train"]
+        option_keys = tuple(f.name for f in attrs.fields(TrainerOptions))
+        train.check_keys(TRAIN_KEYS + option_keys)
+        try:
+            options = TrainerOptions(**{k: v for k, v in train.values.items() if k in option_keys})
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{path}: [train] {error}") from error
+        section["output"].check_keys(("dir",))
+        base = path.parent
+        return cls(
+            path=path,
+            backend=backend.get("name", str, required=True),
+            backend_options=dict(backend.get("options", dict, {})),
+            engine_options=dict(engine.values),
+            data=section["data"],
+            network=section["network"],
+            options=options,
+            steps=train.get("steps", int, 3),
+            batch_size=train.get("batch_size", int, 10),
+            eval_every=train.get("eval_every", int, 1),
+            patience=train.get("patience", int),
+            output_dir=base / section["output"].get("dir", str, f"runs/{path.stem}"),
+        )
+
+    def task(self) -> Task:
+        """The data: a generated task, a task of the DLN paper, or JSONL files."""
+        data = self.data
+        data.check_keys(("source", "task", "train", "dev", "test", "seed", "path", "classes", "instruction"))
+        source = data.get("source", str, "generated")
+        sizes = {split: data.get(split, (int, str)) for split in ("train", "dev", "test")}
+        try:
+            if source == "generated":
+                name = data.get("task", str, required=True)
+                if name not in GENERATORS:
+                    raise ConfigError(f"{data.where('task')}: unknown generated task {name!r} (known: {', '.join(GENERATORS)})")
+                counts = {k: int(v) if v is not None else 100 for k, v in sizes.items()}
+                return generated_task(name, seed=data.get("seed", int, 0), **counts)
+            if source == "paper":
+                task = load_task(data.get("task", str, required=True), data.get("path", str))
+                limit = {k: int(v) if v is not None else None for k, v in sizes.items()}
+                return attrs.evolve(task, **{k: getattr(task, k)[:n] for k, n in limit.items() if n})
+            if source == "jsonl":
+                files = {k: self.path.parent / str(v) for k, v in sizes.items() if v is not None}
+                splits = {k: read_jsonl(p) for k, p in files.items()}
+                return Task("jsonl", splits.get("train", []), splits.get("dev", []), splits.get("test", []),
+                            data.get("classes", list), data.get("instruction", str, "Answer the question."))
+        except ConfigError:
+            raise
+        except DlgraphError as error:
+            raise ConfigError(f"{self.path}: [data] {error}") from error
+        raise ConfigError(f"{data.where('source')}: expected generated, paper or jsonl, got {source!r}")
+
+    def build_network(self, task: Task) -> Network:
+        """`kind = "dln1"` or `"dln2"` from the task, or explicit nodes and edges."""
+        section = self.network
+        section.check_keys(("kind", "nodes", "edges", "hidden_prompt", "hidden_max_tokens"))
+        kind = section.get("kind", str, "dln1")
+        net = Network()
+        try:
+            if "nodes" in section.values:
+                for index, node in enumerate(section.get("nodes", list)):
+                    if not isinstance(node, Mapping) or "name" not in node:
+                        raise ConfigError(f"{section.where(f'nodes[{index}]')}: expected a table with a name")
+                    net.add_node(**{k: v for k, v in node.items()})
+                for index, edge in enumerate(section.get("edges", list, [])):
+                    if not (isinstance(edge, list) and len(edge) == 2):
+                        raise ConfigError(f"{section.where(f'edges[{index}]')}: expected [source, target]")
+                    net.add_edge(*edge)
+            elif kind in ("dln1", "dln2"):
+                if kind == "dln2":
+                    net.add_node("reason", prompt=section.get("hidden_prompt", str, "Think about the question step by step."),
+                                 max_tokens=section.get("hidden_max_tokens", int, 48), stop=["\n\n"])
+                    net.add_edge(INPUT, "reason")
+                net.add_node("answer", prompt=task.instruction, classes=task.classes)
+                if kind == "dln2":
+                    net.add_edge("reason", "answer")
+                net.add_edge(INPUT, "answer")
+            else:
+                raise ConfigError(f"{section.where('kind')}: expected dln1 or dln2, got {kind!r}")
+            net.validate()
+        except TypeError as error:
+            raise ConfigError(f"{self.path}: [network] {error}") from error
+        except ConfigError:
+            raise
+        except DlgraphError as error:
+            raise ConfigError(f"{self.path}: [network] {error}") from error
+        return net
+
+
+def examples_of(task: Task, split: str) -> list[Example]:
+    examples: list[Example] = getattr(task, split)
+    return examples

@@ -1,0 +1,119 @@
+"""The `dlgraph` command on the scripted backend; config errors name the key and file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dlgraph.cli import main
+
+SIM_CONFIG = """
+[backend]
+name = "sim"
+
+[data]
+source = "generated"
+task = "navigation"
+train = 12
+dev = 6
+test = 6
+
+[train]
+steps = 2
+batch_size = 4
+num_prompt_samples = 2
+num_hidden_samples = 1
+
+[output]
+dir = "out"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "run.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_train_writes_network_history_and_plot(tmp_path, capsys) -> None:
+    config = write(tmp_path, SIM_CONFIG)
+    assert main(["train", str(config), "--plot", str(tmp_path / "curve.png")]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy before and after training" in out and "test" in out
+    saved = json.loads((tmp_path / "out" / "network.json").read_text())
+    assert saved["nodes"][0]["name"] == "answer"
+    steps = (tmp_path / "out" / "steps.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in steps] == [1, 2]
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_resume_extends_a_finished_run_and_refuses_another_setup(tmp_path, capsys) -> None:
+    config = write(tmp_path, SIM_CONFIG)
+    assert main(["train", str(config)]) == 0
+    other = write(tmp_path, SIM_CONFIG.replace("batch_size = 4", "batch_size = 3"))
+    assert main(["train", str(other), "--resume"]) == 2  # another setup: refused, not mixed
+    assert "written for another setup" in capsys.readouterr().out
+    longer = write(tmp_path, SIM_CONFIG.replace("steps = 2", "steps = 3"))
+    assert main(["train", str(longer), "--resume"]) == 0
+    steps = (tmp_path / "out" / "steps.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in steps] == [1, 2, 3]
+
+
+def test_unknown_key_names_key_and_file(tmp_path, capsys) -> None:
+    config = write(tmp_path, SIM_CONFIG.replace("steps = 2", "stepz = 2"))
+    assert main(["estimate", str(config)]) == 2
+    assert "run.toml: [train] unknown key 'stepz'" in capsys.readouterr().out
+
+
+def test_wrong_type_names_key_and_file(tmp_path, capsys) -> None:
+    config = write(tmp_path, SIM_CONFIG.replace("batch_size = 4", 'batch_size = "four"'))
+    assert main(["train", str(config)]) == 2
+    assert "run.toml: [train] batch_size: expected int, got 'four'" in capsys.readouterr().out
+
+
+def test_unknown_backend_lists_installed_ones(tmp_path, capsys) -> None:
+    config = write(tmp_path, SIM_CONFIG.replace('name = "sim"', 'name = "gpt9"'))
+    assert main(["train", str(config)]) == 2
+    assert "unknown backend 'gpt9' (known:" in capsys.readouterr().out
+
+
+def test_unknown_generated_task_is_named(tmp_path, capsys) -> None:
+    config = write(tmp_path, SIM_CONFIG.replace('task = "navigation"', 'task = "chess"'))
+    assert main(["eval", str(config)]) == 2
+    assert "[data] task: unknown generated task 'chess'" in capsys.readouterr().out
+
+
+def test_yaml_config_is_accepted(tmp_path, capsys) -> None:
+    yaml_text = "backend: {name: sim}\ndata: {source: generated, task: dates, train: 4, dev: 4, test: 4}\n"
+    config = write(tmp_path, yaml_text, "run.yaml")
+    assert main(["eval", str(config)]) == 0
+    assert "dates test accuracy" in capsys.readouterr().out
+
+
+def test_estimate_prints_calls_and_tokens(tmp_path, capsys) -> None:
+    assert main(["estimate", str(write(tmp_path, SIM_CONFIG))]) == 0
+    assert "2 steps of batch 4: at most" in capsys.readouterr().out
+
+
+def test_show_prints_prompts_mermaid_and_history(tmp_path, capsys) -> None:
+    config = write(tmp_path, SIM_CONFIG)
+    main(["train", str(config)])
+    capsys.readouterr()
+    assert main(["show", str(tmp_path / "out" / "network.json")]) == 0
+    out = capsys.readouterr().out
+    assert "flowchart TD" in out and "history" in out and "answer" in out
+
+
+def test_paper_task_config_uses_the_shared_data(tmp_path, capsys) -> None:
+    config = write(tmp_path, SIM_CONFIG.replace('source = "generated"\ntask = "navigation"', 'source = "paper"\ntask = "subj"'))
+    assert main(["eval", str(config)]) == 0
+    assert "subj test accuracy" in capsys.readouterr().out
+
+
+def test_command_is_installed_as_a_script() -> None:
+    result = subprocess.run([str(Path(sys.executable).parent / "dlgraph"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "train" in result.stdout
