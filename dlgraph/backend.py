@@ -7,9 +7,10 @@ Plugins are separate distributions that declare an entry point in the group
 
 from __future__ import annotations
 
+import contextvars
 import importlib.metadata
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -49,6 +50,8 @@ class GenerateRequest:
     seed: int = attrs.field(default=0, kw_only=True)
     node: str | None = attrs.field(default=None, kw_only=True)
     phase: str = attrs.field(default="forward", kw_only=True, validator=_known_phase)
+    priority: int = attrs.field(default=0, kw_only=True)
+    """When the rate limit is the bottleneck, higher goes first (deeper nodes finish a batch sooner)."""
 
 
 @attrs.frozen
@@ -59,10 +62,57 @@ class LogprobRequest:
     target: str
     node: str | None = attrs.field(default=None, kw_only=True)
     phase: str = attrs.field(default="score", kw_only=True, validator=_known_phase)
+    priority: int = attrs.field(default=0, kw_only=True)
 
 
-Request = GenerateRequest | LogprobRequest
-Result = str | float
+@attrs.frozen
+class TopLogprobsRequest:
+    """The `count` most likely first tokens after `context`, with their log-probabilities."""
+
+    context: str
+    count: int = attrs.field(default=20, kw_only=True, validator=_positive)
+    node: str | None = attrs.field(default=None, kw_only=True)
+    phase: str = attrs.field(default="score", kw_only=True, validator=_known_phase)
+    priority: int = attrs.field(default=0, kw_only=True)
+
+
+Request = GenerateRequest | LogprobRequest | TopLogprobsRequest
+Result = str | float | dict[str, float]
+UNKEYED_FIELDS = ("node", "phase", "priority")
+"""Fields that do not change an answer: left out of cache and single-flight keys."""
+
+
+@attrs.define
+class CallReport:
+    """What a backend learnt during one call: exact token usage and the server's limits."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+
+
+_REPORT: contextvars.ContextVar[CallReport | None] = contextvars.ContextVar("dlgraph_call_report", default=None)
+
+
+def report(**facts: int | None) -> None:
+    """Called by a backend during a call to tell the engine exact usage or server limits
+    (``report(prompt_tokens=12, completion_tokens=3)``); ignored outside an engine call."""
+    current = _REPORT.get()
+    if current is not None:
+        for name, value in facts.items():
+            if value is not None:
+                setattr(current, name, value)
+
+
+def collect_report() -> tuple[CallReport, contextvars.Token[CallReport | None]]:
+    """Start collecting what the backend reports in this task; undo with `_REPORT.reset`."""
+    box = CallReport()
+    return box, _REPORT.set(box)
+
+
+def stop_collecting(token: contextvars.Token[CallReport | None]) -> None:
+    _REPORT.reset(token)
 
 
 @attrs.frozen
@@ -77,6 +127,13 @@ class Capabilities:
     """How many prompts one request may carry."""
     max_concurrency: int | None = None
     """A hard limit on calls in flight (1 for a model that is not thread-safe)."""
+
+    @property
+    def classification(self) -> str:
+        """How the engine scores classes: "logprob", "top_logprobs" or "generate"."""
+        if self.exact_logprobs:
+            return "logprob"
+        return "top_logprobs" if self.top_logprobs else "generate"
 
 
 class Backend:
@@ -97,6 +154,15 @@ class Backend:
 
     async def logprob(self, request: LogprobRequest) -> float:
         raise NotImplementedError(f"{type(self).__qualname__} does not implement logprob")
+
+    async def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        """Several prompts in one request (when `capabilities.max_batch` > 1); requests share
+        every field but the prompt. A prompt the server refuses fails the whole call."""
+        raise NotImplementedError(f"{type(self).__qualname__} does not take several prompts per request")
+
+    async def top_logprobs(self, request: TopLogprobsRequest) -> dict[str, float]:
+        """First-token alternatives (when `capabilities.top_logprobs` > 0)."""
+        raise NotImplementedError(f"{type(self).__qualname__} does not report top log-probabilities")
 
     def count_tokens(self, text: str) -> int:
         """Token count for budgets and rate limits; a rough estimate unless overridden."""
@@ -159,6 +225,3 @@ def connect(name: str, /, registry: BackendRegistry | None = None, **options: An
     return (registry or BackendRegistry.from_entry_points()).connect(name, **options)
 
 
-def options_repr(options: Mapping[str, Any]) -> str:
-    """Render options for messages without secrets."""
-    return ", ".join(f"{k}={'***' if 'key' in k else v!r}" for k, v in options.items())

@@ -106,6 +106,7 @@ class LlamaCppModel(dg.Backend):
     async def generate(self, request: dg.GenerateRequest) -> str:
         def run() -> str:
             self._check_length(len(self.tokenize(request.prompt, add_bos=True)) + request.max_tokens)
+            self.evaluator.forget()
             completion = self.evaluator.llm.create_completion(
                 request.prompt, max_tokens=request.max_tokens, temperature=request.temperature,
                 stop=list(request.stop) or None, seed=request.seed,

@@ -45,17 +45,26 @@ async def test_logprob_equals_the_full_logits_reference_on_a_fresh_context() -> 
     assert ours == pytest.approx(reference_logprob(CONTEXT, " Paris, a city"), abs=1e-3)
 
 
-async def test_shared_prefix_is_reused_and_scores_stay_close() -> None:
+async def test_targets_after_one_context_need_no_new_decode() -> None:
     async with LlamaCppModel(n_ctx=256) as model:
+        assert len(model.tokenize(" London", add_bos=False)) == 1
         fresh = await model.logprob(dg.LogprobRequest(CONTEXT, " Paris, a city"))
-        evaluated = model.evaluator.evaluated_tokens
-        await model.logprob(dg.LogprobRequest(CONTEXT, " London"))
+        london = await model.logprob(dg.LogprobRequest(CONTEXT, " London"))
         again = await model.logprob(dg.LogprobRequest(CONTEXT, " Paris, a city"))
-        context_tokens = len(model.tokenize(CONTEXT, add_bos=True))
-        assert model.evaluator.reused_tokens == 2 * (context_tokens - 1)
-        assert model.evaluator.evaluated_tokens - evaluated < 2 * evaluated
-    # only the batch shape differs, so the result differs by float rounding alone
-    assert again == pytest.approx(fresh, abs=0.1)
+        assert model.evaluator.decodes == 1
+    assert again == fresh
+    assert london == pytest.approx(reference_logprob(CONTEXT, " London"), abs=1e-3)
+
+
+async def test_a_changed_suffix_evaluates_only_the_new_tokens() -> None:
+    async with LlamaCppModel(n_ctx=256) as model:
+        first = await model.logprob(dg.LogprobRequest(CONTEXT + " a city called", " Paris"))
+        evaluated = model.evaluator.evaluated_tokens
+        other = await model.logprob(dg.LogprobRequest(CONTEXT + " a town called", " Paris"))
+        new_tokens = model.evaluator.evaluated_tokens - evaluated
+    assert new_tokens < evaluated / 2
+    assert other == pytest.approx(reference_logprob(CONTEXT + " a town called", " Paris"), abs=0.1)
+    assert first != other
 
 
 async def test_missing_model_file_is_a_clear_error(tmp_path) -> None:
