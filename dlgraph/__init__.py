@@ -2,14 +2,17 @@
 
 from dlgraph.backend import (
     Backend,
+    CallReport,
     BackendRegistry,
     Capabilities,
     GenerateRequest,
     LogprobRequest,
+    TopLogprobsRequest,
     connect,
+    report,
 )
 from dlgraph.data import Example
-from dlgraph.engine import Budget, Engine, LedgerSnapshot, RetryPolicy, Usage
+from dlgraph.engine import Budget, Engine, LedgerSnapshot, Price, RateLimits, RetryPolicy, Usage
 from dlgraph.errors import (
     BackendError,
     BackendUnavailable,
@@ -38,6 +41,7 @@ __all__ = [
     "BackendUnavailable",
     "Budget",
     "BudgetExhausted",
+    "CallReport",
     "Capabilities",
     "CheckpointError",
     "ConfigError",
@@ -53,11 +57,14 @@ __all__ = [
     "LedgerSnapshot",
     "LogprobRequest",
     "Network",
+    "Price",
     "RateLimited",
+    "RateLimits",
     "RequestRejected",
     "RetriesExhausted",
     "RetryPolicy",
     "StepRecord",
+    "TopLogprobsRequest",
     "Trace",
     "TrainerOptions",
     "TransientError",
@@ -67,4 +74,5 @@ __all__ = [
     "connect",
     "evaluate",
     "forward",
+    "report",
 ]

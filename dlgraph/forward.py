@@ -50,10 +50,11 @@ async def run_node(
     phase: str,
     seed: int = 0,
     temperature: float | None = None,
+    priority: int = 0,
 ) -> NodeOutput:
     """One call of one node: a class node classifies, a generation node generates."""
     if node.classes:
-        distribution = await engine.classify(rendered, node.classes, node=node.name, phase=phase)
+        distribution = await engine.classify(rendered, node.classes, node=node.name, phase=phase, priority=priority)
         best = max(range(len(distribution)), key=distribution.__getitem__)
         return NodeOutput(node.class_names[best], tuple(distribution))
     text = await engine.generate(
@@ -64,6 +65,7 @@ async def run_node(
         seed=seed,
         node=node.name,
         phase=phase,
+        priority=priority,
     )
     return NodeOutput(text.strip())
 
@@ -87,13 +89,14 @@ async def forward(
         name: [()] * len(inputs) for name in order if net.node(name).classes
     }
     finished = {(name, i): anyio.Event() for name in order for i in range(len(inputs))}
+    depth = {name: net.depth(name) for name in order}
 
     async def run(name: str, index: int) -> None:
         for parent in net.parents(name):
             if parent != INPUT:
                 await finished[parent, index].wait()
         text = net.render(name, {p: outputs[p][index] for p in net.parents(name)})
-        result = await run_node(net.node(name), engine, text, phase=phase)
+        result = await run_node(net.node(name), engine, text, phase=phase, priority=depth[name])
         rendered[name][index] = text
         outputs[name][index] = result.text
         if result.distribution is not None:

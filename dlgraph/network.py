@@ -215,6 +215,11 @@ class Network:
         outputs = set(self.output_nodes())
         return [name for name in self.topological_order() if name not in outputs]
 
+    def depth(self, name: str) -> int:
+        """Edges on the longest path from INPUT: deeper nodes get priority when rate limited."""
+        parents = [p for p in self.parents(name) if p != INPUT]
+        return 1 + max((self.depth(p) for p in parents), default=0)
+
     def prompts(self) -> dict[str, str]:
         return {name: node.prompt for name, node in self.nodes.items()}
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from fake_clock import FakeClock
 
 import dlgraph as dg
-from dlgraph.engine.cache import Cache
+from dlgraph.engine.cache import Cache, MemoryStore, SqliteStore
+from dlgraph.engine.coalescer import Coalescer, Split
 from dlgraph.engine.ledger import Budget, Ledger, Metered
+from dlgraph.engine.limiter import Limiter, RateLimits
 from dlgraph.engine.retry import Retry, RetryPolicy
 from dlgraph.engine.single_flight import SingleFlight
-from dlgraph.engine.stage import request_key
+from dlgraph.engine.stage import Batch, request_key
 
 
 def key(request):
@@ -22,15 +25,21 @@ class Counting:
 
     def __init__(self, *, block: bool = False) -> None:
         self.calls = 0
+        self.seen: list[object] = []
         self.release = anyio.Event()
         if not block:
             self.release.set()
 
-    async def __call__(self, request):
+    async def __call__(self, work):
         self.calls += 1
+        self.seen.append(work)
         await self.release.wait()
-        return f"answer to {request.prompt}"
+        if isinstance(work, Batch):
+            return [f"answer to {r.prompt}" for r in work.requests]
+        return f"answer to {work.prompt}"
 
+
+# -- single-flight ---------------------------------------------------------------------------
 
 async def test_single_flight_shares_one_call_between_identical_requests() -> None:
     inner = Counting(block=True)
@@ -81,19 +90,35 @@ async def test_single_flight_last_waiter_cancelling_forgets_the_call() -> None:
         assert len(anyio.get_running_tasks()) == before  # the shared call is gone too
 
 
+# -- cache -----------------------------------------------------------------------------------
+
 async def test_cache_answers_a_repeated_request_without_calling() -> None:
     inner = Counting()
     ledger = Ledger()
-    cache = Cache(inner, key, ledger)
+    cache = Cache(inner, key, ledger, MemoryStore())
     first = await cache(dg.GenerateRequest("hi", node="a", phase="forward"))
-    second = await cache(dg.GenerateRequest("hi", node="b", phase="score"))
+    second = await cache(dg.GenerateRequest("hi", node="b", phase="score", priority=3))
     third = await cache(dg.GenerateRequest("hi", seed=1))
     assert first == second == third and inner.calls == 2  # a new seed is a new sample
     assert ledger.statistics().total.cache_hits == 1
 
 
+async def test_disk_cache_survives_a_new_store_on_the_same_file(tmp_path) -> None:
+    path = tmp_path / "cache.sqlite"
+    store = SqliteStore(path)
+    await Cache(Counting(), key, Ledger(), store)(dg.GenerateRequest("a"))
+    store.close()
+    inner = Counting()
+    again = SqliteStore(path)
+    assert await Cache(inner, key, Ledger(), again)(dg.GenerateRequest("a")) == "answer to a"
+    assert inner.calls == 0
+    again.close()
+
+
+# -- retry -----------------------------------------------------------------------------------
+
 async def test_retry_repeats_transient_errors_and_counts_them() -> None:
-    failures = [dg.TransientError("503"), dg.RateLimited("429", retry_after_s=0.01)]
+    failures = [dg.TransientError("503"), dg.TransientError("dropped")]
     sleeps: list[float] = []
 
     async def flaky(request):
@@ -105,10 +130,26 @@ async def test_retry_repeats_transient_errors_and_counts_them() -> None:
         sleeps.append(seconds)
 
     ledger = Ledger()
-    retry = Retry(flaky, ledger, RetryPolicy(deadline_s=60), sleep=sleep)
+    retry = Retry(flaky, ledger, RetryPolicy(deadline_s=60, initial_wait_s=1, max_wait_s=10), sleep=sleep)
     assert await retry(dg.GenerateRequest("x", node="n")) == "ok"
     assert ledger.statistics().total.retries == 2
-    assert 0.01 <= sleeps[1] <= 0.012  # honours retry_after_s, with a little jitter
+    assert 0 <= sleeps[0] <= 1 and 0 <= sleeps[1] <= 2  # full jitter under an exponential ceiling
+
+
+async def test_retry_does_not_wait_on_its_own_after_a_429() -> None:
+    failures = [dg.RateLimited("429", retry_after_s=30)]
+    sleeps: list[float] = []
+
+    async def limited(request):
+        if failures:
+            raise failures.pop(0)
+        return "ok"
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    assert await Retry(limited, Ledger(), sleep=sleep)(dg.GenerateRequest("x")) == "ok"
+    assert sleeps == [0.0]  # the limiter's shared pause does the waiting
 
 
 async def test_retry_gives_up_at_once_on_rejected_request() -> None:
@@ -124,16 +165,17 @@ async def test_retry_gives_up_at_once_on_rejected_request() -> None:
     assert calls == 1
 
 
-async def test_retry_raises_retries_exhausted_after_the_deadline() -> None:
-
+async def test_retry_raises_retries_exhausted_at_the_deadline() -> None:
     async def down(request):
-        raise dg.TransientError("502")
+        raise dg.TransientError("502 bad gateway")
 
-    retry = Retry(down, Ledger(), RetryPolicy(deadline_s=0.05, initial_wait_s=0.001, max_wait_s=0.01), sleep=anyio.sleep)
-    with pytest.raises(dg.RetriesExhausted) as caught:
+    retry = Retry(down, Ledger(), RetryPolicy(deadline_s=0.05, initial_wait_s=0.001, max_wait_s=0.01))
+    with pytest.raises(dg.RetriesExhausted, match="502 bad gateway") as caught:
         await retry(dg.GenerateRequest("x"))
     assert isinstance(caught.value.__cause__, dg.TransientError)
 
+
+# -- ledger ----------------------------------------------------------------------------------
 
 async def test_metered_refuses_calls_past_the_budget() -> None:
     inner = Counting()
@@ -146,15 +188,229 @@ async def test_metered_refuses_calls_past_the_budget() -> None:
     assert inner.calls == 2
 
 
-async def test_ledger_counts_by_node_and_phase() -> None:
-    ledger = Ledger()
+async def test_ledger_counts_by_node_and_phase_and_prices_tokens() -> None:
+    ledger = Ledger(price=dg.Price(input_per_million=1e6, output_per_million=2e6))
     metered = Metered(Counting(), ledger, dg.Backend())
     await metered(dg.GenerateRequest("aaaa aaaa", node="a", phase="forward"))
-    await metered(dg.GenerateRequest("b", node="b", phase="propose"))
+    await metered(Batch((dg.GenerateRequest("b", node="b", phase="propose"), dg.GenerateRequest("c", node="b", phase="propose"))))
     stats = ledger.statistics()
     assert stats.by_key[("a", "forward")].calls == 1
-    assert stats.by_phase()["propose"].calls == 1
-    assert stats.total.calls == 2 and stats.total.tokens_in > 0
+    assert stats.by_phase()["propose"].calls == 2 and stats.by_phase()["propose"].http_requests == 1
+    total = stats.total
+    assert total.cost == pytest.approx(total.tokens_in * 1 + total.tokens_out * 2)
+
+
+async def test_metered_uses_token_counts_the_backend_reports() -> None:
+    async def reporting(work):
+        dg.report(prompt_tokens=100, completion_tokens=7)
+        return "x"
+
+    ledger = Ledger()
+    await Metered(reporting, ledger, dg.Backend())(dg.GenerateRequest("short"))
+    assert (ledger.statistics().total.tokens_in, ledger.statistics().total.tokens_out) == (100, 7)
+
+
+# -- limiter (on a simulated clock) ----------------------------------------------------------
+
+async def run_with_clock(clock: FakeClock, body) -> None:
+    async with anyio.create_task_group() as group:
+        group.start_soon(clock.drive)
+        await body()
+        group.cancel_scope.cancel()
+
+
+async def test_limiter_spaces_calls_to_the_request_rate() -> None:
+    clock = FakeClock()
+    starts: list[float] = []
+
+    async def inner(work):
+        starts.append(clock.time())
+        return "ok"
+
+    limiter = Limiter(inner, dg.Backend(), RateLimits(rpm=60), clock=clock.time, sleep=clock.sleep)
+
+    async def body() -> None:
+        async with anyio.create_task_group() as group:
+            for i in range(5):
+                group.start_soon(limiter, dg.GenerateRequest(f"p{i}", max_tokens=1))
+
+    await run_with_clock(clock, body)
+    assert starts == pytest.approx([0, 1, 2, 3, 4])
+
+
+async def test_limiter_charges_prompt_plus_max_tokens_to_the_token_bucket() -> None:
+    clock = FakeClock()
+    starts: list[float] = []
+
+    async def inner(work):
+        starts.append(clock.time())
+        return "ok"
+
+    limiter = Limiter(inner, dg.Backend(), RateLimits(tpm=6000), clock=clock.time, sleep=clock.sleep)  # 100 tokens/s
+
+    async def body() -> None:
+        for i in range(3):
+            await limiter(dg.GenerateRequest("x" * 400, max_tokens=100))  # 100 + 100 tokens
+
+    await run_with_clock(clock, body)
+    assert starts == pytest.approx([0, 2, 4])
+
+
+async def test_limiter_pauses_everyone_for_the_retry_after_the_server_asked() -> None:
+    clock = FakeClock()
+    starts: list[float] = []
+
+    async def inner(work):
+        starts.append(clock.time())
+        if len(starts) == 1:
+            raise dg.RateLimited("429", retry_after_s=5.0)
+        return "ok"
+
+    limiter = Limiter(inner, dg.Backend(), RateLimits(rpm=600, pause_jitter=0.1), clock=clock.time, sleep=clock.sleep)
+
+    async def body() -> None:
+        with pytest.raises(dg.RateLimited):
+            await limiter(dg.GenerateRequest("first"))
+        async with anyio.create_task_group() as group:
+            for i in range(3):
+                group.start_soon(limiter, dg.GenerateRequest(f"after{i}"))
+
+    await run_with_clock(clock, body)
+    assert all(5.0 <= start <= 5.5 + 1.0 for start in starts[1:])
+    assert limiter.statistics().rate_limited == 1
+
+
+async def test_limiter_admits_the_highest_priority_first_when_rate_bound() -> None:
+    clock = FakeClock()
+    order: list[int] = []
+
+    async def inner(work):
+        order.append(work.priority)
+        return "ok"
+
+    limiter = Limiter(inner, dg.Backend(), RateLimits(rpm=60), clock=clock.time, sleep=clock.sleep)
+
+    async def body() -> None:
+        async with anyio.create_task_group() as group:
+            for index, priority in enumerate([0, 0, 1, 2, 0, 2]):  # all queue before time moves
+                group.start_soon(limiter, dg.GenerateRequest(f"p{index}", priority=priority))
+
+    await run_with_clock(clock, body)
+    assert order[0] == 0  # the first one went at once, alone
+    assert order[1:] == [2, 2, 1, 0, 0]
+
+
+async def test_limiter_cancelled_waiter_leaves_the_queue() -> None:
+    clock = FakeClock()
+    served: list[str] = []
+
+    async def inner(work):
+        served.append(work.prompt)
+        return "ok"
+
+    limiter = Limiter(inner, dg.Backend(), RateLimits(rpm=60), clock=clock.time, sleep=clock.sleep)
+
+    async def body() -> None:
+        await limiter(dg.GenerateRequest("first"))
+        doomed = anyio.CancelScope()
+
+        async def cancelled() -> None:
+            with doomed:
+                await limiter(dg.GenerateRequest("cancelled"))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(cancelled)
+            group.start_soon(limiter, dg.GenerateRequest("second"))
+            await anyio.sleep(0)  # one checkpoint: both have queued; the clock has not moved
+            assert limiter.statistics().waiting == 2
+            doomed.cancel()
+        assert limiter.statistics().waiting == 0
+
+    await run_with_clock(clock, body)
+    assert served == ["first", "second"]
+
+
+async def test_limiter_shrinks_concurrency_after_a_429_and_grows_under_load() -> None:
+    async def limited(work):
+        raise dg.RateLimited("429", retry_after_s=0)
+
+    limiter = Limiter(limited, dg.Backend(), RateLimits(rpm=60_000, max_concurrency=40))
+    before = limiter.statistics().concurrency_limit
+    with pytest.raises(dg.RateLimited):
+        await limiter(dg.GenerateRequest("x"))
+    assert limiter.statistics().concurrency_limit < before
+
+
+# -- coalescer and split ---------------------------------------------------------------------
+
+async def test_coalescer_sends_compatible_requests_as_one_batch() -> None:
+    inner = Counting()
+    clock = FakeClock()
+    results: dict[str, str] = {}
+
+    async def body() -> None:
+        async with anyio.create_task_group() as engine_group:
+            coalescer = Coalescer(inner, engine_group, max_batch=8, window_s=0.01, sleep=clock.sleep)
+            async with anyio.create_task_group() as callers:
+                for i in range(5):
+                    async def ask(i: int = i) -> None:
+                        results[f"p{i}"] = await coalescer(dg.GenerateRequest(f"p{i}", max_tokens=5))
+                    callers.start_soon(ask)
+                callers.start_soon(lambda: coalescer(dg.GenerateRequest("other", max_tokens=6)))
+
+    await run_with_clock(clock, body)
+    batches = [work for work in inner.seen if isinstance(work, Batch)]
+    assert len(batches) == 1 and len(batches[0].requests) == 5
+    assert results == {f"p{i}": f"answer to p{i}" for i in range(5)}
+    assert inner.calls == 2  # the request with other sampling fields went alone
+
+
+async def test_coalescer_sends_a_full_batch_without_waiting_for_the_window() -> None:
+    inner = Counting()
+    async with anyio.create_task_group() as engine_group:
+        coalescer = Coalescer(inner, engine_group, max_batch=3, window_s=3600)
+        async with anyio.create_task_group() as callers:
+            for i in range(3):
+                callers.start_soon(coalescer, dg.GenerateRequest(f"p{i}"))
+        engine_group.cancel_scope.cancel()
+    assert [len(work.requests) for work in inner.seen] == [3]
+
+
+async def test_coalescer_waiter_cancelled_before_sending_leaves_its_batch() -> None:
+    inner = Counting()
+    async with anyio.create_task_group() as engine_group:
+        coalescer = Coalescer(inner, engine_group, max_batch=2, window_s=3600)
+        doomed = anyio.CancelScope()
+        async with anyio.create_task_group() as callers:
+            async def cancelled() -> None:
+                with doomed:
+                    await coalescer(dg.GenerateRequest("gone"))
+            callers.start_soon(cancelled)
+            await anyio.wait_all_tasks_blocked()
+            doomed.cancel()
+            await anyio.wait_all_tasks_blocked()
+            callers.start_soon(coalescer, dg.GenerateRequest("kept1"))
+            callers.start_soon(coalescer, dg.GenerateRequest("kept2"))
+        engine_group.cancel_scope.cancel()
+    [batch] = inner.seen
+    assert [r.prompt for r in batch.requests] == ["kept1", "kept2"]
+
+
+async def test_split_isolates_the_refused_prompt_of_a_batch() -> None:
+    sent: list[int] = []
+
+    async def server(work):
+        prompts = [r.prompt for r in work.requests] if isinstance(work, Batch) else [work.prompt]
+        sent.append(len(prompts))
+        if "poison" in prompts:
+            raise dg.RequestRejected("prompt 'poison' violates the policy")
+        return [f"ok {p}" for p in prompts] if isinstance(work, Batch) else f"ok {prompts[0]}"
+
+    prompts = ["a", "b", "poison", "d", "e"]
+    outcome = await Split(server)(Batch(tuple(dg.GenerateRequest(p) for p in prompts)))
+    assert outcome[:2] == ["ok a", "ok b"] and outcome[3:] == ["ok d", "ok e"]
+    assert isinstance(outcome[2], dg.RequestRejected) and "violates the policy" in str(outcome[2])
+    assert sent[0] == 5 and len(sent) < 2 * len(prompts)
 
 
 async def test_engine_is_usable_only_inside_its_context() -> None:

@@ -1,7 +1,8 @@
 """The async engine and its pipeline stages."""
 
 from dlgraph.engine.core import Engine
-from dlgraph.engine.ledger import Budget, LedgerSnapshot, Usage
+from dlgraph.engine.ledger import Budget, LedgerSnapshot, Price, Usage
+from dlgraph.engine.limiter import RateLimits
 from dlgraph.engine.retry import RetryPolicy
 
-__all__ = ["Budget", "Engine", "LedgerSnapshot", "RetryPolicy", "Usage"]
+__all__ = ["Budget", "Engine", "LedgerSnapshot", "Price", "RateLimits", "RetryPolicy", "Usage"]

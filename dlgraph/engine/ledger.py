@@ -1,4 +1,5 @@
-"""Counts of calls, tokens, retries, errors and cache hits by node and phase, and the budget."""
+"""Counts of calls, HTTP requests, tokens, retries, 429s, errors, cache hits and cost, by node
+and phase; and the budget that stops spending."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from collections.abc import Mapping
 
 import attrs
 
-from dlgraph.backend import Backend, GenerateRequest, Request, Result
-from dlgraph.engine.stage import Call
-from dlgraph.errors import BackendError, BudgetExhausted
+from dlgraph.backend import Backend, GenerateRequest, LogprobRequest, Request, collect_report, stop_collecting
+from dlgraph.engine.stage import Batch, Call, Outcome, Work, requests_of
+from dlgraph.errors import BackendError, BudgetExhausted, RateLimited
 
-COUNTERS = ("calls", "tokens_in", "tokens_out", "retries", "errors", "cache_hits")
+COUNTERS = ("calls", "http_requests", "tokens_in", "tokens_out", "retries", "rate_limited", "errors", "cache_hits")
 
 
 @attrs.frozen
@@ -19,19 +20,37 @@ class Usage:
     """Counts for one (node, phase), or totals."""
 
     calls: int = 0
-    """Requests the backend answered or failed (retries included)."""
+    """Model calls answered or failed by the backend (each retry attempt included)."""
+    http_requests: int = 0
+    """Backend requests: one multi-prompt request carries several calls."""
     tokens_in: int = 0
     tokens_out: int = 0
     retries: int = 0
+    rate_limited: int = 0
+    """Calls the server refused with 429."""
     errors: int = 0
+    """Failed calls, transient ones included."""
     cache_hits: int = 0
+    cost: float = 0.0
+    """In the currency of the price table, when one is set."""
 
     @property
     def tokens(self) -> int:
         return self.tokens_in + self.tokens_out
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(*(getattr(self, n) + getattr(other, n) for n in COUNTERS))
+        return Usage(*(getattr(self, n) + getattr(other, n) for n in (*COUNTERS, "cost")))
+
+
+@attrs.frozen
+class Price:
+    """Cost per million tokens, prompt and completion."""
+
+    input_per_million: float
+    output_per_million: float = 0.0
+
+    def cost(self, tokens_in: int, tokens_out: int) -> float:
+        return (tokens_in * self.input_per_million + tokens_out * self.output_per_million) / 1e6
 
 
 @attrs.frozen
@@ -57,14 +76,6 @@ class LedgerSnapshot:
             for (node, phase), usage in sorted(self.by_key.items())
         ]
 
-    @classmethod
-    def from_json(cls, rows: list[dict[str, object]]) -> LedgerSnapshot:
-        by_key = {
-            (str(row["node"]), str(row["phase"])): Usage(*(int(row[n]) for n in COUNTERS))  # type: ignore[call-overload]
-            for row in rows
-        }
-        return cls(by_key)
-
 
 @attrs.frozen
 class Budget:
@@ -74,7 +85,7 @@ class Budget:
     max_tokens: int | None = None
 
 
-def _key(request: Request) -> tuple[str, str]:
+def _key(request: Work) -> tuple[str, str]:
     return (request.node or "", request.phase)
 
 
@@ -83,54 +94,89 @@ class Ledger:
     """Mutable counts, written by the stages; `statistics()` gives a frozen snapshot."""
 
     budget: Budget = attrs.field(factory=Budget)
+    price: Price | None = None
     _counts: dict[tuple[str, str], collections.Counter[str]] = attrs.field(
         factory=lambda: collections.defaultdict(collections.Counter), init=False
     )
+    _calls: int = attrs.field(default=0, init=False)
+    _tokens: int = attrs.field(default=0, init=False)
 
-    def add(self, request: Request, **counts: int) -> None:
+    def add(self, request: Work, **counts: int) -> None:
         self._counts[_key(request)].update(counts)
-
-    def restore(self, snapshot: LedgerSnapshot) -> None:
-        """Start from earlier counts (a resumed run keeps its spending)."""
-        for key, usage in snapshot.by_key.items():
-            self._counts[key].update(attrs.asdict(usage))
+        self._calls += counts.get("calls", 0)
+        self._tokens += counts.get("tokens_in", 0) + counts.get("tokens_out", 0)
 
     def statistics(self) -> LedgerSnapshot:
-        return LedgerSnapshot(
-            {key: Usage(*(counter[n] for n in COUNTERS)) for key, counter in self._counts.items()}
-        )
+        def usage(counter: collections.Counter[str]) -> Usage:
+            cost = self.price.cost(counter["tokens_in"], counter["tokens_out"]) if self.price else 0.0
+            return Usage(*(counter[n] for n in COUNTERS), cost=cost)
 
-    def check_budget(self) -> None:
-        total = collections.Counter[str]()
-        for counter in self._counts.values():
-            total.update(counter)
-        calls, tokens = total["calls"], total["tokens_in"] + total["tokens_out"]
-        if self.budget.max_calls is not None and calls >= self.budget.max_calls:
-            raise BudgetExhausted(f"call budget of {self.budget.max_calls} spent ({calls} calls)")
-        if self.budget.max_tokens is not None and tokens >= self.budget.max_tokens:
-            raise BudgetExhausted(f"token budget of {self.budget.max_tokens} spent ({tokens} tokens)")
+        return LedgerSnapshot({key: usage(counter) for key, counter in self._counts.items()})
+
+    def check_budget(self, calls: int) -> None:
+        """Raise BudgetExhausted if `calls` more calls would pass a limit (O(1))."""
+        budget = self.budget
+        if budget.max_calls is not None and self._calls + calls > budget.max_calls:
+            raise BudgetExhausted(f"call budget of {budget.max_calls} spent ({self._calls} calls)")
+        if budget.max_tokens is not None and self._tokens >= budget.max_tokens:
+            raise BudgetExhausted(f"token budget of {budget.max_tokens} spent ({self._tokens} tokens)")
 
 
 def prompt_text(request: Request) -> str:
-    return request.prompt if isinstance(request, GenerateRequest) else request.context + request.target
+    if isinstance(request, GenerateRequest):
+        return request.prompt
+    if isinstance(request, LogprobRequest):
+        return request.context + request.target
+    return request.context
+
+
+def estimated_tokens(backend: Backend, work: Work) -> tuple[int, int]:
+    """(prompt tokens, tokens reserved for the answer) before the call: what rate limits charge."""
+    requests = requests_of(work)
+    prompt = sum(backend.count_tokens(prompt_text(r)) for r in requests)
+    answer = sum(r.max_tokens for r in requests if isinstance(r, GenerateRequest))
+    return prompt, answer
 
 
 @attrs.define(eq=False)
 class Metered:
-    """Checks the budget before each backend call and counts the call after it."""
+    """Checks the budget before each backend call and counts the call after it, with the
+    token usage the backend reports when it does, else estimated."""
 
     inner: Call
     ledger: Ledger
     backend: Backend
 
-    async def __call__(self, request: Request) -> Result:
-        self.ledger.check_budget()
-        tokens_in = self.backend.count_tokens(prompt_text(request))
+    async def __call__(self, work: Work) -> Outcome:
+        requests = requests_of(work)
+        self.ledger.check_budget(len(requests))
+        box, token = collect_report()
         try:
-            result = await self.inner(request)
-        except BackendError:
-            self.ledger.add(request, calls=1, errors=1, tokens_in=tokens_in)
+            result = await self.inner(work)
+        except BackendError as error:
+            self._count(work, box.prompt_tokens, 0, failed=error)
             raise
-        tokens_out = self.backend.count_tokens(result) if isinstance(result, str) else 0
-        self.ledger.add(request, calls=1, tokens_in=tokens_in, tokens_out=tokens_out)
+        finally:
+            stop_collecting(token)
+        texts = result if isinstance(work, Batch) else [result]
+        completion = box.completion_tokens
+        if completion is None:
+            completion = sum(self.backend.count_tokens(t) for t in texts if isinstance(t, str))  # type: ignore[union-attr]
+        self._count(work, box.prompt_tokens, completion)
         return result
+
+    def _count(self, work: Work, prompt_tokens: int | None, completion_tokens: int, failed: BackendError | None = None) -> None:
+        requests = requests_of(work)
+        if prompt_tokens is None:
+            prompt_tokens = estimated_tokens(self.backend, work)[0]
+        share_in, share_out = prompt_tokens // len(requests), completion_tokens // len(requests)
+        for index, request in enumerate(requests):
+            self.ledger.add(
+                request,
+                calls=1,
+                http_requests=1 if index == 0 else 0,
+                tokens_in=share_in,
+                tokens_out=share_out,
+                errors=1 if failed else 0,
+                rate_limited=1 if isinstance(failed, RateLimited) else 0,
+            )

@@ -1,34 +1,237 @@
-"""How many calls may be in flight at once."""
+"""Rate limits: request and token buckets, one shared pause on 429, adaptive concurrency.
+
+Admission is a priority queue: when the buckets are the bottleneck, the waiting call with the
+highest priority (the deepest node) goes first, ties in arrival order. Each attempt, retries
+included, passes here, since each one costs the server a request.
+"""
 
 from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable
 
 import anyio
 import attrs
 
-from dlgraph.backend import Request, Result
-from dlgraph.engine.stage import Call
+from dlgraph.backend import Backend, collect_report, stop_collecting
+from dlgraph.engine.ledger import estimated_tokens
+from dlgraph.engine.stage import Call, Outcome, Work
+from dlgraph.errors import RateLimited
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@attrs.frozen
+class RateLimits:
+    rpm: float | None = None
+    """Requests per minute the server allows (None: no limit)."""
+    tpm: float | None = None
+    """Tokens per minute: prompt tokens plus max_tokens, as servers charge them."""
+    max_concurrency: int | None = None
+    """A ceiling on calls in flight; the adaptive limit stays below it."""
+    burst_s: float = 1.0
+    """The buckets hold this many seconds of allowance."""
+    pause_without_retry_after_s: float = 1.0
+    """How long everyone waits after a 429 that does not say."""
+    pause_jitter: float = 0.1
+    """A pause is stretched by up to this fraction, so waiting calls do not wake in lockstep."""
+
+
+@attrs.define
+class TokenBucket:
+    rate_per_s: float
+    capacity: float
+    level: float
+    updated: float
+
+    @classmethod
+    def per_minute(cls, limit: float, burst_s: float, now: float) -> TokenBucket:
+        capacity = max(1.0, limit / 60.0 * burst_s)
+        return cls(limit / 60.0, capacity, capacity, now)
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate_per_s)
+        self.updated = now
+
+    def wait_s(self, cost: float, now: float) -> float:
+        """Seconds until `cost` fits (a cost above capacity waits for a full bucket, then borrows)."""
+        self.refill(now)
+        needed = min(cost, self.capacity)
+        return 0.0 if self.level >= needed else (needed - self.level) / self.rate_per_s
+
+    def take(self, cost: float) -> None:
+        self.level -= cost
+
+    def empty(self, now: float) -> None:
+        self.refill(now)
+        self.level = min(self.level, 0.0)
 
 
 @attrs.frozen
 class LimiterStatistics:
-    limit: float
+    concurrency_limit: float
     in_flight: int
     waiting: int
+    rate_limited: int
+    paused_until: float
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    priority: int
+    tokens: int
+    wake: anyio.Event = attrs.field(factory=anyio.Event)
 
 
 @attrs.define(eq=False)
 class Limiter:
-    """A concurrency limit on one CapacityLimiter; its `total_tokens` may change in use."""
-
     inner: Call
-    capacity: anyio.CapacityLimiter
+    backend: Backend
+    limits: RateLimits = attrs.field(factory=RateLimits)
+    clock: Clock = anyio.current_time
+    sleep: Sleep = anyio.sleep
+    jitter: random.Random = attrs.field(factory=lambda: random.Random(0))
+    capacity: anyio.CapacityLimiter = attrs.field(init=False)
+    _requests: TokenBucket | None = attrs.field(default=None, init=False)
+    _tokens: TokenBucket | None = attrs.field(default=None, init=False)
+    _queue: list[tuple[int, int, _Waiter]] = attrs.field(factory=list, init=False)
+    _order: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
+    _paused_until: float = attrs.field(default=-math.inf, init=False)
+    _rate_limited: int = attrs.field(default=0, init=False)
+    _latency_s: float = attrs.field(default=1.0, init=False)
+    _limit: float = attrs.field(default=1.0, init=False)
+    """The adaptive concurrency limit; the CapacityLimiter holds its whole part."""
 
-    async def __call__(self, request: Request) -> Result:
+    def __attrs_post_init__(self) -> None:
+        now = self.clock()
+        if self.limits.rpm:
+            self._requests = TokenBucket.per_minute(self.limits.rpm, self.limits.burst_s, now)
+        if self.limits.tpm:
+            self._tokens = TokenBucket.per_minute(self.limits.tpm, self.limits.burst_s, now)
+        self._limit = self._little(self._latency_s)
+        self.capacity = anyio.CapacityLimiter(int(self._limit))
+
+    def _ceiling(self) -> float:
+        ceiling = min(self.limits.max_concurrency or math.inf, self.backend.capabilities.max_concurrency or math.inf)
+        return 256 if ceiling == math.inf else ceiling
+
+    def _little(self, latency_s: float) -> float:
+        """Little's law: calls in flight = arrival rate × latency (with headroom)."""
+        if not self.limits.rpm:
+            return self._ceiling()
+        return float(min(self._ceiling(), max(2, math.ceil(self.limits.rpm / 60.0 * latency_s * 2))))
+
+    async def __call__(self, work: Work) -> Outcome:
+        prompt, answer = estimated_tokens(self.backend, work)
+        await self._admit(work.priority, prompt + answer)
         async with self.capacity:
-            return await self.inner(request)
+            box, token = collect_report()
+            started = self.clock()
+            try:
+                result = await self.inner(work)
+            except RateLimited as error:
+                self._on_rate_limited(error)
+                raise
+            finally:
+                stop_collecting(token)
+            self._on_success(self.clock() - started, box.remaining_requests, box.remaining_tokens)
+            self._true_up(prompt + answer, box.prompt_tokens, box.completion_tokens)
+            return result
+
+    # -- admission -------------------------------------------------------------------------
+
+    def _wait_s(self, tokens: int) -> float:
+        now = self.clock()
+        waits = [self._paused_until - now]
+        if self._requests:
+            waits.append(self._requests.wait_s(1, now))
+        if self._tokens:
+            waits.append(self._tokens.wait_s(tokens, now))
+        return max(waits)
+
+    async def _admit(self, priority: int, tokens: int) -> None:
+        waiter = _Waiter(priority, tokens)
+        entry = (-priority, next(self._order), waiter)
+        heapq.heappush(self._queue, entry)
+        self._wake_head()
+        try:
+            while True:
+                if self._queue[0] is entry:
+                    wait = self._wait_s(tokens)
+                    if wait <= 0:
+                        break
+                    await self.sleep(wait)
+                else:
+                    waiter.wake = anyio.Event()
+                    await waiter.wake.wait()
+        except BaseException:
+            self._queue.remove(entry)
+            heapq.heapify(self._queue)
+            self._wake_head()
+            raise
+        heapq.heappop(self._queue)
+        if self._requests:
+            self._requests.take(1)
+        if self._tokens:
+            self._tokens.take(tokens)
+        self._wake_head()
+
+    def _wake_head(self) -> None:
+        if self._queue:
+            self._queue[0][2].wake.set()
+
+    # -- feedback --------------------------------------------------------------------------
+
+    def _on_rate_limited(self, error: RateLimited) -> None:
+        """One shared pause for everyone, as long as the server asked, with jitter."""
+        self._rate_limited += 1
+        now = self.clock()
+        pause = error.retry_after_s if error.retry_after_s is not None else self.limits.pause_without_retry_after_s
+        until = now + pause * (1.0 + self.limits.pause_jitter * self.jitter.random())
+        if until > self._paused_until:
+            logger.debug("429: pausing %.3f s", until - now)
+            self._paused_until = until
+        for bucket in (self._requests, self._tokens):
+            if bucket:
+                bucket.empty(now)
+        self._set_limit(self._limit * 0.7)
+
+    def _on_success(self, latency_s: float, remaining_requests: int | None, remaining_tokens: int | None) -> None:
+        self._latency_s = 0.9 * self._latency_s + 0.1 * latency_s
+        limit = self._limit
+        if self.capacity.statistics().tasks_waiting:
+            limit += 1.0 / limit  # additive increase: about +1 per window of calls
+        if not self._rate_limited:
+            limit = max(limit, self._little(self._latency_s))
+        self._set_limit(limit)
+        now = self.clock()
+        if remaining_requests is not None and self._requests:
+            self._requests.refill(now)
+            self._requests.level = min(self._requests.level, float(remaining_requests))
+        if remaining_tokens is not None and self._tokens:
+            self._tokens.refill(now)
+            self._tokens.level = min(self._tokens.level, float(remaining_tokens))
+
+    def _set_limit(self, limit: float) -> None:
+        self._limit = min(self._ceiling(), max(1.0, limit))
+        self.capacity.total_tokens = int(self._limit)
+
+    def _true_up(self, charged: int, prompt_tokens: int | None, completion_tokens: int | None) -> None:
+        """Give back (or take) the difference between the estimate and the real usage."""
+        if self._tokens and prompt_tokens is not None and completion_tokens is not None:
+            self._tokens.level = min(self._tokens.capacity, self._tokens.level + charged - prompt_tokens - completion_tokens)
 
     def statistics(self) -> LimiterStatistics:
         stats = self.capacity.statistics()
         return LimiterStatistics(
-            limit=stats.total_tokens, in_flight=stats.borrowed_tokens, waiting=stats.tasks_waiting
+            concurrency_limit=stats.total_tokens, in_flight=stats.borrowed_tokens,
+            waiting=len(self._queue) + stats.tasks_waiting, rate_limited=self._rate_limited,
+            paused_until=self._paused_until,
         )

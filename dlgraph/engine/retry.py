@@ -1,4 +1,4 @@
-"""Retry transient failures with jittered backoff under one deadline per call."""
+"""Retry transient failures with jittered backoff, under one deadline per call."""
 
 from __future__ import annotations
 
@@ -9,57 +9,61 @@ import anyio
 import attrs
 import tenacity
 
-from dlgraph.backend import Request, Result
 from dlgraph.engine.ledger import Ledger
-from dlgraph.engine.stage import Call
+from dlgraph.engine.stage import Call, Outcome, Work
 from dlgraph.errors import RateLimited, RetriesExhausted, TransientError
 
 
 @attrs.frozen
 class RetryPolicy:
-    deadline_s: float = 120.0
+    deadline_s: float = 300.0
     """Give up once this much time has passed since the first attempt."""
-    initial_wait_s: float = 0.5
-    max_wait_s: float = 20.0
-
-
-def _wait_for(policy: RetryPolicy, jitter: random.Random) -> Callable[[tenacity.RetryCallState], float]:
-    backoff = tenacity.wait_random_exponential(multiplier=policy.initial_wait_s, max=policy.max_wait_s)
-
-    def wait(state: tenacity.RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, RateLimited) and error.retry_after_s is not None:
-            return error.retry_after_s * (1.0 + 0.2 * jitter.random())
-        return float(backoff(state))
-
-    return wait
+    initial_wait_s: float = 0.25
+    max_wait_s: float = 10.0
 
 
 @attrs.define(eq=False)
 class Retry:
-    """Only TransientError is retried; everything else passes through at once."""
+    """Only TransientError is retried; anything else passes through at once.
+
+    After a 429 the limiter holds everyone for the pause the server asked for, so a rate
+    limited call is retried without a wait of its own.
+    """
 
     inner: Call
     ledger: Ledger
     policy: RetryPolicy = attrs.field(factory=RetryPolicy)
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep
-    jitter: random.Random = attrs.field(factory=random.Random)
+    jitter: random.Random = attrs.field(factory=lambda: random.Random(0))
 
-    async def __call__(self, request: Request) -> Result:
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, RateLimited):
+            return 0.0
+        ceiling = min(self.policy.max_wait_s, self.policy.initial_wait_s * 2 ** (state.attempt_number - 1))
+        return self.jitter.uniform(0, ceiling)  # "full jitter"
+
+    async def __call__(self, work: Work) -> Outcome:
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(TransientError),
-            wait=_wait_for(self.policy, self.jitter),
-            stop=tenacity.stop_after_delay(self.policy.deadline_s),
-            before_sleep=lambda _: self.ledger.add(request, retries=1),
+            wait=self._wait,
+            before_sleep=lambda _: self.ledger.add(work, retries=1),
             sleep=self.sleep,
+            reraise=True,
         )
+        last: list[BaseException] = []
         try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self.inner(request)
-        except tenacity.RetryError as error:
-            last = error.last_attempt.exception()
+            with anyio.fail_after(self.policy.deadline_s):
+                async for attempt in retrying:
+                    with attempt:
+                        try:
+                            return await self.inner(work)
+                        except TransientError as error:
+                            last[:] = [error]
+                            raise
+        except TimeoutError:
+            cause = last[0] if last else None
             raise RetriesExhausted(
-                f"gave up after {error.last_attempt.attempt_number} attempts: {last}"
-            ) from last
+                f"no success within the retry deadline of {self.policy.deadline_s:g} s; last error: {cause}"
+            ) from cause
         raise AssertionError("unreachable: tenacity neither returned nor raised")

@@ -13,8 +13,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from dlgraph.backend import Request, Result
-from dlgraph.engine.stage import Call
+from dlgraph.engine.stage import Call, Outcome, Work
 
 
 @attrs.define(eq=False)
@@ -22,14 +21,14 @@ class Flight:
     done: anyio.Event = attrs.field(factory=anyio.Event)
     scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
     waiters: int = 0
-    result: Result | None = None
+    result: Outcome | None = None
     error: Exception | None = None
 
 
 @attrs.define(eq=False)
 class SingleFlight:
     inner: Call
-    key: Callable[[Request], Hashable]
+    key: Callable[[Work], Hashable]
     task_group: anyio.abc.TaskGroup
     _flights: dict[Hashable, Flight] = attrs.field(factory=dict, init=False)
 
@@ -37,7 +36,7 @@ class SingleFlight:
     def in_flight(self) -> int:
         return len(self._flights)
 
-    async def __call__(self, request: Request) -> Result:
+    async def __call__(self, request: Work) -> Outcome:
         key = self.key(request)
         flight = self._flights.get(key)
         if flight is None:
@@ -56,7 +55,7 @@ class SingleFlight:
         assert flight.result is not None
         return flight.result
 
-    async def _run(self, key: Hashable, flight: Flight, request: Request) -> None:
+    async def _run(self, key: Hashable, flight: Flight, request: Work) -> None:
         with flight.scope:
             try:
                 flight.result = await self.inner(request)

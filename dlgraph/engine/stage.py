@@ -1,4 +1,8 @@
-"""The shape every pipeline stage shares: one async call from request to result."""
+"""What every pipeline stage shares: one async call from a unit of work to its result.
+
+Above the coalescer a unit is one request; below it, it may also be a `Batch` of generate
+requests that travel as one multi-prompt HTTP request.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +10,80 @@ from typing import Protocol
 
 import attrs
 
-from dlgraph.backend import Backend, GenerateRequest, LogprobRequest, Request, Result
+from dlgraph.backend import (
+    UNKEYED_FIELDS,
+    Backend,
+    GenerateRequest,
+    LogprobRequest,
+    Request,
+    Result,
+    TopLogprobsRequest,
+)
+from dlgraph.errors import BackendError
+
+
+@attrs.frozen
+class Batch:
+    """Generate requests sharing every field but the prompt; answered by one backend call."""
+
+    requests: tuple[GenerateRequest, ...]
+
+    @property
+    def node(self) -> str | None:
+        return self.requests[0].node
+
+    @property
+    def phase(self) -> str:
+        return self.requests[0].phase
+
+    @property
+    def priority(self) -> int:
+        return max(request.priority for request in self.requests)
+
+
+Work = Request | Batch
+BatchResult = list[Result | BackendError]
+Outcome = Result | BatchResult
 
 
 class Call(Protocol):
-    async def __call__(self, request: Request) -> Result: ...
+    async def __call__(self, work: Work) -> Outcome: ...
 
 
 def request_key(identity: str, request: Request) -> tuple[object, ...]:
     """What decides an answer: backend identity, request kind and every sampling field.
 
-    Node and phase are left out: the same text asked by two phases has one answer.
+    Node, phase and priority are left out: the same text asked by two phases has one answer.
     """
-    fields = attrs.asdict(request, filter=lambda field, _: field.name not in ("node", "phase"))
+    fields = attrs.asdict(request, filter=lambda field, _: field.name not in UNKEYED_FIELDS)
     return (identity, type(request).__name__, *sorted((k, repr(v)) for k, v in fields.items()))
+
+
+def batch_key(request: GenerateRequest) -> tuple[object, ...]:
+    """Requests with equal keys may share one multi-prompt call: all but the prompt agree."""
+    fields = attrs.asdict(request, filter=lambda field, _: field.name not in (*UNKEYED_FIELDS, "prompt"))
+    return tuple(sorted((k, repr(v)) for k, v in fields.items()))
+
+
+def requests_of(work: Work) -> tuple[Request, ...]:
+    return work.requests if isinstance(work, Batch) else (work,)
 
 
 @attrs.define(eq=False)
 class BackendCall:
-    """The innermost stage: dispatch a request to the backend's method for its kind."""
+    """The innermost stage: dispatch a unit of work to the backend method for its kind."""
 
     backend: Backend
 
-    async def __call__(self, request: Request) -> Result:
-        if isinstance(request, GenerateRequest):
-            return await self.backend.generate(request)
-        assert isinstance(request, LogprobRequest)
-        return await self.backend.logprob(request)
+    async def __call__(self, work: Work) -> Outcome:
+        if isinstance(work, Batch):
+            texts = await self.backend.generate_batch(list(work.requests))
+            if len(texts) != len(work.requests):
+                raise BackendError(f"backend answered {len(texts)} prompts of {len(work.requests)}")
+            return list(texts)
+        if isinstance(work, GenerateRequest):
+            return await self.backend.generate(work)
+        if isinstance(work, LogprobRequest):
+            return await self.backend.logprob(work)
+        assert isinstance(work, TopLogprobsRequest)
+        return await self.backend.top_logprobs(work)

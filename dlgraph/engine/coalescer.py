@@ -1,0 +1,132 @@
+"""Compatible generate requests arriving close together go out as one multi-prompt request.
+
+A request opens a batch (or joins the open one with the same sampling fields); the batch is
+sent when it is full or when its window has passed, by a task in the engine's task group.
+A waiter cancelled before its batch is sent leaves it; one cancelled later just stops waiting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable
+
+import anyio
+import anyio.abc
+import attrs
+
+from dlgraph.backend import GenerateRequest, Result
+from dlgraph.engine.stage import Batch, Call, Outcome, Work, batch_key
+from dlgraph._tasks import single_errors
+from dlgraph.errors import BackendError, RequestRejected
+
+
+@attrs.define(eq=False)
+class _Slot:
+    request: GenerateRequest
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    result: Result | None = None
+    error: BaseException | None = None
+
+
+@attrs.define(eq=False)
+class _OpenBatch:
+    slots: list[_Slot] = attrs.field(factory=list)
+    sent: bool = False
+
+
+@attrs.define(eq=False)
+class Coalescer:
+    inner: Call
+    task_group: anyio.abc.TaskGroup
+    max_batch: int
+    window_s: float
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+    _open: dict[Hashable, _OpenBatch] = attrs.field(factory=dict, init=False)
+
+    async def __call__(self, work: Work) -> Outcome:
+        if not isinstance(work, GenerateRequest) or self.max_batch <= 1:
+            return await self.inner(work)
+        key = batch_key(work)
+        batch = self._open.get(key)
+        if batch is None:
+            batch = self._open[key] = _OpenBatch()
+            self.task_group.start_soon(self._send_after_window, key, batch)
+        slot = _Slot(work)
+        batch.slots.append(slot)
+        if len(batch.slots) >= self.max_batch:
+            self._send(key, batch)
+        try:
+            await slot.done.wait()
+        finally:
+            if not batch.sent and slot in batch.slots:
+                batch.slots.remove(slot)
+        if slot.error is not None:
+            raise slot.error
+        assert slot.result is not None
+        return slot.result
+
+    async def _send_after_window(self, key: Hashable, batch: _OpenBatch) -> None:
+        await self.sleep(self.window_s)
+        if not batch.sent:
+            self._send(key, batch)
+
+    def _send(self, key: Hashable, batch: _OpenBatch) -> None:
+        batch.sent = True
+        if self._open.get(key) is batch:
+            del self._open[key]
+        if batch.slots:
+            self.task_group.start_soon(self._deliver, list(batch.slots))
+
+    async def _deliver(self, slots: list[_Slot]) -> None:
+        try:
+            if len(slots) == 1:
+                outcomes: list[object] = [await self.inner(slots[0].request)]
+            else:
+                result = await self.inner(Batch(tuple(slot.request for slot in slots)))
+                assert isinstance(result, list)
+                outcomes = list(result)
+        except Exception as error:  # handed to every waiter of the batch
+            outcomes = [error] * len(slots)
+        for slot, outcome in zip(slots, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                slot.error = outcome
+            else:
+                slot.result = outcome  # type: ignore[assignment]
+            slot.done.set()
+
+
+@attrs.define(eq=False)
+class Split:
+    """A multi-prompt request the server refuses is split in halves until the refused
+    prompt fails alone; the other prompts still get their answers."""
+
+    inner: Call
+
+    async def __call__(self, work: Work) -> Outcome:
+        if not isinstance(work, Batch):
+            return await self.inner(work)
+        try:
+            return await self.inner(work)
+        except RequestRejected as error:
+            if len(work.requests) == 1:
+                return [error]
+        middle = len(work.requests) // 2
+        halves = [Batch(work.requests[:middle]), Batch(work.requests[middle:])]
+        results: list[list[object]] = [[], []]
+
+        async def run(index: int) -> None:
+            half = halves[index]
+            if len(half.requests) == 1:
+                try:
+                    results[index] = [await self.inner(half.requests[0])]
+                except BackendError as error:
+                    results[index] = [error]
+            else:
+                outcome = await self(half)
+                assert isinstance(outcome, list)
+                results[index] = list(outcome)
+
+        with single_errors():
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(run, 0)
+                task_group.start_soon(run, 1)
+        return results[0] + results[1]  # type: ignore[return-value]
