@@ -90,6 +90,9 @@ class CallReport:
     completion_tokens: int | None = None
     remaining_requests: int | None = None
     remaining_tokens: int | None = None
+    limit_requests: int | None = None
+    """The server's own requests-per-minute limit, from its x-ratelimit headers."""
+    limit_tokens: int | None = None
 
 
 _REPORT: contextvars.ContextVar[CallReport | None] = contextvars.ContextVar("dlgraph_call_report", default=None)
@@ -105,14 +108,19 @@ def report(**facts: int | None) -> None:
                 setattr(current, name, value)
 
 
-def collect_report() -> tuple[CallReport, contextvars.Token[CallReport | None]]:
-    """Start collecting what the backend reports in this task; undo with `_REPORT.reset`."""
+def collect_report() -> tuple[CallReport, contextvars.Token[CallReport | None] | None]:
+    """Collect what the backend reports during this call; stages nested in one call share
+    one report. Undo with `stop_collecting`."""
+    current = _REPORT.get()
+    if current is not None:
+        return current, None
     box = CallReport()
     return box, _REPORT.set(box)
 
 
-def stop_collecting(token: contextvars.Token[CallReport | None]) -> None:
-    _REPORT.reset(token)
+def stop_collecting(token: contextvars.Token[CallReport | None] | None) -> None:
+    if token is not None:
+        _REPORT.reset(token)
 
 
 @attrs.frozen

@@ -100,6 +100,8 @@ class Ledger:
     )
     _calls: int = attrs.field(default=0, init=False)
     _tokens: int = attrs.field(default=0, init=False)
+    _reserved: int = attrs.field(default=0, init=False)
+    """Calls in flight, counted against the budget before they finish."""
 
     def add(self, request: Work, **counts: int) -> None:
         self._counts[_key(request)].update(counts)
@@ -113,13 +115,18 @@ class Ledger:
 
         return LedgerSnapshot({key: usage(counter) for key, counter in self._counts.items()})
 
-    def check_budget(self, calls: int) -> None:
-        """Raise BudgetExhausted if `calls` more calls would pass a limit (O(1))."""
+    def reserve(self, calls: int) -> None:
+        """Claim `calls` calls of the budget, or raise BudgetExhausted (calls in flight count)."""
         budget = self.budget
-        if budget.max_calls is not None and self._calls + calls > budget.max_calls:
-            raise BudgetExhausted(f"call budget of {budget.max_calls} spent ({self._calls} calls)")
+        spent = self._calls + self._reserved
+        if budget.max_calls is not None and spent + calls > budget.max_calls:
+            raise BudgetExhausted(f"call budget of {budget.max_calls} spent ({spent} calls)")
         if budget.max_tokens is not None and self._tokens >= budget.max_tokens:
             raise BudgetExhausted(f"token budget of {budget.max_tokens} spent ({self._tokens} tokens)")
+        self._reserved += calls
+
+    def release(self, calls: int) -> None:
+        self._reserved -= calls
 
 
 def prompt_text(request: Request) -> str:
@@ -149,7 +156,7 @@ class Metered:
 
     async def __call__(self, work: Work) -> Outcome:
         requests = requests_of(work)
-        self.ledger.check_budget(len(requests))
+        self.ledger.reserve(len(requests))
         box, token = collect_report()
         try:
             result = await self.inner(work)
@@ -158,6 +165,7 @@ class Metered:
             raise
         finally:
             stop_collecting(token)
+            self.ledger.release(len(requests))
         texts = result if isinstance(work, Batch) else [result]
         completion = box.completion_tokens
         if completion is None:

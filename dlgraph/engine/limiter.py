@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import attrs
 
-from dlgraph.backend import Backend, collect_report, stop_collecting
+from dlgraph.backend import Backend, CallReport, collect_report, stop_collecting
 from dlgraph.engine.ledger import estimated_tokens
 from dlgraph.engine.stage import Call, Outcome, Work
 from dlgraph.errors import RateLimited
@@ -137,11 +137,13 @@ class Limiter:
             try:
                 result = await self.inner(work)
             except RateLimited as error:
+                self._calibrate(box)
                 self._on_rate_limited(error)
                 raise
             finally:
                 stop_collecting(token)
-            self._on_success(self.clock() - started, box.remaining_requests, box.remaining_tokens)
+            self._calibrate(box)
+            self._on_success(self.clock() - started)
             self._true_up(prompt + answer, box.prompt_tokens, box.completion_tokens)
             return result
 
@@ -203,7 +205,25 @@ class Limiter:
                 bucket.empty(now)
         self._set_limit(self._limit * 0.7)
 
-    def _on_success(self, latency_s: float, remaining_requests: int | None, remaining_tokens: int | None) -> None:
+    def _calibrate(self, box: CallReport) -> None:
+        """Adopt the server's limits when it states them (x-ratelimit-*), never exceeding ours,
+        and never hold more allowance than the server says remains."""
+        now = self.clock()
+        for attribute, limit, remaining in (
+            ("_requests", box.limit_requests, box.remaining_requests),
+            ("_tokens", box.limit_tokens, box.remaining_tokens),
+        ):
+            bucket: TokenBucket | None = getattr(self, attribute)
+            if limit and (bucket is None or limit / 60.0 < bucket.rate_per_s):
+                bucket = TokenBucket.per_minute(limit, self.limits.burst_s, now)
+                if remaining is not None:
+                    bucket.level = min(bucket.level, float(remaining))
+                setattr(self, attribute, bucket)
+            elif bucket is not None and remaining is not None:
+                bucket.refill(now)
+                bucket.level = min(bucket.level, float(remaining))
+
+    def _on_success(self, latency_s: float) -> None:
         self._latency_s = 0.9 * self._latency_s + 0.1 * latency_s
         limit = self._limit
         if self.capacity.statistics().tasks_waiting:
@@ -211,13 +231,6 @@ class Limiter:
         if not self._rate_limited:
             limit = max(limit, self._little(self._latency_s))
         self._set_limit(limit)
-        now = self.clock()
-        if remaining_requests is not None and self._requests:
-            self._requests.refill(now)
-            self._requests.level = min(self._requests.level, float(remaining_requests))
-        if remaining_tokens is not None and self._tokens:
-            self._tokens.refill(now)
-            self._tokens.level = min(self._tokens.level, float(remaining_tokens))
 
     def _set_limit(self, limit: float) -> None:
         self._limit = min(self._ceiling(), max(1.0, limit))

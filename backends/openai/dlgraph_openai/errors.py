@@ -1,0 +1,70 @@
+"""aiohttp failures and HTTP statuses become dlgraph errors, in this one place."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import aiohttp
+
+import dlgraph as dg
+
+RETRYABLE = {408, 409, 429}
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """The pause a 429 asks for: ``retry-after-ms``, else ``retry-after`` in seconds or as an HTTP date."""
+    if "retry-after-ms" in headers:
+        try:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value) if value.strip() else None
+        return None if when is None else max(0.0, when.timestamp() - time.time())
+
+
+def server_message(body: str) -> str:
+    try:
+        error = json.loads(body).get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        return str(message) if message else body[:500]
+    except (ValueError, AttributeError):
+        return body[:500]
+
+
+def status_error(status: int, body: str, headers: Mapping[str, str], where: str) -> dg.BackendError:
+    message = f"{where}: HTTP {status}: {server_message(body)}"
+    if status == 429:
+        return dg.RateLimited(message, retry_after_s=retry_after_s(headers))
+    if status in RETRYABLE or status >= 500:
+        return dg.TransientError(message)
+    return dg.RequestRejected(message)
+
+
+@asynccontextmanager
+async def translated(where: str, timeout_s: float) -> AsyncIterator[None]:
+    """Raise dlgraph errors, `from` the original, for failures inside the block."""
+    try:
+        yield
+    except aiohttp.ClientConnectorError as error:
+        raise dg.BackendUnavailable(f"{where}: cannot connect ({error.os_error or error})") from error
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as error:
+        raise dg.TransientError(f"{where}: connection dropped ({type(error).__name__})") from error
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as error:
+        raise dg.TransientError(f"{where}: no answer within {timeout_s:g} s") from error
+    except aiohttp.ContentTypeError as error:
+        raise dg.TransientError(f"{where}: answer is not JSON") from error
+    except json.JSONDecodeError as error:
+        raise dg.TransientError(f"{where}: malformed JSON in the answer ({error.msg})") from error
+    except aiohttp.ClientError as error:
+        raise dg.TransientError(f"{where}: {type(error).__name__}: {error}") from error

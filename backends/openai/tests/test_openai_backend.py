@@ -1,0 +1,204 @@
+"""dlgraph-openai against the simulated OpenAI-compatible server, over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+
+import anyio
+import attrs
+import pytest
+from dlgraph_openai import PROFILES, OpenAIBackend
+from dlgraph_openai.errors import retry_after_s
+from dlgraph_sim.server import ServerConfig, SimServer
+
+import dlgraph as dg
+from dlgraph._tasks import map_concurrently
+
+KEY = "sk-test-5ecret-key"
+
+
+def backend(server: SimServer, **options) -> OpenAIBackend:
+    return dg.connect("openai", **({"base_url": server.url, "model": "sim-1", "api_key": KEY, "profile": "sim"} | options))
+
+
+def fast_retry() -> dg.RetryPolicy:
+    return dg.RetryPolicy(deadline_s=60, initial_wait_s=0.01, max_wait_s=0.05)
+
+
+async def gather(engine: dg.Engine, prompts: list[str], **options) -> list[str]:
+    return await map_concurrently(lambda prompt: engine.generate(prompt, **options), prompts)
+
+
+async def test_connect_finds_the_openai_plugin_and_generates() -> None:
+    async with SimServer(ServerConfig(api_key=KEY)) as server:
+        async with dg.Engine(backend(server)) as engine:
+            text = await engine.generate("Say hi.", max_tokens=8)
+    assert text.strip() and server.count("ok") == 1
+
+
+async def test_logprob_through_echo_matches_the_servers_token_logprobs() -> None:
+    async with SimServer(ServerConfig(api_key=KEY)) as server:
+        async with dg.Engine(backend(server)) as engine:
+            value = await engine.logprob("The sky is", " blue, mostly")
+    model = server.model
+    expected = sum(model.token_logprob(p, t) for p, t in [("The sky is", " blue"), ("The sky is blue", ","), ("The sky is blue,", " mostly")])
+    assert value == pytest.approx(expected)
+
+
+async def test_logprob_through_vllm_prompt_logprobs_matches_echo() -> None:
+    vllm_only = attrs.evolve(PROFILES["sim"], echo_logprobs=False, prompt_logprobs=True)
+    async with SimServer(ServerConfig(api_key=KEY)) as server:
+        async with dg.Engine(backend(server)) as echo, dg.Engine(backend(server, profile=vllm_only)) as vllm:
+            assert await vllm.logprob("The sky is", " blue, mostly") == pytest.approx(await echo.logprob("The sky is", " blue, mostly"))
+    assert sum(1 for a in server.attempts if a.outcome == "ok") == 2
+
+
+async def test_logprob_without_support_is_a_clear_error() -> None:
+    async with SimServer(ServerConfig(api_key=KEY)) as server:
+        async with dg.Engine(backend(server, profile="ollama")) as engine:
+            with pytest.raises(dg.RequestRejected, match="gives no prompt log-probabilities"):
+                await engine.logprob("a", " b", node="answer")
+
+
+async def test_chat_model_classifies_by_first_token_top_logprobs() -> None:
+    async with SimServer(ServerConfig(api_key=KEY)) as server:
+        chat = backend(server, api="chat")
+        assert chat.capabilities.classification == "top_logprobs"
+        async with dg.Engine(chat) as engine:
+            probabilities = await engine.classify("Is the sky blue? Answer:", ["yes|Yes", "no|No"])
+    alternatives = server.model.alternatives("Is the sky blue? Answer:", 10)
+    yes = sum(2.718281828 ** lp for token, lp in alternatives.items() if token.strip().lower() == "yes")
+    no = sum(2.718281828 ** lp for token, lp in alternatives.items() if token.strip().lower() == "no")
+    assert probabilities[0] == pytest.approx(yes / (yes + no), abs=1e-6)
+    assert server.count() == 1
+
+
+async def test_every_fault_kind_is_survived_and_counted() -> None:
+    config = ServerConfig(api_key=KEY, error_rate=0.15, drop_rate=0.08, hang_rate=0.05, malformed_rate=0.08, seed=3)
+    async with SimServer(config) as server:
+        async with dg.Engine(backend(server, timeout_s=0.5), retry=fast_retry()) as engine:
+            texts = await gather(engine, [f"prompt {i}" for i in range(80)], max_tokens=4)
+        total = engine.statistics().total
+    assert len(texts) == 80 and all(texts)
+    outcomes = {a.outcome for a in server.attempts}
+    assert {"error", "drop", "hang", "malformed"} <= outcomes
+    failed_attempts = server.count() - server.count("ok")
+    assert total.retries == failed_attempts == total.errors
+    assert total.calls == server.count()
+
+
+async def test_poison_prompt_fails_fast_while_its_batch_companions_succeed() -> None:
+    async with SimServer(ServerConfig(api_key=KEY)) as server:
+        async with dg.Engine(backend(server), coalesce_ms=20) as engine:
+            prompts = ["fine 1", "fine 2", "POISON here", "fine 3", "fine 4", "fine 5"]
+            outcomes: dict[str, object] = {}
+            async with anyio.create_task_group() as group:
+                for prompt in prompts:
+                    async def one(prompt: str = prompt) -> None:
+                        try:
+                            outcomes[prompt] = await engine.generate(prompt, node="n")
+                        except dg.RequestRejected as error:
+                            outcomes[prompt] = error
+                    group.start_soon(one)
+    error = outcomes.pop("POISON here")
+    assert isinstance(error, dg.RequestRejected) and "forbidden marker 'POISON'" in str(error) and "node 'n'" in str(error)
+    assert all(isinstance(text, str) for text in outcomes.values())
+    assert server.attempts[0].prompts == tuple(prompts) or len(server.attempts[0].prompts) == 6
+    assert server.count("rejected") <= 4  # split in halves, never retried
+
+
+@pytest.mark.parametrize("mode", ["ms", "seconds", "date"])
+async def test_a_429_storm_is_followed_by_the_pause_the_server_asked_for(mode: str) -> None:
+    config = ServerConfig(api_key=KEY, rpm=120, burst_s=1.0, retry_after=mode)  # 2 per second, burst of 2
+    async with SimServer(config) as server:
+        # our limiter knows nothing of the limit: only the server's 429s can slow us down
+        async with dg.Engine(backend(server), retry=fast_retry()) as engine:
+            texts = await gather(engine, [f"p{i}" for i in range(6)], max_tokens=2)
+    assert len(texts) == 6
+    # without a shared pause every waiting call would hammer the server again and again
+    assert server.count("rate_limited") <= 6
+    assert server.count("ok") == 6
+
+
+async def test_single_flight_sends_identical_concurrent_requests_once() -> None:
+    async with SimServer(ServerConfig(api_key=KEY, latency_median_s=0.05)) as server:
+        async with dg.Engine(backend(server), cache=False) as engine:
+            texts = await gather(engine, ["same prompt"] * 10, max_tokens=4)
+    assert len(set(texts)) == 1 and server.count() == 1
+
+
+async def test_disk_cache_makes_a_second_run_send_nothing(tmp_path) -> None:
+    prompts = [f"prompt {i}" for i in range(12)]
+    async with SimServer(ServerConfig(api_key=KEY)) as server:
+        async with dg.Engine(backend(server), cache=tmp_path / "cache.sqlite") as engine:
+            first = await gather(engine, prompts)
+            await engine.logprob("context", " target")
+        sent = server.count()
+        async with dg.Engine(backend(server), cache=tmp_path / "cache.sqlite") as engine:
+            second = await gather(engine, prompts)
+            await engine.logprob("context", " target")
+        assert engine.statistics().total.cache_hits == 13
+    assert first == second and server.count() == sent == 13
+
+
+async def test_budget_stops_with_a_clear_error() -> None:
+    async with SimServer(ServerConfig(api_key=KEY)) as server:
+        async with dg.Engine(backend(server), budget=dg.Budget(max_calls=5)) as engine:
+            for i in range(5):
+                await engine.generate(f"p{i}")
+            with pytest.raises(dg.BudgetExhausted, match="call budget of 5 spent"):
+                await engine.generate("one too many")
+            with pytest.raises(dg.BudgetExhausted):
+                await gather(engine, [f"q{i}" for i in range(10)])
+    assert server.count() == 5
+
+
+async def test_unreachable_server_is_a_clear_error() -> None:
+    with anyio.fail_after(30):
+        async with dg.Engine(dg.connect("openai", base_url="http://127.0.0.1:9/v1", model="m", api_key=KEY)) as engine:
+            with pytest.raises(dg.BackendUnavailable, match=r"http://127.0.0.1:9/v1/completions: cannot connect"):
+                await engine.generate("hi")
+
+
+async def test_api_key_is_absent_from_logs_errors_and_reprs(caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    config = ServerConfig(api_key="another-key", error_rate=0.3, seed=1)
+    errors: list[str] = []
+    async with SimServer(config) as server:
+        wrong = backend(server)
+        async with dg.Engine(wrong, retry=fast_retry()) as engine:
+            with pytest.raises(dg.RequestRejected) as caught:
+                await engine.generate("hi")
+            errors.append(str(caught.value))
+        assert "HTTP 401" in errors[0]
+    text = "\n".join([repr(wrong), str(attrs.asdict(wrong.profile)), *errors, *(r.getMessage() for r in caplog.records), caplog.text])
+    assert KEY not in text
+
+
+async def test_key_comes_from_the_profiles_environment_variable(monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    async with SimServer(ServerConfig(api_key=KEY)) as server:
+        async with dg.Engine(dg.connect("openai", base_url=server.url, model="sim-1")) as engine:
+            assert await engine.generate("hi", max_tokens=2)
+
+
+def test_retry_after_is_read_in_all_three_forms() -> None:
+    assert retry_after_s({"retry-after-ms": "1500"}) == 1.5
+    assert retry_after_s({"retry-after": "3"}) == 3.0
+    date = email.utils.formatdate(time.time() + 20, usegmt=True)
+    assert 18 <= retry_after_s({"retry-after": date}) <= 21
+    assert retry_after_s({}) is None
+
+
+def test_unknown_profile_lists_known_ones() -> None:
+    with pytest.raises(dg.UnknownBackend, match="unknown profile 'nope' \\(known: azure, llamacpp, ollama, openai, sim, vllm\\)"):
+        OpenAIBackend("m", base_url="http://x", profile="nope")
+
+
+def test_azure_profile_needs_a_base_url_and_uses_its_header() -> None:
+    with pytest.raises(dg.BackendUnavailable, match="profile 'azure' needs a base_url"):
+        OpenAIBackend("m", profile="azure", api_key=KEY)
+    azure = OpenAIBackend("m", base_url="https://r.openai.azure.com/openai/deployments/d", profile="azure", api_key=KEY)
+    assert azure._headers() == {"api-key": KEY}

@@ -1,0 +1,379 @@
+"""A simulated OpenAI-compatible server on 127.0.0.1, for tests and benchmarks.
+
+Completions (string or list prompts, echo, logprobs, vLLM's prompt_logprobs), chat completions
+(with top_logprobs), models; token-bucket RPM and TPM limits answering 429 with
+``retry-after-ms``, ``retry-after`` (seconds or HTTP date) or nothing, and ``x-ratelimit-*``
+headers; seeded lognormal latency; seeded faults (500/502/503, dropped connections, hangs past
+the client's timeout, malformed JSON) and poison prompts answered with 400. Every attempt is
+recorded so that tests can count them.
+
+    python -m dlgraph_sim.server --port 8000 --rpm 600 --error-rate 0.01
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import email.utils
+import math
+import random
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from aiohttp import web
+
+from dlgraph_sim import stable_random
+
+_TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])|\s+")
+WORDS = ("the", "a", "step", "left", "right", "yes", "no", "because", "so", "we", "turn", "walk", "back", "start")
+
+
+def tokenize(text: str) -> list[tuple[int, str]]:
+    """(offset, token) pairs covering the text exactly: a token is a word or a symbol with the
+    whitespace before it."""
+    return [(match.start(), match.group()) for match in _TOKEN.finditer(text)]
+
+
+def token_id(token: str) -> int:
+    return int(stable_random("id", token) * 50_000)
+
+
+@attrs.frozen
+class SimModel:
+    """What the simulated server says. Replace any function to script it."""
+
+    complete: Callable[[str, int, float, int], str] = attrs.field(default=None)
+    token_logprob: Callable[[str, str], float] = attrs.field(default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.complete is None:
+            object.__setattr__(self, "complete", _default_complete)
+        if self.token_logprob is None:
+            object.__setattr__(self, "token_logprob", _default_token_logprob)
+
+    def alternatives(self, prefix: str, count: int) -> dict[str, float]:
+        candidates = [" " + word for word in WORDS] + [" Yes", " No"]
+        scored = sorted(((self.token_logprob(prefix, c), c) for c in candidates), reverse=True)[:count]
+        return {token: logprob for logprob, token in scored}
+
+
+def _default_complete(prompt: str, max_tokens: int, temperature: float, seed: int) -> str:
+    sample = seed if temperature > 0 else 0
+    count = max(1, min(max_tokens, 3 + int(stable_random(prompt, sample, "length") * 12)))
+    return "".join(" " + WORDS[int(stable_random(prompt, sample, i) * len(WORDS))] for i in range(count))
+
+
+def _default_token_logprob(prefix: str, token: str) -> float:
+    return -(0.05 + 4.0 * stable_random(prefix[-64:], token))
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    model: str = "sim-1"
+    api_key: str | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    burst_s: float = 1.0
+    retry_after: str = "ms"
+    """How a 429 says when to come back: "ms" (retry-after-ms), "seconds", "date" or "none"."""
+    latency_median_s: float = 0.0
+    latency_sigma: float = 0.5
+    error_rate: float = 0.0
+    """Share of attempts answered 500, 502 or 503."""
+    drop_rate: float = 0.0
+    """Share of attempts whose connection is closed without an answer."""
+    hang_rate: float = 0.0
+    """Share of attempts that never answer (past any sane client timeout)."""
+    malformed_rate: float = 0.0
+    poison: str | None = "POISON"
+    """A prompt containing this text is refused with 400."""
+    max_batch: int = 64
+    seed: int = 0
+
+
+@attrs.frozen
+class Attempt:
+    at: float
+    path: str
+    status: int
+    outcome: str
+    """ok, rate_limited, error, drop, hang, malformed, rejected, unauthorized"""
+    prompts: tuple[str, ...]
+
+
+@attrs.define
+class _Bucket:
+    rate: float
+    capacity: float
+    level: float
+    updated: float
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def wait_s(self, cost: float) -> float:
+        return 0.0 if self.level >= min(cost, self.capacity) else (min(cost, self.capacity) - self.level) / self.rate
+
+
+class _Rejection(Exception):
+    def __init__(self, status: int, message: str, outcome: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.outcome, self.headers = status, message, outcome, headers or {}
+
+
+@attrs.define(eq=False)
+class SimServer:
+    config: ServerConfig = attrs.field(factory=ServerConfig)
+    model: SimModel = attrs.field(factory=SimModel)
+    port: int = 0
+    attempts: list[Attempt] = attrs.field(factory=list, init=False)
+    _rng: random.Random = attrs.field(init=False)
+    _buckets: dict[str, _Bucket] = attrs.field(factory=dict, init=False)
+    _runner: web.AppRunner | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._rng = random.Random(self.config.seed)
+        now = time.monotonic()
+        for name, limit in (("requests", self.config.rpm), ("tokens", self.config.tpm)):
+            if limit:
+                capacity = max(1.0, limit / 60 * self.config.burst_s)
+                self._buckets[name] = _Bucket(limit / 60, capacity, capacity, now)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def count(self, outcome: str | None = None) -> int:
+        return sum(1 for a in self.attempts if outcome is None or a.outcome == outcome)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        return app
+
+    async def __aenter__(self) -> SimServer:
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- the gate every attempt passes -----------------------------------------------------
+
+    async def _gate(self, request: web.Request, prompts: list[str], cost: int) -> None:
+        """Auth, limits, faults and latency; raises _Rejection or drops the connection."""
+        if self.config.api_key is not None:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ") or request.headers.get("api-key")
+            if given != self.config.api_key:
+                raise _Rejection(401, "invalid api key", "unauthorized")
+        self._check_limits(cost)
+        draw = self._rng.random()
+        config = self.config
+        if draw < config.error_rate:
+            status = self._rng.choice((500, 502, 503))
+            raise _Rejection(status, f"simulated server error {status}", "error")
+        draw -= config.error_rate
+        if draw < config.drop_rate:
+            self._record(request, 0, "drop", prompts)
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError
+        draw -= config.drop_rate
+        if draw < config.hang_rate:
+            self._record(request, 0, "hang", prompts)
+            await asyncio.sleep(3600)
+        draw -= config.hang_rate
+        malformed = draw < config.malformed_rate
+        if config.poison and any(config.poison in p for p in prompts):
+            raise _Rejection(400, f"prompt rejected: it contains the forbidden marker {config.poison!r}", "rejected")
+        if config.latency_median_s > 0:
+            await asyncio.sleep(config.latency_median_s * math.exp(self._rng.gauss(0, config.latency_sigma)))
+        if malformed:
+            raise _Rejection(200, '{"choices": [{"text": ', "malformed")
+
+    def _check_limits(self, cost: int) -> None:
+        now = time.monotonic()
+        waits = []
+        for name, needed in (("requests", 1), ("tokens", cost)):
+            bucket = self._buckets.get(name)
+            if bucket:
+                bucket.refill(now)
+                waits.append(bucket.wait_s(needed))
+        if any(w > 0 for w in waits):
+            raise _Rejection(429, "rate limit reached, slow down", "rate_limited", self._retry_headers(max(waits)))
+        for name, needed in (("requests", 1), ("tokens", cost)):
+            if name in self._buckets:
+                self._buckets[name].level -= needed
+
+    def _retry_headers(self, wait_s: float) -> dict[str, str]:
+        mode = self.config.retry_after
+        if mode == "ms":
+            return {"retry-after-ms": str(max(1, math.ceil(wait_s * 1000)))}
+        if mode == "seconds":
+            return {"retry-after": str(max(1, math.ceil(wait_s)))}
+        if mode == "date":
+            return {"retry-after": email.utils.formatdate(time.time() + max(1.0, wait_s), usegmt=True)}
+        return {}
+
+    def _limit_headers(self) -> dict[str, str]:
+        headers = {}
+        for name, limit in (("requests", self.config.rpm), ("tokens", self.config.tpm)):
+            bucket = self._buckets.get(name)
+            if bucket and limit:
+                headers[f"x-ratelimit-limit-{name}"] = str(int(limit))
+                headers[f"x-ratelimit-remaining-{name}"] = str(max(0, int(bucket.level)))
+                headers[f"x-ratelimit-reset-{name}"] = f"{max(0.0, (bucket.capacity - bucket.level) / bucket.rate):.3f}s"
+        return headers
+
+    def _record(self, request: web.Request, status: int, outcome: str, prompts: list[str]) -> None:
+        self.attempts.append(Attempt(time.monotonic(), request.path, status, outcome, tuple(prompts)))
+
+    async def _serve(self, request: web.Request, handler: Callable[[dict[str, Any]], tuple[list[str], int, Callable[[], dict[str, Any]]]]) -> web.StreamResponse:
+        try:
+            body = await request.json()
+            prompts, cost, answer = handler(body)
+        except (ValueError, KeyError, TypeError) as error:
+            self._record(request, 400, "rejected", [])
+            return _error(400, f"malformed request: {error}", {})
+        try:
+            await self._gate(request, prompts, cost)
+        except _Rejection as rejection:
+            self._record(request, rejection.status, rejection.outcome, prompts)
+            headers = rejection.headers | self._limit_headers()
+            if rejection.outcome == "malformed":
+                return web.Response(text=rejection.message, content_type="application/json", headers=headers)
+            return _error(rejection.status, rejection.message, headers)
+        self._record(request, 200, "ok", prompts)
+        return web.json_response(answer(), headers=self._limit_headers())
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": self.config.model, "object": "model"}]})
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, self._completion_answer)
+
+    def _completion_answer(self, body: dict[str, Any]) -> tuple[list[str], int, Callable[[], dict[str, Any]]]:
+        prompt = body["prompt"]
+        prompts = [prompt] if isinstance(prompt, str) else [str(p) for p in prompt]
+        if not prompts or len(prompts) > self.config.max_batch:
+            raise ValueError(f"between 1 and {self.config.max_batch} prompts per request")
+        max_tokens = int(body.get("max_tokens", 16))
+        cost = sum(len(tokenize(p)) for p in prompts) + max_tokens * len(prompts)
+
+        def answer() -> dict[str, Any]:
+            choices = [self._completion_choice(i, p, body, max_tokens) for i, p in enumerate(prompts)]
+            prompt_tokens = sum(len(tokenize(p)) for p in prompts)
+            completion_tokens = sum(len(tokenize(c["text"])) for c in choices)
+            return {
+                "id": "cmpl-sim", "object": "text_completion", "model": self.config.model, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens},
+            }
+
+        return prompts, cost, answer
+
+    def _completion_choice(self, index: int, prompt: str, body: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+        text = ""
+        if max_tokens > 0:
+            text = _cut(self.model.complete(prompt, max_tokens, float(body.get("temperature", 1.0)), int(body.get("seed") or 0)), body.get("stop"))
+        choice: dict[str, Any] = {"index": index, "text": (prompt + text) if body.get("echo") else text,
+                                  "finish_reason": "length", "logprobs": None}
+        if body.get("logprobs") is not None:
+            shown = (prompt + text) if body.get("echo") else text
+            start = 0 if body.get("echo") else len(prompt)
+            choice["logprobs"] = self._token_logprobs(prompt, shown, start, int(body["logprobs"]))
+        if body.get("prompt_logprobs") is not None:
+            choice["prompt_logprobs"] = [None] + [
+                {str(token_id(token)): {"logprob": self.model.token_logprob(prompt[:offset], token), "rank": 1, "decoded_token": token}}
+                for offset, token in tokenize(prompt)[1:]
+            ]
+        return choice
+
+    def _token_logprobs(self, prompt: str, shown: str, start: int, top: int) -> dict[str, Any]:
+        full = prompt + shown if start else shown
+        tokens = tokenize(shown)
+        logprobs: list[float | None] = []
+        tops: list[dict[str, float] | None] = []
+        for position, (offset, token) in enumerate(tokens):
+            prefix = full[: start + offset]
+            first = start == 0 and position == 0
+            logprobs.append(None if first else self.model.token_logprob(prefix, token))
+            tops.append(None if first or top == 0 else {token: logprobs[-1]} | self.model.alternatives(prefix, top - 1))  # type: ignore[operator]
+        return {"tokens": [t for _, t in tokens], "token_logprobs": logprobs, "top_logprobs": tops,
+                "text_offset": [start + offset for offset, _ in tokens]}
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, self._chat_answer)
+
+    def _chat_answer(self, body: dict[str, Any]) -> tuple[list[str], int, Callable[[], dict[str, Any]]]:
+        messages = body["messages"]
+        prompt = "\n".join(str(m["content"]) for m in messages)
+        max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
+        cost = len(tokenize(prompt)) + max_tokens
+
+        def answer() -> dict[str, Any]:
+            text = _cut(self.model.complete(prompt, max_tokens, float(body.get("temperature", 1.0)), int(body.get("seed") or 0)), body.get("stop"))
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            if body.get("logprobs"):
+                count = int(body.get("top_logprobs") or 0)
+                content = []
+                for offset, token in tokenize(text):
+                    prefix = prompt + text[:offset]
+                    alternatives = self.model.alternatives(prefix, count) if count else {}
+                    content.append({"token": token, "logprob": self.model.token_logprob(prefix, token),
+                                    "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alternatives.items()]})
+                choice["logprobs"] = {"content": content}
+            prompt_tokens, completion_tokens = len(tokenize(prompt)), len(tokenize(text))
+            return {"id": "chat-sim", "object": "chat.completion", "model": self.config.model, "choices": [choice],
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                              "total_tokens": prompt_tokens + completion_tokens}}
+
+        return [prompt], cost, answer
+
+
+def _cut(text: str, stop: str | list[str] | None) -> str:
+    for marker in [stop] if isinstance(stop, str) else stop or []:
+        if marker and marker in text:
+            text = text[: text.index(marker)]
+    return text
+
+
+def _error(status: int, message: str, headers: dict[str, str]) -> web.Response:
+    kind = "rate_limit_error" if status == 429 else "invalid_request_error" if status < 500 else "server_error"
+    return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status, headers=headers)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the simulated OpenAI-compatible server.")
+    for field in attrs.fields(ServerConfig):
+        kind = type(field.default) if field.default is not None else str
+        kind = float if kind is int and field.name.endswith("_s") else kind
+        parser.add_argument("--" + field.name.replace("_", "-"), type=kind if kind in (int, float, str) else str, default=field.default)
+    parser.add_argument("--port", type=int, default=8000)
+    args = vars(parser.parse_args())
+    port = args.pop("port")
+    config = ServerConfig(**{k: v for k, v in args.items()})
+
+    async def serve() -> None:
+        async with SimServer(config, port=port) as server:
+            print(f"serving {server.url}", flush=True)
+            await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
