@@ -53,6 +53,10 @@ class GenerateRequest:
     priority: int = attrs.field(default=0, kw_only=True)
     """When the rate limit is the bottleneck, higher goes first (deeper nodes finish a batch sooner)."""
 
+    def key(self) -> tuple[object, ...]:
+        """Every field that decides the answer (not node, phase or priority)."""
+        return ("generate", self.prompt, self.max_tokens, self.temperature, self.stop, self.seed)
+
 
 @attrs.frozen
 class LogprobRequest:
@@ -63,6 +67,9 @@ class LogprobRequest:
     node: str | None = attrs.field(default=None, kw_only=True)
     phase: str = attrs.field(default="score", kw_only=True, validator=_known_phase)
     priority: int = attrs.field(default=0, kw_only=True)
+
+    def key(self) -> tuple[object, ...]:
+        return ("logprob", self.context, self.target)
 
 
 @attrs.frozen
@@ -75,11 +82,14 @@ class TopLogprobsRequest:
     phase: str = attrs.field(default="score", kw_only=True, validator=_known_phase)
     priority: int = attrs.field(default=0, kw_only=True)
 
+    def key(self) -> tuple[object, ...]:
+        return ("top_logprobs", self.context, self.count)
+
 
 Request = GenerateRequest | LogprobRequest | TopLogprobsRequest
 Result = str | float | dict[str, float]
 UNKEYED_FIELDS = ("node", "phase", "priority")
-"""Fields that do not change an answer: left out of cache and single-flight keys."""
+"""Fields that do not change an answer: left out of `key()`, cache and single-flight keys."""
 
 
 @attrs.define
@@ -166,6 +176,10 @@ class Backend:
     async def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[str]:
         """Several prompts in one request (when `capabilities.max_batch` > 1); requests share
         every field but the prompt. A prompt the server refuses fails the whole call."""
+        raise NotImplementedError(f"{type(self).__qualname__} does not take several prompts per request")
+
+    async def logprob_batch(self, requests: Sequence[LogprobRequest]) -> list[float]:
+        """Several log-probabilities in one request (when `capabilities.max_batch` > 1)."""
         raise NotImplementedError(f"{type(self).__qualname__} does not take several prompts per request")
 
     async def top_logprobs(self, request: TopLogprobsRequest) -> dict[str, float]:

@@ -19,9 +19,6 @@ DlgraphError
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 
 class DlgraphError(Exception):
     """Base of every error raised by dlgraph."""
@@ -98,14 +95,9 @@ class RetriesExhausted(BackendError):
     """Retrying did not succeed before the deadline; `__cause__` is the last transient error."""
 
 
-@contextmanager
-def tagged(node: str | None, phase: str | None) -> Iterator[None]:
-    """Attach the asking node and phase to any BackendError raised inside the block."""
-    try:
-        yield
-    except BackendError as error:
-        if error.node is None:
-            error.node = node
-        if error.phase is None:
-            error.phase = phase
-        raise
+def tag(error: BackendError, node: str | None, phase: str | None) -> None:
+    """Attach the asking node and phase to an error passing through the engine."""
+    if error.node is None:
+        error.node = node
+    if error.phase is None:
+        error.phase = phase

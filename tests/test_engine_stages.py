@@ -14,6 +14,7 @@ from dlgraph.engine.limiter import Limiter, RateLimits
 from dlgraph.engine.retry import Retry, RetryPolicy
 from dlgraph.engine.single_flight import SingleFlight
 from dlgraph.engine.stage import Batch, request_key
+from dlgraph.engine.workers import Workers
 
 
 def key(request):
@@ -45,7 +46,7 @@ async def test_single_flight_shares_one_call_between_identical_requests() -> Non
     inner = Counting(block=True)
     results = []
     async with anyio.create_task_group() as engine_group:
-        flight = SingleFlight(inner, key, engine_group)
+        flight = SingleFlight(inner, key, Workers(engine_group))
         async with anyio.create_task_group() as callers:
             for _ in range(5):
                 async def ask() -> None:
@@ -53,6 +54,7 @@ async def test_single_flight_shares_one_call_between_identical_requests() -> Non
                 callers.start_soon(ask)
             await anyio.wait_all_tasks_blocked()
             inner.release.set()
+        engine_group.cancel_scope.cancel()  # idle workers wait for jobs until the engine closes
     assert inner.calls == 1 and results == ["answer to hi"] * 5
     assert flight.in_flight == 0
 
@@ -61,7 +63,7 @@ async def test_single_flight_cancelled_waiter_leaves_others_their_result() -> No
     inner = Counting(block=True)
     results = []
     async with anyio.create_task_group() as engine_group:
-        flight = SingleFlight(inner, key, engine_group)
+        flight = SingleFlight(inner, key, Workers(engine_group))
         doomed = anyio.CancelScope()
         async with anyio.create_task_group() as callers:
             async def impatient() -> None:
@@ -75,19 +77,40 @@ async def test_single_flight_cancelled_waiter_leaves_others_their_result() -> No
             doomed.cancel()
             await anyio.wait_all_tasks_blocked()
             inner.release.set()
+        engine_group.cancel_scope.cancel()
     assert results == ["answer to hi"] and inner.calls == 1
 
 
-async def test_single_flight_last_waiter_cancelling_forgets_the_call() -> None:
-    inner = Counting(block=True)
-    before = len(anyio.get_running_tasks())
+async def test_single_flight_last_waiter_cancelling_cancels_and_forgets_the_call() -> None:
+    cancelled = anyio.Event()
+
+    async def slow(request):
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+
     async with anyio.create_task_group() as engine_group:
-        flight = SingleFlight(inner, key, engine_group)
+        flight = SingleFlight(slow, key, Workers(engine_group))
         with anyio.move_on_after(0.05):
             await flight(dg.GenerateRequest("hi"))
-        await anyio.wait_all_tasks_blocked()
+        await cancelled.wait()
         assert flight.in_flight == 0
-        assert len(anyio.get_running_tasks()) == before  # the shared call is gone too
+        engine_group.cancel_scope.cancel()
+
+
+async def test_workers_are_reused_instead_of_spawned_again() -> None:
+    inner = Counting()
+    async with anyio.create_task_group() as engine_group:
+        workers = Workers(engine_group)
+        flight = SingleFlight(inner, key, workers)
+        for round in range(3):
+            async with anyio.create_task_group() as callers:
+                for i in range(4):
+                    callers.start_soon(flight, dg.GenerateRequest(f"{round}-{i}"))
+            await anyio.wait_all_tasks_blocked()
+        assert workers.spawned == 4 and inner.calls == 12
+        engine_group.cancel_scope.cancel()
 
 
 # -- cache -----------------------------------------------------------------------------------

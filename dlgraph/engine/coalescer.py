@@ -1,4 +1,4 @@
-"""Compatible generate requests arriving close together go out as one multi-prompt request.
+"""Compatible requests arriving close together go out as one multi-prompt request.
 
 A request opens a batch (or joins the open one with the same sampling fields); the batch is
 sent when it is full or when its window has passed, by a task in the engine's task group.
@@ -13,7 +13,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from dlgraph.backend import GenerateRequest, Result
+from dlgraph.backend import GenerateRequest, LogprobRequest, Result
 from dlgraph.engine.stage import Batch, Call, Outcome, Work, batch_key
 from dlgraph._tasks import single_errors
 from dlgraph.errors import BackendError, RequestRejected
@@ -21,7 +21,7 @@ from dlgraph.errors import BackendError, RequestRejected
 
 @attrs.define(eq=False)
 class _Slot:
-    request: GenerateRequest
+    request: GenerateRequest | LogprobRequest
     done: anyio.Event = attrs.field(factory=anyio.Event)
     result: Result | None = None
     error: BaseException | None = None
@@ -43,7 +43,7 @@ class Coalescer:
     _open: dict[Hashable, _OpenBatch] = attrs.field(factory=dict, init=False)
 
     async def __call__(self, work: Work) -> Outcome:
-        if not isinstance(work, GenerateRequest) or self.max_batch <= 1:
+        if not isinstance(work, GenerateRequest | LogprobRequest) or self.max_batch <= 1:
             return await self.inner(work)
         key = batch_key(work)
         batch = self._open.get(key)
@@ -81,7 +81,7 @@ class Coalescer:
             if len(slots) == 1:
                 outcomes: list[object] = [await self.inner(slots[0].request)]
             else:
-                result = await self.inner(Batch(tuple(slot.request for slot in slots)))
+                result = await self.inner(Batch(tuple(slot.request for slot in slots)))  # type: ignore[arg-type]
                 assert isinstance(result, list)
                 outcomes = list(result)
         except Exception as error:  # handed to every waiter of the batch
@@ -110,7 +110,7 @@ class Split:
             if len(work.requests) == 1:
                 return [error]
         middle = len(work.requests) // 2
-        halves = [Batch(work.requests[:middle]), Batch(work.requests[middle:])]
+        halves = [Batch(work.requests[:middle]), Batch(work.requests[middle:])]  # type: ignore[arg-type]
         results: list[list[object]] = [[], []]
 
         async def run(index: int) -> None:

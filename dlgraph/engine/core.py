@@ -28,7 +28,8 @@ from dlgraph.engine.limiter import Limiter, LimiterStatistics, RateLimits
 from dlgraph.engine.retry import Retry, RetryPolicy
 from dlgraph.engine.single_flight import SingleFlight
 from dlgraph.engine.stage import BackendCall, Call, request_key
-from dlgraph.errors import tagged
+from dlgraph.engine.workers import Workers
+from dlgraph.errors import BackendError, tag
 from dlgraph.scoring import logsumexp, matching_class, normalize_log_scores, verbalizers
 
 FLOOR_LOGPROB = -20.0
@@ -110,7 +111,7 @@ class Engine:
         if max_batch > 1:
             chain = Split(chain)
             chain = Coalescer(chain, task_group, max_batch, self.coalesce_ms / 1000.0, sleep=self.sleep)
-        chain = SingleFlight(chain, key, task_group)
+        chain = SingleFlight(chain, key, Workers(task_group))
         if store is not None:
             chain = Cache(chain, key, self.ledger, store)
         return chain
@@ -119,8 +120,11 @@ class Engine:
         """Send one request through the pipeline."""
         if self._chain is None:
             raise RuntimeError("use the engine inside 'async with Engine(...) as engine'")
-        with tagged(request.node, request.phase):
+        try:
             result = await self._chain(request)
+        except BackendError as error:
+            tag(error, request.node, request.phase)
+            raise
         assert not isinstance(result, list)
         return result
 

@@ -104,7 +104,9 @@ class Ledger:
     """Calls in flight, counted against the budget before they finish."""
 
     def add(self, request: Work, **counts: int) -> None:
-        self._counts[_key(request)].update(counts)
+        counter = self._counts[_key(request)]
+        for name, value in counts.items():
+            counter[name] += value
         self._calls += counts.get("calls", 0)
         self._tokens += counts.get("tokens_in", 0) + counts.get("tokens_out", 0)
 
@@ -139,9 +141,12 @@ def prompt_text(request: Request) -> str:
 
 def estimated_tokens(backend: Backend, work: Work) -> tuple[int, int]:
     """(prompt tokens, tokens reserved for the answer) before the call: what rate limits charge."""
-    requests = requests_of(work)
-    prompt = sum(backend.count_tokens(prompt_text(r)) for r in requests)
-    answer = sum(r.max_tokens for r in requests if isinstance(r, GenerateRequest))
+    if not isinstance(work, Batch):
+        return backend.count_tokens(prompt_text(work)), work.max_tokens if isinstance(work, GenerateRequest) else 0
+    prompt = answer = 0
+    for request in work.requests:
+        prompt += backend.count_tokens(prompt_text(request))
+        answer += request.max_tokens if isinstance(request, GenerateRequest) else 0
     return prompt, answer
 
 

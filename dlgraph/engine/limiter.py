@@ -107,9 +107,11 @@ class Limiter:
     _rate_limited: int = attrs.field(default=0, init=False)
     _latency_s: float = attrs.field(default=1.0, init=False)
     _limit: float = attrs.field(default=1.0, init=False)
+    _ceiling_value: float = attrs.field(default=256.0, init=False)
     """The adaptive concurrency limit; the CapacityLimiter holds its whole part."""
 
     def __attrs_post_init__(self) -> None:
+        self._ceiling_value = self._compute_ceiling()
         now = self.clock()
         if self.limits.rpm:
             self._requests = TokenBucket.per_minute(self.limits.rpm, self.limits.burst_s, now)
@@ -119,18 +121,22 @@ class Limiter:
         self.capacity = anyio.CapacityLimiter(int(self._limit))
 
     def _ceiling(self) -> float:
+        return self._ceiling_value
+
+    def _compute_ceiling(self) -> float:
         ceiling = min(self.limits.max_concurrency or math.inf, self.backend.capabilities.max_concurrency or math.inf)
         return 256 if ceiling == math.inf else ceiling
 
     def _little(self, latency_s: float) -> float:
         """Little's law: calls in flight = arrival rate × latency (with headroom)."""
         if not self.limits.rpm:
-            return self._ceiling()
+            return self._ceiling_value
         return float(min(self._ceiling(), max(2, math.ceil(self.limits.rpm / 60.0 * latency_s * 2))))
 
     async def __call__(self, work: Work) -> Outcome:
-        prompt, answer = estimated_tokens(self.backend, work)
-        await self._admit(work.priority, prompt + answer)
+        charged = sum(estimated_tokens(self.backend, work)) if self._tokens else 0
+        await self._admit(work.priority, charged)
+        crowded = self.capacity.available_tokens < 1
         async with self.capacity:
             box, token = collect_report()
             started = self.clock()
@@ -143,8 +149,8 @@ class Limiter:
             finally:
                 stop_collecting(token)
             self._calibrate(box)
-            self._on_success(self.clock() - started)
-            self._true_up(prompt + answer, box.prompt_tokens, box.completion_tokens)
+            self._on_success(self.clock() - started, crowded)
+            self._true_up(charged, box.prompt_tokens, box.completion_tokens)
             return result
 
     # -- admission -------------------------------------------------------------------------
@@ -159,6 +165,12 @@ class Limiter:
         return max(waits)
 
     async def _admit(self, priority: int, tokens: int) -> None:
+        if not self._queue and (self._requests or self._tokens or self._paused_until > -math.inf):
+            if self._wait_s(tokens) <= 0:
+                self._take(tokens)
+                return
+        elif not self._queue:
+            return  # no limit known: nothing to wait for
         waiter = _Waiter(priority, tokens)
         entry = (-priority, next(self._order), waiter)
         heapq.heappush(self._queue, entry)
@@ -179,11 +191,14 @@ class Limiter:
             self._wake_head()
             raise
         heapq.heappop(self._queue)
+        self._take(tokens)
+        self._wake_head()
+
+    def _take(self, tokens: int) -> None:
         if self._requests:
             self._requests.take(1)
         if self._tokens:
             self._tokens.take(tokens)
-        self._wake_head()
 
     def _wake_head(self) -> None:
         if self._queue:
@@ -208,6 +223,8 @@ class Limiter:
     def _calibrate(self, box: CallReport) -> None:
         """Adopt the server's limits when it states them (x-ratelimit-*), never exceeding ours,
         and never hold more allowance than the server says remains."""
+        if box.limit_requests is None and box.limit_tokens is None and box.remaining_requests is None and box.remaining_tokens is None:
+            return
         now = self.clock()
         for attribute, limit, remaining in (
             ("_requests", box.limit_requests, box.remaining_requests),
@@ -223,18 +240,21 @@ class Limiter:
                 bucket.refill(now)
                 bucket.level = min(bucket.level, float(remaining))
 
-    def _on_success(self, latency_s: float) -> None:
+    def _on_success(self, latency_s: float, crowded: bool) -> None:
+        """Track latency; grow the concurrency limit by about one per window of calls that
+        had to wait for it (additive increase)."""
         self._latency_s = 0.9 * self._latency_s + 0.1 * latency_s
         limit = self._limit
-        if self.capacity.statistics().tasks_waiting:
-            limit += 1.0 / limit  # additive increase: about +1 per window of calls
+        if crowded:
+            limit += 1.0 / limit
         if not self._rate_limited:
             limit = max(limit, self._little(self._latency_s))
         self._set_limit(limit)
 
     def _set_limit(self, limit: float) -> None:
         self._limit = min(self._ceiling(), max(1.0, limit))
-        self.capacity.total_tokens = int(self._limit)
+        if int(self._limit) != self.capacity.total_tokens:
+            self.capacity.total_tokens = int(self._limit)
 
     def _true_up(self, charged: int, prompt_tokens: int | None, completion_tokens: int | None) -> None:
         """Give back (or take) the difference between the estimate and the real usage."""

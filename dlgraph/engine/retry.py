@@ -17,7 +17,7 @@ from dlgraph.errors import RateLimited, RetriesExhausted, TransientError
 @attrs.frozen
 class RetryPolicy:
     deadline_s: float = 300.0
-    """Give up once this much time has passed since the first attempt."""
+    """Give up once this much time has passed since the first failure."""
     initial_wait_s: float = 0.25
     max_wait_s: float = 10.0
 
@@ -37,13 +37,23 @@ class Retry:
     jitter: random.Random = attrs.field(factory=lambda: random.Random(0))
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, RateLimited):
-            return 0.0
-        ceiling = min(self.policy.max_wait_s, self.policy.initial_wait_s * 2 ** (state.attempt_number - 1))
-        return self.jitter.uniform(0, ceiling)  # "full jitter"
+        return self._wait_after(state.outcome.exception() if state.outcome else None, state.attempt_number + 1)
 
     async def __call__(self, work: Work) -> Outcome:
+        try:
+            return await self.inner(work)  # the common case: no retry machinery at all
+        except TransientError as error:
+            first_error: TransientError = error
+        return await self._retry(work, first_error)
+
+    def _wait_after(self, error: BaseException | None, attempt: int) -> float:
+        if isinstance(error, RateLimited):
+            return 0.0
+        ceiling = min(self.policy.max_wait_s, self.policy.initial_wait_s * 2 ** (attempt - 1))
+        return self.jitter.uniform(0, ceiling)  # "full jitter"
+
+    async def _retry(self, work: Work, first_error: TransientError) -> Outcome:
+        """Retry under one deadline scope, counted from the first failure."""
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(TransientError),
             wait=self._wait,
@@ -51,9 +61,11 @@ class Retry:
             sleep=self.sleep,
             reraise=True,
         )
-        last: list[BaseException] = []
+        last: list[BaseException] = [first_error]
         try:
             with anyio.fail_after(self.policy.deadline_s):
+                self.ledger.add(work, retries=1)
+                await self.sleep(self._wait_after(first_error, 1))
                 async for attempt in retrying:
                     with attempt:
                         try:

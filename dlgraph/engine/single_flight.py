@@ -1,6 +1,7 @@
 """Identical requests in flight share one call.
 
-The shared call runs in the engine's task group, not in the first caller's task, so one
+The shared call runs in the engine's task group (on a reused worker), not in the first
+caller's task, so one
 caller's cancellation never cancels a result others await. When the last waiter leaves, the
 call is cancelled and forgotten.
 """
@@ -10,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 
 import anyio
-import anyio.abc
 import attrs
 
 from dlgraph.engine.stage import Call, Outcome, Work
+from dlgraph.engine.workers import Workers
 
 
 @attrs.define(eq=False)
@@ -29,7 +30,7 @@ class Flight:
 class SingleFlight:
     inner: Call
     key: Callable[[Work], Hashable]
-    task_group: anyio.abc.TaskGroup
+    workers: Workers
     _flights: dict[Hashable, Flight] = attrs.field(factory=dict, init=False)
 
     @property
@@ -41,7 +42,7 @@ class SingleFlight:
         flight = self._flights.get(key)
         if flight is None:
             flight = self._flights[key] = Flight()
-            self.task_group.start_soon(self._run, key, flight, request)
+            self.workers.submit(lambda: self._run(key, flight, request))
         flight.waiters += 1
         try:
             await flight.done.wait()

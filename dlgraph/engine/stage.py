@@ -24,9 +24,10 @@ from dlgraph.errors import BackendError
 
 @attrs.frozen
 class Batch:
-    """Generate requests sharing every field but the prompt; answered by one backend call."""
+    """Requests of one kind sharing every field but their text; answered by one backend call
+    (a multi-prompt /v1/completions request)."""
 
-    requests: tuple[GenerateRequest, ...]
+    requests: tuple[GenerateRequest, ...] | tuple[LogprobRequest, ...]
 
     @property
     def node(self) -> str | None:
@@ -55,14 +56,14 @@ def request_key(identity: str, request: Request) -> tuple[object, ...]:
 
     Node, phase and priority are left out: the same text asked by two phases has one answer.
     """
-    fields = attrs.asdict(request, filter=lambda field, _: field.name not in UNKEYED_FIELDS)
-    return (identity, type(request).__name__, *sorted((k, repr(v)) for k, v in fields.items()))
+    return (identity, *request.key())
 
 
-def batch_key(request: GenerateRequest) -> tuple[object, ...]:
-    """Requests with equal keys may share one multi-prompt call: all but the prompt agree."""
-    fields = attrs.asdict(request, filter=lambda field, _: field.name not in (*UNKEYED_FIELDS, "prompt"))
-    return tuple(sorted((k, repr(v)) for k, v in fields.items()))
+def batch_key(request: GenerateRequest | LogprobRequest) -> tuple[object, ...]:
+    """Requests with equal keys may share one multi-prompt call: all but their text agree."""
+    text_fields = ("prompt", "context", "target")
+    fields = attrs.asdict(request, filter=lambda field, _: field.name not in (*UNKEYED_FIELDS, *text_fields))
+    return (type(request).__name__, *sorted((k, repr(v)) for k, v in fields.items()))
 
 
 def requests_of(work: Work) -> tuple[Request, ...]:
@@ -77,10 +78,14 @@ class BackendCall:
 
     async def __call__(self, work: Work) -> Outcome:
         if isinstance(work, Batch):
-            texts = await self.backend.generate_batch(list(work.requests))
-            if len(texts) != len(work.requests):
-                raise BackendError(f"backend answered {len(texts)} prompts of {len(work.requests)}")
-            return list(texts)
+            first = work.requests[0]
+            if isinstance(first, GenerateRequest):
+                answers: list[str] | list[float] = await self.backend.generate_batch(list(work.requests))  # type: ignore[arg-type]
+            else:
+                answers = await self.backend.logprob_batch(list(work.requests))  # type: ignore[arg-type]
+            if len(answers) != len(work.requests):
+                raise BackendError(f"backend answered {len(answers)} prompts of {len(work.requests)}")
+            return list(answers)
         if isinstance(work, GenerateRequest):
             return await self.backend.generate(work)
         if isinstance(work, LogprobRequest):

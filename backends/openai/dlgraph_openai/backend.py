@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import aiohttp
@@ -40,6 +40,9 @@ class OpenAIBackend(dg.Backend):
     max_batch: int | None = None
     """Prompts per request when coalescing (default: the profile's)."""
     connections: int = 256
+    tokenizer: Callable[[str], int] | None = None
+    """Counts tokens as the server does (e.g. with tiktoken), for rate limits and budgets;
+    default: about four characters per token."""
     _session: aiohttp.ClientSession | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -57,6 +60,9 @@ class OpenAIBackend(dg.Backend):
             top_logprobs=self.profile.top_logprobs,
             max_batch=(self.max_batch or self.profile.max_batch) if completions else 1,
         )
+
+    def count_tokens(self, text: str) -> int:
+        return self.tokenizer(text) if self.tokenizer else super().count_tokens(text)
 
     @property
     def identity(self) -> str:
@@ -132,13 +138,11 @@ class OpenAIBackend(dg.Backend):
     # -- scoring -----------------------------------------------------------------------------
 
     async def logprob(self, request: dg.LogprobRequest) -> float:
+        if self.api == "completions" and self.profile.echo_logprobs:
+            return (await self.logprob_batch([request]))[0]
         if not request.context:
             raise dg.RequestRejected("a log-probability needs a non-empty context")
         text = request.context + request.target
-        if self.api == "completions" and self.profile.echo_logprobs:
-            body = {"prompt": text, "max_tokens": self.profile.echo_max_tokens, "echo": True, "logprobs": 0, "temperature": 0}
-            choice = (await self._post("/completions", body))["choices"][0]
-            return _echo_sum(choice.get("logprobs"), len(request.context), len(text), self.base_url or "")
         if self.api == "completions" and self.profile.prompt_logprobs:
             body = {"prompt": text, "max_tokens": 1, "prompt_logprobs": 0, "temperature": 0}
             choice = (await self._post("/completions", body))["choices"][0]
@@ -148,6 +152,23 @@ class OpenAIBackend(dg.Backend):
             "(neither echo with logprobs nor prompt_logprobs); class nodes can still be scored by "
             "top log-probs, and the trainer can use scoring='accuracy'"
         )
+
+    async def logprob_batch(self, requests: Sequence[dg.LogprobRequest]) -> list[float]:
+        """Log-probabilities of several texts in one echo request, each aligned by offsets."""
+        if not (self.api == "completions" and self.profile.echo_logprobs):
+            raise dg.RequestRejected(f"{self.base_url} ({self.profile.name}) has no echo log-probabilities for batches")
+        if any(not request.context for request in requests):
+            raise dg.RequestRejected("a log-probability needs a non-empty context")
+        texts = [request.context + request.target for request in requests]
+        body = {"prompt": texts if len(texts) > 1 else texts[0], "max_tokens": self.profile.echo_max_tokens,
+                "echo": True, "logprobs": 0, "temperature": 0}
+        choices = sorted((await self._post("/completions", body))["choices"], key=lambda c: int(c.get("index", 0)))
+        if len(choices) != len(requests):
+            raise dg.TransientError(f"{self.base_url}/completions: {len(choices)} answers for {len(requests)} prompts")
+        return [
+            _echo_sum(choice.get("logprobs"), len(request.context), len(text), self.base_url or "")
+            for choice, request, text in zip(choices, requests, texts, strict=True)
+        ]
 
     async def top_logprobs(self, request: dg.TopLogprobsRequest) -> dict[str, float]:
         count = min(request.count, self.profile.top_logprobs)

@@ -202,3 +202,14 @@ def test_azure_profile_needs_a_base_url_and_uses_its_header() -> None:
         OpenAIBackend("m", profile="azure", api_key=KEY)
     azure = OpenAIBackend("m", base_url="https://r.openai.azure.com/openai/deployments/d", profile="azure", api_key=KEY)
     assert azure._headers() == {"api-key": KEY}
+
+
+async def test_logprob_requests_are_coalesced_into_one_echo_request() -> None:
+    async with SimServer(ServerConfig(api_key=KEY)) as server:
+        async with dg.Engine(backend(server), coalesce_ms=20) as alone_engine:
+            alone = [await alone_engine.logprob("Context number", f" {i}") for i in range(3)]
+        sent = server.count()
+        async with dg.Engine(backend(server), coalesce_ms=20, cache=False) as engine:
+            together = await map_concurrently(lambda i: engine.logprob("Context number", f" {i}"), range(3))
+    assert together == pytest.approx(alone)
+    assert server.count() - sent == 1 and len(server.attempts[-1].prompts) == 3

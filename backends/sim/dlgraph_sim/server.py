@@ -155,6 +155,7 @@ class SimServer:
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/sim/attempts", self._attempt_counts)
         return app
 
     async def __aenter__(self) -> SimServer:
@@ -259,6 +260,13 @@ class SimServer:
 
     # -- endpoints -------------------------------------------------------------------------
 
+    async def _attempt_counts(self, request: web.Request) -> web.Response:
+        """Attempts by outcome, for a client in another process (benchmarks)."""
+        counts: dict[str, int] = {}
+        for attempt in self.attempts:
+            counts[attempt.outcome] = counts.get(attempt.outcome, 0) + 1
+        return web.json_response({"attempts": len(self.attempts), "by_outcome": counts})
+
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": self.config.model, "object": "model"}]})
 
@@ -358,14 +366,13 @@ def _error(status: int, message: str, headers: dict[str, str]) -> web.Response:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the simulated OpenAI-compatible server.")
-    for field in attrs.fields(ServerConfig):
-        kind = type(field.default) if field.default is not None else str
-        kind = float if kind is int and field.name.endswith("_s") else kind
-        parser.add_argument("--" + field.name.replace("_", "-"), type=kind if kind in (int, float, str) else str, default=field.default)
     parser.add_argument("--port", type=int, default=8000)
+    for field in attrs.fields(ServerConfig):
+        kind = {"model": str, "api_key": str, "retry_after": str, "poison": str, "max_batch": int, "seed": int}.get(field.name, float)
+        parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=field.default)
     args = vars(parser.parse_args())
     port = args.pop("port")
-    config = ServerConfig(**{k: v for k, v in args.items()})
+    config = ServerConfig(**args)
 
     async def serve() -> None:
         async with SimServer(config, port=port) as server:

@@ -1,0 +1,350 @@
+"""How fast and how reliably clients get a DLN-2 training step's calls through a rate-limited,
+faulty OpenAI-compatible server. Everything below runs side by side in one run:
+
+* dlgraph's Engine (dlgraph-openai);
+* the reference DLN client's two patterns, re-implemented: per prompt in blocking mini-batches
+  of 20 (gather; on any error wait 4 to 10 s and retry), and 20 prompts per /v1/completions
+  request, one request at a time (same retries);
+* the official `openai` SDK behind an asyncio semaphore of 64 (its default retries).
+
+The simulated server (dlgraph_sim.server) runs in its own process, fresh for every run.
+Scenarios: RPM-bound and TPM-bound, each with 1% 5xx and 0.5% dropped connections; RPM-bound
+with coalescing (8 prompts per request). Then the engine's own CPU overhead per call against
+an instant in-process backend.
+
+    python bench/engine.py            # about 15 minutes
+    python bench/engine.py --quick    # a smaller workload, about 5 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import attrs
+
+import dlgraph as dg
+from dlgraph._tasks import map_concurrently
+
+WORDS = "the a to of and walk left right step turn back forward yes no answer because so then we it is".split()
+SERVER_LATENCY_S = 0.2
+TIME_CAP_S = 150.0
+
+
+@attrs.frozen
+class Call:
+    kind: str  # "generate" or "logprob"
+    text: str
+    max_tokens: int = 0
+    target: str = ""
+
+
+def words(rng: random.Random, count: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(count))
+
+
+def dln2_step(seed: int, batch: int = 20, hidden: int = 5, candidates: int = 20) -> list[list[Call]]:
+    """The calls of one DLN-2 step, phase by phase (a phase needs the one before it)."""
+    rng = random.Random(seed)
+    inputs = [f"question {i}: " + words(rng, 60) for i in range(batch)]
+
+    def lp(context: str, target: str) -> Call:
+        return Call("logprob", context, target=target)
+
+    forward_reason = [Call("generate", "Think it through.\n" + x + "\nOutput:", 48) for x in inputs]
+    forward_answer = [lp("Answer.\n" + x + "\nreason: " + words(rng, 30) + "\nAnswer:", v) for x in inputs for v in (" yes", " no")]
+    posterior = [Call("generate", f"Improve the reasoning (sample {k}).\n" + x + "\n" + words(rng, 60), 48) for x in inputs for k in range(hidden)]
+    evidence = [lp(f"Answer.\n{x}\nreason: {words(rng, 30)} {k}\nAnswer:", v) for x in inputs for k in range(hidden + 1) for v in (" yes", " no", " prior")]
+    propose = [Call("generate", f"Rewrite the instruction ({node} {m}).\n" + words(rng, 250), 80) for node in ("reason", "answer") for m in range(candidates)]
+    score = [lp(f"Prompt {c}.\n{x}\nreason: {words(rng, 30)} {t}\nAnswer:", v)
+             for c in range(candidates + 1) for x in inputs for t in range(2) for v in (" yes", " no")]
+    return [forward_reason, forward_answer, posterior, evidence, propose, score]
+
+
+def sim_tokens(text: str) -> int:
+    from dlgraph_sim.server import tokenize
+
+    return len(tokenize(text))
+
+
+def workload_size(workload: list[list[Call]]) -> tuple[int, int]:
+    calls = sum(len(phase) for phase in workload)
+    tokens = sum(sim_tokens(c.text + c.target) + c.max_tokens for phase in workload for c in phase)
+    return calls, tokens
+
+
+@attrs.frozen
+class Scenario:
+    name: str
+    rpm: float | None
+    tpm: float | None
+    error_rate: float = 0.01
+    drop_rate: float = 0.005
+    coalesce: bool = False
+
+
+@attrs.define
+class Outcome:
+    client: str
+    wall_s: float
+    done: int
+    failed: int
+    latencies: list[float]
+    cpu_s: float
+    capped: bool = False
+    attempts: dict[str, int] = attrs.Factory(dict)
+
+
+# -- the server, in its own process ------------------------------------------------------------
+
+class Server:
+    def __init__(self, scenario: Scenario, seed: int) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        args = [sys.executable, "-m", "dlgraph_sim.server", "--port", str(self.port), "--seed", str(seed),
+                "--latency-median-s", str(SERVER_LATENCY_S), "--latency-sigma", "0.3",
+                "--error-rate", str(scenario.error_rate), "--drop-rate", str(scenario.drop_rate), "--max-batch", "64"]
+        for flag, value in (("--rpm", scenario.rpm), ("--tpm", scenario.tpm)):
+            if value:
+                args += [flag, str(value)]
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        self.process.stdout.readline()  # "serving ..."
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+    async def attempts(self) -> dict[str, int]:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{self.port}/sim/attempts") as response:
+                return dict((await response.json())["by_outcome"])
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.communicate(timeout=10)
+
+
+# -- clients -----------------------------------------------------------------------------------
+
+Runner = Callable[[str, list[list[Call]], Scenario, list[float]], Awaitable[int]]
+
+
+async def dlgraph_engine(url: str, workload: list[list[Call]], scenario: Scenario, latencies: list[float]) -> int:
+    from dlgraph_openai import OpenAIBackend
+
+    backend = OpenAIBackend("sim-1", base_url=url, profile="sim", timeout_s=30, tokenizer=sim_tokens,
+                            max_batch=8 if scenario.coalesce else 1)
+    async with dg.Engine(backend, rpm=scenario.rpm, tpm=scenario.tpm, cache=False,
+                         coalesce_ms=50 if scenario.coalesce else 0) as engine:
+        async def one(call: Call) -> None:
+            started = time.perf_counter()
+            if call.kind == "generate":
+                await engine.generate(call.text, max_tokens=call.max_tokens, temperature=0.7)
+            else:
+                await engine.logprob(call.text, call.target)
+            latencies.append(time.perf_counter() - started)
+
+        for phase in workload:
+            await map_concurrently(one, phase)
+    return 0
+
+
+def _body(calls: list[Call]) -> dict[str, Any]:
+    texts = [c.text + c.target for c in calls]
+    prompt: str | list[str] = texts if len(texts) > 1 else texts[0]
+    if calls[0].kind == "generate":
+        return {"model": "sim-1", "prompt": prompt, "max_tokens": calls[0].max_tokens, "temperature": 0.7}
+    return {"model": "sim-1", "prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": 0}
+
+
+async def _post_with_reference_retries(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> bool:
+    """The reference client's retry: any failure waits 4 to 10 s (exponential, no jitter)."""
+    for attempt in range(20):
+        try:
+            async with session.post(url + "/completions", json=body) as response:
+                if response.status == 200:
+                    await response.json()
+                    return True
+                await response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            pass
+        await asyncio.sleep(min(10.0, max(4.0, 2.0**attempt)))
+    return False
+
+
+async def reference_per_prompt(url: str, workload: list[list[Call]], scenario: Scenario, latencies: list[float]) -> int:
+    failed = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async def one(call: Call) -> bool:
+            started = time.perf_counter()
+            ok = await _post_with_reference_retries(session, url, _body([call]))
+            latencies.append(time.perf_counter() - started)
+            return ok
+
+        for phase in workload:
+            for start in range(0, len(phase), 20):
+                results = await asyncio.gather(*(one(c) for c in phase[start : start + 20]))
+                failed += results.count(False)
+    return failed
+
+
+async def reference_twenty_per_request(url: str, workload: list[list[Call]], scenario: Scenario, latencies: list[float]) -> int:
+    failed = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        for phase in workload:
+            for start in range(0, len(phase), 20):
+                chunk = phase[start : start + 20]
+                started = time.perf_counter()
+                ok = await _post_with_reference_retries(session, url, _body(chunk))
+                latencies.extend([time.perf_counter() - started] * len(chunk))
+                failed += 0 if ok else len(chunk)
+    return failed
+
+
+async def openai_sdk(url: str, workload: list[list[Call]], scenario: Scenario, latencies: list[float]) -> int:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url, api_key="unused", timeout=30.0)
+    semaphore = asyncio.Semaphore(64)
+    failed = 0
+
+    async def one(call: Call) -> None:
+        nonlocal failed
+        async with semaphore:
+            started = time.perf_counter()
+            try:
+                if call.kind == "generate":
+                    await client.completions.create(model="sim-1", prompt=call.text, max_tokens=call.max_tokens, temperature=0.7)
+                else:
+                    await client.completions.create(model="sim-1", prompt=call.text + call.target, max_tokens=0, echo=True, logprobs=0)
+            except openai.OpenAIError:
+                failed += 1
+            latencies.append(time.perf_counter() - started)
+
+    try:
+        for phase in workload:
+            await asyncio.gather(*(one(c) for c in phase))
+    finally:
+        await client.close()
+    return failed
+
+
+CLIENTS: dict[str, Runner] = {
+    "dlgraph": dlgraph_engine,
+    "reference per-prompt x20": reference_per_prompt,
+    "reference 20-per-request": reference_twenty_per_request,
+    "openai SDK + semaphore": openai_sdk,
+}
+
+
+async def run_client(name: str, runner: Runner, workload: list[list[Call]], scenario: Scenario, seed: int) -> Outcome:
+    server = Server(scenario, seed)
+    latencies: list[float] = []
+    calls = sum(len(p) for p in workload)
+    cpu, wall = time.process_time(), time.perf_counter()
+    capped, failed = False, 0
+    try:
+        failed = await asyncio.wait_for(runner(server.url, workload, scenario, latencies), TIME_CAP_S)
+    except asyncio.TimeoutError:
+        capped = True
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    try:
+        attempts = await server.attempts()
+    finally:
+        server.stop()
+    done = len(latencies) if capped else calls
+    if capped:
+        wall = wall * calls / max(1, done)  # extrapolated from the part done before the cap
+    return Outcome(name, wall, done, failed, latencies, cpu, capped, attempts)
+
+
+def bound_s(workload: list[list[Call]], scenario: Scenario) -> float:
+    calls, tokens = workload_size(workload)
+    requests = calls / 8 if scenario.coalesce else calls
+    bounds = [len(workload) * SERVER_LATENCY_S]  # the critical path: one median latency per phase
+    if scenario.rpm:
+        bounds.append(requests / scenario.rpm * 60)
+    if scenario.tpm:
+        bounds.append(tokens / scenario.tpm * 60)
+    return max(bounds)
+
+
+def row(outcome: Outcome, bound: float, calls: int) -> str:
+    lat = sorted(outcome.latencies) or [0.0]
+    p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    attempts = outcome.attempts
+    failed_attempts = sum(n for k, n in attempts.items() if k != "ok")
+    wall = f"{outcome.wall_s:.1f}" + ("*" if outcome.capped else "")
+    return (f"| {outcome.client} | {wall} | {bound:.1f} | {bound / outcome.wall_s:.2f} | {calls / outcome.wall_s * 60:,.0f} | "
+            f"{attempts.get('rate_limited', 0)} | {failed_attempts} | {outcome.failed} | {p50:.2f} | {p99:.2f} | "
+            f"{outcome.cpu_s / max(1, outcome.done) * 1e6:,.0f} |")
+
+
+async def overhead_per_call(count: int) -> tuple[float, float]:
+    """CPU µs per call: through the engine, and calling the backend directly, same fan-out."""
+    from dlgraph_sim import ScriptedModel
+
+    model = ScriptedModel(generate=lambda r: "ok")
+    requests = [dg.GenerateRequest(f"prompt {i}", max_tokens=4) for i in range(count)]
+
+    async def direct() -> None:
+        for start in range(0, count, 1000):
+            await map_concurrently(model.generate, requests[start : start + 1000])
+
+    async def through_engine() -> None:
+        async with dg.Engine(model) as engine:
+            for start in range(0, count, 1000):
+                await map_concurrently(lambda r: engine.generate(r.prompt, max_tokens=4), requests[start : start + 1000])
+
+    results = []
+    for body in (direct, through_engine):
+        model.calls.clear()
+        cpu = time.process_time()
+        await body()
+        results.append((time.process_time() - cpu) / count * 1e6)
+    return results[0], results[1]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smaller workload (fewer prompt candidates)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clients", nargs="*", default=list(CLIENTS))
+    parser.add_argument("--scenarios", nargs="*", default=["rpm", "tpm", "rpm+coalesce"])
+    args = parser.parse_args()
+    workload = dln2_step(args.seed, candidates=8 if args.quick else 20)
+    calls, tokens = workload_size(workload)
+    target_s = 25.0 if args.quick else 40.0
+    scenarios = {
+        "rpm": Scenario("rpm", rpm=round(calls / target_s * 60), tpm=None),
+        "tpm": Scenario("tpm", rpm=round(calls / target_s * 60 * 4), tpm=round(tokens / target_s * 60)),
+        "rpm+coalesce": Scenario("rpm+coalesce", rpm=round(calls / target_s * 60 / 8), tpm=None, coalesce=True),
+    }
+    print(f"workload: one DLN-2 step, {calls:,} calls in {len(workload)} phases, {tokens:,} tokens; "
+          f"server latency median {SERVER_LATENCY_S} s; runs capped at {TIME_CAP_S:.0f} s (* = extrapolated)")
+    for key in args.scenarios:
+        scenario = scenarios[key]
+        bound = bound_s(workload, scenario)
+        print(f"\n### {scenario.name}: rpm {scenario.rpm}, tpm {scenario.tpm}, {scenario.error_rate:.0%} 5xx, "
+              f"{scenario.drop_rate:.1%} dropped connections\n")
+        print("| client | wall s | bound s | efficiency | calls/min | 429s | failed attempts | failed calls | p50 s | p99 s | client CPU µs/call |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for name in args.clients:
+            outcome = await run_client(name, CLIENTS[name], workload, scenario, args.seed)
+            print(row(outcome, bound, calls), flush=True)
+    direct, engine = await overhead_per_call(20_000)
+    print(f"\nengine overhead: {engine - direct:.0f} µs CPU per call ({engine:.0f} through the engine, "
+          f"{direct:.0f} calling the instant backend directly; 20,000 calls)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
