@@ -164,7 +164,7 @@ class RunConfig:
     def build_network(self, task: Task) -> Network:
         """`kind = "dln1"` or `"dln2"` from the task, or explicit nodes and edges."""
         section = self.network
-        section.check_keys(("kind", "nodes", "edges", "hidden_prompt", "hidden_max_tokens"))
+        section.check_keys(("kind", "nodes", "edges", "hidden_prompt", "hidden_max_tokens", "calibrate"))
         kind = section.get("kind", str, "dln1")
         net = Network()
         try:
@@ -182,7 +182,8 @@ class RunConfig:
                     net.add_node("reason", prompt=section.get("hidden_prompt", str, "Think about the question step by step."),
                                  max_tokens=section.get("hidden_max_tokens", int, 48), stop=["\n\n"])
                     net.add_edge(INPUT, "reason")
-                net.add_node("answer", prompt=task.instruction, classes=task.classes)
+                net.add_node("answer", prompt=task.instruction, classes=task.classes,
+                             calibrate=section.get("calibrate", bool, False))
                 if kind == "dln2":
                     net.add_edge("reason", "answer")
                 net.add_edge(INPUT, "answer")

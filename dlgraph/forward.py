@@ -9,7 +9,7 @@ import anyio
 import attrs
 
 from dlgraph._tasks import single_errors
-from dlgraph.network import INPUT, LanguageNode, Network
+from dlgraph.network import INPUT, Network
 
 if TYPE_CHECKING:
     from dlgraph.engine import Engine
@@ -42,28 +42,56 @@ class NodeOutput:
     distribution: tuple[float, ...] | None = None
 
 
+CONTENT_FREE = "N/A"
+"""What every parent says when a class node measures its bias (calibration)."""
+
+
+async def class_distribution(
+    net: Network, name: str, engine: Engine, values: Mapping[str, str], *, prompt: str | None = None,
+    phase: str, priority: int = 0,
+) -> list[float]:
+    """P(class | inputs) for class node `name`; with ``calibrate`` on, divided by the same
+    distribution for a content-free input (every parent "N/A") and renormalised, which
+    removes the prompt's bias towards some classes (Zhao et al., 2021)."""
+    node = net.node(name)
+    assert node.classes
+    rendered = net.render(name, values, prompt=prompt)
+    distribution = await engine.classify(rendered, node.classes, node=name, phase=phase, priority=priority)
+    if not node.calibrate:
+        return distribution
+    blank = net.render(name, {parent: CONTENT_FREE for parent in net.parents(name)}, prompt=prompt)
+    bias = await engine.classify(blank, node.classes, node=name, phase=phase, priority=priority)
+    ratios = [p / max(b, 1e-9) for p, b in zip(distribution, bias, strict=True)]
+    total = sum(ratios)
+    return [r / total for r in ratios]
+
+
 async def run_node(
-    node: LanguageNode,
+    net: Network,
+    name: str,
     engine: Engine,
-    rendered: str,
+    values: Mapping[str, str],
     *,
     phase: str,
+    prompt: str | None = None,
     seed: int = 0,
     temperature: float | None = None,
     priority: int = 0,
 ) -> NodeOutput:
-    """One call of one node: a class node classifies, a generation node generates."""
+    """One call of one node on its parents' outputs: a class node classifies, a generation
+    node generates. `prompt` replaces the node's own (to try candidate prompts)."""
+    node = net.node(name)
     if node.classes:
-        distribution = await engine.classify(rendered, node.classes, node=node.name, phase=phase, priority=priority)
+        distribution = await class_distribution(net, name, engine, values, prompt=prompt, phase=phase, priority=priority)
         best = max(range(len(distribution)), key=distribution.__getitem__)
         return NodeOutput(node.class_names[best], tuple(distribution))
     text = await engine.generate(
-        rendered,
+        net.render(name, values, prompt=prompt),
         max_tokens=node.max_tokens,
         temperature=node.temperature if temperature is None else temperature,
         stop=node.stop,
         seed=seed,
-        node=node.name,
+        node=name,
         phase=phase,
         priority=priority,
     )
@@ -95,9 +123,9 @@ async def forward(
         for parent in net.parents(name):
             if parent != INPUT:
                 await finished[parent, index].wait()
-        text = net.render(name, {p: outputs[p][index] for p in net.parents(name)})
-        result = await run_node(net.node(name), engine, text, phase=phase, priority=depth[name])
-        rendered[name][index] = text
+        values = {p: outputs[p][index] for p in net.parents(name)}
+        result = await run_node(net, name, engine, values, phase=phase, priority=depth[name])
+        rendered[name][index] = net.render(name, values)
         outputs[name][index] = result.text
         if result.distribution is not None:
             distributions[name][index] = result.distribution

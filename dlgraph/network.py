@@ -56,6 +56,8 @@ class LanguageNode:
     stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=tuple)
     is_trainable: bool = attrs.field(default=True, kw_only=True)
     is_output: bool = attrs.field(default=False, kw_only=True)
+    calibrate: bool = attrs.field(default=False, kw_only=True)
+    """Class nodes only: divide class probabilities by those for a content-free input."""
     _compiled: Template | None = attrs.field(default=None, init=False, repr=False)
 
     @property
@@ -79,6 +81,7 @@ class LanguageNode:
             "stop": list(self.stop),
             "is_trainable": self.is_trainable,
             "is_output": self.is_output,
+            "calibrate": self.calibrate,
         }
 
     @classmethod
@@ -94,6 +97,7 @@ class LanguageNode:
             stop=tuple(data.get("stop", ())),
             is_trainable=bool(data.get("is_trainable", True)),
             is_output=bool(data.get("is_output", False)),
+            calibrate=bool(data.get("calibrate", False)),
         )
 
 
@@ -126,8 +130,10 @@ class Network:
         stop: Sequence[str] = (),
         trainable: bool = True,
         output: bool = False,
+        calibrate: bool = False,
     ) -> LanguageNode:
-        """Add a node; a class node gets ``classes=["yes|Yes", "no|No"]``."""
+        """Add a node; a class node gets ``classes=["yes|Yes", "no|No"]``; ``calibrate``
+        removes a class node's prompt bias by comparing with a content-free input."""
         if not isinstance(name, str) or not name.strip():
             raise GraphError(f"node name must be a non-empty string, got {name!r}")
         if name == INPUT or name in self._graph:
@@ -136,6 +142,8 @@ class Network:
             self._check_classes(name, classes)
         if max_tokens <= 0:
             raise GraphError(f"node {name!r}: max_tokens must be > 0, got {max_tokens}")
+        if calibrate and not classes:
+            raise GraphError(f"node {name!r}: calibrate applies to class nodes only")
         node = LanguageNode(
             name,
             prompt,
@@ -146,6 +154,7 @@ class Network:
             stop=tuple(stop),
             is_trainable=trainable,
             is_output=output,
+            calibrate=calibrate,
         )
         self._graph.add_node(name, node=node)
         return node

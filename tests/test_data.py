@@ -102,5 +102,5 @@ def test_generated_navigation_is_balanced_and_splits_are_disjoint() -> None:
 
 
 def test_example_from_jsonl_refuses_non_object(tmp_path) -> None:
-    with pytest.raises(dg.DataError, match="x.jsonl:4: expected an object"):
+    with pytest.raises(dg.DataError, match="x.jsonl:4: expected a JSON object"):
         dg.Example.from_jsonl("x.jsonl", 4, json.dumps(["a", "b"]))

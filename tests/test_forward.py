@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import anyio
 import pytest
 from dlgraph_sim import ScriptedModel
@@ -118,3 +120,25 @@ async def test_forward_failure_raises_the_backend_error_tagged_with_node() -> No
             await diamond().forward(engine, ["x"])
     assert caught.value.node == "b" and caught.value.phase == "forward"
     assert "node 'b'" in str(caught.value)
+
+
+async def test_calibrated_class_node_removes_the_prompts_bias() -> None:
+    def logprob(request: dg.LogprobRequest) -> float:
+        text = request.context.split("Input: ")[1].split("\n")[0]
+        p_yes = {"N/A": 0.7, "even": 0.8, "odd": 0.6}[text]  # the prompt leans towards yes
+        return math.log(p_yes if request.target.strip().lower() == "yes" else 1 - p_yes) - math.log(2)
+
+    def network(calibrate: bool) -> dg.Network:
+        net = dg.Network()
+        net.add_node("answer", prompt="Even?", classes=["yes|Yes", "no|No"], calibrate=calibrate)
+        net.add_edge(dg.INPUT, "answer")
+        return net
+
+    async with dg.Engine(ScriptedModel(logprob=logprob)) as engine:
+        assert await network(False).predict(engine, ["even", "odd"]) == ["yes", "yes"]
+        assert await network(True).predict(engine, ["even", "odd"]) == ["yes", "no"]
+
+
+def test_calibrate_is_refused_on_a_generation_node() -> None:
+    with pytest.raises(dg.GraphError, match="node 'a': calibrate applies to class nodes only"):
+        dg.Network().add_node("a", prompt="x", calibrate=True)

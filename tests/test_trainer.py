@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from letter_world import (
@@ -259,3 +260,51 @@ async def test_early_stopping_ends_a_run_that_stops_improving() -> None:
         result = await trainer.fit(single_word_task(40, seed=1), single_word_task(40, seed=2), steps=10,
                                    batch_size=10, patience=2)
     assert result.stopped == "early_stopping" and len(result.history) == 2
+
+
+# -- against a separately written reference, as micrograd tests against PyTorch ---------------
+
+def reference_class_loglik(world: LetterWorld, prompt: str, context_lines: str, label: str) -> float:
+    context = f"{prompt}\n\n{context_lines}\nAnswer:"
+    return math.log(max(world.class_probability(prompt, context, label), 1e-6))
+
+
+async def test_generic_step_on_one_node_matches_a_hand_written_dln1_step() -> None:
+    world = LetterWorld(direct=True)
+    batch = single_word_task(8, seed=3)
+    async with dg.Engine(world.model()) as engine:
+        trainer = dg.VariationalTrainer(dln1(), engine, **TRAIN_OPTIONS)
+        outcome = await trainer.step(batch)
+    scored = outcome.elbo["answer"]
+    for prompt, elbo in scored:
+        expected = sum(reference_class_loglik(world, prompt, f"Input: {e.input}", e.target) for e in batch) / len(batch)
+        assert elbo == pytest.approx(expected, abs=1e-9)
+    best = max(range(len(scored)), key=lambda i: (scored[i][1], -i))
+    assert outcome.prompts["answer"] == scored[best][0]
+
+
+async def test_generic_step_on_two_nodes_matches_a_hand_written_dln2_step() -> None:
+    world = LetterWorld()
+    batch = single_word_task(6, seed=4)
+    tau = TRAIN_OPTIONS["posterior_temperature"]
+    async with dg.Engine(world.model()) as engine:
+        trainer = dg.VariationalTrainer(dln2(), engine, **TRAIN_OPTIONS)
+        outcome = await trainer.step(batch)
+    posterior = outcome.posteriors["reason"]
+    reason_prompt, answer_prompt = "Read the input.", "Answer the question."
+    for i, example in enumerate(batch):
+        scores = []
+        for candidate in posterior.candidates[i]:
+            likelihood = reference_class_loglik(world, answer_prompt, f"reason: {candidate}\nInput: {example.input}", example.target)
+            prior = world.logprob(dg.LogprobRequest(f"{reason_prompt}\n\nInput: {example.input}\nOutput:", " " + candidate))
+            scores.append((likelihood + prior) / tau)
+        top = max(scores)
+        weights = [math.exp(s - top) for s in scores]
+        assert list(posterior.weights[i]) == pytest.approx([w / sum(weights) for w in weights], abs=1e-9)
+    for prompt, elbo in outcome.elbo["answer"]:
+        total = 0.0
+        for i, example in enumerate(batch):
+            terms = [(c, w) for c, w in zip(posterior.candidates[i], posterior.weights[i]) if w >= 0.01]
+            norm = sum(w for _, w in terms)
+            total += sum(w / norm * reference_class_loglik(world, prompt, f"reason: {c}\nInput: {example.input}", example.target) for c, w in terms)
+        assert elbo == pytest.approx(total / len(batch), abs=1e-9)

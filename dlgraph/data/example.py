@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
 from dlgraph.errors import DataError
+
+
+def json_object(where: str, text: str) -> dict[str, Any]:
+    """One JSON object from one line; errors name `where` (path:line)."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{where}: not valid JSON: {error.msg}") from error
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object")
+    return record
 
 
 @attrs.frozen
@@ -21,12 +33,7 @@ class Example:
     def from_jsonl(cls, path: str, line_number: int, text: str) -> Example:
         """Parse one line of ``{"input": ..., "target": ...}``; errors name path:line."""
         where = f"{path}:{line_number}"
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where}: not valid JSON: {error.msg}") from error
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected an object with 'input' and 'target'")
+        record = json_object(where, text)
         for field in ("input", "target"):
             if field not in record:
                 raise DataError(f"{where}: missing field {field!r}")

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from dlgraph.data.example import Example
+from dlgraph.data.example import Example, json_object
 from dlgraph.errors import DataError
 
 
@@ -25,13 +25,7 @@ def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
 def _records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """JSON objects, one per non-blank line."""
     for number, line in _lines(path):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{os.fspath(path)}:{number}: not valid JSON: {error.msg}") from error
-        if not isinstance(record, dict):
-            raise DataError(f"{os.fspath(path)}:{number}: expected a JSON object")
-        yield number, record
+        yield number, json_object(f"{os.fspath(path)}:{number}", line)
 
 
 def _field(path: str | os.PathLike[str], where: int | str, record: Mapping[str, Any], name: str) -> str:

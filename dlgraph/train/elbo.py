@@ -16,8 +16,8 @@ import attrs
 
 from dlgraph._tasks import map_concurrently
 from dlgraph.engine import Engine
-from dlgraph.forward import run_node
-from dlgraph.network import LanguageNode, Network
+from dlgraph.forward import class_distribution, run_node
+from dlgraph.network import Network
 from dlgraph.scoring import is_correct
 
 FLOOR = 1e-6
@@ -25,8 +25,10 @@ FLOOR = 1e-6
 
 
 class Scorer(Protocol):
-    async def loglik(self, node: LanguageNode, rendered: str, target: str, *, phase: str) -> float:
-        """log p(target | rendered input) for `node`."""
+    async def loglik(
+        self, net: Network, name: str, values: Mapping[str, str], target: str, *, prompt: str | None = None, phase: str
+    ) -> float:
+        """log p(target | node `name` reading `values`, under `prompt` or its own)."""
         ...
 
 
@@ -36,13 +38,17 @@ class LogprobScorer:
 
     engine: Engine
 
-    async def loglik(self, node: LanguageNode, rendered: str, target: str, *, phase: str) -> float:
+    async def loglik(
+        self, net: Network, name: str, values: Mapping[str, str], target: str, *, prompt: str | None = None, phase: str
+    ) -> float:
+        node = net.node(name)
         if node.classes:
-            probabilities = await self.engine.classify(rendered, node.classes, node=node.name, phase=phase)
+            probabilities = await class_distribution(net, name, self.engine, values, prompt=prompt, phase=phase)
             names = node.class_names
             p = probabilities[names.index(target)] if target in names else 0.0
             return math.log(max(p, FLOOR))
-        return await self.engine.logprob(rendered, " " + target, node=node.name, phase=phase)
+        rendered = net.render(name, values, prompt=prompt)
+        return await self.engine.logprob(rendered, " " + target, node=name, phase=phase)
 
 
 @attrs.frozen
@@ -51,9 +57,11 @@ class AccuracyScorer:
 
     engine: Engine
 
-    async def loglik(self, node: LanguageNode, rendered: str, target: str, *, phase: str) -> float:
-        output = await run_node(node, self.engine, rendered, phase=phase)
-        return 0.0 if is_correct(output.text, target, node.classes) else math.log(FLOOR)
+    async def loglik(
+        self, net: Network, name: str, values: Mapping[str, str], target: str, *, prompt: str | None = None, phase: str
+    ) -> float:
+        output = await run_node(net, name, self.engine, values, prompt=prompt, phase=phase)
+        return 0.0 if is_correct(output.text, target, net.node(name).classes) else math.log(FLOOR)
 
 
 @attrs.frozen
@@ -80,7 +88,6 @@ async def example_scores(
     scorer: Scorer,
 ) -> list[list[float]]:
     """For each candidate prompt, each example's expected log-likelihood; all calls at once."""
-    node = net.node(name)
     jobs = [
         (p, i, term)
         for p in range(len(prompts))
@@ -90,8 +97,7 @@ async def example_scores(
 
     async def score(job: tuple[int, int, Term]) -> float:
         p, _, term = job
-        rendered = net.render(name, term.values, prompt=prompts[p])
-        return term.weight * await scorer.loglik(node, rendered, term.target, phase="score")
+        return term.weight * await scorer.loglik(net, name, term.values, term.target, prompt=prompts[p], phase="score")
 
     weighted = await map_concurrently(score, jobs)
     scores = [[0.0] * len(terms) for _ in prompts]

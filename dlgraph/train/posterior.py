@@ -93,7 +93,6 @@ async def infer(
 ) -> Posterior:
     """Candidates and weights for hidden node `name`; its children's targets must be set."""
     candidates = await sample_candidates(net, name, trace, targets, engine, options)
-    node = net.node(name)
     jobs = [(i, k) for i, cands in enumerate(candidates) for k in range(len(cands))]
 
     async def evidence(job: tuple[int, int]) -> float:
@@ -102,11 +101,9 @@ async def infer(
         total = 0.0
         if options.posterior_likelihood:
             for child in net.children(name):
-                rendered = net.render(child, values)
-                total += await scorer.loglik(net.node(child), rendered, targets[child][i], phase="posterior")
+                total += await scorer.loglik(net, child, values, targets[child][i], phase="posterior")
         if options.posterior_prior:
-            rendered = net.render(name, trace.values(i))
-            total += await scorer.loglik(node, rendered, candidates[i][k], phase="posterior")
+            total += await scorer.loglik(net, name, trace.values(i), candidates[i][k], phase="posterior")
         return total
 
     scores = await map_concurrently(evidence, jobs)

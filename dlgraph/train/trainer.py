@@ -47,6 +47,8 @@ class StepOutcome:
     prompts: dict[str, str]
     elbo: dict[str, list[tuple[str, float]]]
     posterior_entropy: dict[str, float]
+    posteriors: dict[str, Posterior] = attrs.field(factory=dict, repr=False)
+    """Per hidden node, its candidates and weights on this batch."""
 
 
 class VariationalTrainer:
@@ -128,6 +130,7 @@ class VariationalTrainer:
             prompts={name: max(scored, key=lambda pair: pair[1])[0] for name, scored in elbos.items()},
             elbo=elbos,
             posterior_entropy={name: p.mean_entropy for name, p in posteriors.items()},
+            posteriors=posteriors,
         )
 
     def apply(self, outcome: StepOutcome) -> None:
