@@ -16,9 +16,9 @@ import statistics
 import time
 
 import anyio
+from dlgraph_llamacpp import LlamaCppModel, default_model_path
 
 import dlgraph as dg
-from dlgraph_llamacpp import LlamaCppModel, default_model_path
 
 SENTENCE = "Always face forward. Take 3 steps left. Take 2 steps right. Take 1 step left."
 
@@ -40,7 +40,9 @@ def median_s(function, repeats: int = 7) -> float:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--echo-baseline", action="store_true")
     args = parser.parse_args()
     async with LlamaCppModel(n_ctx=2048) as model:
@@ -60,8 +62,10 @@ async def main() -> None:
             llm.eval(context_tokens + target_tokens)
 
         ours_s, eval_s = median_s(ours), median_s(llama_eval)
-        print(f"{total}-token logprob, cold cache: dlgraph {ours_s * 1000:.0f} ms, llama.cpp eval {eval_s * 1000:.0f} ms "
-              f"-> {eval_s / ours_s:.2f} of llama.cpp's speed")
+        print(
+            f"{total}-token logprob, cold cache: dlgraph {ours_s * 1000:.0f} ms, llama.cpp eval {eval_s * 1000:.0f} ms "
+            f"-> {eval_s / ours_s:.2f} of llama.cpp's speed"
+        )
 
         contexts = [prompt_of(60 + i, model) + f" case {i}" for i in range(20)]
 
@@ -76,23 +80,35 @@ async def main() -> None:
             return time.perf_counter() - started
 
         without, with_reuse = await classify_all(False), await classify_all(True)
-        print(f"2 verbalizers x 20 contexts: {without:.2f} s evaluating each from scratch, {with_reuse:.2f} s with reuse "
-              f"({without / with_reuse:.1f}x)")
+        print(
+            f"2 verbalizers x 20 contexts: {without:.2f} s evaluating each from scratch, {with_reuse:.2f} s with reuse "
+            f"({without / with_reuse:.1f}x)"
+        )
 
-        prompts = [f"Instruction {i}: decide whether the steps lead back to the start." for i in range(8)]
+        prompts = [
+            f"Instruction {i}: decide whether the steps lead back to the start." for i in range(8)
+        ]
         started = time.perf_counter()
         for prompt in prompts:
-            await model.logprob(dg.LogprobRequest(f"{prompt}\n\nInput: {SENTENCE * 4}\nAnswer:", " yes"))
-        print(f"8 candidate prompts on one input (no shared prefix beyond the first tokens): {time.perf_counter() - started:.2f} s")
+            await model.logprob(
+                dg.LogprobRequest(f"{prompt}\n\nInput: {SENTENCE * 4}\nAnswer:", " yes")
+            )
+        print(
+            f"8 candidate prompts on one input (no shared prefix beyond the first tokens): {time.perf_counter() - started:.2f} s"
+        )
 
     if args.echo_baseline:
         import llama_cpp
 
-        slow = llama_cpp.Llama(model_path=str(default_model_path()), n_ctx=2048, logits_all=True, verbose=False)
+        slow = llama_cpp.Llama(
+            model_path=str(default_model_path()), n_ctx=2048, logits_all=True, verbose=False
+        )
         started = time.perf_counter()
         slow.create_completion(context + " Yes", max_tokens=1, echo=True, logprobs=1)
         echo_s = time.perf_counter() - started
-        print(f"create_completion(echo=True, logprobs=1): {echo_s:.1f} s ({echo_s / ours_s:.0f}x slower than dlgraph)")
+        print(
+            f"create_completion(echo=True, logprobs=1): {echo_s:.1f} s ({echo_s / ours_s:.0f}x slower than dlgraph)"
+        )
 
 
 if __name__ == "__main__":

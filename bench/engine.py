@@ -23,7 +23,6 @@ import asyncio
 import os
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -59,7 +58,9 @@ def words(rng: random.Random, count: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(count))
 
 
-def dln2_step(seed: int, batch: int = 20, hidden: int = 5, candidates: int = 20) -> list[list[Call]]:
+def dln2_step(
+    seed: int, batch: int = 20, hidden: int = 5, candidates: int = 20
+) -> list[list[Call]]:
     """The calls of one DLN-2 step, phase by phase (a phase needs the one before it)."""
     rng = random.Random(seed)
     inputs = [f"question {i}: " + words(rng, 60) for i in range(batch)]
@@ -68,12 +69,34 @@ def dln2_step(seed: int, batch: int = 20, hidden: int = 5, candidates: int = 20)
         return Call("logprob", context, target=target)
 
     forward_reason = [Call("generate", "Think it through.\n" + x + "\nOutput:", 48) for x in inputs]
-    forward_answer = [lp("Answer.\n" + x + "\nreason: " + words(rng, 30) + "\nAnswer:", v) for x in inputs for v in (" yes", " no")]
-    posterior = [Call("generate", f"Improve the reasoning (sample {k}).\n" + x + "\n" + words(rng, 60), 48) for x in inputs for k in range(hidden)]
-    evidence = [lp(f"Answer.\n{x}\nreason: {words(rng, 30)} {k}\nAnswer:", v) for x in inputs for k in range(hidden + 1) for v in (" yes", " no", " prior")]
-    propose = [Call("generate", f"Rewrite the instruction ({node} {m}).\n" + words(rng, 250), 80) for node in ("reason", "answer") for m in range(candidates)]
-    score = [lp(f"Prompt {c}.\n{x}\nreason: {words(rng, 30)} {t}\nAnswer:", v)
-             for c in range(candidates + 1) for x in inputs for t in range(2) for v in (" yes", " no")]
+    forward_answer = [
+        lp("Answer.\n" + x + "\nreason: " + words(rng, 30) + "\nAnswer:", v)
+        for x in inputs
+        for v in (" yes", " no")
+    ]
+    posterior = [
+        Call("generate", f"Improve the reasoning (sample {k}).\n" + x + "\n" + words(rng, 60), 48)
+        for x in inputs
+        for k in range(hidden)
+    ]
+    evidence = [
+        lp(f"Answer.\n{x}\nreason: {words(rng, 30)} {k}\nAnswer:", v)
+        for x in inputs
+        for k in range(hidden + 1)
+        for v in (" yes", " no", " prior")
+    ]
+    propose = [
+        Call("generate", f"Rewrite the instruction ({node} {m}).\n" + words(rng, 250), 80)
+        for node in ("reason", "answer")
+        for m in range(candidates)
+    ]
+    score = [
+        lp(f"Prompt {c}.\n{x}\nreason: {words(rng, 30)} {t}\nAnswer:", v)
+        for c in range(candidates + 1)
+        for x in inputs
+        for t in range(2)
+        for v in (" yes", " no")
+    ]
     return [forward_reason, forward_answer, posterior, evidence, propose, score]
 
 
@@ -113,14 +136,31 @@ class Outcome:
 
 # -- the server, in its own process ------------------------------------------------------------
 
+
 class Server:
     def __init__(self, scenario: Scenario, seed: int) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        args = [sys.executable, "-m", "dlgraph_sim.server", "--port", str(self.port), "--seed", str(seed),
-                "--latency-median-s", str(SERVER_LATENCY_S), "--latency-sigma", "0.3",
-                "--error-rate", str(scenario.error_rate), "--drop-rate", str(scenario.drop_rate), "--max-batch", "64"]
+        args = [
+            sys.executable,
+            "-m",
+            "dlgraph_sim.server",
+            "--port",
+            str(self.port),
+            "--seed",
+            str(seed),
+            "--latency-median-s",
+            str(SERVER_LATENCY_S),
+            "--latency-sigma",
+            "0.3",
+            "--error-rate",
+            str(scenario.error_rate),
+            "--drop-rate",
+            str(scenario.drop_rate),
+            "--max-batch",
+            "64",
+        ]
         for flag, value in (("--rpm", scenario.rpm), ("--tpm", scenario.tpm)):
             if value:
                 args += [flag, str(value)]
@@ -144,13 +184,27 @@ class Server:
 Runner = Callable[[str, list[list[Call]], Scenario, list[float]], Awaitable[int]]
 
 
-async def dlgraph_engine(url: str, workload: list[list[Call]], scenario: Scenario, latencies: list[float]) -> int:
+async def dlgraph_engine(
+    url: str, workload: list[list[Call]], scenario: Scenario, latencies: list[float]
+) -> int:
     from dlgraph_openai import OpenAIBackend
 
-    backend = OpenAIBackend("sim-1", base_url=url, profile="sim", timeout_s=30, tokenizer=sim_tokens,
-                            max_batch=8 if scenario.coalesce else 1)
-    async with dg.Engine(backend, rpm=scenario.rpm, tpm=scenario.tpm, cache=False,
-                         coalesce_ms=50 if scenario.coalesce else 0) as engine:
+    backend = OpenAIBackend(
+        "sim-1",
+        base_url=url,
+        profile="sim",
+        timeout_s=30,
+        tokenizer=sim_tokens,
+        max_batch=8 if scenario.coalesce else 1,
+    )
+    async with dg.Engine(
+        backend,
+        rpm=scenario.rpm,
+        tpm=scenario.tpm,
+        cache=False,
+        coalesce_ms=50 if scenario.coalesce else 0,
+    ) as engine:
+
         async def one(call: Call) -> None:
             started = time.perf_counter()
             if call.kind == "generate":
@@ -168,11 +222,18 @@ def _body(calls: list[Call]) -> dict[str, Any]:
     texts = [c.text + c.target for c in calls]
     prompt: str | list[str] = texts if len(texts) > 1 else texts[0]
     if calls[0].kind == "generate":
-        return {"model": "sim-1", "prompt": prompt, "max_tokens": calls[0].max_tokens, "temperature": 0.7}
+        return {
+            "model": "sim-1",
+            "prompt": prompt,
+            "max_tokens": calls[0].max_tokens,
+            "temperature": 0.7,
+        }
     return {"model": "sim-1", "prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": 0}
 
 
-async def _post_with_reference_retries(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> bool:
+async def _post_with_reference_retries(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any]
+) -> bool:
     """The reference client's retry: any failure waits 4 to 10 s (exponential, no jitter)."""
     for attempt in range(20):
         try:
@@ -181,16 +242,19 @@ async def _post_with_reference_retries(session: aiohttp.ClientSession, url: str,
                     await response.json()
                     return True
                 await response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             pass
 
         await asyncio.sleep(min(10.0, max(4.0, 2.0**attempt)))
     return False
 
 
-async def reference_per_prompt(url: str, workload: list[list[Call]], scenario: Scenario, latencies: list[float]) -> int:
+async def reference_per_prompt(
+    url: str, workload: list[list[Call]], scenario: Scenario, latencies: list[float]
+) -> int:
     failed = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+
         async def one(call: Call) -> bool:
             started = time.perf_counter()
             ok = await _post_with_reference_retries(session, url, _body([call]))
@@ -206,7 +270,9 @@ async def reference_per_prompt(url: str, workload: list[list[Call]], scenario: S
     return failed
 
 
-async def reference_twenty_per_request(url: str, workload: list[list[Call]], scenario: Scenario, latencies: list[float]) -> int:
+async def reference_twenty_per_request(
+    url: str, workload: list[list[Call]], scenario: Scenario, latencies: list[float]
+) -> int:
     failed = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         for phase in workload:
@@ -221,7 +287,9 @@ async def reference_twenty_per_request(url: str, workload: list[list[Call]], sce
     return failed
 
 
-async def openai_sdk(url: str, workload: list[list[Call]], scenario: Scenario, latencies: list[float]) -> int:
+async def openai_sdk(
+    url: str, workload: list[list[Call]], scenario: Scenario, latencies: list[float]
+) -> int:
     import openai
 
     client = openai.AsyncOpenAI(base_url=url, api_key="unused", timeout=30.0)
@@ -236,9 +304,17 @@ async def openai_sdk(url: str, workload: list[list[Call]], scenario: Scenario, l
             started = time.perf_counter()
             try:
                 if call.kind == "generate":
-                    await client.completions.create(model="sim-1", prompt=call.text, max_tokens=call.max_tokens, temperature=0.7)
+                    await client.completions.create(
+                        model="sim-1", prompt=call.text, max_tokens=call.max_tokens, temperature=0.7
+                    )
                 else:
-                    await client.completions.create(model="sim-1", prompt=call.text + call.target, max_tokens=0, echo=True, logprobs=0)
+                    await client.completions.create(
+                        model="sim-1",
+                        prompt=call.text + call.target,
+                        max_tokens=0,
+                        echo=True,
+                        logprobs=0,
+                    )
             except openai.OpenAIError:
                 failed += 1
             latencies.append(time.perf_counter() - started)
@@ -259,7 +335,9 @@ CLIENTS: dict[str, Runner] = {
 }
 
 
-async def run_client(name: str, runner: Runner, workload: list[list[Call]], scenario: Scenario, seed: int) -> Outcome:
+async def run_client(
+    name: str, runner: Runner, workload: list[list[Call]], scenario: Scenario, seed: int
+) -> Outcome:
     server = Server(scenario, seed)
     latencies: list[float] = []
     calls = sum(len(p) for p in workload)
@@ -296,9 +374,11 @@ def row(outcome: Outcome, bound: float, calls: int) -> str:
     attempts = outcome.attempts
     failed_attempts = sum(n for k, n in attempts.items() if k != "ok")
     wall = f"{outcome.wall_s:.1f}" + ("*" if outcome.capped else "")
-    return (f"| {outcome.client} | {wall} | {bound:.1f} | {bound / outcome.wall_s:.2f} | {calls / outcome.wall_s * 60:,.0f} | "
-            f"{attempts.get('rate_limited', 0)} | {failed_attempts} | {outcome.failed} | {p50:.2f} | {p99:.2f} | "
-            f"{outcome.cpu_s / max(1, outcome.done) * 1e6:,.0f} |")
+    return (
+        f"| {outcome.client} | {wall} | {bound:.1f} | {bound / outcome.wall_s:.2f} | {calls / outcome.wall_s * 60:,.0f} | "
+        f"{attempts.get('rate_limited', 0)} | {failed_attempts} | {outcome.failed} | {p50:.2f} | {p99:.2f} | "
+        f"{outcome.cpu_s / max(1, outcome.done) * 1e6:,.0f} |"
+    )
 
 
 async def overhead_per_call(count: int) -> tuple[float, float]:
@@ -315,7 +395,10 @@ async def overhead_per_call(count: int) -> tuple[float, float]:
     async def through_engine() -> None:
         async with dg.Engine(model) as engine:
             for start in range(0, count, 1000):
-                await map_concurrently(lambda r: engine.generate(r.prompt, max_tokens=4), requests[start : start + 1000])
+                await map_concurrently(
+                    lambda r: engine.generate(r.prompt, max_tokens=4),
+                    requests[start : start + 1000],
+                )
 
     results = []
     for body in (direct, through_engine):
@@ -327,8 +410,12 @@ async def overhead_per_call(count: int) -> tuple[float, float]:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a smaller workload (fewer prompt candidates)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smaller workload (fewer prompt candidates)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clients", nargs="*", default=list(CLIENTS))
     parser.add_argument("--scenarios", nargs="*", default=["rpm", "tpm", "rpm+coalesce"])
@@ -338,24 +425,36 @@ async def main() -> None:
     target_s = 25.0 if args.quick else 40.0
     scenarios = {
         "rpm": Scenario("rpm", rpm=round(calls / target_s * 60), tpm=None),
-        "tpm": Scenario("tpm", rpm=round(calls / target_s * 60 * 4), tpm=round(tokens / target_s * 60)),
-        "rpm+coalesce": Scenario("rpm+coalesce", rpm=round(calls / target_s * 60 / 8), tpm=None, coalesce=True),
+        "tpm": Scenario(
+            "tpm", rpm=round(calls / target_s * 60 * 4), tpm=round(tokens / target_s * 60)
+        ),
+        "rpm+coalesce": Scenario(
+            "rpm+coalesce", rpm=round(calls / target_s * 60 / 8), tpm=None, coalesce=True
+        ),
     }
-    print(f"workload: one DLN-2 step, {calls:,} calls in {len(workload)} phases, {tokens:,} tokens; "
-          f"server latency median {SERVER_LATENCY_S} s; runs capped at {TIME_CAP_S:.0f} s (* = extrapolated)")
+    print(
+        f"workload: one DLN-2 step, {calls:,} calls in {len(workload)} phases, {tokens:,} tokens; "
+        f"server latency median {SERVER_LATENCY_S} s; runs capped at {TIME_CAP_S:.0f} s (* = extrapolated)"
+    )
     for key in args.scenarios:
         scenario = scenarios[key]
         bound = bound_s(workload, scenario)
-        print(f"\n### {scenario.name}: rpm {scenario.rpm}, tpm {scenario.tpm}, {scenario.error_rate:.0%} 5xx, "
-              f"{scenario.drop_rate:.1%} dropped connections\n")
-        print("| client | wall s | bound s | efficiency | calls/min | 429s | failed attempts | failed calls | p50 s | p99 s | client CPU µs/call |")
+        print(
+            f"\n### {scenario.name}: rpm {scenario.rpm}, tpm {scenario.tpm}, {scenario.error_rate:.0%} 5xx, "
+            f"{scenario.drop_rate:.1%} dropped connections\n"
+        )
+        print(
+            "| client | wall s | bound s | efficiency | calls/min | 429s | failed attempts | failed calls | p50 s | p99 s | client CPU µs/call |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for name in args.clients:
             outcome = await run_client(name, CLIENTS[name], workload, scenario, args.seed)
             print(row(outcome, bound, calls), flush=True)
     direct, engine = await overhead_per_call(20_000)
-    print(f"\nengine overhead: {engine - direct:.0f} µs CPU per call ({engine:.0f} through the engine, "
-          f"{direct:.0f} calling the instant backend directly; 20,000 calls)")
+    print(
+        f"\nengine overhead: {engine - direct:.0f} µs CPU per call ({engine:.0f} through the engine, "
+        f"{direct:.0f} calling the instant backend directly; 20,000 calls)"
+    )
 
 
 if __name__ == "__main__":

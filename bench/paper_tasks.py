@@ -37,13 +37,25 @@ async def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, objec
     started = time.monotonic()
     async with dg.Engine(dg.connect("llamacpp")) as engine:
         before = await dg.evaluate(net, engine, task.test)
-        trainer = dg.VariationalTrainer(net, engine, num_prompt_samples=args.prompts, proposal_max_tokens=80, seed=seed)
+        trainer = dg.VariationalTrainer(
+            net, engine, num_prompt_samples=args.prompts, proposal_max_tokens=80, seed=seed
+        )
         result = await trainer.fit(task.train, dev, steps=args.steps, batch_size=args.batch)
         after = await dg.evaluate(net, engine, task.test)
         calls = engine.statistics().total.calls
-    return {"task": name, "seed": seed, "calibrate": args.calibrate, "before": before, "after": after, "majority": majority(task),
-            "dev_before": result.initial_dev_accuracy, "dev_best": result.best_dev_accuracy,
-            "prompt": net.prompts()["answer"], "calls": calls, "seconds": round(time.monotonic() - started)}
+    return {
+        "task": name,
+        "seed": seed,
+        "calibrate": args.calibrate,
+        "before": before,
+        "after": after,
+        "majority": majority(task),
+        "dev_before": result.initial_dev_accuracy,
+        "dev_best": result.best_dev_accuracy,
+        "prompt": net.prompts()["answer"],
+        "calls": calls,
+        "seconds": round(time.monotonic() - started),
+    }
 
 
 async def main() -> None:
@@ -54,7 +66,11 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--dev", type=int, default=60)
-    parser.add_argument("--calibrate", action="store_true", help="calibrate class scores against a content-free input")
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="calibrate class scores against a content-free input",
+    )
     parser.add_argument("--out", default="runs/paper_tasks.jsonl")
     args = parser.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -66,15 +82,19 @@ async def main() -> None:
             with open(args.out, "a") as stream:
                 stream.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
-    print(f"\n| task | calibrated | majority | dev before | dev best | test before | test after (mean ± sd over {len(args.seeds)} seeds) |")
+    print(
+        f"\n| task | calibrated | majority | dev before | dev best | test before | test after (mean ± sd over {len(args.seeds)} seeds) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in args.tasks:
         mine = [r for r in rows if r["task"] == name]
         after = [float(r["after"]) for r in mine]
         spread = statistics.stdev(after) if len(after) > 1 else 0.0
         dev_best = statistics.mean(float(r["dev_best"]) for r in mine)
-        print(f"| {name} | {'yes' if args.calibrate else 'no'} | {mine[0]['majority']:.3f} | {mine[0]['dev_before']:.3f} | "
-              f"{dev_best:.3f} | {mine[0]['before']:.3f} | {statistics.mean(after):.3f} ± {spread:.3f} |")
+        print(
+            f"| {name} | {'yes' if args.calibrate else 'no'} | {mine[0]['majority']:.3f} | {mine[0]['dev_before']:.3f} | "
+            f"{dev_best:.3f} | {mine[0]['before']:.3f} | {statistics.mean(after):.3f} ± {spread:.3f} |"
+        )
 
 
 if __name__ == "__main__":

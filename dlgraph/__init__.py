@@ -2,8 +2,8 @@
 
 from dlgraph.backend import (
     Backend,
-    CallReport,
     BackendRegistry,
+    CallReport,
     Capabilities,
     GenerateRequest,
     LogprobRequest,

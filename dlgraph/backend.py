@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import importlib.metadata
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -27,6 +27,11 @@ ENTRY_POINT_GROUP = "dlgraph.backends"
 def _known_phase(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
     if value not in PHASES:
         raise ValueError(f"{attribute.name}={value!r}: expected one of {', '.join(PHASES)}")
+
+
+def as_strings(values: Iterable[str]) -> tuple[str, ...]:
+    """A converter: any iterable of strings to a tuple (stop sequences, classes)."""
+    return tuple(str(value) for value in values)
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
@@ -46,7 +51,7 @@ class GenerateRequest:
     prompt: str
     max_tokens: int = attrs.field(default=128, kw_only=True, validator=_positive)
     temperature: float = attrs.field(default=0.0, kw_only=True, validator=_non_negative)
-    stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=tuple)
+    stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=as_strings)
     seed: int = attrs.field(default=0, kw_only=True)
     node: str | None = attrs.field(default=None, kw_only=True)
     phase: str = attrs.field(default="forward", kw_only=True, validator=_known_phase)
@@ -105,7 +110,9 @@ class CallReport:
     limit_tokens: int | None = None
 
 
-_REPORT: contextvars.ContextVar[CallReport | None] = contextvars.ContextVar("dlgraph_call_report", default=None)
+_REPORT: contextvars.ContextVar[CallReport | None] = contextvars.ContextVar(
+    "dlgraph_call_report", default=None
+)
 
 
 def report(**facts: int | None) -> None:
@@ -176,15 +183,21 @@ class Backend:
     async def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[str]:
         """Several prompts in one request (when `capabilities.max_batch` > 1); requests share
         every field but the prompt. A prompt the server refuses fails the whole call."""
-        raise NotImplementedError(f"{type(self).__qualname__} does not take several prompts per request")
+        raise NotImplementedError(
+            f"{type(self).__qualname__} does not take several prompts per request"
+        )
 
     async def logprob_batch(self, requests: Sequence[LogprobRequest]) -> list[float]:
         """Several log-probabilities in one request (when `capabilities.max_batch` > 1)."""
-        raise NotImplementedError(f"{type(self).__qualname__} does not take several prompts per request")
+        raise NotImplementedError(
+            f"{type(self).__qualname__} does not take several prompts per request"
+        )
 
     async def top_logprobs(self, request: TopLogprobsRequest) -> dict[str, float]:
         """First-token alternatives (when `capabilities.top_logprobs` > 0)."""
-        raise NotImplementedError(f"{type(self).__qualname__} does not report top log-probabilities")
+        raise NotImplementedError(
+            f"{type(self).__qualname__} does not report top log-probabilities"
+        )
 
     def count_tokens(self, text: str) -> int:
         """Token count for budgets and rate limits; a rough estimate unless overridden."""
@@ -238,12 +251,12 @@ class BackendRegistry:
             factory = factory.load()
         backend = factory(**options)
         if not isinstance(backend, Backend):
-            raise BackendError(f"backend {name!r} built {type(backend).__qualname__}, not a Backend")
+            raise BackendError(
+                f"backend {name!r} built {type(backend).__qualname__}, not a Backend"
+            )
         return backend
 
 
 def connect(name: str, /, registry: BackendRegistry | None = None, **options: Any) -> Backend:
     """Build an installed backend by name: ``dg.connect("openai", base_url=..., model=...)``."""
     return (registry or BackendRegistry.from_entry_points()).connect(name, **options)
-
-

@@ -35,11 +35,19 @@ def _engine(config: RunConfig) -> dg.Engine:
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
-async def _evaluate(net: dg.Network, engine: dg.Engine, data: Sequence[dg.Example], label: str) -> float:
+async def _evaluate(
+    net: dg.Network, engine: dg.Engine, data: Sequence[dg.Example], label: str
+) -> float:
     """Accuracy, evaluated in chunks so that a progress bar can follow."""
     with _progress() as progress:
         bar = progress.add_task(label, total=len(data))
@@ -52,7 +60,9 @@ async def _evaluate(net: dg.Network, engine: dg.Engine, data: Sequence[dg.Exampl
 
 
 def _estimate(trainer: dg.VariationalTrainer, config: RunConfig, task: dg.data.Task) -> dg.Estimate:
-    return trainer.estimate(config.steps, config.batch_size, task.train, len(task.dev), config.eval_every)
+    return trainer.estimate(
+        config.steps, config.batch_size, task.train, len(task.dev), config.eval_every
+    )
 
 
 async def _train(args: argparse.Namespace) -> None:
@@ -68,8 +78,10 @@ async def _train(args: argparse.Namespace) -> None:
     async with _engine(config) as engine:
         trainer = dg.VariationalTrainer(net, engine, config.options)
         estimate = _estimate(trainer, config, task)
-        console.print(f"[bold]{task.name}[/]: {len(task.train)} train, {len(task.dev)} dev, {len(task.test)} test; "
-                      f"at most {estimate.calls:,} calls, {estimate.tokens:,} tokens")
+        console.print(
+            f"[bold]{task.name}[/]: {len(task.train)} train, {len(task.dev)} dev, {len(task.test)} test; "
+            f"at most {estimate.calls:,} calls, {estimate.tokens:,} tokens"
+        )
         before = await _scores(net, engine, task, "before")
         with _progress() as progress:
             bar = progress.add_task("training", total=config.steps)
@@ -77,11 +89,21 @@ async def _train(args: argparse.Namespace) -> None:
             def on_step(record: dg.StepRecord) -> None:
                 progress.update(bar, completed=record.step)
                 dev = "" if record.dev_accuracy is None else f", dev {record.dev_accuracy:.3f}"
-                progress.console.print(f"step {record.step}: batch loss {record.batch_loss:.3f}{dev}", markup=False)
+                progress.console.print(
+                    f"step {record.step}: batch loss {record.batch_loss:.3f}{dev}", markup=False
+                )
 
-            result = await trainer.fit(task.train, task.dev, config.steps, config.batch_size,
-                                       eval_every=config.eval_every, patience=config.patience,
-                                       checkpoint_dir=checkpoints, log_path=output / "steps.jsonl", on_step=on_step)
+            result = await trainer.fit(
+                task.train,
+                task.dev,
+                config.steps,
+                config.batch_size,
+                eval_every=config.eval_every,
+                patience=config.patience,
+                checkpoint_dir=checkpoints,
+                log_path=output / "steps.jsonl",
+                on_step=on_step,
+            )
         after = await _scores(net, engine, task, "after")
         spent = engine.statistics().total
     net.save(output / "network.json")
@@ -90,13 +112,25 @@ async def _train(args: argparse.Namespace) -> None:
         _plot(result, before, Path(args.plot))
 
 
-async def _scores(net: dg.Network, engine: dg.Engine, task: dg.data.Task, when: str) -> dict[str, float]:
-    return {split: await _evaluate(net, engine, getattr(task, split), f"{split} ({when})")
-            for split in ("dev", "test") if getattr(task, split)}
+async def _scores(
+    net: dg.Network, engine: dg.Engine, task: dg.data.Task, when: str
+) -> dict[str, float]:
+    return {
+        split: await _evaluate(net, engine, getattr(task, split), f"{split} ({when})")
+        for split in ("dev", "test")
+        if getattr(task, split)
+    }
 
 
-def _report(task: dg.data.Task, before: dict[str, float], after: dict[str, float], spent: dg.Usage,
-            seconds: float, result: dg.FitResult, output: Path) -> None:
+def _report(
+    task: dg.data.Task,
+    before: dict[str, float],
+    after: dict[str, float],
+    spent: dg.Usage,
+    seconds: float,
+    result: dg.FitResult,
+    output: Path,
+) -> None:
     table = Table(title=f"{task.name}: accuracy before and after training")
     table.add_column("split")
     table.add_column("before", justify="right")
@@ -104,8 +138,10 @@ def _report(task: dg.data.Task, before: dict[str, float], after: dict[str, float
     for split in before:
         table.add_row(split, f"{before[split]:.3f}", f"{after[split]:.3f}")
     console.print(table)
-    console.print(f"calls {spent.calls:,} (cache hits {spent.cache_hits:,}), tokens {spent.tokens:,}, "
-                  f"time {seconds:.0f} s, stopped: {result.stopped}")
+    console.print(
+        f"calls {spent.calls:,} (cache hits {spent.cache_hits:,}), tokens {spent.tokens:,}, "
+        f"time {seconds:.0f} s, stopped: {result.stopped}"
+    )
     console.print(f"learnt network: {output / 'network.json'}")
     for name, prompt in result.network.prompts().items():
         console.print(f"  {name}: {prompt}", markup=False, highlight=False)
@@ -120,11 +156,18 @@ def _plot(result: dg.FitResult, before: dict[str, float], path: Path) -> None:
     except ImportError:
         raise dg.ConfigError("--plot needs matplotlib: pip install 'dlgraph[plot]'") from None
     steps = [0] + [r.step for r in result.history if r.dev_accuracy is not None]
-    dev = [before.get("dev", 0.0)] + [r.dev_accuracy for r in result.history if r.dev_accuracy is not None]
+    dev = [before.get("dev", 0.0)] + [
+        r.dev_accuracy for r in result.history if r.dev_accuracy is not None
+    ]
     loss = [r.batch_loss for r in result.history]
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.plot(steps, dev, marker="o", label="dev accuracy")
-    axis.plot([r.step for r in result.history], [1 - value for value in loss], marker="x", label="batch accuracy (before step)")
+    axis.plot(
+        [r.step for r in result.history],
+        [1 - value for value in loss],
+        marker="x",
+        label="batch accuracy (before step)",
+    )
     axis.set_xlabel("step")
     axis.set_ylim(0, 1)
     axis.legend()
@@ -140,7 +183,9 @@ async def _eval(args: argparse.Namespace) -> None:
     net = dg.Network.load(args.net) if args.net else config.build_network(task)
     async with _engine(config) as engine:
         accuracy = await _evaluate(net, engine, getattr(task, args.split), args.split)
-    console.print(f"{task.name} {args.split} accuracy: {accuracy:.3f} ({len(getattr(task, args.split))} examples)")
+    console.print(
+        f"{task.name} {args.split} accuracy: {accuracy:.3f} ({len(getattr(task, args.split))} examples)"
+    )
 
 
 async def _estimate_command(args: argparse.Namespace) -> None:
@@ -150,8 +195,10 @@ async def _estimate_command(args: argparse.Namespace) -> None:
     backend = dg.connect(config.backend, **config.backend_options)
     trainer = dg.VariationalTrainer(net, dg.Engine(backend), config.options)
     estimate = _estimate(trainer, config, task)
-    console.print(f"{config.steps} steps of batch {config.batch_size}: at most {estimate.calls:,} calls "
-                  f"and {estimate.tokens:,} tokens")
+    console.print(
+        f"{config.steps} steps of batch {config.batch_size}: at most {estimate.calls:,} calls "
+        f"and {estimate.tokens:,} tokens"
+    )
 
 
 def _show(args: argparse.Namespace) -> None:
@@ -161,7 +208,11 @@ def _show(args: argparse.Namespace) -> None:
     for column in ("node", "kind", "trainable", "prompt"):
         table.add_column(column)
     for name, node in net.nodes.items():
-        kind = "classes: " + ", ".join(node.class_names) if node.classes else f"text, {node.max_tokens} tokens"
+        kind = (
+            "classes: " + ", ".join(node.class_names)
+            if node.classes
+            else f"text, {node.max_tokens} tokens"
+        )
         table.add_row(name, kind, "yes" if node.is_trainable else "no", Text(node.prompt))
     console.print(table)
     console.print("```mermaid\n" + net.to_mermaid() + "```", markup=False, highlight=False)
@@ -173,7 +224,13 @@ def _show(args: argparse.Namespace) -> None:
             steps.add_column(column, justify="right")
         for row in rows:
             dev = "" if row["dev_accuracy"] is None else f"{row['dev_accuracy']:.3f}"
-            steps.add_row(str(row["step"]), f"{row['batch_loss']:.3f}", dev, str(row["calls"]), str(row["tokens"]))
+            steps.add_row(
+                str(row["step"]),
+                f"{row['batch_loss']:.3f}",
+                dev,
+                str(row["calls"]),
+                str(row["tokens"]),
+            )
         console.print(steps)
 
 
@@ -185,10 +242,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     train.add_argument("--plot", metavar="PNG", help="write a learning curve")
-    train.add_argument("--out", metavar="DIR", help="output folder (default: the config's [output] dir)")
+    train.add_argument(
+        "--out", metavar="DIR", help="output folder (default: the config's [output] dir)"
+    )
     evaluate = commands.add_parser("eval", help="accuracy of a network on a split")
     evaluate.add_argument("config")
-    evaluate.add_argument("--net", metavar="NET.json", help="a saved network (default: the config's)")
+    evaluate.add_argument(
+        "--net", metavar="NET.json", help="a saved network (default: the config's)"
+    )
     evaluate.add_argument("--split", choices=("train", "dev", "test"), default="test")
     show = commands.add_parser("show", help="prompts, graph and history of a saved network")
     show.add_argument("network")
@@ -199,7 +260,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     handlers: dict[str, Any] = {"train": _train, "eval": _eval, "estimate": _estimate_command}
     try:
         if args.command == "show":

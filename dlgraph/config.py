@@ -58,7 +58,9 @@ class Section:
     def where(self, key: str) -> str:
         return f"{self.path}: [{self.name}] {key}"
 
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
+    def get(
+        self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False
+    ) -> Any:
         if key not in self.values:
             if required:
                 raise ConfigError(f"{self.path}: [{self.name}] missing key {key!r}")
@@ -72,7 +74,9 @@ class Section:
     def check_keys(self, allowed: tuple[str, ...]) -> None:
         for key in self.values:
             if key not in allowed:
-                raise ConfigError(f"{self.path}: [{self.name}] unknown key {key!r} (known: {', '.join(allowed)})")
+                raise ConfigError(
+                    f"{self.path}: [{self.name}] unknown key {key!r} (known: {', '.join(allowed)})"
+                )
 
 
 def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -136,54 +140,84 @@ class RunConfig:
     def task(self) -> Task:
         """The data: a generated task, a task of the DLN paper, or JSONL files."""
         data = self.data
-        data.check_keys(("source", "task", "train", "dev", "test", "seed", "path", "classes", "instruction"))
+        data.check_keys(
+            ("source", "task", "train", "dev", "test", "seed", "path", "classes", "instruction")
+        )
         source = data.get("source", str, "generated")
         sizes = {split: data.get(split, (int, str)) for split in ("train", "dev", "test")}
         try:
             if source == "generated":
                 name = data.get("task", str, required=True)
                 if name not in GENERATORS:
-                    raise ConfigError(f"{data.where('task')}: unknown generated task {name!r} (known: {', '.join(GENERATORS)})")
+                    raise ConfigError(
+                        f"{data.where('task')}: unknown generated task {name!r} (known: {', '.join(GENERATORS)})"
+                    )
                 counts = {k: int(v) if v is not None else 100 for k, v in sizes.items()}
                 return generated_task(name, seed=data.get("seed", int, 0), **counts)
             if source == "paper":
                 task = load_task(data.get("task", str, required=True), data.get("path", str))
                 limit = {k: int(v) if v is not None else None for k, v in sizes.items()}
-                return attrs.evolve(task, **{k: getattr(task, k)[:n] for k, n in limit.items() if n})
+                return attrs.evolve(
+                    task, **{k: getattr(task, k)[:n] for k, n in limit.items() if n}
+                )
             if source == "jsonl":
                 files = {k: self.path.parent / str(v) for k, v in sizes.items() if v is not None}
                 splits = {k: read_jsonl(p) for k, p in files.items()}
-                return Task("jsonl", splits.get("train", []), splits.get("dev", []), splits.get("test", []),
-                            data.get("classes", list), data.get("instruction", str, "Answer the question."))
+                return Task(
+                    "jsonl",
+                    splits.get("train", []),
+                    splits.get("dev", []),
+                    splits.get("test", []),
+                    data.get("classes", list),
+                    data.get("instruction", str, "Answer the question."),
+                )
         except ConfigError:
             raise
         except DlgraphError as error:
             raise ConfigError(f"{self.path}: [data] {error}") from error
-        raise ConfigError(f"{data.where('source')}: expected generated, paper or jsonl, got {source!r}")
+        raise ConfigError(
+            f"{data.where('source')}: expected generated, paper or jsonl, got {source!r}"
+        )
 
     def build_network(self, task: Task) -> Network:
         """`kind = "dln1"` or `"dln2"` from the task, or explicit nodes and edges."""
         section = self.network
-        section.check_keys(("kind", "nodes", "edges", "hidden_prompt", "hidden_max_tokens", "calibrate"))
+        section.check_keys(
+            ("kind", "nodes", "edges", "hidden_prompt", "hidden_max_tokens", "calibrate")
+        )
         kind = section.get("kind", str, "dln1")
         net = Network()
         try:
             if "nodes" in section.values:
                 for index, node in enumerate(section.get("nodes", list)):
                     if not isinstance(node, Mapping) or "name" not in node:
-                        raise ConfigError(f"{section.where(f'nodes[{index}]')}: expected a table with a name")
+                        raise ConfigError(
+                            f"{section.where(f'nodes[{index}]')}: expected a table with a name"
+                        )
                     net.add_node(**{k: v for k, v in node.items()})
                 for index, edge in enumerate(section.get("edges", list, [])):
                     if not (isinstance(edge, list) and len(edge) == 2):
-                        raise ConfigError(f"{section.where(f'edges[{index}]')}: expected [source, target]")
+                        raise ConfigError(
+                            f"{section.where(f'edges[{index}]')}: expected [source, target]"
+                        )
                     net.add_edge(*edge)
             elif kind in ("dln1", "dln2"):
                 if kind == "dln2":
-                    net.add_node("reason", prompt=section.get("hidden_prompt", str, "Think about the question step by step."),
-                                 max_tokens=section.get("hidden_max_tokens", int, 48), stop=["\n\n"])
+                    net.add_node(
+                        "reason",
+                        prompt=section.get(
+                            "hidden_prompt", str, "Think about the question step by step."
+                        ),
+                        max_tokens=section.get("hidden_max_tokens", int, 48),
+                        stop=["\n\n"],
+                    )
                     net.add_edge(INPUT, "reason")
-                net.add_node("answer", prompt=task.instruction, classes=task.classes,
-                             calibrate=section.get("calibrate", bool, False))
+                net.add_node(
+                    "answer",
+                    prompt=task.instruction,
+                    classes=task.classes,
+                    calibrate=section.get("calibrate", bool, False),
+                )
                 if kind == "dln2":
                     net.add_edge("reason", "answer")
                 net.add_edge(INPUT, "answer")

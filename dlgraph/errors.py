@@ -55,7 +55,9 @@ class BackendError(DlgraphError):
 
     def __str__(self) -> str:
         where = ", ".join(
-            f"{key} {value!r}" for key, value in (("node", self.node), ("phase", self.phase)) if value
+            f"{key} {value!r}"
+            for key, value in (("node", self.node), ("phase", self.phase))
+            if value
         )
         return f"{self.message} ({where})" if where else self.message
 

@@ -47,8 +47,14 @@ CONTENT_FREE = "N/A"
 
 
 async def class_distribution(
-    net: Network, name: str, engine: Engine, values: Mapping[str, str], *, prompt: str | None = None,
-    phase: str, priority: int = 0,
+    net: Network,
+    name: str,
+    engine: Engine,
+    values: Mapping[str, str],
+    *,
+    prompt: str | None = None,
+    phase: str,
+    priority: int = 0,
 ) -> list[float]:
     """P(class | inputs) for class node `name`; with ``calibrate`` on, divided by the same
     distribution for a content-free input (every parent "N/A") and renormalised, which
@@ -56,7 +62,9 @@ async def class_distribution(
     node = net.node(name)
     assert node.classes
     rendered = net.render(name, values, prompt=prompt)
-    distribution = await engine.classify(rendered, node.classes, node=name, phase=phase, priority=priority)
+    distribution = await engine.classify(
+        rendered, node.classes, node=name, phase=phase, priority=priority
+    )
     if not node.calibrate:
         return distribution
     blank = net.render(name, {parent: CONTENT_FREE for parent in net.parents(name)}, prompt=prompt)
@@ -82,7 +90,9 @@ async def run_node(
     node generates. `prompt` replaces the node's own (to try candidate prompts)."""
     node = net.node(name)
     if node.classes:
-        distribution = await class_distribution(net, name, engine, values, prompt=prompt, phase=phase, priority=priority)
+        distribution = await class_distribution(
+            net, name, engine, values, prompt=prompt, phase=phase, priority=priority
+        )
         best = max(range(len(distribution)), key=distribution.__getitem__)
         return NodeOutput(node.class_names[best], tuple(distribution))
     text = await engine.generate(
@@ -111,7 +121,9 @@ async def forward(
     net.validate()
     inputs = tuple(xs)
     order = net.topological_order()
-    outputs: dict[str, list[str]] = {INPUT: list(inputs)} | {name: [""] * len(inputs) for name in order}
+    outputs: dict[str, list[str]] = {INPUT: list(inputs)} | {
+        name: [""] * len(inputs) for name in order
+    }
     rendered: dict[str, list[str]] = {name: [""] * len(inputs) for name in order}
     distributions: dict[str, list[tuple[float, ...]]] = {
         name: [()] * len(inputs) for name in order if net.node(name).classes

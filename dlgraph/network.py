@@ -15,6 +15,7 @@ import attrs
 import networkx as nx
 
 from dlgraph._files import write_atomic
+from dlgraph.backend import as_strings
 from dlgraph.errors import GraphError
 from dlgraph.scoring import class_name, verbalizers
 from dlgraph.templates import Template
@@ -53,7 +54,7 @@ class LanguageNode:
     classes: tuple[str, ...] | None = attrs.field(default=None, kw_only=True)
     max_tokens: int = attrs.field(default=128, kw_only=True)
     temperature: float = attrs.field(default=0.0, kw_only=True)
-    stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=tuple)
+    stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=as_strings)
     is_trainable: bool = attrs.field(default=True, kw_only=True)
     is_output: bool = attrs.field(default=False, kw_only=True)
     calibrate: bool = attrs.field(default=False, kw_only=True)
@@ -110,7 +111,7 @@ class Network:
     """A DAG of language nodes fed by INPUT. Output nodes are those marked ``output=True``,
     or, when none is marked, the nodes without children."""
 
-    _graph: nx.DiGraph = attrs.field(factory=nx.DiGraph, init=False)  # type: ignore[type-arg]
+    _graph: nx.DiGraph = attrs.field(factory=nx.DiGraph, init=False)
     _edges: list[tuple[str, str]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -151,7 +152,7 @@ class Network:
             classes=tuple(classes) if classes else None,
             max_tokens=max_tokens,
             temperature=temperature,
-            stop=tuple(stop),
+            stop=as_strings(stop),
             is_trainable=trainable,
             is_output=output,
             calibrate=calibrate,

@@ -69,7 +69,9 @@ def is_correct(prediction: str, target: str, classes: Sequence[str] | None = Non
     return normalize_answer(prediction) == normalize_answer(target)
 
 
-def accuracy(predictions: Sequence[str], targets: Sequence[str], classes: Sequence[str] | None = None) -> float:
+def accuracy(
+    predictions: Sequence[str], targets: Sequence[str], classes: Sequence[str] | None = None
+) -> float:
     if not targets:
         raise ValueError("accuracy of an empty dataset")
     hits = sum(is_correct(p, t, classes) for p, t in zip(predictions, targets, strict=True))

@@ -24,15 +24,23 @@ async def main(args: argparse.Namespace) -> None:
     dev, test = task.dev[: args.dev], task.test[: args.test]
     async with dg.Engine(dg.connect(args.backend)) as engine:
         before = await dg.evaluate(net, engine, test)
-        trainer = dg.VariationalTrainer(net, engine, num_prompt_samples=args.prompts, proposal_max_tokens=60)
-        result = await trainer.fit(task.train[: args.train], dev, steps=args.steps, batch_size=args.batch)
+        trainer = dg.VariationalTrainer(
+            net, engine, num_prompt_samples=args.prompts, proposal_max_tokens=60
+        )
+        result = await trainer.fit(
+            task.train[: args.train], dev, steps=args.steps, batch_size=args.batch
+        )
         after = await dg.evaluate(net, engine, test)
-    print(f"{args.task}: test accuracy {before:.3f} -> {after:.3f} (dev {result.initial_dev_accuracy:.3f} -> {result.best_dev_accuracy:.3f})")
+    print(
+        f"{args.task}: test accuracy {before:.3f} -> {after:.3f} (dev {result.initial_dev_accuracy:.3f} -> {result.best_dev_accuracy:.3f})"
+    )
     print(f"learnt prompt: {net.prompts()['answer']}")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--task", default="subj")
     parser.add_argument("--backend", default="llamacpp")
     parser.add_argument("--train", type=int, default=200)

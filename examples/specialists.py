@@ -20,10 +20,17 @@ from dlgraph.data import generated_task
 def network() -> dg.Network:
     net = dg.Network()
     net.add_node("sideways", prompt="Total the steps left and right.", max_tokens=24, stop=["\n"])
-    net.add_node("ahead", prompt="Total the steps forward and backward.", max_tokens=24, stop=["\n"])
+    net.add_node(
+        "ahead", prompt="Total the steps forward and backward.", max_tokens=24, stop=["\n"]
+    )
     net.add_node("answer", prompt="Are you back at the start?", classes=["yes|Yes", "no|No"])
-    for source, target in [(dg.INPUT, "sideways"), (dg.INPUT, "ahead"), ("sideways", "answer"),
-                           ("ahead", "answer"), (dg.INPUT, "answer")]:
+    for source, target in [
+        (dg.INPUT, "sideways"),
+        (dg.INPUT, "ahead"),
+        ("sideways", "answer"),
+        ("ahead", "answer"),
+        (dg.INPUT, "answer"),
+    ]:
         net.add_edge(source, target)
     return net
 
@@ -33,17 +40,26 @@ async def main(args: argparse.Namespace) -> None:
     net = network()
     print(net.to_mermaid())
     async with dg.Engine(dg.connect(args.backend)) as engine:
-        trainer = dg.VariationalTrainer(net, engine, num_prompt_samples=args.prompts, num_hidden_samples=1,
-                                        proposal_max_tokens=40)
+        trainer = dg.VariationalTrainer(
+            net,
+            engine,
+            num_prompt_samples=args.prompts,
+            num_hidden_samples=1,
+            proposal_max_tokens=40,
+        )
         result = await trainer.fit(task.train, task.dev, steps=args.steps, batch_size=args.batch)
         after = await dg.evaluate(net, engine, task.test)
-    print(f"specialists: dev {result.initial_dev_accuracy:.3f} -> {result.best_dev_accuracy:.3f}, test {after:.3f}")
+    print(
+        f"specialists: dev {result.initial_dev_accuracy:.3f} -> {result.best_dev_accuracy:.3f}, test {after:.3f}"
+    )
     for name, prompt in net.prompts().items():
         print(f"{name}: {prompt}")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backend", default="llamacpp")
     parser.add_argument("--train", type=int, default=40)
     parser.add_argument("--dev", type=int, default=20)

@@ -52,14 +52,22 @@ def make_app(network: dg.Network, backend: dg.Backend) -> web.Application:
 
 def default_network() -> dg.Network:
     net = dg.Network()
-    net.add_node("answer", prompt="Decide whether the steps lead back to the starting point.", classes=["yes|Yes", "no|No"])
+    net.add_node(
+        "answer",
+        prompt="Decide whether the steps lead back to the starting point.",
+        classes=["yes|Yes", "no|No"],
+    )
     net.add_edge(dg.INPUT, "answer")
     return net
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--network", help="a saved network (default: an untrained DLN-1 for navigation)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--network", help="a saved network (default: an untrained DLN-1 for navigation)"
+    )
     parser.add_argument("--backend", default="llamacpp")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)

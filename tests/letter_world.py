@@ -32,8 +32,22 @@ def first(n: int) -> str:
     return f"Name the first letter of word {n}."
 
 
-HIDDEN_HINTS = [last(1), last(2), first(1), first(2), "Think step by step.", "Describe the input.", "Count the letters."]
-OUTPUT_HINTS = [OUTPUT_KEY, "Be careful.", "Consider every clue.", "Answer briefly.", "Read the input twice."]
+HIDDEN_HINTS = [
+    last(1),
+    last(2),
+    first(1),
+    first(2),
+    "Think step by step.",
+    "Describe the input.",
+    "Count the letters.",
+]
+OUTPUT_HINTS = [
+    OUTPUT_KEY,
+    "Be careful.",
+    "Consider every clue.",
+    "Answer briefly.",
+    "Read the input twice.",
+]
 
 
 def make_word(rng: random.Random, ends_with_vowel: bool) -> str:
@@ -91,7 +105,9 @@ class LetterWorld:
         self.pair = pair
 
     def model(self, **options: object) -> ScriptedModel:
-        return ScriptedModel(generate=self.generate, logprob=self.logprob, name="letters", **options)
+        return ScriptedModel(
+            generate=self.generate, logprob=self.logprob, name="letters", **options
+        )
 
     # generation: forward outputs, posterior samples, proposals
     def generate(self, request: dg.GenerateRequest) -> str:

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from dlgraph.cli import main
 
 SIM_CONFIG = """
@@ -88,7 +86,9 @@ def test_unknown_generated_task_is_named(tmp_path, capsys) -> None:
 
 
 def test_yaml_config_is_accepted(tmp_path, capsys) -> None:
-    yaml_text = "backend: {name: sim}\ndata: {source: generated, task: dates, train: 4, dev: 4, test: 4}\n"
+    yaml_text = (
+        "backend: {name: sim}\ndata: {source: generated, task: dates, train: 4, dev: 4, test: 4}\n"
+    )
     config = write(tmp_path, yaml_text, "run.yaml")
     assert main(["eval", str(config)]) == 0
     assert "dates test accuracy" in capsys.readouterr().out
@@ -109,11 +109,18 @@ def test_show_prints_prompts_mermaid_and_history(tmp_path, capsys) -> None:
 
 
 def test_paper_task_config_uses_the_shared_data(tmp_path, capsys) -> None:
-    config = write(tmp_path, SIM_CONFIG.replace('source = "generated"\ntask = "navigation"', 'source = "paper"\ntask = "subj"'))
+    config = write(
+        tmp_path,
+        SIM_CONFIG.replace(
+            'source = "generated"\ntask = "navigation"', 'source = "paper"\ntask = "subj"'
+        ),
+    )
     assert main(["eval", str(config)]) == 0
     assert "subj test accuracy" in capsys.readouterr().out
 
 
 def test_command_is_installed_as_a_script() -> None:
-    result = subprocess.run([str(Path(sys.executable).parent / "dlgraph"), "--help"], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dlgraph"), "--help"], capture_output=True, text=True
+    )
     assert result.returncode == 0 and "train" in result.stdout

@@ -9,14 +9,25 @@ import re
 import pytest
 
 import dlgraph as dg
-from dlgraph.data import generate, generated_task, load_task, read_jsonl, read_ordered_prompt, rebuild_splits
+from dlgraph.data import (
+    generate,
+    generated_task,
+    load_task,
+    read_jsonl,
+    read_ordered_prompt,
+    rebuild_splits,
+)
 from dlgraph.scoring import matching_class
 
 
 @pytest.mark.parametrize("task", ["navigate", "subj", "trec", "mpqa", "airline", "disaster"])
 def test_rebuilt_splits_equal_the_reference_splits(task: str) -> None:
     reference, rebuilt = load_task(task), rebuild_splits(task)
-    assert (rebuilt.train, rebuilt.dev, rebuilt.test) == (reference.train, reference.dev, reference.test)
+    assert (rebuilt.train, rebuilt.dev, rebuilt.test) == (
+        reference.train,
+        reference.dev,
+        reference.test,
+    )
 
 
 def test_reference_splits_have_the_papers_sizes_and_classes() -> None:
@@ -63,7 +74,9 @@ def test_generated_tasks_repeat_under_a_seed_and_differ_across_seeds() -> None:
 def solve_navigation(text: str) -> str:
     x = y = 0
     for count, direction in re.findall(r"Take (\d+) steps? (\w+)\.", text):
-        dx, dy = {"forward": (0, 1), "backward": (0, -1), "left": (-1, 0), "right": (1, 0)}[direction]
+        dx, dy = {"forward": (0, 1), "backward": (0, -1), "left": (-1, 0), "right": (1, 0)}[
+            direction
+        ]
         x, y = x + dx * int(count), y + dy * int(count)
     return "Yes" if (x, y) == (0, 0) else "No"
 
@@ -74,20 +87,27 @@ def solve_ordering(text: str) -> str:
     row = [first]
     while row[-1] in pairs:
         row.append(pairs[row[-1]])
-    place = ["first", "second", "third", "fourth", "fifth"].index(re.search(r"is (\w+) from the left", text).group(1))
+    place = ["first", "second", "third", "fourth", "fifth"].index(
+        re.search(r"is (\w+) from the left", text).group(1)
+    )
     options = dict((name, letter) for letter, name in re.findall(r"\((\w)\) The (\w+)", text))
     return f"({options[row[place]]})"
 
 
 def solve_dates(text: str) -> str:
-    today = datetime.datetime.strptime(re.search(r"Today is (\S+)\.", text).group(1), "%m/%d/%Y").date()
+    today = datetime.datetime.strptime(
+        re.search(r"Today is (\S+)\.", text).group(1), "%m/%d/%Y"
+    ).date()
     days, when = re.search(r"date (\d+) days (after|before)", text).groups()
     answer = today + datetime.timedelta(days=int(days) * (1 if when == "after" else -1))
     options = dict((d, letter) for letter, d in re.findall(r"\((\w)\) (\S+)", text))
     return f"({options[answer.strftime('%m/%d/%Y')]})"
 
 
-@pytest.mark.parametrize("name, solve", [("navigation", solve_navigation), ("ordering", solve_ordering), ("dates", solve_dates)])
+@pytest.mark.parametrize(
+    "name, solve",
+    [("navigation", solve_navigation), ("ordering", solve_ordering), ("dates", solve_dates)],
+)
 def test_generated_answers_are_exact(name, solve) -> None:
     task = generated_task(name, train=100, dev=50, test=50, seed=1)
     for example in task.train + task.dev + task.test:

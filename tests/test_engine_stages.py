@@ -42,6 +42,7 @@ class Counting:
 
 # -- single-flight ---------------------------------------------------------------------------
 
+
 async def test_single_flight_shares_one_call_between_identical_requests() -> None:
     inner = Counting(block=True)
     results = []
@@ -49,8 +50,10 @@ async def test_single_flight_shares_one_call_between_identical_requests() -> Non
         flight = SingleFlight(inner, key, Workers(engine_group))
         async with anyio.create_task_group() as callers:
             for _ in range(5):
+
                 async def ask() -> None:
                     results.append(await flight(dg.GenerateRequest("hi", node="n1")))
+
                 callers.start_soon(ask)
             await anyio.wait_all_tasks_blocked()
             inner.release.set()
@@ -66,11 +69,14 @@ async def test_single_flight_cancelled_waiter_leaves_others_their_result() -> No
         flight = SingleFlight(inner, key, Workers(engine_group))
         doomed = anyio.CancelScope()
         async with anyio.create_task_group() as callers:
+
             async def impatient() -> None:
                 with doomed:
                     await flight(dg.GenerateRequest("hi"))
+
             async def patient() -> None:
                 results.append(await flight(dg.GenerateRequest("hi")))
+
             callers.start_soon(impatient)
             callers.start_soon(patient)
             await anyio.wait_all_tasks_blocked()
@@ -115,6 +121,7 @@ async def test_workers_are_reused_instead_of_spawned_again() -> None:
 
 # -- cache -----------------------------------------------------------------------------------
 
+
 async def test_cache_answers_a_repeated_request_without_calling() -> None:
     inner = Counting()
     ledger = Ledger()
@@ -140,6 +147,7 @@ async def test_disk_cache_survives_a_new_store_on_the_same_file(tmp_path) -> Non
 
 # -- retry -----------------------------------------------------------------------------------
 
+
 async def test_retry_repeats_transient_errors_and_counts_them() -> None:
     failures = [dg.TransientError("503"), dg.TransientError("dropped")]
     sleeps: list[float] = []
@@ -153,7 +161,9 @@ async def test_retry_repeats_transient_errors_and_counts_them() -> None:
         sleeps.append(seconds)
 
     ledger = Ledger()
-    retry = Retry(flaky, ledger, RetryPolicy(deadline_s=60, initial_wait_s=1, max_wait_s=10), sleep=sleep)
+    retry = Retry(
+        flaky, ledger, RetryPolicy(deadline_s=60, initial_wait_s=1, max_wait_s=10), sleep=sleep
+    )
     assert await retry(dg.GenerateRequest("x", node="n")) == "ok"
     assert ledger.statistics().total.retries == 2
     assert 0 <= sleeps[0] <= 1 and 0 <= sleeps[1] <= 2  # full jitter under an exponential ceiling
@@ -192,13 +202,16 @@ async def test_retry_raises_retries_exhausted_at_the_deadline() -> None:
     async def down(request):
         raise dg.TransientError("502 bad gateway")
 
-    retry = Retry(down, Ledger(), RetryPolicy(deadline_s=0.05, initial_wait_s=0.001, max_wait_s=0.01))
+    retry = Retry(
+        down, Ledger(), RetryPolicy(deadline_s=0.05, initial_wait_s=0.001, max_wait_s=0.01)
+    )
     with pytest.raises(dg.RetriesExhausted, match="502 bad gateway") as caught:
         await retry(dg.GenerateRequest("x"))
     assert isinstance(caught.value.__cause__, dg.TransientError)
 
 
 # -- ledger ----------------------------------------------------------------------------------
+
 
 async def test_metered_refuses_calls_past_the_budget() -> None:
     inner = Counting()
@@ -215,7 +228,14 @@ async def test_ledger_counts_by_node_and_phase_and_prices_tokens() -> None:
     ledger = Ledger(price=dg.Price(input_per_million=1e6, output_per_million=2e6))
     metered = Metered(Counting(), ledger, dg.Backend())
     await metered(dg.GenerateRequest("aaaa aaaa", node="a", phase="forward"))
-    await metered(Batch((dg.GenerateRequest("b", node="b", phase="propose"), dg.GenerateRequest("c", node="b", phase="propose"))))
+    await metered(
+        Batch(
+            (
+                dg.GenerateRequest("b", node="b", phase="propose"),
+                dg.GenerateRequest("c", node="b", phase="propose"),
+            )
+        )
+    )
     stats = ledger.statistics()
     assert stats.by_key[("a", "forward")].calls == 1
     assert stats.by_phase()["propose"].calls == 2 and stats.by_phase()["propose"].http_requests == 1
@@ -234,6 +254,7 @@ async def test_metered_uses_token_counts_the_backend_reports() -> None:
 
 
 # -- limiter (on a simulated clock) ----------------------------------------------------------
+
 
 async def run_with_clock(clock: FakeClock, body) -> None:
     async with anyio.create_task_group() as group:
@@ -269,10 +290,12 @@ async def test_limiter_charges_prompt_plus_max_tokens_to_the_token_bucket() -> N
         starts.append(clock.time())
         return "ok"
 
-    limiter = Limiter(inner, dg.Backend(), RateLimits(tpm=6000), clock=clock.time, sleep=clock.sleep)  # 100 tokens/s
+    limiter = Limiter(
+        inner, dg.Backend(), RateLimits(tpm=6000), clock=clock.time, sleep=clock.sleep
+    )  # 100 tokens/s
 
     async def body() -> None:
-        for i in range(3):
+        for _ in range(3):
             await limiter(dg.GenerateRequest("x" * 400, max_tokens=100))  # 100 + 100 tokens
 
     await run_with_clock(clock, body)
@@ -289,7 +312,13 @@ async def test_limiter_pauses_everyone_for_the_retry_after_the_server_asked() ->
             raise dg.RateLimited("429", retry_after_s=5.0)
         return "ok"
 
-    limiter = Limiter(inner, dg.Backend(), RateLimits(rpm=600, pause_jitter=0.1), clock=clock.time, sleep=clock.sleep)
+    limiter = Limiter(
+        inner,
+        dg.Backend(),
+        RateLimits(rpm=600, pause_jitter=0.1),
+        clock=clock.time,
+        sleep=clock.sleep,
+    )
 
     async def body() -> None:
         with pytest.raises(dg.RateLimited):
@@ -366,6 +395,7 @@ async def test_limiter_shrinks_concurrency_after_a_429_and_grows_under_load() ->
 
 # -- coalescer and split ---------------------------------------------------------------------
 
+
 async def test_coalescer_sends_compatible_requests_as_one_batch() -> None:
     inner = Counting()
     clock = FakeClock()
@@ -373,11 +403,17 @@ async def test_coalescer_sends_compatible_requests_as_one_batch() -> None:
 
     async def body() -> None:
         async with anyio.create_task_group() as engine_group:
-            coalescer = Coalescer(inner, engine_group, max_batch=8, window_s=0.01, sleep=clock.sleep)
+            coalescer = Coalescer(
+                inner, engine_group, max_batch=8, window_s=0.01, sleep=clock.sleep
+            )
             async with anyio.create_task_group() as callers:
                 for i in range(5):
+
                     async def ask(i: int = i) -> None:
-                        results[f"p{i}"] = await coalescer(dg.GenerateRequest(f"p{i}", max_tokens=5))
+                        results[f"p{i}"] = await coalescer(
+                            dg.GenerateRequest(f"p{i}", max_tokens=5)
+                        )
+
                     callers.start_soon(ask)
                 callers.start_soon(lambda: coalescer(dg.GenerateRequest("other", max_tokens=6)))
 
@@ -405,9 +441,11 @@ async def test_coalescer_waiter_cancelled_before_sending_leaves_its_batch() -> N
         coalescer = Coalescer(inner, engine_group, max_batch=2, window_s=3600)
         doomed = anyio.CancelScope()
         async with anyio.create_task_group() as callers:
+
             async def cancelled() -> None:
                 with doomed:
                     await coalescer(dg.GenerateRequest("gone"))
+
             callers.start_soon(cancelled)
             await anyio.wait_all_tasks_blocked()
             doomed.cancel()

@@ -15,23 +15,67 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 def run(script: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
 
 def test_dln1_classification_example_trains_and_reports() -> None:
-    out = run("dln1_classification.py", "--train", "20", "--dev", "8", "--test", "8", "--steps", "1", "--batch", "4", "--prompts", "1")
+    out = run(
+        "dln1_classification.py",
+        "--train",
+        "20",
+        "--dev",
+        "8",
+        "--test",
+        "8",
+        "--steps",
+        "1",
+        "--batch",
+        "4",
+        "--prompts",
+        "1",
+    )
     assert "subj: test accuracy" in out and "learnt prompt:" in out
 
 
 def test_dln2_navigation_example_trains_both_nodes() -> None:
-    out = run("dln2_navigation.py", "--train", "8", "--dev", "4", "--test", "4", "--steps", "1", "--batch", "3", "--prompts", "1", "--hidden", "1")
+    out = run(
+        "dln2_navigation.py",
+        "--train",
+        "8",
+        "--dev",
+        "4",
+        "--test",
+        "4",
+        "--steps",
+        "1",
+        "--batch",
+        "3",
+        "--prompts",
+        "1",
+        "--hidden",
+        "1",
+    )
     assert "navigation (DLN-2): test accuracy" in out and "reason:" in out and "answer:" in out
 
 
 def test_specialists_example_runs_a_fan_in_graph() -> None:
-    out = run("specialists.py", "--train", "6", "--dev", "4", "--test", "4", "--batch", "3", "--prompts", "1")
+    out = run(
+        "specialists.py",
+        "--train",
+        "6",
+        "--dev",
+        "4",
+        "--test",
+        "4",
+        "--batch",
+        "3",
+        "--prompts",
+        "1",
+    )
     assert "flowchart TD" in out and "specialists: dev" in out
 
 
@@ -48,8 +92,12 @@ def anyio_backend() -> str:
 
 async def test_web_app_example_answers_over_http() -> None:
     port = free_port()
-    server = subprocess.Popen([sys.executable, str(EXAMPLES / "web_app.py"), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "web_app.py"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}/predict"
         async with aiohttp.ClientSession() as session:

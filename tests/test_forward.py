@@ -16,7 +16,13 @@ def diamond() -> dg.Network:
     net.add_node("a", prompt="Say A.")
     net.add_node("b", prompt="Say B.")
     net.add_node("c", prompt="Combine.")
-    for source, target in [(dg.INPUT, "a"), (dg.INPUT, "b"), ("a", "c"), ("b", "c"), (dg.INPUT, "c")]:
+    for source, target in [
+        (dg.INPUT, "a"),
+        (dg.INPUT, "b"),
+        ("a", "c"),
+        ("b", "c"),
+        (dg.INPUT, "c"),
+    ]:
         net.add_edge(source, target)
     return net
 
@@ -56,8 +62,12 @@ async def test_forward_moves_an_example_on_without_waiting_for_the_batch() -> No
     model = ScriptedModel(generate=lambda r: "out", latency_s=latency)
     async with dg.Engine(model) as engine:
         await diamond().forward(engine, ["slow", "fast"])
-    fast_c = next(r for r in model.calls if r.request.node == "c" and "Input: fast" in r.request.prompt)
-    slow_a = next(r for r in model.calls if r.request.node == "a" and "Input: slow" in r.request.prompt)
+    fast_c = next(
+        r for r in model.calls if r.request.node == "c" and "Input: fast" in r.request.prompt
+    )
+    slow_a = next(
+        r for r in model.calls if r.request.node == "a" and "Input: slow" in r.request.prompt
+    )
     assert fast_c.finished < slow_a.finished
 
 
@@ -89,8 +99,10 @@ async def test_forward_works_inside_a_task_group_of_a_running_loop() -> None:
     async with dg.Engine(echo_model()) as engine:
         async with anyio.create_task_group() as task_group:
             for x in ("p", "q"):
+
                 async def run(x: str = x) -> None:
                     results.append(await diamond().predict(engine, [x]))
+
                 task_group.start_soon(run)
     assert sorted(results) == [["done"], ["done"]]
 
@@ -126,7 +138,9 @@ async def test_calibrated_class_node_removes_the_prompts_bias() -> None:
     def logprob(request: dg.LogprobRequest) -> float:
         text = request.context.split("Input: ")[1].split("\n")[0]
         p_yes = {"N/A": 0.7, "even": 0.8, "odd": 0.6}[text]  # the prompt leans towards yes
-        return math.log(p_yes if request.target.strip().lower() == "yes" else 1 - p_yes) - math.log(2)
+        return math.log(p_yes if request.target.strip().lower() == "yes" else 1 - p_yes) - math.log(
+            2
+        )
 
     def network(calibrate: bool) -> dg.Network:
         net = dg.Network()

@@ -20,7 +20,10 @@ def dln2() -> dg.Network:
 
 
 def test_prompts_lists_every_node_prompt() -> None:
-    assert dln2().prompts() == {"reason": "Work through the problem.", "answer": "Answer the question."}
+    assert dln2().prompts() == {
+        "reason": "Work through the problem.",
+        "answer": "Answer the question.",
+    }
 
 
 def test_parents_keep_edge_order_and_outputs_are_sinks() -> None:
@@ -33,7 +36,10 @@ def test_parents_keep_edge_order_and_outputs_are_sinks() -> None:
 
 def test_add_edge_names_unknown_node_and_lists_known_ones() -> None:
     net = dln2()
-    with pytest.raises(dg.GraphError, match=r"edge 'reason' -> 'anser': unknown node 'anser' \(known: answer, reason\)"):
+    with pytest.raises(
+        dg.GraphError,
+        match=r"edge 'reason' -> 'anser': unknown node 'anser' \(known: answer, reason\)",
+    ):
         net.add_edge("reason", "anser")
 
 
@@ -75,7 +81,9 @@ def test_validate_names_template_variable_no_parent_supplies() -> None:
     net = dg.Network()
     net.add_node("summary", prompt="Sum up.", template="{{ prompt }} {{ notes }}")
     net.add_edge(dg.INPUT, "summary")
-    with pytest.raises(dg.GraphError, match="node 'summary': template variable 'notes' is supplied by no parent"):
+    with pytest.raises(
+        dg.GraphError, match="node 'summary': template variable 'notes' is supplied by no parent"
+    ):
         net.validate()
 
 
@@ -105,7 +113,9 @@ def test_duplicate_class_names_are_refused() -> None:
 
 def test_save_and_load_round_trip_everything(tmp_path) -> None:
     net = dln2()
-    net.add_node("extra", prompt="Custom.", template="{{ prompt }} {{ input }}", stop=["\n"], trainable=False)
+    net.add_node(
+        "extra", prompt="Custom.", template="{{ prompt }} {{ input }}", stop=["\n"], trainable=False
+    )
     net.add_edge(dg.INPUT, "extra")
     net.add_edge("extra", "answer")
     path = tmp_path / "net.json"

@@ -7,7 +7,13 @@ import math
 
 import pytest
 from letter_world import (
-    DIRECT_KEY, OUTPUT_KEY, PAIR_CLASSES, LetterWorld, last, single_word_task, word_pair_task,
+    DIRECT_KEY,
+    OUTPUT_KEY,
+    PAIR_CLASSES,
+    LetterWorld,
+    last,
+    single_word_task,
+    word_pair_task,
 )
 
 import dlgraph as dg
@@ -119,7 +125,10 @@ async def run_counting(net, world, train, dev, steps, **fit_options):
 async def test_fit_returns_the_best_network_on_dev_not_the_last(tmp_path) -> None:
     world = LetterWorld(direct=True)
     train = single_word_task(40, seed=1)
-    flipped_dev = [dg.Example(e.input, "no" if e.target == "yes" else "yes") for e in single_word_task(40, seed=2)]
+    flipped_dev = [
+        dg.Example(e.input, "no" if e.target == "yes" else "yes")
+        for e in single_word_task(40, seed=2)
+    ]
     net = dln1()
     result, _ = await fit(net, world, train, flipped_dev, steps=3)
     last_prompts = result.history[-1].prompts
@@ -138,7 +147,9 @@ async def test_resume_after_interruption_repeats_no_step(tmp_path) -> None:
         if record.step == 2:
             raise Interrupt
 
-    first, first_calls = await run_counting(dln2(), world, train, dev, 4, checkpoint_dir=tmp_path, on_step=crash_after_two)
+    first, first_calls = await run_counting(
+        dln2(), world, train, dev, 4, checkpoint_dir=tmp_path, on_step=crash_after_two
+    )
     assert first is None
     net = dln2()
     resumed, resumed_calls = await run_counting(net, world, train, dev, 4, checkpoint_dir=tmp_path)
@@ -244,7 +255,9 @@ async def test_progress_reaches_callback_and_jsonl_log(tmp_path) -> None:
 async def test_fit_refuses_target_outside_the_output_classes() -> None:
     world = LetterWorld()
     train = single_word_task(10, seed=1) + [dg.Example("kbt", "maybe")]
-    with pytest.raises(dg.DataError, match=r"train\[10\]: target 'maybe' is not a class of node 'answer'"):
+    with pytest.raises(
+        dg.DataError, match=r"train\[10\]: target 'maybe' is not a class of node 'answer'"
+    ):
         await fit(dln2(), world, train, single_word_task(10, seed=2), steps=1)
 
 
@@ -257,14 +270,22 @@ async def test_early_stopping_ends_a_run_that_stops_improving() -> None:
     model = LetterWorld().model()
     async with dg.Engine(model) as engine:
         trainer = dg.VariationalTrainer(dln1(), engine, **TRAIN_OPTIONS)
-        result = await trainer.fit(single_word_task(40, seed=1), single_word_task(40, seed=2), steps=10,
-                                   batch_size=10, patience=2)
+        result = await trainer.fit(
+            single_word_task(40, seed=1),
+            single_word_task(40, seed=2),
+            steps=10,
+            batch_size=10,
+            patience=2,
+        )
     assert result.stopped == "early_stopping" and len(result.history) == 2
 
 
 # -- against a separately written reference, as micrograd tests against PyTorch ---------------
 
-def reference_class_loglik(world: LetterWorld, prompt: str, context_lines: str, label: str) -> float:
+
+def reference_class_loglik(
+    world: LetterWorld, prompt: str, context_lines: str, label: str
+) -> float:
     context = f"{prompt}\n\n{context_lines}\nAnswer:"
     return math.log(max(world.class_probability(prompt, context, label), 1e-6))
 
@@ -277,7 +298,9 @@ async def test_generic_step_on_one_node_matches_a_hand_written_dln1_step() -> No
         outcome = await trainer.step(batch)
     scored = outcome.elbo["answer"]
     for prompt, elbo in scored:
-        expected = sum(reference_class_loglik(world, prompt, f"Input: {e.input}", e.target) for e in batch) / len(batch)
+        expected = sum(
+            reference_class_loglik(world, prompt, f"Input: {e.input}", e.target) for e in batch
+        ) / len(batch)
         assert elbo == pytest.approx(expected, abs=1e-9)
     best = max(range(len(scored)), key=lambda i: (scored[i][1], -i))
     assert outcome.prompts["answer"] == scored[best][0]
@@ -295,16 +318,35 @@ async def test_generic_step_on_two_nodes_matches_a_hand_written_dln2_step() -> N
     for i, example in enumerate(batch):
         scores = []
         for candidate in posterior.candidates[i]:
-            likelihood = reference_class_loglik(world, answer_prompt, f"reason: {candidate}\nInput: {example.input}", example.target)
-            prior = world.logprob(dg.LogprobRequest(f"{reason_prompt}\n\nInput: {example.input}\nOutput:", " " + candidate))
+            likelihood = reference_class_loglik(
+                world, answer_prompt, f"reason: {candidate}\nInput: {example.input}", example.target
+            )
+            prior = world.logprob(
+                dg.LogprobRequest(
+                    f"{reason_prompt}\n\nInput: {example.input}\nOutput:", " " + candidate
+                )
+            )
             scores.append((likelihood + prior) / tau)
         top = max(scores)
         weights = [math.exp(s - top) for s in scores]
-        assert list(posterior.weights[i]) == pytest.approx([w / sum(weights) for w in weights], abs=1e-9)
+        assert list(posterior.weights[i]) == pytest.approx(
+            [w / sum(weights) for w in weights], abs=1e-9
+        )
     for prompt, elbo in outcome.elbo["answer"]:
         total = 0.0
         for i, example in enumerate(batch):
-            terms = [(c, w) for c, w in zip(posterior.candidates[i], posterior.weights[i]) if w >= 0.01]
+            terms = [
+                (c, w)
+                for c, w in zip(posterior.candidates[i], posterior.weights[i], strict=True)
+                if w >= 0.01
+            ]
             norm = sum(w for _, w in terms)
-            total += sum(w / norm * reference_class_loglik(world, prompt, f"reason: {c}\nInput: {example.input}", example.target) for c, w in terms)
+            total += sum(
+                w
+                / norm
+                * reference_class_loglik(
+                    world, prompt, f"reason: {c}\nInput: {example.input}", example.target
+                )
+                for c, w in terms
+            )
         assert elbo == pytest.approx(total / len(batch), abs=1e-9)

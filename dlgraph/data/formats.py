@@ -28,7 +28,9 @@ def _records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]
         yield number, json_object(f"{os.fspath(path)}:{number}", line)
 
 
-def _field(path: str | os.PathLike[str], where: int | str, record: Mapping[str, Any], name: str) -> str:
+def _field(
+    path: str | os.PathLike[str], where: int | str, record: Mapping[str, Any], name: str
+) -> str:
     if name not in record:
         raise DataError(f"{os.fspath(path)}:{where}: missing field {name!r}")
     return str(record[name])
@@ -54,7 +56,9 @@ def read_bbh(path: str | os.PathLike[str]) -> list[Example]:
     if not isinstance(document, dict) or not isinstance(document.get("examples"), list):
         raise DataError(f"{os.fspath(path)}: expected an object with a list 'examples'")
     return [
-        Example(_field(path, f"examples[{i}]", e, "input"), _field(path, f"examples[{i}]", e, "target"))
+        Example(
+            _field(path, f"examples[{i}]", e, "input"), _field(path, f"examples[{i}]", e, "target")
+        )
         for i, e in enumerate(document["examples"])
     ]
 
@@ -63,9 +67,13 @@ def _with_options(text: str, labels: Mapping[str, str]) -> str:
     return text + "\nOptions:\n- " + "\n- ".join(labels.values())
 
 
-def _label(path: str | os.PathLike[str], where: int | str, raw: str, labels: Mapping[str, str]) -> str:
+def _label(
+    path: str | os.PathLike[str], where: int | str, raw: str, labels: Mapping[str, str]
+) -> str:
     if raw not in labels:
-        raise DataError(f"{os.fspath(path)}:{where}: label {raw!r} is not one of {', '.join(labels)}")
+        raise DataError(
+            f"{os.fspath(path)}:{where}: label {raw!r} is not one of {', '.join(labels)}"
+        )
     return labels[raw]
 
 
@@ -80,7 +88,9 @@ def read_ordered_prompt(path: str | os.PathLike[str], labels: Mapping[str, str])
     ]
 
 
-def read_leopard(path: str | os.PathLike[str], labels: Mapping[str, str], prefix: str) -> list[Example]:
+def read_leopard(
+    path: str | os.PathLike[str], labels: Mapping[str, str], prefix: str
+) -> list[Example]:
     """Leopard: a JSON list of ``{"sentence1", "label"}``; the prefix and options are added."""
     document = _load_json(path)
     if not isinstance(document, list):

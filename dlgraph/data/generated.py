@@ -30,7 +30,9 @@ def navigation_example(rng: random.Random, returns: bool) -> Example:
         direction = rng.choice(list(DIRECTIONS))
         count = rng.randint(1, 9)
         moves.append((direction, count))
-        opposite = {"forward": "backward", "backward": "forward", "left": "right", "right": "left"}[direction]
+        opposite = {"forward": "backward", "backward": "forward", "left": "right", "right": "left"}[
+            direction
+        ]
         moves.append((opposite, count))
     if not returns:
         index = rng.randrange(len(moves))
@@ -49,13 +51,17 @@ PLACES = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh"]
 def ordering_example(rng: random.Random, size: int = 4) -> Example:
     """Objects on a shelf, with enough "directly left of" clues to fix their order."""
     objects = rng.sample(NAMES, size)
-    clues = [f"The {left} is directly left of the {right}." for left, right in zip(objects, objects[1:])]
+    clues = [
+        f"The {left} is directly left of the {right}."
+        for left, right in zip(objects, objects[1:], strict=False)
+    ]
     rng.shuffle(clues)
     place = rng.randrange(size)
     options = sorted(objects)
     listing = "\n".join(f"({LETTERS[i]}) The {name}" for i, name in enumerate(options))
     question = (
-        f"On a shelf stand {size} objects in a row: {', '.join(sorted(objects))}. " + " ".join(clues)
+        f"On a shelf stand {size} objects in a row: {', '.join(sorted(objects))}. "
+        + " ".join(clues)
         + f" Which object is {PLACES[place]} from the left?\nOptions:\n{listing}"
     )
     return Example(question, f"({LETTERS[options.index(objects[place])]})")
@@ -81,9 +87,21 @@ def _navigation(rng: random.Random, index: int) -> Example:
 
 
 GENERATORS: dict[str, tuple[Callable[[random.Random, int], Example], list[str], str]] = {
-    "navigation": (_navigation, ["yes|Yes", "no|No"], "Decide whether the steps lead back to the starting point."),
-    "ordering": (lambda rng, _: ordering_example(rng), ["a|A", "b|B", "c|C", "d|D"], "Work out the order of the objects, then answer."),
-    "dates": (lambda rng, _: dates_example(rng), ["a|A", "b|B", "c|C", "d|D"], "Work out the date."),
+    "navigation": (
+        _navigation,
+        ["yes|Yes", "no|No"],
+        "Decide whether the steps lead back to the starting point.",
+    ),
+    "ordering": (
+        lambda rng, _: ordering_example(rng),
+        ["a|A", "b|B", "c|C", "d|D"],
+        "Work out the order of the objects, then answer.",
+    ),
+    "dates": (
+        lambda rng, _: dates_example(rng),
+        ["a|A", "b|B", "c|C", "d|D"],
+        "Work out the date.",
+    ),
 }
 
 
@@ -97,7 +115,7 @@ def generate(name: str, count: int, seed: int) -> list[Example]:
     if count == 0:
         return examples
     seen: set[str] = set()
-    for attempt in range(count * 50):
+    for _ in range(count * 50):
         example = make(rng, len(examples))
         if example.input not in seen:
             seen.add(example.input)
@@ -110,8 +128,17 @@ def generate(name: str, count: int, seed: int) -> list[Example]:
     return examples
 
 
-def generated_task(name: str, train: int = 100, dev: int = 100, test: int = 100, seed: int = 0) -> Task:
+def generated_task(
+    name: str, train: int = 100, dev: int = 100, test: int = 100, seed: int = 0
+) -> Task:
     """Disjoint splits drawn from one seeded stream."""
     examples = generate(name, train + dev + test, seed)
     _, classes, instruction = GENERATORS[name]
-    return Task(name, examples[:train], examples[train : train + dev], examples[train + dev :], classes, instruction)
+    return Task(
+        name,
+        examples[:train],
+        examples[train : train + dev],
+        examples[train + dev :],
+        classes,
+        instruction,
+    )

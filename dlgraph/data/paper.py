@@ -62,8 +62,18 @@ def load_task(name: str, path: str | os.PathLike[str] | None = None) -> Task:
     """The paper's reference train/dev/test splits of task `name`."""
     root = data_dir(path)
     spec = _spec(name, root)
-    splits = {split: read_jsonl(root / name / "dln_splits" / f"{split}.jsonl") for split in ("train", "dev", "test")}
-    return Task(name, splits["train"], splits["dev"], splits["test"], spec.get("protos"), spec.get("instruction", ""))
+    splits = {
+        split: read_jsonl(root / name / "dln_splits" / f"{split}.jsonl")
+        for split in ("train", "dev", "test")
+    }
+    return Task(
+        name,
+        splits["train"],
+        splits["dev"],
+        splits["test"],
+        spec.get("protos"),
+        spec.get("instruction", ""),
+    )
 
 
 def rebuild_splits(name: str, path: str | os.PathLike[str] | None = None) -> Task:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import attrs
 
-from dlgraph.backend import Request, Result
+from dlgraph.backend import Result
 from dlgraph.engine.ledger import Ledger
 from dlgraph.engine.stage import Call, Outcome, Work
 
@@ -55,10 +55,14 @@ class SqliteStore:
         self._connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute("PRAGMA synchronous=NORMAL")
-        self._connection.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._connection.execute(
+            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+        )
 
     def get(self, key: Hashable) -> Result | None:
-        row = self._connection.execute("SELECT value FROM answers WHERE key = ?", (_digest(key),)).fetchone()
+        row = self._connection.execute(
+            "SELECT value FROM answers WHERE key = ?", (_digest(key),)
+        ).fetchone()
         if row is None:
             return None
         value: Result = json.loads(row[0])
@@ -66,7 +70,8 @@ class SqliteStore:
 
     def put(self, key: Hashable, result: Result) -> None:
         self._connection.execute(
-            "INSERT OR REPLACE INTO answers (key, value) VALUES (?, ?)", (_digest(key), json.dumps(result))
+            "INSERT OR REPLACE INTO answers (key, value) VALUES (?, ?)",
+            (_digest(key), json.dumps(result)),
         )
 
     def close(self) -> None:
@@ -87,17 +92,17 @@ class Cache:
     """Successful results by request key; failures are never cached."""
 
     inner: Call
-    key: Callable[[Request], Hashable]
+    key: Callable[[Work], Hashable]
     ledger: Ledger
     store: Store
 
     async def __call__(self, work: Work) -> Outcome:
-        assert not hasattr(work, "requests"), "the cache sits above the coalescer"
-        key = self.key(work)  # type: ignore[arg-type]
+        key = self.key(work)
         found = self.store.get(key)
         if found is not None:
             self.ledger.add(work, cache_hits=1)
             return found
         result = await self.inner(work)
-        self.store.put(key, result)  # type: ignore[arg-type]
+        assert not isinstance(result, list), "the cache sits above the coalescer"
+        self.store.put(key, result)
         return result

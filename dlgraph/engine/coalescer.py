@@ -13,9 +13,9 @@ import anyio
 import anyio.abc
 import attrs
 
+from dlgraph._tasks import single_errors
 from dlgraph.backend import GenerateRequest, LogprobRequest, Result
 from dlgraph.engine.stage import Batch, Call, Outcome, Work, batch_key
-from dlgraph._tasks import single_errors
 from dlgraph.errors import BackendError, RequestRejected
 
 
@@ -110,7 +110,7 @@ class Split:
             if len(work.requests) == 1:
                 return [error]
         middle = len(work.requests) // 2
-        halves = [Batch(work.requests[:middle]), Batch(work.requests[middle:])]  # type: ignore[arg-type]
+        halves = [Batch(work.requests[:middle]), Batch(work.requests[middle:])]
         results: list[list[object]] = [[], []]
 
         async def run(index: int) -> None:

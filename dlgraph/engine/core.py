@@ -20,14 +20,22 @@ import anyio.abc
 import attrs
 
 from dlgraph._tasks import map_concurrently, single_errors
-from dlgraph.backend import Backend, GenerateRequest, LogprobRequest, Request, Result, TopLogprobsRequest
+from dlgraph.backend import (
+    Backend,
+    GenerateRequest,
+    LogprobRequest,
+    Request,
+    Result,
+    TopLogprobsRequest,
+    as_strings,
+)
 from dlgraph.engine.cache import Cache, Store, open_store
 from dlgraph.engine.coalescer import Coalescer, Split
 from dlgraph.engine.ledger import Budget, Ledger, LedgerSnapshot, Metered, Price
 from dlgraph.engine.limiter import Limiter, LimiterStatistics, RateLimits
 from dlgraph.engine.retry import Retry, RetryPolicy
 from dlgraph.engine.single_flight import SingleFlight
-from dlgraph.engine.stage import BackendCall, Call, request_key
+from dlgraph.engine.stage import BackendCall, Batch, Call, Work, request_key
 from dlgraph.engine.workers import Workers
 from dlgraph.errors import BackendError, tag
 from dlgraph.scoring import logsumexp, matching_class, normalize_log_scores, verbalizers
@@ -70,7 +78,9 @@ class Engine:
     _exit_stack: AsyncExitStack | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
-        price = self.price.get(self.backend.identity) if isinstance(self.price, Mapping) else self.price
+        price = (
+            self.price.get(self.backend.identity) if isinstance(self.price, Mapping) else self.price
+        )
         self.ledger = Ledger(self.budget, price)
 
     async def __aenter__(self) -> Self:
@@ -99,18 +109,23 @@ class Engine:
     def _build_chain(self, task_group: anyio.abc.TaskGroup, store: Store | None) -> Call:
         jitter = random.Random(self.seed)
 
-        def key(request: Request) -> tuple[object, ...]:
-            return request_key(self.backend.identity, request)
+        def key(work: Work) -> tuple[object, ...]:
+            assert not isinstance(work, Batch), "keys are taken above the coalescer"
+            return request_key(self.backend.identity, work)
 
         limits = RateLimits(self.rpm, self.tpm, self.max_concurrency)
         chain: Call = BackendCall(self.backend)
         chain = Metered(chain, self.ledger, self.backend)
-        chain = self._limiter = Limiter(chain, self.backend, limits, clock=self.clock, sleep=self.sleep, jitter=jitter)
+        chain = self._limiter = Limiter(
+            chain, self.backend, limits, clock=self.clock, sleep=self.sleep, jitter=jitter
+        )
         chain = Retry(chain, self.ledger, self.retry, sleep=self.sleep, jitter=jitter)
         max_batch = self.backend.capabilities.max_batch if self.coalesce_ms > 0 else 1
         if max_batch > 1:
             chain = Split(chain)
-            chain = Coalescer(chain, task_group, max_batch, self.coalesce_ms / 1000.0, sleep=self.sleep)
+            chain = Coalescer(
+                chain, task_group, max_batch, self.coalesce_ms / 1000.0, sleep=self.sleep
+            )
         chain = SingleFlight(chain, key, Workers(task_group))
         if store is not None:
             chain = Cache(chain, key, self.ledger, store)
@@ -141,22 +156,42 @@ class Engine:
         priority: int = 0,
     ) -> str:
         request = GenerateRequest(
-            prompt, max_tokens=max_tokens, temperature=temperature, stop=tuple(stop),
-            seed=seed, node=node, phase=phase, priority=priority,
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stop=as_strings(stop),
+            seed=seed,
+            node=node,
+            phase=phase,
+            priority=priority,
         )
         result = await self.request(request)
         assert isinstance(result, str)
         return result
 
     async def logprob(
-        self, context: str, target: str, *, node: str | None = None, phase: str = "score", priority: int = 0
+        self,
+        context: str,
+        target: str,
+        *,
+        node: str | None = None,
+        phase: str = "score",
+        priority: int = 0,
     ) -> float:
-        result = await self.request(LogprobRequest(context, target, node=node, phase=phase, priority=priority))
+        result = await self.request(
+            LogprobRequest(context, target, node=node, phase=phase, priority=priority)
+        )
         assert isinstance(result, float | int)
         return float(result)
 
     async def classify(
-        self, context: str, classes: Sequence[str], *, node: str | None = None, phase: str = "score", priority: int = 0
+        self,
+        context: str,
+        classes: Sequence[str],
+        *,
+        node: str | None = None,
+        phase: str = "score",
+        priority: int = 0,
     ) -> list[float]:
         """P(class | context) for ``"yes|Yes"``-style class specs, in the order given.
 
@@ -169,20 +204,30 @@ class Engine:
         if strategy == "logprob":
             words = [(c, word) for c, spec in enumerate(specs) for word in verbalizers(spec)]
             scores = await map_concurrently(
-                lambda pair: self.logprob(context, " " + pair[1], node=node, phase=phase, priority=priority), words
+                lambda pair: self.logprob(
+                    context, " " + pair[1], node=node, phase=phase, priority=priority
+                ),
+                words,
             )
             per_class = [
-                logsumexp([s for (c, _), s in zip(words, scores, strict=True) if c == index] or [-math.inf])
+                logsumexp(
+                    [s for (c, _), s in zip(words, scores, strict=True) if c == index]
+                    or [-math.inf]
+                )
                 for index in range(len(specs))
             ]
         elif strategy == "top_logprobs":
             count = self.backend.capabilities.top_logprobs
-            request = TopLogprobsRequest(context, count=count, node=node, phase=phase, priority=priority)
+            request = TopLogprobsRequest(
+                context, count=count, node=node, phase=phase, priority=priority
+            )
             top = await self.request(request)
             assert isinstance(top, dict)
             per_class = [_class_score(spec, top) for spec in specs]
         else:
-            text = await self.generate(context, max_tokens=8, node=node, phase=phase, priority=priority)
+            text = await self.generate(
+                context, max_tokens=8, node=node, phase=phase, priority=priority
+            )
             found = matching_class(text, specs)
             per_class = [0.0 if found == verbalizers(spec)[0] else FLOOR_LOGPROB for spec in specs]
         return normalize_log_scores(per_class)

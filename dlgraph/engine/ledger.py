@@ -8,11 +8,27 @@ from collections.abc import Mapping
 
 import attrs
 
-from dlgraph.backend import Backend, GenerateRequest, LogprobRequest, Request, collect_report, stop_collecting
+from dlgraph.backend import (
+    Backend,
+    GenerateRequest,
+    LogprobRequest,
+    Request,
+    collect_report,
+    stop_collecting,
+)
 from dlgraph.engine.stage import Batch, Call, Outcome, Work, requests_of
 from dlgraph.errors import BackendError, BudgetExhausted, RateLimited
 
-COUNTERS = ("calls", "http_requests", "tokens_in", "tokens_out", "retries", "rate_limited", "errors", "cache_hits")
+COUNTERS = (
+    "calls",
+    "http_requests",
+    "tokens_in",
+    "tokens_out",
+    "retries",
+    "rate_limited",
+    "errors",
+    "cache_hits",
+)
 
 
 @attrs.frozen
@@ -112,8 +128,10 @@ class Ledger:
 
     def statistics(self) -> LedgerSnapshot:
         def usage(counter: collections.Counter[str]) -> Usage:
-            cost = self.price.cost(counter["tokens_in"], counter["tokens_out"]) if self.price else 0.0
-            return Usage(*(counter[n] for n in COUNTERS), cost=cost)
+            cost = (
+                self.price.cost(counter["tokens_in"], counter["tokens_out"]) if self.price else 0.0
+            )
+            return Usage(**{name: counter[name] for name in COUNTERS}, cost=cost)
 
         return LedgerSnapshot({key: usage(counter) for key, counter in self._counts.items()})
 
@@ -124,7 +142,9 @@ class Ledger:
         if budget.max_calls is not None and spent + calls > budget.max_calls:
             raise BudgetExhausted(f"call budget of {budget.max_calls} spent ({spent} calls)")
         if budget.max_tokens is not None and self._tokens >= budget.max_tokens:
-            raise BudgetExhausted(f"token budget of {budget.max_tokens} spent ({self._tokens} tokens)")
+            raise BudgetExhausted(
+                f"token budget of {budget.max_tokens} spent ({self._tokens} tokens)"
+            )
         self._reserved += calls
 
     def release(self, calls: int) -> None:
@@ -142,7 +162,9 @@ def prompt_text(request: Request) -> str:
 def estimated_tokens(backend: Backend, work: Work) -> tuple[int, int]:
     """(prompt tokens, tokens reserved for the answer) before the call: what rate limits charge."""
     if not isinstance(work, Batch):
-        return backend.count_tokens(prompt_text(work)), work.max_tokens if isinstance(work, GenerateRequest) else 0
+        return backend.count_tokens(prompt_text(work)), work.max_tokens if isinstance(
+            work, GenerateRequest
+        ) else 0
     prompt = answer = 0
     for request in work.requests:
         prompt += backend.count_tokens(prompt_text(request))
@@ -171,14 +193,22 @@ class Metered:
         finally:
             stop_collecting(token)
             self.ledger.release(len(requests))
-        texts = result if isinstance(work, Batch) else [result]
+        texts: list[object] = list(result) if isinstance(result, list) else [result]
         completion = box.completion_tokens
         if completion is None:
-            completion = sum(self.backend.count_tokens(t) for t in texts if isinstance(t, str))  # type: ignore[union-attr]
+            completion = sum(
+                self.backend.count_tokens(text) for text in texts if isinstance(text, str)
+            )
         self._count(work, box.prompt_tokens, completion)
         return result
 
-    def _count(self, work: Work, prompt_tokens: int | None, completion_tokens: int, failed: BackendError | None = None) -> None:
+    def _count(
+        self,
+        work: Work,
+        prompt_tokens: int | None,
+        completion_tokens: int,
+        failed: BackendError | None = None,
+    ) -> None:
         requests = requests_of(work)
         if prompt_tokens is None:
             prompt_tokens = estimated_tokens(self.backend, work)[0]

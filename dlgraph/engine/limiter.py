@@ -124,14 +124,19 @@ class Limiter:
         return self._ceiling_value
 
     def _compute_ceiling(self) -> float:
-        ceiling = min(self.limits.max_concurrency or math.inf, self.backend.capabilities.max_concurrency or math.inf)
+        ceiling = min(
+            self.limits.max_concurrency or math.inf,
+            self.backend.capabilities.max_concurrency or math.inf,
+        )
         return 256 if ceiling == math.inf else ceiling
 
     def _little(self, latency_s: float) -> float:
         """Little's law: calls in flight = arrival rate × latency (with headroom)."""
         if not self.limits.rpm:
             return self._ceiling_value
-        return float(min(self._ceiling(), max(2, math.ceil(self.limits.rpm / 60.0 * latency_s * 2))))
+        return float(
+            min(self._ceiling(), max(2, math.ceil(self.limits.rpm / 60.0 * latency_s * 2)))
+        )
 
     async def __call__(self, work: Work) -> Outcome:
         charged = sum(estimated_tokens(self.backend, work)) if self._tokens else 0
@@ -210,7 +215,11 @@ class Limiter:
         """One shared pause for everyone, as long as the server asked, with jitter."""
         self._rate_limited += 1
         now = self.clock()
-        pause = error.retry_after_s if error.retry_after_s is not None else self.limits.pause_without_retry_after_s
+        pause = (
+            error.retry_after_s
+            if error.retry_after_s is not None
+            else self.limits.pause_without_retry_after_s
+        )
         until = now + pause * (1.0 + self.limits.pause_jitter * self.jitter.random())
         if until > self._paused_until:
             logger.debug("429: pausing %.3f s", until - now)
@@ -223,7 +232,12 @@ class Limiter:
     def _calibrate(self, box: CallReport) -> None:
         """Adopt the server's limits when it states them (x-ratelimit-*), never exceeding ours,
         and never hold more allowance than the server says remains."""
-        if box.limit_requests is None and box.limit_tokens is None and box.remaining_requests is None and box.remaining_tokens is None:
+        if (
+            box.limit_requests is None
+            and box.limit_tokens is None
+            and box.remaining_requests is None
+            and box.remaining_tokens is None
+        ):
             return
         now = self.clock()
         for attribute, limit, remaining in (
@@ -256,15 +270,22 @@ class Limiter:
         if int(self._limit) != self.capacity.total_tokens:
             self.capacity.total_tokens = int(self._limit)
 
-    def _true_up(self, charged: int, prompt_tokens: int | None, completion_tokens: int | None) -> None:
+    def _true_up(
+        self, charged: int, prompt_tokens: int | None, completion_tokens: int | None
+    ) -> None:
         """Give back (or take) the difference between the estimate and the real usage."""
         if self._tokens and prompt_tokens is not None and completion_tokens is not None:
-            self._tokens.level = min(self._tokens.capacity, self._tokens.level + charged - prompt_tokens - completion_tokens)
+            self._tokens.level = min(
+                self._tokens.capacity,
+                self._tokens.level + charged - prompt_tokens - completion_tokens,
+            )
 
     def statistics(self) -> LimiterStatistics:
         stats = self.capacity.statistics()
         return LimiterStatistics(
-            concurrency_limit=stats.total_tokens, in_flight=stats.borrowed_tokens,
-            waiting=len(self._queue) + stats.tasks_waiting, rate_limited=self._rate_limited,
+            concurrency_limit=stats.total_tokens,
+            in_flight=stats.borrowed_tokens,
+            waiting=len(self._queue) + stats.tasks_waiting,
+            rate_limited=self._rate_limited,
             paused_until=self._paused_until,
         )

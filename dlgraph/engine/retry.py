@@ -37,7 +37,9 @@ class Retry:
     jitter: random.Random = attrs.field(factory=lambda: random.Random(0))
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
-        return self._wait_after(state.outcome.exception() if state.outcome else None, state.attempt_number + 1)
+        return self._wait_after(
+            state.outcome.exception() if state.outcome else None, state.attempt_number + 1
+        )
 
     async def __call__(self, work: Work) -> Outcome:
         try:

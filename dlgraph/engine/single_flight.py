@@ -37,12 +37,12 @@ class SingleFlight:
     def in_flight(self) -> int:
         return len(self._flights)
 
-    async def __call__(self, request: Work) -> Outcome:
-        key = self.key(request)
+    async def __call__(self, work: Work) -> Outcome:
+        key = self.key(work)
         flight = self._flights.get(key)
         if flight is None:
             flight = self._flights[key] = Flight()
-            self.workers.submit(lambda: self._run(key, flight, request))
+            self.workers.submit(lambda: self._run(key, flight, work))
         flight.waiters += 1
         try:
             await flight.done.wait()

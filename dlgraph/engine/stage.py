@@ -62,7 +62,9 @@ def request_key(identity: str, request: Request) -> tuple[object, ...]:
 def batch_key(request: GenerateRequest | LogprobRequest) -> tuple[object, ...]:
     """Requests with equal keys may share one multi-prompt call: all but their text agree."""
     text_fields = ("prompt", "context", "target")
-    fields = attrs.asdict(request, filter=lambda field, _: field.name not in (*UNKEYED_FIELDS, *text_fields))
+    fields = attrs.asdict(
+        request, filter=lambda field, _: field.name not in (*UNKEYED_FIELDS, *text_fields)
+    )
     return (type(request).__name__, *sorted((k, repr(v)) for k, v in fields.items()))
 
 
@@ -78,13 +80,17 @@ class BackendCall:
 
     async def __call__(self, work: Work) -> Outcome:
         if isinstance(work, Batch):
-            first = work.requests[0]
-            if isinstance(first, GenerateRequest):
-                answers: list[str] | list[float] = await self.backend.generate_batch(list(work.requests))  # type: ignore[arg-type]
+            generate = [r for r in work.requests if isinstance(r, GenerateRequest)]
+            logprob = [r for r in work.requests if isinstance(r, LogprobRequest)]
+            answers: list[str] | list[float]
+            if generate:
+                answers = await self.backend.generate_batch(generate)
             else:
-                answers = await self.backend.logprob_batch(list(work.requests))  # type: ignore[arg-type]
+                answers = await self.backend.logprob_batch(logprob)
             if len(answers) != len(work.requests):
-                raise BackendError(f"backend answered {len(answers)} prompts of {len(work.requests)}")
+                raise BackendError(
+                    f"backend answered {len(answers)} prompts of {len(work.requests)}"
+                )
             return list(answers)
         if isinstance(work, GenerateRequest):
             return await self.backend.generate(work)

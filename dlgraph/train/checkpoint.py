@@ -41,7 +41,12 @@ class Checkpoint:
 
     def write(self, directory: str | os.PathLike[str]) -> Path:
         payload = attrs.asdict(self)
-        document = {"format": FORMAT, "version": VERSION, "sha256": _digest(payload), "payload": payload}
+        document = {
+            "format": FORMAT,
+            "version": VERSION,
+            "sha256": _digest(payload),
+            "payload": payload,
+        }
         path = Path(directory) / FILENAME
         write_atomic(path, json.dumps(document) + "\n")
         return path
@@ -59,7 +64,9 @@ class Checkpoint:
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise CheckpointError(f"{path}: not a dlgraph checkpoint")
         if document.get("version") != VERSION:
-            raise CheckpointError(f"{path}: checkpoint version {document.get('version')!r}, expected {VERSION}")
+            raise CheckpointError(
+                f"{path}: checkpoint version {document.get('version')!r}, expected {VERSION}"
+            )
         payload = document.get("payload")
         if not isinstance(payload, dict) or document.get("sha256") != _digest(payload):
             raise CheckpointError(f"{path}: checksum mismatch, the checkpoint is corrupt")

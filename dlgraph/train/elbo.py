@@ -26,7 +26,14 @@ FLOOR = 1e-6
 
 class Scorer(Protocol):
     async def loglik(
-        self, net: Network, name: str, values: Mapping[str, str], target: str, *, prompt: str | None = None, phase: str
+        self,
+        net: Network,
+        name: str,
+        values: Mapping[str, str],
+        target: str,
+        *,
+        prompt: str | None = None,
+        phase: str,
     ) -> float:
         """log p(target | node `name` reading `values`, under `prompt` or its own)."""
         ...
@@ -39,11 +46,20 @@ class LogprobScorer:
     engine: Engine
 
     async def loglik(
-        self, net: Network, name: str, values: Mapping[str, str], target: str, *, prompt: str | None = None, phase: str
+        self,
+        net: Network,
+        name: str,
+        values: Mapping[str, str],
+        target: str,
+        *,
+        prompt: str | None = None,
+        phase: str,
     ) -> float:
         node = net.node(name)
         if node.classes:
-            probabilities = await class_distribution(net, name, self.engine, values, prompt=prompt, phase=phase)
+            probabilities = await class_distribution(
+                net, name, self.engine, values, prompt=prompt, phase=phase
+            )
             names = node.class_names
             p = probabilities[names.index(target)] if target in names else 0.0
             return math.log(max(p, FLOOR))
@@ -58,7 +74,14 @@ class AccuracyScorer:
     engine: Engine
 
     async def loglik(
-        self, net: Network, name: str, values: Mapping[str, str], target: str, *, prompt: str | None = None, phase: str
+        self,
+        net: Network,
+        name: str,
+        values: Mapping[str, str],
+        target: str,
+        *,
+        prompt: str | None = None,
+        phase: str,
     ) -> float:
         output = await run_node(net, name, self.engine, values, prompt=prompt, phase=phase)
         return 0.0 if is_correct(output.text, target, net.node(name).classes) else math.log(FLOOR)
@@ -75,7 +98,9 @@ class Term:
 
 def prune(terms: Sequence[Term], min_weight: float) -> list[Term]:
     """Drop terms lighter than `min_weight` (keeping at least the heaviest) and renormalise."""
-    kept = [term for term in terms if term.weight >= min_weight] or [max(terms, key=lambda t: t.weight)]
+    kept = [term for term in terms if term.weight >= min_weight] or [
+        max(terms, key=lambda t: t.weight)
+    ]
     total = sum(term.weight for term in kept)
     return [attrs.evolve(term, weight=term.weight / total) for term in kept]
 
@@ -97,7 +122,9 @@ async def example_scores(
 
     async def score(job: tuple[int, int, Term]) -> float:
         p, _, term = job
-        return term.weight * await scorer.loglik(net, name, term.values, term.target, prompt=prompts[p], phase="score")
+        return term.weight * await scorer.loglik(
+            net, name, term.values, term.target, prompt=prompts[p], phase="score"
+        )
 
     weighted = await map_concurrently(score, jobs)
     scores = [[0.0] * len(terms) for _ in prompts]
@@ -116,6 +143,8 @@ def elbo(scores: Sequence[Sequence[float]], trust_region: float) -> list[float]:
     results = []
     for candidate in scores:
         mean = sum(candidate) / len(candidate)
-        loss = sum(max(0.0, c - s) for c, s in zip(current, candidate, strict=True)) / len(candidate)
+        loss = sum(max(0.0, c - s) for c, s in zip(current, candidate, strict=True)) / len(
+            candidate
+        )
         results.append(mean - trust_region * loss)
     return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import attrs
@@ -15,6 +16,10 @@ def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Non
 def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value < 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+def _optional_names(names: Iterable[str] | None) -> tuple[str, ...] | None:
+    return None if names is None else tuple(names)
 
 
 @attrs.frozen(kw_only=True)
@@ -33,9 +38,7 @@ class TrainerOptions:
     """Weigh a hidden candidate by its own probability under the node's prompt."""
     sample_temperature: float = attrs.field(default=0.7, validator=_non_negative)
     """Temperature of posterior and proposal samples."""
-    trainable: tuple[str, ...] | None = attrs.field(
-        default=None, converter=lambda v: None if v is None else tuple(v)
-    )
+    trainable: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_names)
     """Nodes to train (None: every node marked trainable)."""
     trust_region: float = attrs.field(default=0.0, validator=_non_negative)
     """Penalty on output nodes for losing log-likelihood on examples, relative to the current prompt."""

@@ -53,8 +53,12 @@ class Posterior:
 
 
 async def sample_candidates(
-    net: Network, name: str, trace: Trace, targets: Mapping[str, Sequence[str]],
-    engine: Engine, options: TrainerOptions,
+    net: Network,
+    name: str,
+    trace: Trace,
+    targets: Mapping[str, Sequence[str]],
+    engine: Engine,
+    options: TrainerOptions,
 ) -> list[list[str]]:
     """The forward output plus K samples per example (all classes for a class node)."""
     node = net.node(name)
@@ -75,8 +79,13 @@ async def sample_candidates(
     async def sample(job: tuple[int, int]) -> str:
         i, k = job
         text = await engine.generate(
-            prompts[i], max_tokens=node.max_tokens, temperature=options.sample_temperature,
-            stop=node.stop, seed=k, node=name, phase="posterior",
+            prompts[i],
+            max_tokens=node.max_tokens,
+            temperature=options.sample_temperature,
+            stop=node.stop,
+            seed=k,
+            node=name,
+            phase="posterior",
         )
         return text.strip()
 
@@ -88,8 +97,13 @@ async def sample_candidates(
 
 
 async def infer(
-    net: Network, name: str, trace: Trace, targets: Mapping[str, Sequence[str]],
-    engine: Engine, scorer: Scorer, options: TrainerOptions,
+    net: Network,
+    name: str,
+    trace: Trace,
+    targets: Mapping[str, Sequence[str]],
+    engine: Engine,
+    scorer: Scorer,
+    options: TrainerOptions,
 ) -> Posterior:
     """Candidates and weights for hidden node `name`; its children's targets must be set."""
     candidates = await sample_candidates(net, name, trace, targets, engine, options)
@@ -101,9 +115,13 @@ async def infer(
         total = 0.0
         if options.posterior_likelihood:
             for child in net.children(name):
-                total += await scorer.loglik(net, child, values, targets[child][i], phase="posterior")
+                total += await scorer.loglik(
+                    net, child, values, targets[child][i], phase="posterior"
+                )
         if options.posterior_prior:
-            total += await scorer.loglik(net, name, trace.values(i), candidates[i][k], phase="posterior")
+            total += await scorer.loglik(
+                net, name, trace.values(i), candidates[i][k], phase="posterior"
+            )
         return total
 
     scores = await map_concurrently(evidence, jobs)

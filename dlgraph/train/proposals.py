@@ -49,8 +49,13 @@ class ProposalRequest:
 
 
 def proposal_requests(
-    net: Network, name: str, trace: Trace, targets: Mapping[str, Sequence[str]],
-    options: TrainerOptions, rng: random.Random, step: int,
+    net: Network,
+    name: str,
+    trace: Trace,
+    targets: Mapping[str, Sequence[str]],
+    options: TrainerOptions,
+    rng: random.Random,
+    step: int,
 ) -> list[ProposalRequest]:
     """Render the proposal prompts for one node; draws from `rng` in a fixed order."""
     node = net.node(name)
@@ -79,7 +84,9 @@ def clean_proposal(text: str) -> str:
     return text.split(END)[0].strip()
 
 
-def candidate_prompts(current: str, remembered: Sequence[str], proposed: Sequence[str]) -> list[str]:
+def candidate_prompts(
+    current: str, remembered: Sequence[str], proposed: Sequence[str]
+) -> list[str]:
     """The current prompt first, then remembered and proposed ones, without repeats or blanks."""
     candidates: list[str] = []
     for prompt in (current, *remembered, *proposed):

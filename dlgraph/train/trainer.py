@@ -28,10 +28,23 @@ from dlgraph.network import Network
 from dlgraph.scoring import accuracy, evaluate, matching_class
 from dlgraph.train import posterior as posterior_inference
 from dlgraph.train.checkpoint import Checkpoint
-from dlgraph.train.elbo import AccuracyScorer, LogprobScorer, Scorer, Term, elbo, example_scores, prune
+from dlgraph.train.elbo import (
+    AccuracyScorer,
+    LogprobScorer,
+    Scorer,
+    Term,
+    elbo,
+    example_scores,
+    prune,
+)
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.posterior import Posterior
-from dlgraph.train.proposals import PromptMemory, candidate_prompts, clean_proposal, proposal_requests
+from dlgraph.train.proposals import (
+    PromptMemory,
+    candidate_prompts,
+    clean_proposal,
+    proposal_requests,
+)
 from dlgraph.train.records import Estimate, FitResult, StepRecord
 
 logger = logging.getLogger(__name__)
@@ -68,7 +81,9 @@ class VariationalTrainer:
         net.validate()
         outputs = net.output_nodes()
         if len(outputs) != 1:
-            raise GraphError(f"training needs exactly one output node, found {len(outputs)}: {', '.join(outputs)}")
+            raise GraphError(
+                f"training needs exactly one output node, found {len(outputs)}: {', '.join(outputs)}"
+            )
         self.output = outputs[0]
         for name in self.options.trainable or ():
             net.node(name)  # raises GraphError naming an unknown node
@@ -80,7 +95,8 @@ class VariationalTrainer:
     def trainable_nodes(self) -> list[str]:
         chosen = self.options.trainable
         return [
-            name for name in self.net.topological_order()
+            name
+            for name in self.net.topological_order()
             if (name in chosen if chosen is not None else self.net.node(name).is_trainable)
         ]
 
@@ -126,8 +142,11 @@ class VariationalTrainer:
         elbos = await self._elbos(trace, targets, posteriors, candidates, scorer)
         node = self.net.node(self.output)
         return StepOutcome(
-            batch_loss=1.0 - accuracy(trace.outputs[self.output], targets[self.output], node.classes),
-            prompts={name: max(scored, key=lambda pair: pair[1])[0] for name, scored in elbos.items()},
+            batch_loss=1.0
+            - accuracy(trace.outputs[self.output], targets[self.output], node.classes),
+            prompts={
+                name: max(scored, key=lambda pair: pair[1])[0] for name, scored in elbos.items()
+            },
             elbo=elbos,
             posterior_entropy={name: p.mean_entropy for name, p in posteriors.items()},
             posteriors=posteriors,
@@ -139,19 +158,27 @@ class VariationalTrainer:
         for name, scored in outcome.elbo.items():
             self.memory.remember(name, dict(scored))
 
-    async def _candidates(self, trace: Trace, targets: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    async def _candidates(
+        self, trace: Trace, targets: Mapping[str, Sequence[str]]
+    ) -> dict[str, list[str]]:
         """Current prompt, remembered prompts and new proposals, per trainable node."""
         requests = [
             request
             for name in self.trainable_nodes
-            for request in proposal_requests(self.net, name, trace, targets, self.options, self.rng, self.steps_done)
+            for request in proposal_requests(
+                self.net, name, trace, targets, self.options, self.rng, self.steps_done
+            )
         ]
 
         async def propose(request: Any) -> str:
             text = await self.engine.generate(
-                request.prompt, max_tokens=self.options.proposal_max_tokens,
-                temperature=self.options.sample_temperature, stop=("[/instruction]",),
-                seed=request.seed, node=request.node, phase="propose",
+                request.prompt,
+                max_tokens=self.options.proposal_max_tokens,
+                temperature=self.options.sample_temperature,
+                stop=("[/instruction]",),
+                seed=request.seed,
+                node=request.node,
+                phase="propose",
             )
             return clean_proposal(text)
 
@@ -160,13 +187,21 @@ class VariationalTrainer:
             name: candidate_prompts(
                 self.net.node(name).prompt,
                 self.memory.prompts(name),
-                [text for request, text in zip(requests, proposed, strict=True) if request.node == name],
+                [
+                    text
+                    for request, text in zip(requests, proposed, strict=True)
+                    if request.node == name
+                ],
             )
             for name in self.trainable_nodes
         }
 
     def _terms(
-        self, name: str, trace: Trace, targets: Mapping[str, Sequence[str]], posteriors: Mapping[str, Posterior]
+        self,
+        name: str,
+        trace: Trace,
+        targets: Mapping[str, Sequence[str]],
+        posteriors: Mapping[str, Posterior],
     ) -> list[list[Term]]:
         """Each example's weighted (inputs, target) pairs for scoring node `name`.
 
@@ -179,7 +214,10 @@ class VariationalTrainer:
         for i in range(len(trace)):
             if name in posteriors:
                 own = posteriors[name]
-                example = [Term(trace.values(i), c, w) for c, w in zip(own.candidates[i], own.weights[i], strict=True)]
+                example = [
+                    Term(trace.values(i), c, w)
+                    for c, w in zip(own.candidates[i], own.weights[i], strict=True)
+                ]
             else:
                 hidden = [p for p in self.net.parents(name) if p in posteriors]
                 size = max((len(posteriors[p].candidates[i]) for p in hidden), default=1)
@@ -195,8 +233,12 @@ class VariationalTrainer:
         return terms
 
     async def _elbos(
-        self, trace: Trace, targets: Mapping[str, Sequence[str]], posteriors: Mapping[str, Posterior],
-        candidates: Mapping[str, list[str]], scorer: Scorer,
+        self,
+        trace: Trace,
+        targets: Mapping[str, Sequence[str]],
+        posteriors: Mapping[str, Posterior],
+        candidates: Mapping[str, list[str]],
+        scorer: Scorer,
     ) -> dict[str, list[tuple[str, float]]]:
         """ELBO of every candidate of every trainable node, all nodes scored at once."""
         names = list(candidates)
@@ -217,8 +259,11 @@ class VariationalTrainer:
         for node in structure["nodes"]:
             node.pop("prompt")
         setup = {
-            "network": structure, "options": self.options.to_json(), "batch_size": batch_size,
-            "train": [attrs.astuple(e) for e in train], "dev": [attrs.astuple(e) for e in dev],
+            "network": structure,
+            "options": self.options.to_json(),
+            "batch_size": batch_size,
+            "train": [attrs.astuple(e) for e in train],
+            "dev": [attrs.astuple(e) for e in dev],
         }
         return hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()
 
@@ -242,12 +287,28 @@ class VariationalTrainer:
         budget ends the run cleanly (``stopped="budget"``). Raises DataError for bad data,
         CheckpointError for a damaged or foreign checkpoint, BackendError for failed calls.
         """
-        run = _Run(self, check_dataset(train, "train"), check_dataset(dev, "dev"), steps, batch_size,
-                   eval_every, patience, checkpoint_dir, log_path, on_step)
+        run = _Run(
+            self,
+            check_dataset(train, "train"),
+            check_dataset(dev, "dev"),
+            steps,
+            batch_size,
+            eval_every,
+            patience,
+            checkpoint_dir,
+            log_path,
+            on_step,
+        )
         return await run.execute()
 
-    def estimate(self, steps: int, batch_size: int, train: Sequence[Example] = (), dev_size: int = 0,
-                 eval_every: int = 1) -> Estimate:
+    def estimate(
+        self,
+        steps: int,
+        batch_size: int,
+        train: Sequence[Example] = (),
+        dev_size: int = 0,
+        eval_every: int = 1,
+    ) -> Estimate:
         """Upper bounds on calls and tokens for a run (no cache hits, no pruning)."""
         return estimate(self, steps, batch_size, train, dev_size, eval_every)
 
@@ -258,12 +319,21 @@ def _calls_per_score(net: Network, name: str) -> int:
     return sum(len(spec.split("|")) for spec in node.classes) if node.classes else 1
 
 
-def estimate(trainer: VariationalTrainer, steps: int, batch_size: int, train: Sequence[Example],
-             dev_size: int, eval_every: int) -> Estimate:
+def estimate(
+    trainer: VariationalTrainer,
+    steps: int,
+    batch_size: int,
+    train: Sequence[Example],
+    dev_size: int,
+    eval_every: int,
+) -> Estimate:
     net, options = trainer.net, trainer.options
     batch = batch_size if not train else min(batch_size, len(train))
     hidden = net.hidden_nodes()
-    size = {name: (len(net.node(name).classes or ()) or options.num_hidden_samples + 1) for name in hidden}
+    size = {
+        name: (len(net.node(name).classes or ()) or options.num_hidden_samples + 1)
+        for name in hidden
+    }
     forward_calls = sum(_calls_per_score(net, name) for name in net.nodes)
     posterior_calls = 0
     if options.use_posterior:
@@ -277,11 +347,15 @@ def estimate(trainer: VariationalTrainer, steps: int, batch_size: int, train: Se
         terms = size.get(name, 1)
         for parent in net.parents(name):
             terms = max(terms, size.get(parent, 1))
-        score_calls += options.num_prompt_samples + candidates * batch * terms * _calls_per_score(net, name)
+        score_calls += options.num_prompt_samples + candidates * batch * terms * _calls_per_score(
+            net, name
+        )
     evaluations = dev_size * forward_calls * (1 + -(-steps // eval_every))
     calls = steps * (batch * forward_calls + posterior_calls + score_calls) + evaluations
     text = " ".join(e.input for e in train[:50]) if train else ""
-    per_call = trainer.engine.backend.count_tokens(text) // max(1, min(50, len(train))) if train else 64
+    per_call = (
+        trainer.engine.backend.count_tokens(text) // max(1, min(50, len(train))) if train else 64
+    )
     longest_prompt = max(trainer.engine.backend.count_tokens(n.prompt) for n in net.nodes.values())
     return Estimate(calls=calls, tokens=calls * (per_call + longest_prompt + 64))
 
@@ -331,8 +405,13 @@ class _Run:
             trainer.net.set_prompt(name, prompt)
         if self.checkpoint_dir is not None:
             self.best.save(Path(self.checkpoint_dir) / "best.json")
-        return FitResult(network=self.best.copy(), best_dev_accuracy=self.best_score,
-                         initial_dev_accuracy=self.initial_score, history=list(self.history), stopped=stopped)
+        return FitResult(
+            network=self.best.copy(),
+            best_dev_accuracy=self.best_score,
+            initial_dev_accuracy=self.initial_score,
+            history=list(self.history),
+            stopped=stopped,
+        )
 
     async def _one_step(self) -> StepRecord:
         """Run, apply and evaluate one step; on any error nothing of it is kept."""
@@ -358,9 +437,14 @@ class _Run:
             self._consider(dev_accuracy)
         spent = trainer.engine.statistics().total
         record = StepRecord(
-            step=number, batch_loss=outcome.batch_loss, prompts=trainer.net.prompts(), elbo=outcome.elbo,
-            posterior_entropy=outcome.posterior_entropy, dev_accuracy=dev_accuracy,
-            calls=spent.calls - before.calls, tokens=spent.tokens - before.tokens,
+            step=number,
+            batch_loss=outcome.batch_loss,
+            prompts=trainer.net.prompts(),
+            elbo=outcome.elbo,
+            posterior_entropy=outcome.posterior_entropy,
+            dev_accuracy=dev_accuracy,
+            calls=spent.calls - before.calls,
+            tokens=spent.tokens - before.tokens,
         )
         self.history.append(record)
         return record
@@ -373,7 +457,9 @@ class _Run:
             self.evaluations_since_best += 1
 
     async def _report(self, record: StepRecord) -> None:
-        logger.info("step %d: batch loss %.3f, dev %s", record.step, record.batch_loss, record.dev_accuracy)
+        logger.info(
+            "step %d: batch loss %.3f, dev %s", record.step, record.batch_loss, record.dev_accuracy
+        )
         if self.log_path is not None:
             with open(self.log_path, "a", encoding="utf-8") as stream:
                 stream.write(json.dumps(record.to_json()) + "\n")
@@ -388,10 +474,16 @@ class _Run:
         trainer = self.trainer
         assert self.best is not None
         Checkpoint(
-            step=trainer.steps_done, fingerprint=fingerprint, network=trainer.net.to_json(),
-            best_network=self.best.to_json(), best_score=self.best_score, initial_score=self.initial_score,
-            evaluations_since_best=self.evaluations_since_best, memory=trainer.memory.to_json(),
-            rng_state=_json_state(trainer.rng.getstate()), history=[r.to_json() for r in self.history],
+            step=trainer.steps_done,
+            fingerprint=fingerprint,
+            network=trainer.net.to_json(),
+            best_network=self.best.to_json(),
+            best_score=self.best_score,
+            initial_score=self.initial_score,
+            evaluations_since_best=self.evaluations_since_best,
+            memory=trainer.memory.to_json(),
+            rng_state=_json_state(trainer.rng.getstate()),
+            history=[r.to_json() for r in self.history],
             ledger=trainer.engine.statistics().to_json(),
         ).write(self.checkpoint_dir)
         self.best.save(Path(self.checkpoint_dir) / "best.json")
@@ -416,7 +508,10 @@ class _Run:
         trainer.rng.setstate(_python_state(checkpoint.rng_state))
         trainer.steps_done = checkpoint.step
         self.history = [StepRecord.from_json(r) for r in checkpoint.history]
-        self.best, self.best_score = Network.from_json(checkpoint.best_network), checkpoint.best_score
+        self.best, self.best_score = (
+            Network.from_json(checkpoint.best_network),
+            checkpoint.best_score,
+        )
         self.initial_score = checkpoint.initial_score
         self.evaluations_since_best = checkpoint.evaluations_since_best
         logger.info("resumed from step %d", checkpoint.step)

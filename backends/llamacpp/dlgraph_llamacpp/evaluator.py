@@ -81,7 +81,9 @@ class PrefixEvaluator:
                 position = chunk_start + i
                 if position >= first_scored and position < len(tokens) - 1:
                     pointer = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, i)
-                    logits = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
+                    logits = np.ctypeslib.as_array(
+                        ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,)
+                    )
                     self._remember(position, _log_softmax(logits))
             llm.input_ids[chunk_start : chunk_start + len(chunk)] = chunk
             llm.n_tokens = chunk_start + len(chunk)
@@ -99,6 +101,8 @@ class PrefixEvaluator:
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    values = logits.astype(np.float64)
-    peak = values.max()
-    return values - (peak + np.log(np.exp(values - peak).sum()))
+    values: np.ndarray = logits.astype(np.float64)
+    peak = float(values.max())
+    normaliser = peak + float(np.log(np.exp(values - peak).sum()))
+    result: np.ndarray = values - normaliser
+    return result

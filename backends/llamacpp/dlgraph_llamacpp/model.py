@@ -38,11 +38,15 @@ class LlamaCppModel(dg.Backend):
     )
     _llm: Any = attrs.field(default=None, init=False, repr=False)
     _evaluator: PrefixEvaluator | None = attrs.field(default=None, init=False, repr=False)
-    _limiter: anyio.CapacityLimiter = attrs.field(factory=lambda: anyio.CapacityLimiter(1), init=False)
+    _limiter: anyio.CapacityLimiter = attrs.field(
+        factory=lambda: anyio.CapacityLimiter(1), init=False
+    )
 
     @property
     def identity(self) -> str:
-        return f"llamacpp:{Path(self.model_path).name if self.model_path else 'gemma-3-270m-q4_k_m'}"
+        return (
+            f"llamacpp:{Path(self.model_path).name if self.model_path else 'gemma-3-270m-q4_k_m'}"
+        )
 
     @property
     def evaluator(self) -> PrefixEvaluator:
@@ -65,8 +69,12 @@ class LlamaCppModel(dg.Backend):
 
         try:
             self._llm = llama_cpp.Llama(
-                model_path=str(path), n_ctx=self.n_ctx, n_batch=self.n_batch,
-                n_threads=self.n_threads or os.cpu_count(), logits_all=False, verbose=False,
+                model_path=str(path),
+                n_ctx=self.n_ctx,
+                n_batch=self.n_batch,
+                n_threads=self.n_threads or os.cpu_count(),
+                logits_all=False,
+                verbose=False,
             )
         except ValueError as error:  # llama-cpp-python's way of saying "cannot load"
             raise dg.BackendUnavailable(f"cannot load model file {str(path)!r}: {error}") from error
@@ -80,7 +88,9 @@ class LlamaCppModel(dg.Backend):
             await anyio.to_thread.run_sync(llm.close, limiter=self._limiter)
 
     def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
-        tokens: list[int] = self.evaluator.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
+        tokens: list[int] = self.evaluator.llm.tokenize(
+            text.encode("utf-8"), add_bos=add_bos, special=False
+        )
         return tokens
 
     def count_tokens(self, text: str) -> int:
@@ -90,7 +100,9 @@ class LlamaCppModel(dg.Backend):
 
     def _check_length(self, count: int) -> None:
         if count > self.n_ctx:
-            raise dg.RequestRejected(f"{count} tokens exceed the context window of {self.n_ctx} tokens")
+            raise dg.RequestRejected(
+                f"{count} tokens exceed the context window of {self.n_ctx} tokens"
+            )
 
     async def logprob(self, request: dg.LogprobRequest) -> float:
         def run() -> float:
@@ -105,12 +117,19 @@ class LlamaCppModel(dg.Backend):
 
     async def generate(self, request: dg.GenerateRequest) -> str:
         def run() -> str:
-            self._check_length(len(self.tokenize(request.prompt, add_bos=True)) + request.max_tokens)
+            self._check_length(
+                len(self.tokenize(request.prompt, add_bos=True)) + request.max_tokens
+            )
             self.evaluator.forget()
             completion = self.evaluator.llm.create_completion(
-                request.prompt, max_tokens=request.max_tokens, temperature=request.temperature,
-                stop=list(request.stop) or None, seed=request.seed,
-                top_k=0 if request.temperature > 0 else 40, top_p=1.0, min_p=0.0,
+                request.prompt,
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                stop=list(request.stop) or None,
+                seed=request.seed,
+                top_k=0 if request.temperature > 0 else 40,
+                top_p=1.0,
+                min_p=0.0,
                 repeat_penalty=1.0,
             )
             return str(completion["choices"][0]["text"])

@@ -16,7 +16,9 @@ def reference_logprob(context: str, target: str) -> float:
     """Full-vocabulary log-softmax over every position, as llama.cpp's logits_all mode gives."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(default_model_path()), n_ctx=256, logits_all=True, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(default_model_path()), n_ctx=256, logits_all=True, verbose=False
+    )
     try:
         context_tokens = llm.tokenize(context.encode(), add_bos=True)
         target_tokens = llm.tokenize(target.encode(), add_bos=False)
@@ -119,8 +121,10 @@ async def test_engine_serialises_concurrent_calls_to_the_model() -> None:
         results: dict[str, float] = {}
         async with anyio.create_task_group() as task_group:
             for target in targets:
+
                 async def score(target: str = target) -> None:
                     results[target] = await engine.logprob(CONTEXT, target)
+
                 task_group.start_soon(score)
     assert [results[t] for t in targets] == pytest.approx(alone, abs=0.1)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import json
 import time
@@ -57,10 +56,16 @@ async def translated(where: str, timeout_s: float) -> AsyncIterator[None]:
     try:
         yield
     except aiohttp.ClientConnectorError as error:
-        raise dg.BackendUnavailable(f"{where}: cannot connect ({error.os_error or error})") from error
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as error:
+        raise dg.BackendUnavailable(
+            f"{where}: cannot connect ({error.os_error or error})"
+        ) from error
+    except (
+        aiohttp.ServerDisconnectedError,
+        aiohttp.ClientOSError,
+        aiohttp.ClientPayloadError,
+    ) as error:
         raise dg.TransientError(f"{where}: connection dropped ({type(error).__name__})") from error
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as error:
+    except (TimeoutError, aiohttp.ServerTimeoutError) as error:
         raise dg.TransientError(f"{where}: no answer within {timeout_s:g} s") from error
     except aiohttp.ContentTypeError as error:
         raise dg.TransientError(f"{where}: answer is not JSON") from error

@@ -20,7 +20,10 @@ KEY = "sk-test-5ecret-key"
 
 
 def backend(server: SimServer, **options) -> OpenAIBackend:
-    return dg.connect("openai", **({"base_url": server.url, "model": "sim-1", "api_key": KEY, "profile": "sim"} | options))
+    return dg.connect(
+        "openai",
+        **({"base_url": server.url, "model": "sim-1", "api_key": KEY, "profile": "sim"} | options),
+    )
 
 
 def fast_retry() -> dg.RetryPolicy:
@@ -43,15 +46,27 @@ async def test_logprob_through_echo_matches_the_servers_token_logprobs() -> None
         async with dg.Engine(backend(server)) as engine:
             value = await engine.logprob("The sky is", " blue, mostly")
     model = server.model
-    expected = sum(model.token_logprob(p, t) for p, t in [("The sky is", " blue"), ("The sky is blue", ","), ("The sky is blue,", " mostly")])
+    expected = sum(
+        model.token_logprob(p, t)
+        for p, t in [
+            ("The sky is", " blue"),
+            ("The sky is blue", ","),
+            ("The sky is blue,", " mostly"),
+        ]
+    )
     assert value == pytest.approx(expected)
 
 
 async def test_logprob_through_vllm_prompt_logprobs_matches_echo() -> None:
     vllm_only = attrs.evolve(PROFILES["sim"], echo_logprobs=False, prompt_logprobs=True)
     async with SimServer(ServerConfig(api_key=KEY)) as server:
-        async with dg.Engine(backend(server)) as echo, dg.Engine(backend(server, profile=vllm_only)) as vllm:
-            assert await vllm.logprob("The sky is", " blue, mostly") == pytest.approx(await echo.logprob("The sky is", " blue, mostly"))
+        async with (
+            dg.Engine(backend(server)) as echo,
+            dg.Engine(backend(server, profile=vllm_only)) as vllm,
+        ):
+            assert await vllm.logprob("The sky is", " blue, mostly") == pytest.approx(
+                await echo.logprob("The sky is", " blue, mostly")
+            )
     assert sum(1 for a in server.attempts if a.outcome == "ok") == 2
 
 
@@ -69,14 +84,18 @@ async def test_chat_model_classifies_by_first_token_top_logprobs() -> None:
         async with dg.Engine(chat) as engine:
             probabilities = await engine.classify("Is the sky blue? Answer:", ["yes|Yes", "no|No"])
     alternatives = server.model.alternatives("Is the sky blue? Answer:", 10)
-    yes = sum(2.718281828 ** lp for token, lp in alternatives.items() if token.strip().lower() == "yes")
-    no = sum(2.718281828 ** lp for token, lp in alternatives.items() if token.strip().lower() == "no")
+    yes = sum(
+        2.718281828**lp for token, lp in alternatives.items() if token.strip().lower() == "yes"
+    )
+    no = sum(2.718281828**lp for token, lp in alternatives.items() if token.strip().lower() == "no")
     assert probabilities[0] == pytest.approx(yes / (yes + no), abs=1e-6)
     assert server.count() == 1
 
 
 async def test_every_fault_kind_is_survived_and_counted() -> None:
-    config = ServerConfig(api_key=KEY, error_rate=0.15, drop_rate=0.08, hang_rate=0.05, malformed_rate=0.08, seed=3)
+    config = ServerConfig(
+        api_key=KEY, error_rate=0.15, drop_rate=0.08, hang_rate=0.05, malformed_rate=0.08, seed=3
+    )
     async with SimServer(config) as server:
         async with dg.Engine(backend(server, timeout_s=0.5), retry=fast_retry()) as engine:
             texts = await gather(engine, [f"prompt {i}" for i in range(80)], max_tokens=4)
@@ -96,14 +115,20 @@ async def test_poison_prompt_fails_fast_while_its_batch_companions_succeed() -> 
             outcomes: dict[str, object] = {}
             async with anyio.create_task_group() as group:
                 for prompt in prompts:
+
                     async def one(prompt: str = prompt) -> None:
                         try:
                             outcomes[prompt] = await engine.generate(prompt, node="n")
                         except dg.RequestRejected as error:
                             outcomes[prompt] = error
+
                     group.start_soon(one)
     error = outcomes.pop("POISON here")
-    assert isinstance(error, dg.RequestRejected) and "forbidden marker 'POISON'" in str(error) and "node 'n'" in str(error)
+    assert (
+        isinstance(error, dg.RequestRejected)
+        and "forbidden marker 'POISON'" in str(error)
+        and "node 'n'" in str(error)
+    )
     assert all(isinstance(text, str) for text in outcomes.values())
     assert server.attempts[0].prompts == tuple(prompts) or len(server.attempts[0].prompts) == 6
     assert server.count("rejected") <= 4  # split in halves, never retried
@@ -111,7 +136,9 @@ async def test_poison_prompt_fails_fast_while_its_batch_companions_succeed() -> 
 
 @pytest.mark.parametrize("mode", ["ms", "seconds", "date"])
 async def test_a_429_storm_is_followed_by_the_pause_the_server_asked_for(mode: str) -> None:
-    config = ServerConfig(api_key=KEY, rpm=120, burst_s=1.0, retry_after=mode)  # 2 per second, burst of 2
+    config = ServerConfig(
+        api_key=KEY, rpm=120, burst_s=1.0, retry_after=mode
+    )  # 2 per second, burst of 2
     async with SimServer(config) as server:
         # our limiter knows nothing of the limit: only the server's 429s can slow us down
         async with dg.Engine(backend(server), retry=fast_retry()) as engine:
@@ -157,8 +184,12 @@ async def test_budget_stops_with_a_clear_error() -> None:
 
 async def test_unreachable_server_is_a_clear_error() -> None:
     with anyio.fail_after(30):
-        async with dg.Engine(dg.connect("openai", base_url="http://127.0.0.1:9/v1", model="m", api_key=KEY)) as engine:
-            with pytest.raises(dg.BackendUnavailable, match=r"http://127.0.0.1:9/v1/completions: cannot connect"):
+        async with dg.Engine(
+            dg.connect("openai", base_url="http://127.0.0.1:9/v1", model="m", api_key=KEY)
+        ) as engine:
+            with pytest.raises(
+                dg.BackendUnavailable, match=r"http://127.0.0.1:9/v1/completions: cannot connect"
+            ):
                 await engine.generate("hi")
 
 
@@ -173,7 +204,15 @@ async def test_api_key_is_absent_from_logs_errors_and_reprs(caplog) -> None:
                 await engine.generate("hi")
             errors.append(str(caught.value))
         assert "HTTP 401" in errors[0]
-    text = "\n".join([repr(wrong), str(attrs.asdict(wrong.profile)), *errors, *(r.getMessage() for r in caplog.records), caplog.text])
+    text = "\n".join(
+        [
+            repr(wrong),
+            str(attrs.asdict(wrong.profile)),
+            *errors,
+            *(r.getMessage() for r in caplog.records),
+            caplog.text,
+        ]
+    )
     assert KEY not in text
 
 
@@ -193,14 +232,22 @@ def test_retry_after_is_read_in_all_three_forms() -> None:
 
 
 def test_unknown_profile_lists_known_ones() -> None:
-    with pytest.raises(dg.UnknownBackend, match="unknown profile 'nope' \\(known: azure, llamacpp, ollama, openai, sim, vllm\\)"):
+    with pytest.raises(
+        dg.UnknownBackend,
+        match="unknown profile 'nope' \\(known: azure, llamacpp, ollama, openai, sim, vllm\\)",
+    ):
         OpenAIBackend("m", base_url="http://x", profile="nope")
 
 
 def test_azure_profile_needs_a_base_url_and_uses_its_header() -> None:
     with pytest.raises(dg.BackendUnavailable, match="profile 'azure' needs a base_url"):
         OpenAIBackend("m", profile="azure", api_key=KEY)
-    azure = OpenAIBackend("m", base_url="https://r.openai.azure.com/openai/deployments/d", profile="azure", api_key=KEY)
+    azure = OpenAIBackend(
+        "m",
+        base_url="https://r.openai.azure.com/openai/deployments/d",
+        profile="azure",
+        api_key=KEY,
+    )
     assert azure._headers() == {"api-key": KEY}
 
 
@@ -210,6 +257,8 @@ async def test_logprob_requests_are_coalesced_into_one_echo_request() -> None:
             alone = [await alone_engine.logprob("Context number", f" {i}") for i in range(3)]
         sent = server.count()
         async with dg.Engine(backend(server), coalesce_ms=20, cache=False) as engine:
-            together = await map_concurrently(lambda i: engine.logprob("Context number", f" {i}"), range(3))
+            together = await map_concurrently(
+                lambda i: engine.logprob("Context number", f" {i}"), range(3)
+            )
     assert together == pytest.approx(alone)
     assert server.count() - sent == 1 and len(server.attempts[-1].prompts) == 3

@@ -46,6 +46,14 @@ def _default_logprob(request: dg.LogprobRequest) -> float:
     return -1.0 - stable_random(request.context, request.target)
 
 
+def _silent(request: dg.GenerateRequest) -> str:
+    return ""
+
+
+def _as_rule(rule: GenerateRule | Mapping[str, str]) -> GenerateRule:
+    return _table(rule) if isinstance(rule, Mapping) else rule
+
+
 @attrs.frozen
 class CallRecord:
     request: dg.GenerateRequest | dg.LogprobRequest
@@ -63,10 +71,7 @@ class ScriptedModel(dg.Backend):
     return an exception to raise for (request, call number). `latency_s` is waited per call.
     """
 
-    generate_rule: GenerateRule = attrs.field(
-        default=lambda request: "", alias="generate",
-        converter=lambda rule: _table(rule) if isinstance(rule, Mapping) else rule,
-    )
+    generate_rule: GenerateRule = attrs.field(default=_silent, alias="generate", converter=_as_rule)
     logprob_rule: LogprobRule = attrs.field(default=_default_logprob, alias="logprob")
     fault: FaultRule | None = None
     latency_s: float | Callable[[Any], float] = 0.0

@@ -28,7 +28,22 @@ from aiohttp import web
 from dlgraph_sim import stable_random
 
 _TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])|\s+")
-WORDS = ("the", "a", "step", "left", "right", "yes", "no", "because", "so", "we", "turn", "walk", "back", "start")
+WORDS = (
+    "the",
+    "a",
+    "step",
+    "left",
+    "right",
+    "yes",
+    "no",
+    "because",
+    "so",
+    "we",
+    "turn",
+    "walk",
+    "back",
+    "start",
+)
 
 
 def tokenize(text: str) -> list[tuple[int, str]]:
@@ -56,14 +71,18 @@ class SimModel:
 
     def alternatives(self, prefix: str, count: int) -> dict[str, float]:
         candidates = [" " + word for word in WORDS] + [" Yes", " No"]
-        scored = sorted(((self.token_logprob(prefix, c), c) for c in candidates), reverse=True)[:count]
+        scored = sorted(((self.token_logprob(prefix, c), c) for c in candidates), reverse=True)[
+            :count
+        ]
         return {token: logprob for logprob, token in scored}
 
 
 def _default_complete(prompt: str, max_tokens: int, temperature: float, seed: int) -> str:
     sample = seed if temperature > 0 else 0
     count = max(1, min(max_tokens, 3 + int(stable_random(prompt, sample, "length") * 12)))
-    return "".join(" " + WORDS[int(stable_random(prompt, sample, i) * len(WORDS))] for i in range(count))
+    return "".join(
+        " " + WORDS[int(stable_random(prompt, sample, i) * len(WORDS))] for i in range(count)
+    )
 
 
 def _default_token_logprob(prefix: str, token: str) -> float:
@@ -116,13 +135,24 @@ class _Bucket:
         self.updated = now
 
     def wait_s(self, cost: float) -> float:
-        return 0.0 if self.level >= min(cost, self.capacity) else (min(cost, self.capacity) - self.level) / self.rate
+        return (
+            0.0
+            if self.level >= min(cost, self.capacity)
+            else (min(cost, self.capacity) - self.level) / self.rate
+        )
 
 
 class _Rejection(Exception):
-    def __init__(self, status: int, message: str, outcome: str, headers: dict[str, str] | None = None):
+    def __init__(
+        self, status: int, message: str, outcome: str, headers: dict[str, str] | None = None
+    ):
         super().__init__(message)
-        self.status, self.message, self.outcome, self.headers = status, message, outcome, headers or {}
+        self.status, self.message, self.outcome, self.headers = (
+            status,
+            message,
+            outcome,
+            headers or {},
+        )
 
 
 @attrs.define(eq=False)
@@ -159,7 +189,9 @@ class SimServer:
         return app
 
     async def __aenter__(self) -> SimServer:
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=0.1)
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, shutdown_timeout=0.1
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
@@ -175,7 +207,9 @@ class SimServer:
     async def _gate(self, request: web.Request, prompts: list[str], cost: int) -> None:
         """Auth, limits, faults and latency; raises _Rejection or drops the connection."""
         if self.config.api_key is not None:
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ") or request.headers.get("api-key")
+            given = request.headers.get("Authorization", "").removeprefix(
+                "Bearer "
+            ) or request.headers.get("api-key")
             if given != self.config.api_key:
                 raise _Rejection(401, "invalid api key", "unauthorized")
         self._check_limits(cost)
@@ -197,9 +231,15 @@ class SimServer:
         draw -= config.hang_rate
         malformed = draw < config.malformed_rate
         if config.poison and any(config.poison in p for p in prompts):
-            raise _Rejection(400, f"prompt rejected: it contains the forbidden marker {config.poison!r}", "rejected")
+            raise _Rejection(
+                400,
+                f"prompt rejected: it contains the forbidden marker {config.poison!r}",
+                "rejected",
+            )
         if config.latency_median_s > 0:
-            await asyncio.sleep(config.latency_median_s * math.exp(self._rng.gauss(0, config.latency_sigma)))
+            await asyncio.sleep(
+                config.latency_median_s * math.exp(self._rng.gauss(0, config.latency_sigma))
+            )
         if malformed:
             raise _Rejection(200, '{"choices": [{"text": ', "malformed")
 
@@ -212,7 +252,12 @@ class SimServer:
                 bucket.refill(now)
                 waits.append(bucket.wait_s(needed))
         if any(w > 0 for w in waits):
-            raise _Rejection(429, "rate limit reached, slow down", "rate_limited", self._retry_headers(max(waits)))
+            raise _Rejection(
+                429,
+                "rate limit reached, slow down",
+                "rate_limited",
+                self._retry_headers(max(waits)),
+            )
         for name, needed in (("requests", 1), ("tokens", cost)):
             if name in self._buckets:
                 self._buckets[name].level -= needed
@@ -224,7 +269,9 @@ class SimServer:
         if mode == "seconds":
             return {"retry-after": str(max(1, math.ceil(wait_s)))}
         if mode == "date":
-            return {"retry-after": email.utils.formatdate(time.time() + max(1.0, wait_s), usegmt=True)}
+            return {
+                "retry-after": email.utils.formatdate(time.time() + max(1.0, wait_s), usegmt=True)
+            }
         return {}
 
     def _limit_headers(self) -> dict[str, str]:
@@ -234,13 +281,21 @@ class SimServer:
             if bucket and limit:
                 headers[f"x-ratelimit-limit-{name}"] = str(int(limit))
                 headers[f"x-ratelimit-remaining-{name}"] = str(max(0, int(bucket.level)))
-                headers[f"x-ratelimit-reset-{name}"] = f"{max(0.0, (bucket.capacity - bucket.level) / bucket.rate):.3f}s"
+                headers[f"x-ratelimit-reset-{name}"] = (
+                    f"{max(0.0, (bucket.capacity - bucket.level) / bucket.rate):.3f}s"
+                )
         return headers
 
     def _record(self, request: web.Request, status: int, outcome: str, prompts: list[str]) -> None:
-        self.attempts.append(Attempt(time.monotonic(), request.path, status, outcome, tuple(prompts)))
+        self.attempts.append(
+            Attempt(time.monotonic(), request.path, status, outcome, tuple(prompts))
+        )
 
-    async def _serve(self, request: web.Request, handler: Callable[[dict[str, Any]], tuple[list[str], int, Callable[[], dict[str, Any]]]]) -> web.StreamResponse:
+    async def _serve(
+        self,
+        request: web.Request,
+        handler: Callable[[dict[str, Any]], tuple[list[str], int, Callable[[], dict[str, Any]]]],
+    ) -> web.StreamResponse:
         try:
             body = await request.json()
             prompts, cost, answer = handler(body)
@@ -253,7 +308,9 @@ class SimServer:
             self._record(request, rejection.status, rejection.outcome, prompts)
             headers = rejection.headers | self._limit_headers()
             if rejection.outcome == "malformed":
-                return web.Response(text=rejection.message, content_type="application/json", headers=headers)
+                return web.Response(
+                    text=rejection.message, content_type="application/json", headers=headers
+                )
             return _error(rejection.status, rejection.message, headers)
         self._record(request, 200, "ok", prompts)
         return web.json_response(answer(), headers=self._limit_headers())
@@ -268,12 +325,16 @@ class SimServer:
         return web.json_response({"attempts": len(self.attempts), "by_outcome": counts})
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": self.config.model, "object": "model"}]})
+        return web.json_response(
+            {"object": "list", "data": [{"id": self.config.model, "object": "model"}]}
+        )
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, self._completion_answer)
 
-    def _completion_answer(self, body: dict[str, Any]) -> tuple[list[str], int, Callable[[], dict[str, Any]]]:
+    def _completion_answer(
+        self, body: dict[str, Any]
+    ) -> tuple[list[str], int, Callable[[], dict[str, Any]]]:
         prompt = body["prompt"]
         prompts = [prompt] if isinstance(prompt, str) else [str(p) for p in prompt]
         if not prompts or len(prompts) > self.config.max_batch:
@@ -282,30 +343,58 @@ class SimServer:
         cost = sum(len(tokenize(p)) for p in prompts) + max_tokens * len(prompts)
 
         def answer() -> dict[str, Any]:
-            choices = [self._completion_choice(i, p, body, max_tokens) for i, p in enumerate(prompts)]
+            choices = [
+                self._completion_choice(i, p, body, max_tokens) for i, p in enumerate(prompts)
+            ]
             prompt_tokens = sum(len(tokenize(p)) for p in prompts)
             completion_tokens = sum(len(tokenize(c["text"])) for c in choices)
             return {
-                "id": "cmpl-sim", "object": "text_completion", "model": self.config.model, "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens},
+                "id": "cmpl-sim",
+                "object": "text_completion",
+                "model": self.config.model,
+                "choices": choices,
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
             }
 
         return prompts, cost, answer
 
-    def _completion_choice(self, index: int, prompt: str, body: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+    def _completion_choice(
+        self, index: int, prompt: str, body: dict[str, Any], max_tokens: int
+    ) -> dict[str, Any]:
         text = ""
         if max_tokens > 0:
-            text = _cut(self.model.complete(prompt, max_tokens, float(body.get("temperature", 1.0)), int(body.get("seed") or 0)), body.get("stop"))
-        choice: dict[str, Any] = {"index": index, "text": (prompt + text) if body.get("echo") else text,
-                                  "finish_reason": "length", "logprobs": None}
+            text = _cut(
+                self.model.complete(
+                    prompt,
+                    max_tokens,
+                    float(body.get("temperature", 1.0)),
+                    int(body.get("seed") or 0),
+                ),
+                body.get("stop"),
+            )
+        choice: dict[str, Any] = {
+            "index": index,
+            "text": (prompt + text) if body.get("echo") else text,
+            "finish_reason": "length",
+            "logprobs": None,
+        }
         if body.get("logprobs") is not None:
             shown = (prompt + text) if body.get("echo") else text
             start = 0 if body.get("echo") else len(prompt)
             choice["logprobs"] = self._token_logprobs(prompt, shown, start, int(body["logprobs"]))
         if body.get("prompt_logprobs") is not None:
             choice["prompt_logprobs"] = [None] + [
-                {str(token_id(token)): {"logprob": self.model.token_logprob(prompt[:offset], token), "rank": 1, "decoded_token": token}}
+                {
+                    str(token_id(token)): {
+                        "logprob": self.model.token_logprob(prompt[:offset], token),
+                        "rank": 1,
+                        "decoded_token": token,
+                    }
+                }
                 for offset, token in tokenize(prompt)[1:]
             ]
         return choice
@@ -318,36 +407,73 @@ class SimServer:
         for position, (offset, token) in enumerate(tokens):
             prefix = full[: start + offset]
             first = start == 0 and position == 0
-            logprobs.append(None if first else self.model.token_logprob(prefix, token))
-            tops.append(None if first or top == 0 else {token: logprobs[-1]} | self.model.alternatives(prefix, top - 1))  # type: ignore[operator]
-        return {"tokens": [t for _, t in tokens], "token_logprobs": logprobs, "top_logprobs": tops,
-                "text_offset": [start + offset for offset, _ in tokens]}
+            value = None if first else self.model.token_logprob(prefix, token)
+            logprobs.append(value)
+            if value is None or top == 0:
+                tops.append(None)
+            else:
+                tops.append({token: value} | self.model.alternatives(prefix, top - 1))
+        return {
+            "tokens": [t for _, t in tokens],
+            "token_logprobs": logprobs,
+            "top_logprobs": tops,
+            "text_offset": [start + offset for offset, _ in tokens],
+        }
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, self._chat_answer)
 
-    def _chat_answer(self, body: dict[str, Any]) -> tuple[list[str], int, Callable[[], dict[str, Any]]]:
+    def _chat_answer(
+        self, body: dict[str, Any]
+    ) -> tuple[list[str], int, Callable[[], dict[str, Any]]]:
         messages = body["messages"]
         prompt = "\n".join(str(m["content"]) for m in messages)
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
         cost = len(tokenize(prompt)) + max_tokens
 
         def answer() -> dict[str, Any]:
-            text = _cut(self.model.complete(prompt, max_tokens, float(body.get("temperature", 1.0)), int(body.get("seed") or 0)), body.get("stop"))
-            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            text = _cut(
+                self.model.complete(
+                    prompt,
+                    max_tokens,
+                    float(body.get("temperature", 1.0)),
+                    int(body.get("seed") or 0),
+                ),
+                body.get("stop"),
+            )
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+            }
             if body.get("logprobs"):
                 count = int(body.get("top_logprobs") or 0)
                 content = []
                 for offset, token in tokenize(text):
                     prefix = prompt + text[:offset]
                     alternatives = self.model.alternatives(prefix, count) if count else {}
-                    content.append({"token": token, "logprob": self.model.token_logprob(prefix, token),
-                                    "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alternatives.items()]})
+                    content.append(
+                        {
+                            "token": token,
+                            "logprob": self.model.token_logprob(prefix, token),
+                            "top_logprobs": [
+                                {"token": t, "logprob": lp} for t, lp in alternatives.items()
+                            ],
+                        }
+                    )
                 choice["logprobs"] = {"content": content}
             prompt_tokens, completion_tokens = len(tokenize(prompt)), len(tokenize(text))
-            return {"id": "chat-sim", "object": "chat.completion", "model": self.config.model, "choices": [choice],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                              "total_tokens": prompt_tokens + completion_tokens}}
+            return {
+                "id": "chat-sim",
+                "object": "chat.completion",
+                "model": self.config.model,
+                "choices": [choice],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
 
         return [prompt], cost, answer
 
@@ -360,15 +486,32 @@ def _cut(text: str, stop: str | list[str] | None) -> str:
 
 
 def _error(status: int, message: str, headers: dict[str, str]) -> web.Response:
-    kind = "rate_limit_error" if status == 429 else "invalid_request_error" if status < 500 else "server_error"
-    return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status, headers=headers)
+    kind = (
+        "rate_limit_error"
+        if status == 429
+        else "invalid_request_error"
+        if status < 500
+        else "server_error"
+    )
+    return web.json_response(
+        {"error": {"message": message, "type": kind, "code": status}},
+        status=status,
+        headers=headers,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the simulated OpenAI-compatible server.")
     parser.add_argument("--port", type=int, default=8000)
     for field in attrs.fields(ServerConfig):
-        kind = {"model": str, "api_key": str, "retry_after": str, "poison": str, "max_batch": int, "seed": int}.get(field.name, float)
+        kind = {
+            "model": str,
+            "api_key": str,
+            "retry_after": str,
+            "poison": str,
+            "max_batch": int,
+            "seed": int,
+        }.get(field.name, float)
         parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=field.default)
     args = vars(parser.parse_args())
     port = args.pop("port")
