@@ -478,3 +478,21 @@ async def test_engine_is_usable_only_inside_its_context() -> None:
     engine = dg.Engine(dg.Backend())
     with pytest.raises(RuntimeError, match="async with"):
         await engine.generate("x")
+
+
+async def test_coalescer_closes_a_batch_at_its_token_budget() -> None:
+    inner = Counting()
+    async with anyio.create_task_group() as engine_group:
+        coalescer = Coalescer(
+            inner,
+            engine_group,
+            max_batch=64,
+            window_s=3600,
+            max_tokens=300,
+            count_tokens=lambda work: 100,
+        )
+        async with anyio.create_task_group() as callers:
+            for i in range(6):
+                callers.start_soon(coalescer, dg.GenerateRequest(f"p{i}"))
+        engine_group.cancel_scope.cancel()
+    assert [len(work.requests) for work in inner.seen] == [3, 3]

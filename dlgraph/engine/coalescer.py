@@ -30,6 +30,7 @@ class _Slot:
 @attrs.define(eq=False)
 class _OpenBatch:
     slots: list[_Slot] = attrs.field(factory=list)
+    tokens: int = 0
     sent: bool = False
 
 
@@ -40,6 +41,10 @@ class Coalescer:
     max_batch: int
     window_s: float
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+    max_tokens: int | None = None
+    """A batch closes once its estimated tokens reach this (so that one request does not
+    take more of a token-per-minute allowance than it can hold)."""
+    count_tokens: Callable[[Work], int] = lambda work: 0
     _open: dict[Hashable, _OpenBatch] = attrs.field(factory=dict, init=False)
 
     async def __call__(self, work: Work) -> Outcome:
@@ -52,7 +57,10 @@ class Coalescer:
             self.task_group.start_soon(self._send_after_window, key, batch)
         slot = _Slot(work)
         batch.slots.append(slot)
-        if len(batch.slots) >= self.max_batch:
+        if self.max_tokens is not None:
+            batch.tokens += self.count_tokens(work)
+        full = self.max_tokens is not None and batch.tokens >= self.max_tokens
+        if full or len(batch.slots) >= self.max_batch:
             self._send(key, batch)
         try:
             await slot.done.wait()

@@ -31,7 +31,7 @@ from dlgraph.backend import (
 )
 from dlgraph.engine.cache import Cache, Store, open_store
 from dlgraph.engine.coalescer import Coalescer, Split
-from dlgraph.engine.ledger import Budget, Ledger, LedgerSnapshot, Metered, Price
+from dlgraph.engine.ledger import Budget, Ledger, LedgerSnapshot, Metered, Price, estimated_tokens
 from dlgraph.engine.limiter import Limiter, LimiterStatistics, RateLimits
 from dlgraph.engine.retry import Retry, RetryPolicy
 from dlgraph.engine.single_flight import SingleFlight
@@ -54,8 +54,9 @@ class Engine:
     tagged with the asking node and phase, or BudgetExhausted.
 
     `cache` is True (in memory), a path (SQLite, shared across runs) or False.
-    `coalesce_ms` is how long a generate request waits for companions to share a
-    multi-prompt request, when the backend takes several (0: never).
+    `coalesce_ms` is how long a request waits for companions to share one multi-prompt
+    request, when the backend takes several: by default 10 ms when `rpm` is set (each request
+    then carries many calls), else 0 (never).
     """
 
     backend: Backend
@@ -65,7 +66,8 @@ class Engine:
     cache: bool | str | os.PathLike[str] = attrs.field(default=True, kw_only=True)
     budget: Budget = attrs.field(factory=Budget, kw_only=True)
     retry: RetryPolicy = attrs.field(factory=RetryPolicy, kw_only=True)
-    coalesce_ms: float = attrs.field(default=0.0, kw_only=True)
+    coalesce_ms: float | None = attrs.field(default=None, kw_only=True)
+    """None: the engine's default (see above); 0: off."""
     price: Price | Mapping[str, Price] | None = attrs.field(default=None, kw_only=True)
     """Cost per million tokens, or a table of them by backend identity."""
     clock: Callable[[], float] = attrs.field(default=anyio.current_time, kw_only=True)
@@ -120,11 +122,20 @@ class Engine:
             chain, self.backend, limits, clock=self.clock, sleep=self.sleep, jitter=jitter
         )
         chain = Retry(chain, self.ledger, self.retry, sleep=self.sleep, jitter=jitter)
-        max_batch = self.backend.capabilities.max_batch if self.coalesce_ms > 0 else 1
+        window_ms = (
+            self.coalesce_ms if self.coalesce_ms is not None else (10.0 if self.rpm else 0.0)
+        )
+        max_batch = self.backend.capabilities.max_batch if window_ms > 0 else 1
         if max_batch > 1:
             chain = Split(chain)
             chain = Coalescer(
-                chain, task_group, max_batch, self.coalesce_ms / 1000.0, sleep=self.sleep
+                chain,
+                task_group,
+                max_batch,
+                window_ms / 1000.0,
+                sleep=self.sleep,
+                max_tokens=int(self.tpm / 60 * limits.burst_s / 4) if self.tpm else None,
+                count_tokens=lambda work: sum(estimated_tokens(self.backend, work)),
             )
         chain = SingleFlight(chain, key, Workers(task_group))
         if store is not None:

@@ -347,7 +347,10 @@ class SimServer:
                 self._completion_choice(i, p, body, max_tokens) for i, p in enumerate(prompts)
             ]
             prompt_tokens = sum(len(tokenize(p)) for p in prompts)
-            completion_tokens = sum(len(tokenize(c["text"])) for c in choices)
+            completion_tokens = sum(
+                len(tokenize(c["text"][len(p) :] if body.get("echo") else c["text"]))
+                for c, p in zip(choices, prompts, strict=True)
+            )
             return {
                 "id": "cmpl-sim",
                 "object": "text_completion",
