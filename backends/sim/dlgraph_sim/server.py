@@ -365,20 +365,15 @@ class SimServer:
 
         return prompts, cost, answer
 
+    def _generate(self, prompt: str, body: dict[str, Any], max_tokens: int) -> str:
+        """The model's continuation under the request's sampling fields, cut at a stop sequence."""
+        temperature, seed = float(body.get("temperature", 1.0)), int(body.get("seed") or 0)
+        return _cut(self.model.complete(prompt, max_tokens, temperature, seed), body.get("stop"))
+
     def _completion_choice(
         self, index: int, prompt: str, body: dict[str, Any], max_tokens: int
     ) -> dict[str, Any]:
-        text = ""
-        if max_tokens > 0:
-            text = _cut(
-                self.model.complete(
-                    prompt,
-                    max_tokens,
-                    float(body.get("temperature", 1.0)),
-                    int(body.get("seed") or 0),
-                ),
-                body.get("stop"),
-            )
+        text = self._generate(prompt, body, max_tokens) if max_tokens > 0 else ""
         choice: dict[str, Any] = {
             "index": index,
             "text": (prompt + text) if body.get("echo") else text,
@@ -435,15 +430,7 @@ class SimServer:
         cost = len(tokenize(prompt)) + max_tokens
 
         def answer() -> dict[str, Any]:
-            text = _cut(
-                self.model.complete(
-                    prompt,
-                    max_tokens,
-                    float(body.get("temperature", 1.0)),
-                    int(body.get("seed") or 0),
-                ),
-                body.get("stop"),
-            )
+            text = self._generate(prompt, body, max_tokens)
             choice: dict[str, Any] = {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
