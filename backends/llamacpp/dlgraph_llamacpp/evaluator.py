@@ -19,7 +19,8 @@ import attrs
 import numpy as np
 
 MAX_ROWS = 64
-"""Log-softmax rows kept (one per position; about 1 MB each for a 262k vocabulary)."""
+"""Log-softmax rows kept (one per position; float32, about 1 MB each for a 262k vocabulary).
+Targets longer than this are still scored exactly: values are read as rows are computed."""
 
 
 @attrs.define(eq=False)
@@ -46,17 +47,21 @@ class PrefixEvaluator:
         common = self.common_prefix(tokens)
         needed = range(len(context) - 1, len(tokens) - 1)
         # a row at position p is valid for these tokens when tokens[: p + 1] are the cached ones
-        missing = [p for p in needed if p >= common or p not in self._rows]
+        values = {
+            p: float(self._rows[p][tokens[p + 1]]) for p in needed if p < common and p in self._rows
+        }
+        missing = [p for p in needed if p not in values]
         if missing:
             start = min(common, missing[0])
             self.reused_tokens += start
-            self._decode(tokens, start, missing[0])
+            values.update(self._decode(tokens, start, missing[0]))
         else:
             self.reused_tokens += len(tokens)
-        return float(sum(self._rows[p][tokens[p + 1]] for p in needed))
+        return sum(values[p] for p in needed)
 
-    def _decode(self, tokens: list[int], start: int, first_scored: int) -> None:
-        """Evaluate tokens[start:], keeping log-softmax rows for positions >= first_scored."""
+    def _decode(self, tokens: list[int], start: int, first_scored: int) -> dict[int, float]:
+        """Evaluate tokens[start:]; return log p(tokens[p + 1]) for positions p >= first_scored,
+        remembering the last rows for later targets on the same prefix."""
         import llama_cpp
 
         llm = self.llm
@@ -66,6 +71,7 @@ class PrefixEvaluator:
         llm.n_tokens = start
         n_vocab = llm.n_vocab()
         batch = llm._batch.batch
+        values: dict[int, float] = {}
         for chunk_start in range(start, len(tokens), llm.n_batch):
             chunk = tokens[chunk_start : chunk_start + llm.n_batch]
             batch.n_tokens = len(chunk)
@@ -79,15 +85,18 @@ class PrefixEvaluator:
             self.decodes += 1
             for i in range(len(chunk)):
                 position = chunk_start + i
-                if position >= first_scored and position < len(tokens) - 1:
+                if first_scored <= position < len(tokens) - 1:
                     pointer = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, i)
                     logits = np.ctypeslib.as_array(
                         ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,)
                     )
-                    self._remember(position, _log_softmax(logits))
+                    row = _log_softmax(logits)
+                    values[position] = float(row[tokens[position + 1]])
+                    self._remember(position, row.astype(np.float32))
             llm.input_ids[chunk_start : chunk_start + len(chunk)] = chunk
             llm.n_tokens = chunk_start + len(chunk)
         self.evaluated_tokens += len(tokens) - start
+        return values
 
     def _remember(self, position: int, row: np.ndarray) -> None:
         self._rows[position] = row
