@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from dlgraph.data import Example, Task, generated_task, load_task, read_jsonl
+from dlgraph.data import Task, generated_task, load_task, read_jsonl
 from dlgraph.data.generated import GENERATORS
 from dlgraph.errors import ConfigError, DlgraphError
 from dlgraph.network import INPUT, Network
@@ -231,8 +231,3 @@ class RunConfig:
         except DlgraphError as error:
             raise ConfigError(f"{self.path}: [network] {error}") from error
         return net
-
-
-def examples_of(task: Task, split: str) -> list[Example]:
-    examples: list[Example] = getattr(task, split)
-    return examples

@@ -361,8 +361,6 @@ class Network:
                 data = json.load(stream)
         except json.JSONDecodeError as error:
             raise GraphError(f"{os.fspath(path)}: not valid JSON: {error}") from error
-        except (KeyError, TypeError) as error:
-            raise GraphError(f"{os.fspath(path)}: malformed network: {error}") from error
         try:
             return cls.from_json(data)
         except (KeyError, TypeError, ValueError) as error:

@@ -85,8 +85,6 @@ class LimiterStatistics:
 
 @attrs.define(eq=False)
 class _Waiter:
-    priority: int
-    tokens: int
     wake: anyio.Event = attrs.field(factory=anyio.Event)
 
 
@@ -107,11 +105,12 @@ class Limiter:
     _rate_limited: int = attrs.field(default=0, init=False)
     _latency_s: float = attrs.field(default=1.0, init=False)
     _limit: float = attrs.field(default=1.0, init=False)
-    _ceiling_value: float = attrs.field(default=256.0, init=False)
+    _ceiling: float = attrs.field(default=256.0, init=False)
+    """The most calls in flight the adaptive limit may reach."""
     """The adaptive concurrency limit; the CapacityLimiter holds its whole part."""
 
     def __attrs_post_init__(self) -> None:
-        self._ceiling_value = self._compute_ceiling()
+        self._ceiling = self._compute_ceiling()
         now = self.clock()
         if self.limits.rpm:
             self._requests = TokenBucket.per_minute(self.limits.rpm, self.limits.burst_s, now)
@@ -119,9 +118,6 @@ class Limiter:
             self._tokens = TokenBucket.per_minute(self.limits.tpm, self.limits.burst_s, now)
         self._limit = self._little(self._latency_s)
         self.capacity = anyio.CapacityLimiter(int(self._limit))
-
-    def _ceiling(self) -> float:
-        return self._ceiling_value
 
     def _compute_ceiling(self) -> float:
         ceiling = min(
@@ -133,10 +129,8 @@ class Limiter:
     def _little(self, latency_s: float) -> float:
         """Little's law: calls in flight = arrival rate × latency (with headroom)."""
         if not self.limits.rpm:
-            return self._ceiling_value
-        return float(
-            min(self._ceiling(), max(2, math.ceil(self.limits.rpm / 60.0 * latency_s * 2)))
-        )
+            return self._ceiling
+        return float(min(self._ceiling, max(2, math.ceil(self.limits.rpm / 60.0 * latency_s * 2))))
 
     async def __call__(self, work: Work) -> Outcome:
         charged = sum(estimated_tokens(self.backend, work)) if self._tokens else 0
@@ -176,7 +170,7 @@ class Limiter:
                 return
         elif not self._queue:
             return  # no limit known: nothing to wait for
-        waiter = _Waiter(priority, tokens)
+        waiter = _Waiter()
         entry = (-priority, next(self._order), waiter)
         heapq.heappush(self._queue, entry)
         self._wake_head()
@@ -266,7 +260,7 @@ class Limiter:
         self._set_limit(limit)
 
     def _set_limit(self, limit: float) -> None:
-        self._limit = min(self._ceiling(), max(1.0, limit))
+        self._limit = min(self._ceiling, max(1.0, limit))
         if int(self._limit) != self.capacity.total_tokens:
             self.capacity.total_tokens = int(self._limit)
 

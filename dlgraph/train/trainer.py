@@ -25,7 +25,7 @@ from dlgraph.engine import Engine
 from dlgraph.errors import BudgetExhausted, CheckpointError, DataError, GraphError
 from dlgraph.forward import Trace, forward
 from dlgraph.network import Network
-from dlgraph.scoring import accuracy, evaluate, matching_class
+from dlgraph.scoring import accuracy, evaluate, matching_class, verbalizers
 from dlgraph.train import posterior as posterior_inference
 from dlgraph.train.checkpoint import Checkpoint
 from dlgraph.train.elbo import (
@@ -316,7 +316,7 @@ class VariationalTrainer:
 def _calls_per_score(net: Network, name: str) -> int:
     """Backend calls for one log-likelihood: one per verbalizer for a class node."""
     node = net.node(name)
-    return sum(len(spec.split("|")) for spec in node.classes) if node.classes else 1
+    return sum(len(verbalizers(spec)) for spec in node.classes) if node.classes else 1
 
 
 def estimate(
