@@ -38,6 +38,8 @@ class Trace:
 
 @attrs.frozen
 class NodeOutput:
+    rendered: str
+    """The model input the node was given."""
     text: str
     distribution: tuple[float, ...] | None = None
 
@@ -50,18 +52,17 @@ async def class_distribution(
     net: Network,
     name: str,
     engine: Engine,
-    values: Mapping[str, str],
+    rendered: str,
     *,
     prompt: str | None = None,
     phase: str,
     priority: int = 0,
 ) -> list[float]:
-    """P(class | inputs) for class node `name`; with ``calibrate`` on, divided by the same
-    distribution for a content-free input (every parent "N/A") and renormalised, which
-    removes the prompt's bias towards some classes (Zhao et al., 2021)."""
+    """P(class | rendered input) for class node `name`; with ``calibrate`` on, divided by the
+    same distribution for a content-free input (every parent "N/A", same `prompt`) and
+    renormalised, which removes the prompt's bias towards some classes (Zhao et al., 2021)."""
     node = net.node(name)
     assert node.classes
-    rendered = net.render(name, values, prompt=prompt)
     distribution = await engine.classify(
         rendered, node.classes, node=name, phase=phase, priority=priority
     )
@@ -89,14 +90,15 @@ async def run_node(
     """One call of one node on its parents' outputs: a class node classifies, a generation
     node generates. `prompt` replaces the node's own (to try candidate prompts)."""
     node = net.node(name)
+    rendered = net.render(name, values, prompt=prompt)
     if node.classes:
         distribution = await class_distribution(
-            net, name, engine, values, prompt=prompt, phase=phase, priority=priority
+            net, name, engine, rendered, prompt=prompt, phase=phase, priority=priority
         )
         best = max(range(len(distribution)), key=distribution.__getitem__)
-        return NodeOutput(node.class_names[best], tuple(distribution))
+        return NodeOutput(rendered, node.class_names[best], tuple(distribution))
     text = await engine.generate(
-        net.render(name, values, prompt=prompt),
+        rendered,
         max_tokens=node.max_tokens,
         temperature=node.temperature if temperature is None else temperature,
         stop=node.stop,
@@ -105,7 +107,7 @@ async def run_node(
         phase=phase,
         priority=priority,
     )
-    return NodeOutput(text.strip())
+    return NodeOutput(rendered, text.strip())
 
 
 async def forward(
@@ -137,7 +139,7 @@ async def forward(
                 await finished[parent, index].wait()
         values = {p: outputs[p][index] for p in net.parents(name)}
         result = await run_node(net, name, engine, values, phase=phase, priority=depth[name])
-        rendered[name][index] = net.render(name, values)
+        rendered[name][index] = result.rendered
         outputs[name][index] = result.text
         if result.distribution is not None:
             distributions[name][index] = result.distribution

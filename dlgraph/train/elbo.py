@@ -56,14 +56,14 @@ class LogprobScorer:
         phase: str,
     ) -> float:
         node = net.node(name)
+        rendered = net.render(name, values, prompt=prompt)
         if node.classes:
             probabilities = await class_distribution(
-                net, name, self.engine, values, prompt=prompt, phase=phase
+                net, name, self.engine, rendered, prompt=prompt, phase=phase
             )
             names = node.class_names
             p = probabilities[names.index(target)] if target in names else 0.0
             return math.log(max(p, FLOOR))
-        rendered = net.render(name, values, prompt=prompt)
         return await self.engine.logprob(rendered, " " + target, node=name, phase=phase)
 
 
