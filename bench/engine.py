@@ -191,7 +191,7 @@ async def dlgraph_engine(
     scenario: Scenario,
     latencies: list[float],
     max_batch: int | None = None,
-    coalesce_ms: float | None = None,
+    coalesce_ms: float | str = "auto",
 ) -> int:
     """The engine as a user would set it up: the server's limits, no cache (every call real).
     By default it coalesces (under an rpm limit) up to the profile's 64 prompts per request."""

@@ -3,7 +3,6 @@
 from dlgraph.backend import (
     Backend,
     BackendRegistry,
-    CallReport,
     Capabilities,
     GenerateRequest,
     LogprobRequest,
@@ -28,9 +27,10 @@ from dlgraph.errors import (
     TransientError,
     UnknownBackend,
 )
-from dlgraph.forward import Trace, forward
-from dlgraph.network import INPUT, LanguageNode, Network
-from dlgraph.scoring import evaluate
+from dlgraph.evaluation import evaluate
+from dlgraph.forward import Trace
+from dlgraph.network import Network
+from dlgraph.nodes import INPUT, LanguageNode
 from dlgraph.train import Estimate, FitResult, StepRecord, TrainerOptions, VariationalTrainer
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
     "BackendUnavailable",
     "Budget",
     "BudgetExhausted",
-    "CallReport",
     "Capabilities",
     "CheckpointError",
     "ConfigError",
@@ -73,6 +72,5 @@ __all__ = [
     "VariationalTrainer",
     "connect",
     "evaluate",
-    "forward",
     "report",
 ]

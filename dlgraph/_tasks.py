@@ -9,6 +9,8 @@ from typing import TypeVar
 
 import anyio
 
+from dlgraph.errors import DlgraphError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -26,8 +28,6 @@ def single_errors() -> Iterator[None]:
     """Re-raise an exception group as its first error when that is its only one, or when
     every error in it is a dlgraph error (siblings failing alike: a spent budget, a server
     down); other mixtures stay a group."""
-    from dlgraph.errors import DlgraphError
-
     try:
         yield
     except BaseExceptionGroup as group:

@@ -10,17 +10,21 @@ from __future__ import annotations
 import contextvars
 import importlib.metadata
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self, get_args
 
 import attrs
 
+from dlgraph._validate import integer, number, strings, text
 from dlgraph.errors import BackendError, UnknownBackend
 
 logger = logging.getLogger(__name__)
 
-PHASES = ("forward", "posterior", "propose", "score", "eval")
+Phase = Literal["forward", "posterior", "propose", "score", "eval"]
+"""Which part of dlgraph asked for a call: the ledger counts by node and phase."""
+PHASES: tuple[Phase, ...] = get_args(Phase)
 ENTRY_POINT_GROUP = "dlgraph.backends"
 
 
@@ -29,32 +33,17 @@ def _known_phase(instance: Any, attribute: attrs.Attribute[str], value: str) -> 
         raise ValueError(f"{attribute.name}={value!r}: expected one of {', '.join(PHASES)}")
 
 
-def as_strings(values: Iterable[str]) -> tuple[str, ...]:
-    """A converter: any iterable of strings to a tuple (stop sequences, classes)."""
-    return tuple(str(value) for value in values)
-
-
-def _positive(instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value}")
-
-
-def _non_negative(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
-
-
 @attrs.frozen
 class GenerateRequest:
     """Sample a continuation of `prompt`. `seed` is the sample index: two samples differ."""
 
-    prompt: str
-    max_tokens: int = attrs.field(default=128, kw_only=True, validator=_positive)
-    temperature: float = attrs.field(default=0.0, kw_only=True, validator=_non_negative)
-    stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=as_strings)
-    seed: int = attrs.field(default=0, kw_only=True)
+    prompt: str = attrs.field(validator=text)
+    max_tokens: int = attrs.field(default=128, kw_only=True, validator=integer(1))
+    temperature: float = attrs.field(default=0.0, kw_only=True, validator=number(0))
+    stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=strings)
+    seed: int = attrs.field(default=0, kw_only=True, validator=integer())
     node: str | None = attrs.field(default=None, kw_only=True)
-    phase: str = attrs.field(default="forward", kw_only=True, validator=_known_phase)
+    phase: Phase = attrs.field(default="forward", kw_only=True, validator=_known_phase)
     priority: int = attrs.field(default=0, kw_only=True)
     """When the rate limit is the bottleneck, higher goes first (deeper nodes finish a batch sooner)."""
 
@@ -62,33 +51,42 @@ class GenerateRequest:
         """Every field that decides the answer (not node, phase or priority)."""
         return ("generate", self.prompt, self.max_tokens, self.temperature, self.stop, self.seed)
 
+    def ask(self, backend: Backend) -> Awaitable[str]:
+        return backend.generate(self)
+
 
 @attrs.frozen
 class LogprobRequest:
     """log p(target | context), summed over the target's tokens."""
 
-    context: str
-    target: str
+    context: str = attrs.field(validator=text)
+    target: str = attrs.field(validator=text)
     node: str | None = attrs.field(default=None, kw_only=True)
-    phase: str = attrs.field(default="score", kw_only=True, validator=_known_phase)
+    phase: Phase = attrs.field(default="score", kw_only=True, validator=_known_phase)
     priority: int = attrs.field(default=0, kw_only=True)
 
     def key(self) -> tuple[object, ...]:
         return ("logprob", self.context, self.target)
+
+    def ask(self, backend: Backend) -> Awaitable[float]:
+        return backend.logprob(self)
 
 
 @attrs.frozen
 class TopLogprobsRequest:
     """The `count` most likely first tokens after `context`, with their log-probabilities."""
 
-    context: str
-    count: int = attrs.field(default=20, kw_only=True, validator=_positive)
+    context: str = attrs.field(validator=text)
+    count: int = attrs.field(default=20, kw_only=True, validator=integer(1))
     node: str | None = attrs.field(default=None, kw_only=True)
-    phase: str = attrs.field(default="score", kw_only=True, validator=_known_phase)
+    phase: Phase = attrs.field(default="score", kw_only=True, validator=_known_phase)
     priority: int = attrs.field(default=0, kw_only=True)
 
     def key(self) -> tuple[object, ...]:
         return ("top_logprobs", self.context, self.count)
+
+    def ask(self, backend: Backend) -> Awaitable[dict[str, float]]:
+        return backend.top_logprobs(self)
 
 
 Request = GenerateRequest | LogprobRequest | TopLogprobsRequest
@@ -99,7 +97,10 @@ UNKEYED_FIELDS = ("node", "phase", "priority")
 
 @attrs.define
 class CallReport:
-    """What a backend learnt during one call: exact token usage and the server's limits."""
+    """What a backend learnt during one call: exact token usage and the server's limits.
+
+    A plugin fills it with `report()`; the engine's innermost stage hands it up with the
+    call's outcome (see `dlgraph.engine.stage.Reply`)."""
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -125,18 +126,14 @@ def report(**facts: int | None) -> None:
                 setattr(current, name, value)
 
 
-def collect_report() -> tuple[CallReport, contextvars.Token[CallReport | None] | None]:
-    """Collect what the backend reports during this call; stages nested in one call share
-    one report. Undo with `stop_collecting`."""
-    current = _REPORT.get()
-    if current is not None:
-        return current, None
+@contextmanager
+def collecting_report() -> Iterator[CallReport]:
+    """Collect what the backend reports with `report()` during the block (one call)."""
     box = CallReport()
-    return box, _REPORT.set(box)
-
-
-def stop_collecting(token: contextvars.Token[CallReport | None] | None) -> None:
-    if token is not None:
+    token = _REPORT.set(box)
+    try:
+        yield box
+    finally:
         _REPORT.reset(token)
 
 

@@ -60,9 +60,8 @@ async def _evaluate(
 
 
 def _estimate(trainer: dg.VariationalTrainer, config: RunConfig, task: dg.data.Task) -> dg.Estimate:
-    return trainer.estimate(
-        config.steps, config.batch_size, task.train, len(task.dev), config.eval_every
-    )
+    run = config.run
+    return trainer.estimate(run.steps, run.batch_size, task.train, len(task.dev), run.eval_every)
 
 
 async def _train(args: argparse.Namespace) -> None:
@@ -84,7 +83,7 @@ async def _train(args: argparse.Namespace) -> None:
         )
         before = await _scores(net, engine, task, "before")
         with _progress() as progress:
-            bar = progress.add_task("training", total=config.steps)
+            bar = progress.add_task("training", total=config.run.steps)
 
             def on_step(record: dg.StepRecord) -> None:
                 progress.update(bar, completed=record.step)
@@ -96,10 +95,10 @@ async def _train(args: argparse.Namespace) -> None:
             result = await trainer.fit(
                 task.train,
                 task.dev,
-                config.steps,
-                config.batch_size,
-                eval_every=config.eval_every,
-                patience=config.patience,
+                config.run.steps,
+                config.run.batch_size,
+                eval_every=config.run.eval_every,
+                patience=config.run.patience,
                 checkpoint_dir=checkpoints,
                 log_path=output / "steps.jsonl",
                 on_step=on_step,
@@ -196,7 +195,7 @@ async def _estimate_command(args: argparse.Namespace) -> None:
     trainer = dg.VariationalTrainer(net, dg.Engine(backend), config.options)
     estimate = _estimate(trainer, config, task)
     console.print(
-        f"{config.steps} steps of batch {config.batch_size}: at most {estimate.calls:,} calls "
+        f"{config.run.steps} steps of batch {config.run.batch_size}: at most {estimate.calls:,} calls "
         f"and {estimate.tokens:,} tokens"
     )
 
@@ -208,12 +207,9 @@ def _show(args: argparse.Namespace) -> None:
     for column in ("node", "kind", "trainable", "prompt"):
         table.add_column(column)
     for name, node in net.nodes.items():
-        kind = (
-            "classes: " + ", ".join(node.class_names)
-            if node.classes
-            else f"text, {node.max_tokens} tokens"
+        table.add_row(
+            name, node.kind.describe(), "yes" if node.is_trainable else "no", Text(node.prompt)
         )
-        table.add_row(name, kind, "yes" if node.is_trainable else "no", Text(node.prompt))
     console.print(table)
     console.print("```mermaid\n" + net.to_mermaid() + "```", markup=False, highlight=False)
     history = path.parent / "steps.jsonl"

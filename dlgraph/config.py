@@ -16,11 +16,12 @@ import attrs
 from dlgraph.data import Task, generated_task, load_task, read_jsonl
 from dlgraph.data.generated import GENERATORS
 from dlgraph.errors import ConfigError, DlgraphError
-from dlgraph.network import INPUT, Network
+from dlgraph.network import Network
+from dlgraph.nodes import INPUT
 from dlgraph.train.options import TrainerOptions
+from dlgraph.train.run import RunSettings
 
 SECTIONS = ("backend", "engine", "data", "network", "train", "output")
-TRAIN_KEYS = ("steps", "batch_size", "eval_every", "patience")
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -92,10 +93,7 @@ class RunConfig:
     data: Section
     network: Section
     options: TrainerOptions
-    steps: int
-    batch_size: int
-    eval_every: int
-    patience: int | None
+    run: RunSettings
     output_dir: Path
 
     @classmethod
@@ -115,9 +113,16 @@ class RunConfig:
         engine.check_keys(("rpm", "tpm", "max_concurrency", "cache", "max_calls", "max_tokens"))
         train = section["train"]
         option_keys = tuple(f.name for f in attrs.fields(TrainerOptions))
-        train.check_keys(TRAIN_KEYS + option_keys)
+        run_keys = tuple(f.name for f in attrs.fields(RunSettings))
+        train.check_keys(run_keys + option_keys)
         try:
             options = TrainerOptions(**{k: v for k, v in train.values.items() if k in option_keys})
+            run = RunSettings(
+                **(
+                    {"steps": 3, "batch_size": 10}
+                    | {k: v for k, v in train.values.items() if k in run_keys}
+                )
+            )
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{path}: [train] {error}") from error
         section["output"].check_keys(("dir",))
@@ -130,10 +135,7 @@ class RunConfig:
             data=section["data"],
             network=section["network"],
             options=options,
-            steps=train.get("steps", int, 3),
-            batch_size=train.get("batch_size", int, 10),
-            eval_every=train.get("eval_every", int, 1),
-            patience=train.get("patience", int),
+            run=run,
             output_dir=base / section["output"].get("dir", str, f"runs/{path.stem}"),
         )
 

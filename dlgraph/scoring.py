@@ -1,5 +1,6 @@
-"""Class distributions, answer normalisation and accuracy.
+"""Answers and probabilities: class verbalizers, answer normalisation, accuracy, log maths.
 
+A leaf: it imports nothing from dlgraph, and everything above may use it.
 Normalisation follows the DLN paper: non-word characters become spaces, digits go, text is
 lowercased and the first word is the answer ("option" is skipped, so "Option (A)" is "a").
 """
@@ -9,13 +10,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from dlgraph.data.example import Example, check_dataset
-
-if TYPE_CHECKING:
-    from dlgraph.engine import Engine
-    from dlgraph.network import Network
+LOG_FLOOR = -20.0
+"""The log-probability of a sure miss (e^-20 ≈ 2e-9): a class no source gives any probability,
+a target the model rules out. A floor keeps one such miss from outweighing every other example."""
 
 _NON_WORD = re.compile(r"\W+")
 _DIGITS = re.compile(r"\d")
@@ -69,26 +67,5 @@ def is_correct(prediction: str, target: str, classes: Sequence[str] | None = Non
     return normalize_answer(prediction) == normalize_answer(target)
 
 
-def accuracy(
-    predictions: Sequence[str], targets: Sequence[str], classes: Sequence[str] | None = None
-) -> float:
-    if not targets:
-        raise ValueError("accuracy of an empty dataset")
-    hits = sum(is_correct(p, t, classes) for p, t in zip(predictions, targets, strict=True))
-    return hits / len(targets)
-
-
 def entropy(probabilities: Sequence[float]) -> float:
     return -sum(p * math.log(p) for p in probabilities if p > 0)
-
-
-async def evaluate(net: Network, engine: Engine, data: Sequence[Example]) -> float:
-    """Accuracy of the network's output node on `data`, in [0, 1].
-
-    Predictions and targets are normalised as in the DLN paper and, for a class node, mapped
-    to its classes through their verbalizers. Raises DataError for an empty dataset.
-    """
-    examples = check_dataset(data, "evaluation data")
-    predictions = await net.predict(engine, [example.input for example in examples])
-    node = net.node(net.output_nodes()[0])
-    return accuracy(predictions, [example.target for example in examples], node.classes)

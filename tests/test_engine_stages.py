@@ -9,16 +9,41 @@ from fake_clock import FakeClock
 import dlgraph as dg
 from dlgraph.engine.cache import Cache, MemoryStore, SqliteStore
 from dlgraph.engine.coalescer import Coalescer, Split
-from dlgraph.engine.ledger import Budget, Ledger, Metered
+from dlgraph.engine.ledger import Ledger
 from dlgraph.engine.limiter import Limiter, RateLimits
+from dlgraph.engine.metered import Metered
 from dlgraph.engine.retry import Retry, RetryPolicy
 from dlgraph.engine.single_flight import SingleFlight
-from dlgraph.engine.stage import Batch, request_key
+from dlgraph.engine.stage import BackendCall, Batch, request_key
+from dlgraph.engine.usage import Budget
 from dlgraph.engine.workers import Workers
 
 
 def key(request):
     return request_key("test", request)
+
+
+class Plain(dg.Backend):
+    """A backend made of one async function of the work (a request or a Batch), so that the
+    stages below the limiter can be tested through the real `BackendCall`."""
+
+    capabilities = dg.Capabilities(max_batch=64)
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+
+    async def generate(self, request):
+        return await self.answer(request)
+
+    async def logprob(self, request):
+        return await self.answer(request)
+
+    async def generate_batch(self, requests):
+        return await self.answer(Batch(tuple(requests)))
+
+
+def replying(answer) -> BackendCall:
+    return BackendCall(Plain(answer))
 
 
 class Counting:
@@ -216,7 +241,7 @@ async def test_retry_raises_retries_exhausted_at_the_deadline() -> None:
 async def test_metered_refuses_calls_past_the_budget() -> None:
     inner = Counting()
     ledger = Ledger(Budget(max_calls=2))
-    metered = Metered(inner, ledger, dg.Backend())
+    metered = Metered(replying(inner), ledger, dg.Backend())
     await metered(dg.GenerateRequest("a"))
     await metered(dg.GenerateRequest("b"))
     with pytest.raises(dg.BudgetExhausted, match="call budget of 2 spent"):
@@ -226,7 +251,7 @@ async def test_metered_refuses_calls_past_the_budget() -> None:
 
 async def test_ledger_counts_by_node_and_phase_and_prices_tokens() -> None:
     ledger = Ledger(price=dg.Price(input_per_million=1e6, output_per_million=2e6))
-    metered = Metered(Counting(), ledger, dg.Backend())
+    metered = Metered(replying(Counting()), ledger, dg.Backend())
     await metered(dg.GenerateRequest("aaaa aaaa", node="a", phase="forward"))
     await metered(
         Batch(
@@ -249,7 +274,7 @@ async def test_metered_uses_token_counts_the_backend_reports() -> None:
         return "x"
 
     ledger = Ledger()
-    await Metered(reporting, ledger, dg.Backend())(dg.GenerateRequest("short"))
+    await Metered(replying(reporting), ledger, dg.Backend())(dg.GenerateRequest("short"))
     assert (ledger.statistics().total.tokens_in, ledger.statistics().total.tokens_out) == (100, 7)
 
 
@@ -271,7 +296,9 @@ async def test_limiter_spaces_calls_to_the_request_rate() -> None:
         starts.append(clock.time())
         return "ok"
 
-    limiter = Limiter(inner, dg.Backend(), RateLimits(rpm=60), clock=clock.time, sleep=clock.sleep)
+    limiter = Limiter(
+        replying(inner), dg.Backend(), RateLimits(rpm=60), clock=clock.time, sleep=clock.sleep
+    )
 
     async def body() -> None:
         async with anyio.create_task_group() as group:
@@ -291,7 +318,7 @@ async def test_limiter_charges_prompt_plus_max_tokens_to_the_token_bucket() -> N
         return "ok"
 
     limiter = Limiter(
-        inner, dg.Backend(), RateLimits(tpm=6000), clock=clock.time, sleep=clock.sleep
+        replying(inner), dg.Backend(), RateLimits(tpm=6000), clock=clock.time, sleep=clock.sleep
     )  # 100 tokens/s
 
     async def body() -> None:
@@ -313,7 +340,7 @@ async def test_limiter_pauses_everyone_for_the_retry_after_the_server_asked() ->
         return "ok"
 
     limiter = Limiter(
-        inner,
+        replying(inner),
         dg.Backend(),
         RateLimits(rpm=600, pause_jitter=0.1),
         clock=clock.time,
@@ -340,7 +367,9 @@ async def test_limiter_admits_the_highest_priority_first_when_rate_bound() -> No
         order.append(work.priority)
         return "ok"
 
-    limiter = Limiter(inner, dg.Backend(), RateLimits(rpm=60), clock=clock.time, sleep=clock.sleep)
+    limiter = Limiter(
+        replying(inner), dg.Backend(), RateLimits(rpm=60), clock=clock.time, sleep=clock.sleep
+    )
 
     async def body() -> None:
         async with anyio.create_task_group() as group:
@@ -360,7 +389,9 @@ async def test_limiter_cancelled_waiter_leaves_the_queue() -> None:
         served.append(work.prompt)
         return "ok"
 
-    limiter = Limiter(inner, dg.Backend(), RateLimits(rpm=60), clock=clock.time, sleep=clock.sleep)
+    limiter = Limiter(
+        replying(inner), dg.Backend(), RateLimits(rpm=60), clock=clock.time, sleep=clock.sleep
+    )
 
     async def body() -> None:
         await limiter(dg.GenerateRequest("first"))
@@ -386,7 +417,7 @@ async def test_limiter_shrinks_concurrency_after_a_429_and_grows_under_load() ->
     async def limited(work):
         raise dg.RateLimited("429", retry_after_s=0)
 
-    limiter = Limiter(limited, dg.Backend(), RateLimits(rpm=60_000, max_concurrency=40))
+    limiter = Limiter(replying(limited), dg.Backend(), RateLimits(rpm=60_000, max_concurrency=40))
     before = limiter.statistics().concurrency_limit
     with pytest.raises(dg.RateLimited):
         await limiter(dg.GenerateRequest("x"))
@@ -496,3 +527,29 @@ async def test_coalescer_closes_a_batch_at_its_token_budget() -> None:
                 callers.start_soon(coalescer, dg.GenerateRequest(f"p{i}"))
         engine_group.cancel_scope.cancel()
     assert [len(work.requests) for work in inner.seen] == [3, 3]
+
+
+async def test_a_coalesced_batch_charges_retries_and_errors_to_each_requests_own_node() -> None:
+    failures = [dg.TransientError("503 once")]
+
+    async def flaky(work):
+        if failures:
+            raise failures.pop()
+        return [f"answer to {r.prompt}" for r in work.requests]
+
+    asked = [("a", "forward"), ("b", "posterior"), ("c", "propose")]
+    engine = dg.Engine(Plain(flaky), coalesce_ms=20, retry=dg.RetryPolicy(initial_wait_s=0))
+    async with engine:
+        async with anyio.create_task_group() as callers:
+            for node, phase in asked:
+                callers.start_soon(
+                    lambda node=node, phase=phase: engine.generate(
+                        f"from {node}", node=node, phase=phase
+                    )
+                )
+    by_key = engine.statistics().by_key
+    assert set(by_key) == set(asked)
+    for key in asked:
+        usage = by_key[key]
+        assert (usage.calls, usage.retries, usage.errors) == (2, 1, 1), key
+    assert engine.statistics().total.http_requests == 2

@@ -62,10 +62,12 @@ def test_validate_names_the_cycle() -> None:
 
 
 def test_validate_names_node_no_output_depends_on() -> None:
-    net = dln2()
+    net = dg.Network()
+    net.add_node("reason", prompt="Work through the problem.")
+    net.add_node("answer", prompt="Answer.", classes=["yes|Yes", "no|No"], output=True)
     net.add_node("stray", prompt="Unused.")
-    net.add_edge(dg.INPUT, "stray")
-    net.node("answer").is_output = True
+    for edge in [(dg.INPUT, "reason"), ("reason", "answer"), (dg.INPUT, "stray")]:
+        net.add_edge(*edge)
     with pytest.raises(dg.GraphError, match="node 'stray': no output depends on it"):
         net.validate()
 
@@ -139,3 +141,66 @@ def test_to_mermaid_draws_every_edge() -> None:
     assert text.startswith("flowchart TD")
     assert text.count("-->") == 3
     assert '{"answer"}' in text and '["reason"]' in text
+
+
+NODE_SPECS_REFUSED = [
+    {"name": "g", "prompt": "x", "max_tokens": 0},
+    {"name": "g", "prompt": "x", "max_tokens": -3},
+    {"name": "g", "prompt": "x", "max_tokens": 4.0},
+    {"name": "g", "prompt": "x", "max_tokens": True},
+    {"name": "g", "prompt": "x", "calibrate": True},
+    {"name": "g", "prompt": "x", "temperature": -1},
+    {"name": "g", "prompt": "x", "stop": "\n"},
+    {"name": "c", "prompt": "x", "classes": "Yes"},
+    {"name": "c", "prompt": "x", "classes": []},
+    {"name": "c", "prompt": "x", "classes": ["yes", "Yes"]},
+    {"name": "c", "prompt": "x", "classes": ["yes|Yes", "no|No"], "max_tokens": 5},
+    {"name": "c", "prompt": "x", "classes": ["yes|Yes", "no|No"], "calibrate": "true"},
+    {"name": "g", "prompt": "x", "trainable": "false"},
+    {"name": "g", "prompt": "x", "output": 1},
+    {"name": "g", "prompt": 7},
+    {"name": "prompt", "prompt": "x"},
+    {"name": "", "prompt": "x"},
+    {"name": "g", "prompt": "x", "template": "{{ prompt "},
+]
+
+
+@pytest.mark.parametrize("spec", NODE_SPECS_REFUSED, ids=lambda spec: repr(spec)[:60])
+def test_a_network_file_refuses_each_node_add_node_refuses_with_the_same_message(
+    tmp_path, spec
+) -> None:
+    with pytest.raises(dg.GraphError) as from_code:
+        dg.Network().add_node(**spec)
+    document = dg.Network().to_json() | {"nodes": [spec], "edges": []}
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(dg.GraphError) as from_file:
+        dg.Network.load(path)
+    assert str(from_file.value) == f"{path}: {from_code.value}"
+
+
+def test_a_version_1_network_file_still_loads(tmp_path) -> None:
+    version_1 = {
+        "format": "dlgraph.network",
+        "version": 1,
+        "nodes": [
+            {
+                "name": "answer",
+                "prompt": "A.",
+                "template": "classify",
+                "classes": ["yes", "no"],
+                "max_tokens": 128,
+                "temperature": 0.0,
+                "stop": [],
+                "is_trainable": False,
+                "is_output": False,
+                "calibrate": False,
+            },
+        ],
+        "edges": [["INPUT", "answer"]],
+    }
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(version_1))
+    loaded = dg.Network.load(path)
+    assert loaded.node("answer").classes == ("yes", "no")
+    assert loaded.node("answer").is_trainable is False

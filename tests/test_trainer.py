@@ -287,7 +287,8 @@ def reference_class_loglik(
     world: LetterWorld, prompt: str, context_lines: str, label: str
 ) -> float:
     context = f"{prompt}\n\n{context_lines}\nAnswer:"
-    return math.log(max(world.class_probability(prompt, context, label), 1e-6))
+    probability = world.class_probability(prompt, context, label)
+    return max(math.log(probability), -20.0) if probability > 0 else -20.0  # the floor, e^-20
 
 
 async def test_generic_step_on_one_node_matches_a_hand_written_dln1_step() -> None:

@@ -1,8 +1,8 @@
-"""The async engine and its pipeline stages."""
+"""The async engine and its pipeline stages (the order and the reasons: `dlgraph.engine.core`)."""
 
 from dlgraph.engine.core import Engine
-from dlgraph.engine.ledger import Budget, LedgerSnapshot, Price, Usage
 from dlgraph.engine.limiter import RateLimits
 from dlgraph.engine.retry import RetryPolicy
+from dlgraph.engine.usage import Budget, LedgerSnapshot, Price, Usage
 
 __all__ = ["Budget", "Engine", "LedgerSnapshot", "Price", "RateLimits", "RetryPolicy", "Usage"]

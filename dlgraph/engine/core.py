@@ -1,51 +1,74 @@
 """The Engine: every model call of dlgraph goes through it.
 
-Per backend, a call passes ``cache -> single-flight -> coalescer -> split -> retry ->
-limiter -> metered -> backend``. The chain is built once in ``__aenter__``; each stage knows
-only its ``inner``. Each retry attempt passes the limiter, because each costs the server.
+Per backend a call passes these stages, outermost first::
+
+    cache -> single-flight -> coalescer -> split -> retry -> limiter -> metered -> backend
+
+* cache: answers by key (backend identity, every sampling field, text, seed), in memory or
+  SQLite, so that a re-run or a resumed run repeats no call;
+* single-flight: identical requests in flight share one call, run in the engine's task group
+  so that one caller's cancellation never cancels what others await;
+* coalescer: compatible requests arriving within a window go out as one multi-prompt request;
+* split: a multi-prompt request the server refuses is halved until the bad prompt fails alone;
+* retry: transient failures are tried again with backoff under one deadline;
+* limiter: request and token buckets, one shared pause on 429, adaptive concurrency;
+* metered: the budget check, and the ledger of calls, tokens, retries and errors;
+* backend: the plugin, asked by `BackendCall`, whose `Reply` carries what it reported.
+
+Retry sits outside the limiter on purpose: each attempt costs the server a request, so each
+waits for its turn in the buckets, and one 429 pauses the retries of every call at once rather
+than each call sleeping on its own schedule. Split sits outside retry, so a batch that fails
+transiently is retried whole and only a refused one is halved. The chain is built once on
+entering the engine; each stage knows only its ``inner``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack
-from types import TracebackType
-from typing import Self
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal, Self
 
 import anyio
 import anyio.abc
 import attrs
 
-from dlgraph._tasks import map_concurrently, single_errors
+from dlgraph._tasks import single_errors
+from dlgraph._validate import check_number, strings
 from dlgraph.backend import (
     Backend,
     GenerateRequest,
     LogprobRequest,
+    Phase,
     Request,
     Result,
-    TopLogprobsRequest,
-    as_strings,
 )
 from dlgraph.engine.cache import Cache, Store, open_store
+from dlgraph.engine.classify import ClassQuery, class_distribution
 from dlgraph.engine.coalescer import Coalescer, Split
-from dlgraph.engine.ledger import Budget, Ledger, LedgerSnapshot, Metered, Price, estimated_tokens
-from dlgraph.engine.limiter import Limiter, LimiterStatistics, RateLimits
+from dlgraph.engine.ledger import Ledger
+from dlgraph.engine.limiter import Limiter, RateLimits
+from dlgraph.engine.metered import Metered
 from dlgraph.engine.retry import Retry, RetryPolicy
 from dlgraph.engine.single_flight import SingleFlight
 from dlgraph.engine.stage import BackendCall, Batch, Call, Work, request_key
+from dlgraph.engine.tokens import estimated_tokens
+from dlgraph.engine.usage import Budget, LedgerSnapshot, Price
 from dlgraph.engine.workers import Workers
 from dlgraph.errors import BackendError, tag
-from dlgraph.scoring import logsumexp, matching_class, normalize_log_scores, verbalizers
 
-FLOOR_LOGPROB = -20.0
-"""Log-probability given to a class missing from every source (top log-probs, generation)."""
+DEFAULT_COALESCE_MS = 10.0
+"""The coalescing window under an rpm limit, where each request then carries many calls."""
 
 
-@attrs.define(eq=False)
-class Engine:
+def _coalesce_ms(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value != "auto":
+        check_number(attribute.name, value, 0)
+
+
+@attrs.define(eq=False, slots=False)
+class Engine(anyio.AsyncContextManagerMixin):
     """Runs model calls for a backend: cached, de-duplicated, coalesced, rate limited,
     retried and counted.
 
@@ -53,21 +76,33 @@ class Engine:
     waits for it and closes the backend. Public coroutines raise BackendError subclasses
     tagged with the asking node and phase, or BudgetExhausted.
 
-    `cache` is True (in memory), a path (SQLite, shared across runs) or False.
-    `coalesce_ms` is how long a request waits for companions to share one multi-prompt
-    request, when the backend takes several: by default 10 ms when `rpm` is set (each request
-    then carries many calls), else 0 (never).
+    Rate limits are the keywords `rpm`, `tpm` and `max_concurrency`, or one `limits` record
+    (which also holds the burst and pause settings). `cache` is True (in memory), a path
+    (SQLite, shared across runs) or False. `coalesce_ms` is how long a request waits for
+    companions to share one multi-prompt request, when the backend takes several: ``"auto"``
+    is 10 ms under an `rpm` limit (each request then carries many calls) and 0 (never)
+    without one.
     """
 
     backend: Backend
     rpm: float | None = attrs.field(default=None, kw_only=True)
     tpm: float | None = attrs.field(default=None, kw_only=True)
     max_concurrency: int | None = attrs.field(default=None, kw_only=True)
+    limits: RateLimits = attrs.field(
+        kw_only=True,
+        default=attrs.Factory(
+            lambda self: RateLimits(
+                rpm=self.rpm, tpm=self.tpm, max_concurrency=self.max_concurrency
+            ),
+            takes_self=True,
+        ),
+    )
     cache: bool | str | os.PathLike[str] = attrs.field(default=True, kw_only=True)
     budget: Budget = attrs.field(factory=Budget, kw_only=True)
     retry: RetryPolicy = attrs.field(factory=RetryPolicy, kw_only=True)
-    coalesce_ms: float | None = attrs.field(default=None, kw_only=True)
-    """None: the engine's default (see above); 0: off."""
+    coalesce_ms: float | Literal["auto"] = attrs.field(
+        default="auto", kw_only=True, validator=_coalesce_ms
+    )
     price: Price | Mapping[str, Price] | None = attrs.field(default=None, kw_only=True)
     """Cost per million tokens, or a table of them by backend identity."""
     clock: Callable[[], float] = attrs.field(default=anyio.current_time, kw_only=True)
@@ -76,65 +111,61 @@ class Engine:
     """Seeds the jitter of retries and pauses."""
     ledger: Ledger = attrs.field(init=False)
     _chain: Call | None = attrs.field(default=None, init=False)
-    _limiter: Limiter | None = attrs.field(default=None, init=False)
-    _exit_stack: AsyncExitStack | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
+        keywords = (self.rpm, self.tpm, self.max_concurrency)
+        limits = self.limits
+        if any(value is not None for value in keywords) and keywords != (
+            limits.rpm,
+            limits.tpm,
+            limits.max_concurrency,
+        ):
+            raise ValueError("give rpm, tpm and max_concurrency as keywords or in limits, not both")
+        self.rpm, self.tpm, self.max_concurrency = limits.rpm, limits.tpm, limits.max_concurrency
         price = (
             self.price.get(self.backend.identity) if isinstance(self.price, Mapping) else self.price
         )
         self.ledger = Ledger(self.budget, price)
 
-    async def __aenter__(self) -> Self:
-        async with AsyncExitStack() as stack:
-            await stack.enter_async_context(self.backend)
-            store = open_store(self.cache)
-            if store is not None:
-                stack.callback(store.close)
-            task_group = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(task_group.cancel_scope.cancel)
-            self._chain = self._build_chain(task_group, store)
-            self._exit_stack = stack.pop_all()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        stack, self._exit_stack, self._chain = self._exit_stack, None, None
-        if stack is not None:
-            with single_errors():
-                await stack.__aexit__(exc_type, exc, traceback)
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncGenerator[Self]:
+        with single_errors():
+            async with self.backend, anyio.create_task_group() as task_group:
+                store = open_store(self.cache)
+                try:
+                    self._chain = self._build_chain(task_group, store)
+                    yield self
+                finally:
+                    self._chain = None
+                    task_group.cancel_scope.cancel()
+                    if store is not None:
+                        store.close()
 
     def _build_chain(self, task_group: anyio.abc.TaskGroup, store: Store | None) -> Call:
         jitter = random.Random(self.seed)
+        limits = self.limits
 
         def key(work: Work) -> tuple[object, ...]:
             assert not isinstance(work, Batch), "keys are taken above the coalescer"
             return request_key(self.backend.identity, work)
 
-        limits = RateLimits(self.rpm, self.tpm, self.max_concurrency)
-        chain: Call = BackendCall(self.backend)
-        chain = Metered(chain, self.ledger, self.backend)
-        chain = self._limiter = Limiter(
-            chain, self.backend, limits, clock=self.clock, sleep=self.sleep, jitter=jitter
+        metered = Metered(BackendCall(self.backend), self.ledger, self.backend)
+        limiter = Limiter(
+            metered, self.backend, limits, clock=self.clock, sleep=self.sleep, jitter=jitter
         )
-        chain = Retry(chain, self.ledger, self.retry, sleep=self.sleep, jitter=jitter)
-        window_ms = (
-            self.coalesce_ms if self.coalesce_ms is not None else (10.0 if self.rpm else 0.0)
-        )
+        chain: Call = Retry(limiter, self.ledger, self.retry, sleep=self.sleep, jitter=jitter)
+        window_ms = self.coalesce_ms
+        if window_ms == "auto":
+            window_ms = DEFAULT_COALESCE_MS if limits.rpm else 0.0
         max_batch = self.backend.capabilities.max_batch if window_ms > 0 else 1
         if max_batch > 1:
-            chain = Split(chain)
             chain = Coalescer(
-                chain,
+                Split(chain),
                 task_group,
                 max_batch,
                 window_ms / 1000.0,
                 sleep=self.sleep,
-                max_tokens=int(self.tpm / 60 * limits.burst_s / 4) if self.tpm else None,
+                max_tokens=int(limits.tpm / 60 * limits.burst_s / 4) if limits.tpm else None,
                 count_tokens=lambda work: sum(estimated_tokens(self.backend, work)),
             )
         chain = SingleFlight(chain, key, Workers(task_group))
@@ -163,14 +194,14 @@ class Engine:
         stop: Sequence[str] = (),
         seed: int = 0,
         node: str | None = None,
-        phase: str = "forward",
+        phase: Phase = "forward",
         priority: int = 0,
     ) -> str:
         request = GenerateRequest(
             prompt,
             max_tokens=max_tokens,
             temperature=temperature,
-            stop=as_strings(stop),
+            stop=strings(stop),
             seed=seed,
             node=node,
             phase=phase,
@@ -186,7 +217,7 @@ class Engine:
         target: str,
         *,
         node: str | None = None,
-        phase: str = "score",
+        phase: Phase = "score",
         priority: int = 0,
     ) -> float:
         result = await self.request(
@@ -201,57 +232,13 @@ class Engine:
         classes: Sequence[str],
         *,
         node: str | None = None,
-        phase: str = "score",
+        phase: Phase = "score",
         priority: int = 0,
     ) -> list[float]:
-        """P(class | context) for ``"yes|Yes"``-style class specs, in the order given.
-
-        Uses the best the backend offers: exact log-probs of every verbalizer (after a space),
-        else the first token's top log-probs (a class missing there gets the floor), else
-        one greedy generation mapped to a class.
-        """
-        specs = list(classes)
-        strategy = self.backend.capabilities.classification
-        if strategy == "logprob":
-            words = [(c, word) for c, spec in enumerate(specs) for word in verbalizers(spec)]
-            scores = await map_concurrently(
-                lambda pair: self.logprob(
-                    context, " " + pair[1], node=node, phase=phase, priority=priority
-                ),
-                words,
-            )
-            per_class = [
-                logsumexp(
-                    [s for (c, _), s in zip(words, scores, strict=True) if c == index]
-                    or [-math.inf]
-                )
-                for index in range(len(specs))
-            ]
-        elif strategy == "top_logprobs":
-            count = self.backend.capabilities.top_logprobs
-            request = TopLogprobsRequest(
-                context, count=count, node=node, phase=phase, priority=priority
-            )
-            top = await self.request(request)
-            assert isinstance(top, dict)
-            per_class = [_class_score(spec, top) for spec in specs]
-        else:
-            text = await self.generate(
-                context, max_tokens=8, node=node, phase=phase, priority=priority
-            )
-            found = matching_class(text, specs)
-            per_class = [0.0 if found == verbalizers(spec)[0] else FLOOR_LOGPROB for spec in specs]
-        return normalize_log_scores(per_class)
+        """P(class | context) for ``"yes|Yes"``-style class specs, in the order given; see
+        `dlgraph.engine.classify` for how each kind of backend is asked."""
+        query = ClassQuery(context, strings(classes), node, phase, priority)
+        return await class_distribution(self.request, self.backend.capabilities, query)
 
     def statistics(self) -> LedgerSnapshot:
         return self.ledger.statistics()
-
-    def limiter_statistics(self) -> LimiterStatistics | None:
-        return self._limiter.statistics() if self._limiter else None
-
-
-def _class_score(spec: str, top: Mapping[str, float]) -> float:
-    """Log of the summed probability of a class's verbalizers among first-token alternatives."""
-    words = {word.strip().lower() for word in verbalizers(spec)}
-    found = [lp for token, lp in top.items() if token.strip().lower() in words]
-    return logsumexp(found) if found else min([FLOOR_LOGPROB, *top.values()])

@@ -17,9 +17,10 @@ from collections.abc import Awaitable, Callable
 import anyio
 import attrs
 
-from dlgraph.backend import Backend, CallReport, collect_report, stop_collecting
-from dlgraph.engine.ledger import estimated_tokens
-from dlgraph.engine.stage import Call, Outcome, Work
+from dlgraph._validate import integer, number
+from dlgraph.backend import Backend, CallReport
+from dlgraph.engine.stage import Outcome, ReplyCall, Work
+from dlgraph.engine.tokens import estimated_tokens
 from dlgraph.errors import RateLimited
 
 logger = logging.getLogger(__name__)
@@ -28,19 +29,22 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class RateLimits:
-    rpm: float | None = None
+    """The engine's rate limits; ``Engine(backend, rpm=..., tpm=..., max_concurrency=...)``
+    builds one, ``Engine(backend, limits=RateLimits(...))`` takes one whole."""
+
+    rpm: float | None = attrs.field(default=None, validator=number(0, above=True))
     """Requests per minute the server allows (None: no limit)."""
-    tpm: float | None = None
+    tpm: float | None = attrs.field(default=None, validator=number(0, above=True))
     """Tokens per minute: prompt tokens plus max_tokens, as servers charge them."""
-    max_concurrency: int | None = None
+    max_concurrency: int | None = attrs.field(default=None, validator=integer(1))
     """A ceiling on calls in flight; the adaptive limit stays below it."""
-    burst_s: float = 1.0
+    burst_s: float = attrs.field(default=1.0, validator=number(0, above=True))
     """The buckets hold this many seconds of allowance."""
-    pause_without_retry_after_s: float = 1.0
+    pause_without_retry_after_s: float = attrs.field(default=1.0, validator=number(0))
     """How long everyone waits after a 429 that does not say."""
-    pause_jitter: float = 0.1
+    pause_jitter: float = attrs.field(default=0.1, validator=number(0))
     """A pause is stretched by up to this fraction, so waiting calls do not wake in lockstep."""
 
 
@@ -90,7 +94,10 @@ class _Waiter:
 
 @attrs.define(eq=False)
 class Limiter:
-    inner: Call
+    """Admits each attempt under the buckets, the shared pause and the concurrency limit,
+    then learns from its reply: the server's stated limits, 429s, latency, real token usage."""
+
+    inner: ReplyCall
     backend: Backend
     limits: RateLimits = attrs.field(factory=RateLimits)
     clock: Clock = anyio.current_time
@@ -105,9 +112,9 @@ class Limiter:
     _rate_limited: int = attrs.field(default=0, init=False)
     _latency_s: float = attrs.field(default=1.0, init=False)
     _limit: float = attrs.field(default=1.0, init=False)
+    """The adaptive concurrency limit; the CapacityLimiter holds its whole part."""
     _ceiling: float = attrs.field(default=256.0, init=False)
     """The most calls in flight the adaptive limit may reach."""
-    """The adaptive concurrency limit; the CapacityLimiter holds its whole part."""
 
     def __attrs_post_init__(self) -> None:
         self._ceiling = self._compute_ceiling()
@@ -137,20 +144,15 @@ class Limiter:
         await self._admit(work.priority, charged)
         crowded = self.capacity.available_tokens < 1
         async with self.capacity:
-            box, token = collect_report()
             started = self.clock()
-            try:
-                result = await self.inner(work)
-            except RateLimited as error:
-                self._calibrate(box)
-                self._on_rate_limited(error)
-                raise
-            finally:
-                stop_collecting(token)
-            self._calibrate(box)
+            reply = await self.inner(work)
+        self._calibrate(reply.report)
+        if isinstance(reply.error, RateLimited):
+            self._on_rate_limited(reply.error)
+        elif reply.error is None:
             self._on_success(self.clock() - started, crowded)
-            self._true_up(charged, box.prompt_tokens, box.completion_tokens)
-            return result
+            self._true_up(charged, reply.report.prompt_tokens, reply.report.completion_tokens)
+        return reply.result()
 
     # -- admission -------------------------------------------------------------------------
 

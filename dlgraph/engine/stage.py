@@ -1,11 +1,14 @@
 """What every pipeline stage shares: one async call from a unit of work to its result.
 
-Above the coalescer a unit is one request; below it, it may also be a `Batch` of generate
-requests that travel as one multi-prompt HTTP request.
+Above the coalescer a unit is one request; below it, it may also be a `Batch` of requests
+that travel as one multi-prompt HTTP request. The innermost stage, `BackendCall`, answers with
+a `Reply` (the outcome or the failure, and what the backend reported about the call); the
+metering and rate-limiting stages read the reply, and the limiter hands plain outcomes up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 import attrs
@@ -13,33 +16,32 @@ import attrs
 from dlgraph.backend import (
     UNKEYED_FIELDS,
     Backend,
+    CallReport,
     GenerateRequest,
     LogprobRequest,
     Request,
     Result,
-    TopLogprobsRequest,
+    collecting_report,
 )
 from dlgraph.errors import BackendError
 
 
 @attrs.frozen
 class Batch:
-    """Requests of one kind sharing every field but their text; answered by one backend call
-    (a multi-prompt /v1/completions request)."""
+    """Requests of one kind sharing every field but their text (and their node and phase);
+    answered by one backend call (a multi-prompt /v1/completions request)."""
 
     requests: tuple[GenerateRequest, ...] | tuple[LogprobRequest, ...]
 
     @property
-    def node(self) -> str | None:
-        return self.requests[0].node
-
-    @property
-    def phase(self) -> str:
-        return self.requests[0].phase
-
-    @property
     def priority(self) -> int:
         return max(request.priority for request in self.requests)
+
+    def ask(self, backend: Backend) -> Awaitable[Sequence[Result]]:
+        generate = [r for r in self.requests if isinstance(r, GenerateRequest)]
+        if generate:
+            return backend.generate_batch(generate)
+        return backend.logprob_batch([r for r in self.requests if isinstance(r, LogprobRequest)])
 
 
 Work = Request | Batch
@@ -49,6 +51,26 @@ Outcome = Result | BatchResult
 
 class Call(Protocol):
     async def __call__(self, work: Work) -> Outcome: ...
+
+
+@attrs.frozen
+class Reply:
+    """What the backend did with one unit of work: its outcome or its failure, and the usage
+    and limits it reported on the way (`dlgraph.report`)."""
+
+    outcome: Outcome | None
+    error: BackendError | None
+    report: CallReport
+
+    def result(self) -> Outcome:
+        if self.error is not None:
+            raise self.error
+        assert self.outcome is not None
+        return self.outcome
+
+
+class ReplyCall(Protocol):
+    async def __call__(self, work: Work) -> Reply: ...
 
 
 def request_key(identity: str, request: Request) -> tuple[object, ...]:
@@ -74,27 +96,22 @@ def requests_of(work: Work) -> tuple[Request, ...]:
 
 @attrs.define(eq=False)
 class BackendCall:
-    """The innermost stage: dispatch a unit of work to the backend method for its kind."""
+    """The innermost stage: ask the backend, collecting what it reports during the call."""
 
     backend: Backend
 
-    async def __call__(self, work: Work) -> Outcome:
-        if isinstance(work, Batch):
-            generate = [r for r in work.requests if isinstance(r, GenerateRequest)]
-            logprob = [r for r in work.requests if isinstance(r, LogprobRequest)]
-            answers: list[str] | list[float]
-            if generate:
-                answers = await self.backend.generate_batch(generate)
-            else:
-                answers = await self.backend.logprob_batch(logprob)
-            if len(answers) != len(work.requests):
-                raise BackendError(
-                    f"backend answered {len(answers)} prompts of {len(work.requests)}"
-                )
-            return list(answers)
-        if isinstance(work, GenerateRequest):
-            return await self.backend.generate(work)
-        if isinstance(work, LogprobRequest):
-            return await self.backend.logprob(work)
-        assert isinstance(work, TopLogprobsRequest)
-        return await self.backend.top_logprobs(work)
+    async def __call__(self, work: Work) -> Reply:
+        with collecting_report() as report:
+            try:
+                outcome = await self._ask(work)
+            except BackendError as error:
+                return Reply(None, error, report)
+        return Reply(outcome, None, report)
+
+    async def _ask(self, work: Work) -> Outcome:
+        if not isinstance(work, Batch):
+            return await work.ask(self.backend)
+        answers: BatchResult = list(await work.ask(self.backend))
+        if len(answers) != len(work.requests):
+            raise BackendError(f"backend answered {len(answers)} prompts of {len(work.requests)}")
+        return answers

@@ -36,10 +36,16 @@ class Template:
 
     @classmethod
     def load(cls, name_or_text: str) -> Template:
+        """Compile a built-in template by name, or template text; ValueError if it does not
+        parse."""
         source = template_text(name_or_text)
-        parsed = _environment.parse(source)
+        try:
+            parsed = _environment.parse(source)
+            compiled = _environment.from_string(source)
+        except jinja2.TemplateSyntaxError as error:
+            raise ValueError(f"template does not parse: {error}") from error
         variables = frozenset(jinja2.meta.find_undeclared_variables(parsed))
-        return cls(source, compiled=_environment.from_string(source), variables=variables)
+        return cls(source, compiled=compiled, variables=variables)
 
     def render(self, **values: object) -> str:
         return self._compiled.render(**values).rstrip(" ")

@@ -1,7 +1,15 @@
-"""Training: posterior inference, prompt proposals, ELBO scoring, the trainer, checkpoints."""
+"""Training: posterior inference, prompt proposals, ELBO scoring, the trainer, its runs."""
 
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.records import Estimate, FitResult, StepRecord
+from dlgraph.train.run import RunSettings
 from dlgraph.train.trainer import VariationalTrainer
 
-__all__ = ["Estimate", "FitResult", "StepRecord", "TrainerOptions", "VariationalTrainer"]
+__all__ = [
+    "Estimate",
+    "FitResult",
+    "RunSettings",
+    "StepRecord",
+    "TrainerOptions",
+    "VariationalTrainer",
+]

@@ -1,4 +1,4 @@
-"""Scoring candidate prompts: the log-likelihood of a target, and the ELBO of a prompt.
+"""Scoring candidate prompts: expectations over posterior candidates, and the ELBO.
 
 ELBO(π) for node v is the mean over examples of Σ_k w_k log p(target_k | inputs_k, π):
 for an output node the targets are the gold answers and the inputs range over the aligned
@@ -8,83 +8,15 @@ values and the targets range over its own posterior candidates.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from typing import Protocol
 
 import attrs
 
 from dlgraph._tasks import map_concurrently
-from dlgraph.engine import Engine
-from dlgraph.forward import class_distribution, run_node
-from dlgraph.network import Network
-from dlgraph.scoring import is_correct
-
-FLOOR = 1e-6
-"""Probabilities are floored here before the log, so a sure miss costs log(1e-6), not -inf."""
-
-
-class Scorer(Protocol):
-    async def loglik(
-        self,
-        net: Network,
-        name: str,
-        values: Mapping[str, str],
-        target: str,
-        *,
-        prompt: str | None = None,
-        phase: str,
-    ) -> float:
-        """log p(target | node `name` reading `values`, under `prompt` or its own)."""
-        ...
-
-
-@attrs.frozen
-class LogprobScorer:
-    """Exact log-likelihood: class nodes through class probabilities, others through logprob."""
-
-    engine: Engine
-
-    async def loglik(
-        self,
-        net: Network,
-        name: str,
-        values: Mapping[str, str],
-        target: str,
-        *,
-        prompt: str | None = None,
-        phase: str,
-    ) -> float:
-        node = net.node(name)
-        rendered = net.render(name, values, prompt=prompt)
-        if node.classes:
-            probabilities = await class_distribution(
-                net, name, self.engine, rendered, prompt=prompt, phase=phase
-            )
-            names = node.class_names
-            p = probabilities[names.index(target)] if target in names else 0.0
-            return math.log(max(p, FLOOR))
-        return await self.engine.logprob(rendered, " " + target, node=name, phase=phase)
-
-
-@attrs.frozen
-class AccuracyScorer:
-    """For backends without log-probs: 0 if the node's greedy output is right, else log(FLOOR)."""
-
-    engine: Engine
-
-    async def loglik(
-        self,
-        net: Network,
-        name: str,
-        values: Mapping[str, str],
-        target: str,
-        *,
-        prompt: str | None = None,
-        phase: str,
-    ) -> float:
-        output = await run_node(net, name, self.engine, values, prompt=prompt, phase=phase)
-        return 0.0 if is_correct(output.text, target, net.node(name).classes) else math.log(FLOOR)
+from dlgraph.forward import Trace
+from dlgraph.graph import Graph
+from dlgraph.train.posterior import Posterior
+from dlgraph.train.scorers import Scorer
 
 
 @attrs.frozen
@@ -105,8 +37,46 @@ def prune(terms: Sequence[Term], min_weight: float) -> list[Term]:
     return [attrs.evolve(term, weight=term.weight / total) for term in kept]
 
 
+def expectation_terms(
+    net: Graph,
+    name: str,
+    trace: Trace,
+    targets: Mapping[str, Sequence[str]],
+    posteriors: Mapping[str, Posterior],
+    min_weight: float,
+) -> list[list[Term]]:
+    """Each example's weighted (inputs, target) pairs for scoring node `name`.
+
+    A hidden node's expectation runs over its own posterior candidates, its inputs at their
+    forward values. An output node's runs over its hidden parents' candidates, aligned: the
+    k-th candidates of all hidden parents go together, with the product of their weights (a
+    shorter candidate set wraps around).
+    """
+    terms = []
+    for i in range(len(trace)):
+        if name in posteriors:
+            own = posteriors[name]
+            example = [
+                Term(trace.values(i), c, w)
+                for c, w in zip(own.candidates[i], own.weights[i], strict=True)
+            ]
+        else:
+            hidden = [p for p in net.parents(name) if p in posteriors]
+            size = max((len(posteriors[p].candidates[i]) for p in hidden), default=1)
+            example = []
+            for k in range(size):
+                values, weight = trace.values(i), 1.0
+                for p in hidden:
+                    candidates, weights = posteriors[p].candidates[i], posteriors[p].weights[i]
+                    values[p] = candidates[k % len(candidates)]
+                    weight *= weights[k % len(weights)]
+                example.append(Term(values, targets[name][i], weight))
+        terms.append(prune(example, min_weight))
+    return terms
+
+
 async def example_scores(
-    net: Network,
+    net: Graph,
     name: str,
     prompts: Sequence[str],
     terms: Sequence[Sequence[Term]],

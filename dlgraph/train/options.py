@@ -7,53 +7,45 @@ from typing import Any, Literal
 
 import attrs
 
-
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value}")
-
-
-def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+from dlgraph._validate import boolean, integer, number, strings
 
 
 def _optional_names(names: Iterable[str] | None) -> tuple[str, ...] | None:
-    return None if names is None else tuple(names)
+    return None if names is None else strings(names)
 
 
 @attrs.frozen(kw_only=True)
 class TrainerOptions:
-    num_prompt_samples: int = attrs.field(default=10, validator=_positive)
+    num_prompt_samples: int = attrs.field(default=10, validator=integer(1))
     """New prompt candidates proposed per trainable node and step."""
-    num_hidden_samples: int = attrs.field(default=5, validator=_non_negative)
+    num_hidden_samples: int = attrs.field(default=5, validator=integer(0))
     """Posterior samples per hidden node and example (the forward output is one more)."""
-    posterior_temperature: float = attrs.field(default=1.0, validator=_positive)
+    posterior_temperature: float = attrs.field(default=1.0, validator=number(0, above=True))
     """τ in w_k ∝ exp(score_k / τ): higher flattens the posterior weights."""
-    use_posterior: bool = True
+    use_posterior: bool = attrs.field(default=True, validator=boolean)
     """False: hidden targets are the forward outputs (no inference of hidden states)."""
-    posterior_likelihood: bool = True
+    posterior_likelihood: bool = attrs.field(default=True, validator=boolean)
     """Weigh a hidden candidate by how well its children then reach their targets."""
-    posterior_prior: bool = True
+    posterior_prior: bool = attrs.field(default=True, validator=boolean)
     """Weigh a hidden candidate by its own probability under the node's prompt."""
-    sample_temperature: float = attrs.field(default=0.7, validator=_non_negative)
+    sample_temperature: float = attrs.field(default=0.7, validator=number(0))
     """Temperature of posterior and proposal samples."""
     trainable: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_names)
     """Nodes to train (None: every node marked trainable)."""
-    trust_region: float = attrs.field(default=0.0, validator=_non_negative)
+    trust_region: float = attrs.field(default=0.0, validator=number(0))
     """Penalty on output nodes for losing log-likelihood on examples, relative to the current prompt."""
-    memory_size: int = attrs.field(default=5, validator=_non_negative)
+    memory_size: int = attrs.field(default=5, validator=integer(0))
     """Best prompts remembered per node and scored again as candidates."""
-    proposal_half_batch: bool = True
+    proposal_half_batch: bool = attrs.field(default=True, validator=boolean)
     """Proposals see a shuffled half of the batch rather than all of it."""
-    proposal_max_tokens: int = attrs.field(default=200, validator=_positive)
-    min_weight: float = attrs.field(default=0.01, validator=_non_negative)
+    proposal_max_tokens: int = attrs.field(default=200, validator=integer(1))
+    min_weight: float = attrs.field(default=0.01, validator=number(0))
     """Posterior candidates lighter than this are left out of ELBO expectations."""
     scoring: Literal["auto", "logprob", "accuracy"] = attrs.field(
         default="auto", validator=attrs.validators.in_(("auto", "logprob", "accuracy"))
     )
     """How a candidate prompt is scored: exact log-likelihood, or sampled accuracy."""
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=integer())
 
     def to_json(self) -> dict[str, Any]:
         data = attrs.asdict(self)

@@ -1,7 +1,7 @@
 """Posterior inference for a hidden node: candidates for its output, weighted by evidence.
 
 For hidden node v and example i, the candidates are the forward output plus K samples from
-q(h_v | inputs, children's prompts and targets) (every class, for a class node). Weights:
+q(h_v | inputs, children's prompts and targets), or every other class of a class node. Weights:
 w_k ∝ exp((Σ_{c ∈ children(v)} log p(t_c | inputs of c with h_v := h_k, π_c)
            + log p(h_k | inputs of v, π_v)) / τ); the best candidate becomes v's target.
 """
@@ -15,11 +15,12 @@ import attrs
 from dlgraph._tasks import map_concurrently
 from dlgraph.engine import Engine
 from dlgraph.forward import Trace
-from dlgraph.network import Network
+from dlgraph.graph import Graph
+from dlgraph.nodes import describe_inputs
 from dlgraph.scoring import entropy, normalize_log_scores
 from dlgraph.templates import Template
-from dlgraph.train.elbo import Scorer
 from dlgraph.train.options import TrainerOptions
+from dlgraph.train.scorers import Scorer
 
 
 @attrs.frozen
@@ -53,51 +54,37 @@ class Posterior:
 
 
 async def sample_candidates(
-    net: Network,
+    net: Graph,
     name: str,
     trace: Trace,
     targets: Mapping[str, Sequence[str]],
     engine: Engine,
     options: TrainerOptions,
 ) -> list[list[str]]:
-    """The forward output plus K samples per example (all classes for a class node)."""
+    """Per example, the forward output and the outputs the node's kind offers in its place."""
     node = net.node(name)
-    forward_outputs = trace.outputs[name]
-    if node.classes:
-        return [[o] + [c for c in node.class_names if c != o] for o in forward_outputs]
     template = Template.load("posterior")
-    prompts = [
-        template.render(
-            input=net.describe_inputs(name, trace.values(i)),
-            output=forward_outputs[i],
+
+    async def candidates(i: int) -> list[str]:
+        prompt = template.render(
+            input=describe_inputs(net.parent_values(name, trace.values(i))),
+            output=trace.outputs[name][i],
             children=[ChildView(net.node(c).prompt, targets[c][i]) for c in net.children(name)],
         )
-        for i in range(len(trace))
-    ]
-    jobs = [(i, k) for i in range(len(trace)) for k in range(options.num_hidden_samples)]
-
-    async def sample(job: tuple[int, int]) -> str:
-        i, k = job
-        text = await engine.generate(
-            prompts[i],
-            max_tokens=node.max_tokens,
+        return await node.kind.posterior_candidates(
+            node,
+            engine,
+            trace.outputs[name][i],
+            prompt,
+            samples=options.num_hidden_samples,
             temperature=options.sample_temperature,
-            stop=node.stop,
-            seed=k,
-            node=name,
-            phase="posterior",
         )
-        return text.strip()
 
-    samples = await map_concurrently(sample, jobs)
-    candidates = [[o] for o in forward_outputs]
-    for (i, _), text in zip(jobs, samples, strict=True):
-        candidates[i].append(text)
-    return candidates
+    return await map_concurrently(candidates, range(len(trace)))
 
 
 async def infer(
-    net: Network,
+    net: Graph,
     name: str,
     trace: Trace,
     targets: Mapping[str, Sequence[str]],

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from dlgraph.forward import Trace
-from dlgraph.network import Network
-from dlgraph.scoring import is_correct
+from dlgraph.graph import Graph
+from dlgraph.nodes import describe_inputs
 from dlgraph.templates import Template
 from dlgraph.train.options import TrainerOptions
 
@@ -29,6 +29,7 @@ REWRITES = (
 )
 
 END = "[/instruction]"
+"""Where a proposal ends: the proposal template opens ``[instruction]`` and asks for this."""
 
 
 @attrs.frozen
@@ -49,7 +50,7 @@ class ProposalRequest:
 
 
 def proposal_requests(
-    net: Network,
+    net: Graph,
     name: str,
     trace: Trace,
     targets: Mapping[str, Sequence[str]],
@@ -64,10 +65,10 @@ def proposal_requests(
     shown = max(1, math.ceil(size / 2)) if options.proposal_half_batch else size
     examples = [
         ShownExample(
-            net.describe_inputs(name, trace.values(i)),
+            describe_inputs(net.parent_values(name, trace.values(i))),
             trace.outputs[name][i],
             targets[name][i],
-            is_correct(trace.outputs[name][i], targets[name][i], node.classes),
+            node.kind.is_correct(trace.outputs[name][i], targets[name][i]),
         )
         for i in range(size)
     ]

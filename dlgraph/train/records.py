@@ -1,4 +1,4 @@
-"""What training reports: a record per step, the result of a run, a cost estimate."""
+"""What training reports and decides: a step's outcome and record, a run's result, an estimate."""
 
 from __future__ import annotations
 
@@ -7,6 +7,19 @@ from typing import Any
 import attrs
 
 from dlgraph.network import Network
+from dlgraph.train.posterior import Posterior
+
+
+@attrs.frozen
+class StepOutcome:
+    """What one step decided, before it is applied."""
+
+    batch_loss: float
+    prompts: dict[str, str]
+    elbo: dict[str, list[tuple[str, float]]]
+    posterior_entropy: dict[str, float]
+    posteriors: dict[str, Posterior] = attrs.field(factory=dict, repr=False)
+    """Per hidden node, its candidates and weights on this batch."""
 
 
 @attrs.frozen(kw_only=True)

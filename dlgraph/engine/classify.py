@@ -1,0 +1,109 @@
+"""P(class | context) from the best the backend offers, chosen by its capabilities.
+
+* ``logprob``: the exact log-probability of every verbalizer after a space, summed per class;
+* ``top_logprobs``: each class's verbalizers among the first token's alternatives;
+* ``generate``: one greedy generation, mapped to a class.
+
+A class that a source gives nothing gets `LOG_FLOOR`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Mapping
+
+import attrs
+
+from dlgraph._tasks import map_concurrently
+from dlgraph.backend import (
+    Capabilities,
+    GenerateRequest,
+    LogprobRequest,
+    Phase,
+    Request,
+    Result,
+    TopLogprobsRequest,
+)
+from dlgraph.scoring import LOG_FLOOR, logsumexp, matching_class, normalize_log_scores, verbalizers
+
+Send = Callable[[Request], Awaitable[Result]]
+
+
+@attrs.frozen
+class ClassQuery:
+    """One classification: the context, the class specs, and who asks."""
+
+    context: str
+    classes: tuple[str, ...]
+    node: str | None
+    phase: Phase
+    priority: int
+
+
+async def _by_logprob(send: Send, query: ClassQuery, capabilities: Capabilities) -> list[float]:
+    words = [(c, word) for c, spec in enumerate(query.classes) for word in verbalizers(spec)]
+
+    async def score(pair: tuple[int, str]) -> float:
+        request = LogprobRequest(
+            query.context,
+            " " + pair[1],
+            node=query.node,
+            phase=query.phase,
+            priority=query.priority,
+        )
+        value = await send(request)
+        assert isinstance(value, float | int)
+        return float(value)
+
+    scores = await map_concurrently(score, words)
+    return [
+        logsumexp([s for (c, _), s in zip(words, scores, strict=True) if c == index] or [-math.inf])
+        for index in range(len(query.classes))
+    ]
+
+
+async def _by_top_logprobs(
+    send: Send, query: ClassQuery, capabilities: Capabilities
+) -> list[float]:
+    request = TopLogprobsRequest(
+        query.context,
+        count=capabilities.top_logprobs,
+        node=query.node,
+        phase=query.phase,
+        priority=query.priority,
+    )
+    top = await send(request)
+    assert isinstance(top, dict)
+    return [_class_score(spec, top) for spec in query.classes]
+
+
+async def _by_generation(send: Send, query: ClassQuery, capabilities: Capabilities) -> list[float]:
+    request = GenerateRequest(
+        query.context, max_tokens=8, node=query.node, phase=query.phase, priority=query.priority
+    )
+    text = await send(request)
+    assert isinstance(text, str)
+    found = matching_class(text, query.classes)
+    return [0.0 if found == verbalizers(spec)[0] else LOG_FLOOR for spec in query.classes]
+
+
+STRATEGIES = {
+    "logprob": _by_logprob,
+    "top_logprobs": _by_top_logprobs,
+    "generate": _by_generation,
+}
+
+
+async def class_distribution(
+    send: Send, capabilities: Capabilities, query: ClassQuery
+) -> list[float]:
+    """Probabilities in the order of `query.classes`, summing to one."""
+    strategy = STRATEGIES[capabilities.classification]
+    return normalize_log_scores(await strategy(send, query, capabilities))
+
+
+def _class_score(spec: str, top: Mapping[str, float]) -> float:
+    """Log of the summed probability of a class's verbalizers among first-token alternatives."""
+    words = {word.strip().lower() for word in verbalizers(spec)}
+    found = [lp for token, lp in top.items() if token.strip().lower() in words]
+    return logsumexp(found) if found else min([LOG_FLOOR, *top.values()])

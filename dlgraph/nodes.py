@@ -1,0 +1,487 @@
+"""Language nodes and their kinds: every rule that depends on what a node outputs.
+
+A node's kind says how the node runs, how the log-likelihood of a target is computed, which
+targets it accepts and when an output is right, which outputs a posterior may consider, what a
+log-likelihood costs in calls, and how the node is shown. The forward pass, the posterior, the
+ELBO, the estimate and the command ask the kind instead of branching on it, as micrograd keeps
+each operation's backward rule beside the operation. Two kinds exist: `ClassKind` (the most
+probable of fixed classes) and `TextKind` (free text).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import attrs
+
+from dlgraph._tasks import map_concurrently
+from dlgraph._validate import boolean, integer, number, strings, text
+from dlgraph.backend import Phase
+from dlgraph.errors import GraphError
+from dlgraph.scoring import (
+    LOG_FLOOR,
+    class_name,
+    is_correct,
+    matching_class,
+    normalize_answer,
+    verbalizers,
+)
+from dlgraph.templates import Template
+
+if TYPE_CHECKING:
+    from dlgraph.engine import Engine
+
+INPUT = "INPUT"
+"""The name of the network's input: ``net.add_edge(dg.INPUT, "node")``."""
+
+RESERVED = frozenset({"prompt", "parents", "classes", "input"})
+"""Template variables every node template may use; no node may take these names."""
+
+CONTENT_FREE = "N/A"
+"""What every parent says when a class node measures its bias (calibration)."""
+
+
+@attrs.frozen
+class Parent:
+    """One parent's output as a template sees it, in edge order."""
+
+    name: str
+    label: str
+    text: str
+
+
+def describe_inputs(parents: Sequence[Parent]) -> str:
+    """What a node reads besides its prompt, one ``label: text`` line per parent."""
+    return "\n".join(f"{parent.label}: {parent.text}" for parent in parents)
+
+
+@attrs.frozen
+class NodeOutput:
+    rendered: str
+    """The model input the node was given."""
+    text: str
+
+
+class NodeKind(Protocol):
+    """What a kind of node must say; `ClassKind` and `TextKind` are the two there are."""
+
+    default_template: ClassVar[str]
+    shape: ClassVar[tuple[str, str]]
+    """Mermaid brackets around the node's name."""
+
+    def describe(self) -> str: ...
+    def to_json(self) -> dict[str, Any]: ...
+
+    def target(self, text: str) -> str | None:
+        """`text` as this node names an answer (a class name), or None if it is none."""
+        ...
+
+    def is_correct(self, output: str, target: str) -> bool: ...
+
+    def outputs(self) -> tuple[str, ...] | None:
+        """Every output the node can give, when they are few; None when it writes text."""
+        ...
+
+    def calls_per_score(self) -> int:
+        """Backend calls that one log-likelihood of a target costs (at most)."""
+        ...
+
+    async def posterior_candidates(
+        self,
+        node: LanguageNode,
+        engine: Engine,
+        output: str,
+        prompt: str,
+        *,
+        samples: int,
+        temperature: float,
+    ) -> list[str]:
+        """Outputs a posterior weighs for one example: the forward `output` first, then every
+        other output the node can give, or `samples` continuations of the posterior `prompt`."""
+        ...
+
+    async def run(
+        self,
+        node: LanguageNode,
+        engine: Engine,
+        parents: Sequence[Parent],
+        *,
+        phase: Phase,
+        prompt: str | None,
+        seed: int,
+        temperature: float | None,
+        priority: int,
+    ) -> NodeOutput: ...
+
+    async def loglik(
+        self,
+        node: LanguageNode,
+        engine: Engine,
+        parents: Sequence[Parent],
+        target: str,
+        *,
+        phase: Phase,
+        prompt: str | None,
+    ) -> float: ...
+
+
+def _classes(instance: ClassKind, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    if not value:
+        raise ValueError("classes must be a non-empty list of strings")
+    names = [verbalizers(spec)[0] if verbalizers(spec) else "" for spec in value]
+    if "" in names:
+        raise ValueError(f"empty class in {list(value)!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate class names in {list(value)!r}")
+    owner: dict[str, str] = {}
+    for spec, name in zip(value, names, strict=True):
+        for word in verbalizers(spec):
+            answer = normalize_answer(word)
+            if owner.setdefault(answer, name) != name:
+                raise ValueError(
+                    f"classes {owner[answer]!r} and {name!r} cannot be told apart: both read "
+                    f"as the answer {answer!r}"
+                )
+
+
+@attrs.frozen
+class ClassKind:
+    """Outputs the most probable class, scored from the log-probability of every verbalizer
+    (``"yes|Yes"``: the first verbalizer names the class). With `calibrate`, probabilities are
+    divided by those for a content-free input, which removes the prompt's bias towards some
+    classes (Zhao et al., 2021)."""
+
+    classes: tuple[str, ...] = attrs.field(converter=strings, validator=_classes)
+    calibrate: bool = attrs.field(default=False, kw_only=True, validator=boolean)
+    default_template: ClassVar[str] = "classify"
+    shape: ClassVar[tuple[str, str]] = ("{", "}")
+
+    @property
+    def names(self) -> list[str]:
+        return [class_name(spec) for spec in self.classes]
+
+    def describe(self) -> str:
+        return "classes: " + ", ".join(self.names) + (" (calibrated)" if self.calibrate else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"classes": list(self.classes), "calibrate": self.calibrate}
+
+    def target(self, text: str) -> str | None:
+        return matching_class(text, self.classes)
+
+    def is_correct(self, output: str, target: str) -> bool:
+        return is_correct(output, target, self.classes)
+
+    def outputs(self) -> tuple[str, ...]:
+        return tuple(self.names)
+
+    def calls_per_score(self) -> int:
+        calls = sum(len(verbalizers(spec)) for spec in self.classes)
+        return 2 * calls if self.calibrate else calls
+
+    async def posterior_candidates(
+        self,
+        node: LanguageNode,
+        engine: Engine,
+        output: str,
+        prompt: str,
+        *,
+        samples: int,
+        temperature: float,
+    ) -> list[str]:
+        return [output] + [name for name in self.names if name != output]
+
+    async def distribution(
+        self,
+        node: LanguageNode,
+        engine: Engine,
+        parents: Sequence[Parent],
+        *,
+        phase: Phase,
+        prompt: str | None,
+        priority: int = 0,
+    ) -> tuple[str, list[float]]:
+        """The rendered input and P(class | it), in class order."""
+        rendered = node.render(parents, prompt=prompt)
+        distribution = await engine.classify(
+            rendered, self.classes, node=node.name, phase=phase, priority=priority
+        )
+        if not self.calibrate:
+            return rendered, distribution
+        blank = node.render([attrs.evolve(p, text=CONTENT_FREE) for p in parents], prompt=prompt)
+        bias = await engine.classify(
+            blank, self.classes, node=node.name, phase=phase, priority=priority
+        )
+        ratios = [p / max(b, 1e-9) for p, b in zip(distribution, bias, strict=True)]
+        return rendered, [r / sum(ratios) for r in ratios]
+
+    async def run(
+        self,
+        node: LanguageNode,
+        engine: Engine,
+        parents: Sequence[Parent],
+        *,
+        phase: Phase,
+        prompt: str | None = None,
+        seed: int = 0,
+        temperature: float | None = None,
+        priority: int = 0,
+    ) -> NodeOutput:
+        rendered, distribution = await self.distribution(
+            node, engine, parents, phase=phase, prompt=prompt, priority=priority
+        )
+        best = max(range(len(distribution)), key=distribution.__getitem__)
+        return NodeOutput(rendered, self.names[best])
+
+    async def loglik(
+        self,
+        node: LanguageNode,
+        engine: Engine,
+        parents: Sequence[Parent],
+        target: str,
+        *,
+        phase: Phase,
+        prompt: str | None = None,
+    ) -> float:
+        _, distribution = await self.distribution(node, engine, parents, phase=phase, prompt=prompt)
+        names = self.names
+        p = distribution[names.index(target)] if target in names else 0.0
+        return max(math.log(p), LOG_FLOOR) if p > 0 else LOG_FLOOR
+
+
+@attrs.frozen
+class TextKind:
+    """Outputs free text of at most `max_tokens` tokens, cut at any of `stop`."""
+
+    max_tokens: int = attrs.field(default=128, kw_only=True, validator=integer(1))
+    temperature: float = attrs.field(default=0.0, kw_only=True, validator=number(0))
+    stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=strings)
+    default_template: ClassVar[str] = "reason"
+    shape: ClassVar[tuple[str, str]] = ("[", "]")
+
+    def describe(self) -> str:
+        return f"text, {self.max_tokens} tokens"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "stop": list(self.stop),
+        }
+
+    def target(self, text: str) -> str:
+        return text
+
+    def is_correct(self, output: str, target: str) -> bool:
+        return is_correct(output, target)
+
+    def outputs(self) -> None:
+        return None
+
+    def calls_per_score(self) -> int:
+        return 1
+
+    async def posterior_candidates(
+        self,
+        node: LanguageNode,
+        engine: Engine,
+        output: str,
+        prompt: str,
+        *,
+        samples: int,
+        temperature: float,
+    ) -> list[str]:
+        async def sample(seed: int) -> str:
+            text = await engine.generate(
+                prompt,
+                max_tokens=self.max_tokens,
+                temperature=temperature,
+                stop=self.stop,
+                seed=seed,
+                node=node.name,
+                phase="posterior",
+            )
+            return text.strip()
+
+        return [output, *await map_concurrently(sample, range(samples))]
+
+    async def run(
+        self,
+        node: LanguageNode,
+        engine: Engine,
+        parents: Sequence[Parent],
+        *,
+        phase: Phase,
+        prompt: str | None = None,
+        seed: int = 0,
+        temperature: float | None = None,
+        priority: int = 0,
+    ) -> NodeOutput:
+        rendered = node.render(parents, prompt=prompt)
+        output = await engine.generate(
+            rendered,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature if temperature is None else temperature,
+            stop=self.stop,
+            seed=seed,
+            node=node.name,
+            phase=phase,
+            priority=priority,
+        )
+        return NodeOutput(rendered, output.strip())
+
+    async def loglik(
+        self,
+        node: LanguageNode,
+        engine: Engine,
+        parents: Sequence[Parent],
+        target: str,
+        *,
+        phase: Phase,
+        prompt: str | None = None,
+    ) -> float:
+        rendered = node.render(parents, prompt=prompt)
+        return await engine.logprob(rendered, " " + target, node=node.name, phase=phase)
+
+
+Kind = ClassKind | TextKind
+
+
+def _name(instance: LanguageNode, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"node name must be a non-empty string, got {value!r}")
+    if value == INPUT or value in RESERVED:
+        raise ValueError(f"node name {value!r} is reserved")
+
+
+@attrs.frozen
+class LanguageNode:
+    """One LLM call whose parameter is its prompt. Frozen: a new prompt makes a new node
+    (`with_prompt`), so a network's structure never changes behind its back."""
+
+    name: str = attrs.field(validator=_name)
+    prompt: str = attrs.field(validator=text)
+    kind: Kind = attrs.field(kw_only=True)
+    template: str = attrs.field(kw_only=True, validator=text)
+    """The name of a built-in template (``reason``, ``classify``) or template text."""
+    is_trainable: bool = attrs.field(default=True, kw_only=True, validator=boolean)
+    is_output: bool = attrs.field(default=False, kw_only=True, validator=boolean)
+    compiled: Template = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "compiled", Template.load(self.template))
+
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        """A class node's class specs; None for a text node."""
+        return self.kind.classes if isinstance(self.kind, ClassKind) else None
+
+    def with_prompt(self, prompt: str) -> LanguageNode:
+        return attrs.evolve(self, prompt=prompt)
+
+    def render(self, parents: Sequence[Parent], *, prompt: str | None = None) -> str:
+        """The model input, given the parents' outputs; `prompt` replaces the node's own
+        (to try candidate prompts)."""
+        named = {("input" if p.name == INPUT else p.name): p.text for p in parents}
+        return self.compiled.render(
+            **named,
+            prompt=self.prompt if prompt is None else prompt,
+            parents=list(parents),
+            classes=self.kind.outputs() or [],
+        )
+
+    async def run(
+        self,
+        engine: Engine,
+        parents: Sequence[Parent],
+        *,
+        phase: Phase,
+        prompt: str | None = None,
+        seed: int = 0,
+        temperature: float | None = None,
+        priority: int = 0,
+    ) -> NodeOutput:
+        """One call of this node on its parents' outputs."""
+        return await self.kind.run(
+            self,
+            engine,
+            parents,
+            phase=phase,
+            prompt=prompt,
+            seed=seed,
+            temperature=temperature,
+            priority=priority,
+        )
+
+    async def loglik(
+        self,
+        engine: Engine,
+        parents: Sequence[Parent],
+        target: str,
+        *,
+        phase: Phase,
+        prompt: str | None = None,
+    ) -> float:
+        """log p(target | this node reading `parents`, under `prompt` or its own)."""
+        return await self.kind.loglik(self, engine, parents, target, phase=phase, prompt=prompt)
+
+    def accuracy(self, outputs: Sequence[str], targets: Sequence[str]) -> float:
+        if not targets:
+            raise ValueError("accuracy of an empty dataset")
+        hits = sum(self.kind.is_correct(o, t) for o, t in zip(outputs, targets, strict=True))
+        return hits / len(targets)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "prompt": self.prompt,
+            "template": self.template,
+            **self.kind.to_json(),
+            "trainable": self.is_trainable,
+            "output": self.is_output,
+        }
+
+
+def make_node(
+    name: str,
+    prompt: str,
+    *,
+    template: str | None = None,
+    classes: Sequence[str] | None = None,
+    calibrate: bool | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    stop: Sequence[str] | None = None,
+    trainable: bool = True,
+    output: bool = False,
+) -> LanguageNode:
+    """A node from the keywords of `Network.add_node`; the one path every node takes, built in
+    code or loaded from a file. Raises GraphError naming the node and what is wrong."""
+    try:
+        kind: Kind
+        if classes is not None:
+            given = {"max_tokens": max_tokens, "temperature": temperature, "stop": stop}
+            for key, value in given.items():
+                if value is not None:
+                    raise ValueError(f"{key} applies to generation nodes only, not class nodes")
+            kind = ClassKind(classes, calibrate=False if calibrate is None else calibrate)
+        else:
+            if calibrate:
+                raise ValueError("calibrate applies to class nodes only")
+            kind = TextKind(
+                max_tokens=128 if max_tokens is None else max_tokens,
+                temperature=0.0 if temperature is None else temperature,
+                stop=() if stop is None else stop,
+            )
+        return LanguageNode(
+            name,
+            prompt,
+            kind=kind,
+            template=kind.default_template if template is None else template,
+            is_trainable=trainable,
+            is_output=output,
+        )
+    except (TypeError, ValueError) as error:
+        raise GraphError(f"node {name!r}: {error}") from error

@@ -1,0 +1,101 @@
+"""The layering of dlgraph's modules, read from their own import statements.
+
+Every import statement counts, at the top of a module, inside a function or under
+``TYPE_CHECKING``: a cycle hidden in a function-local import is still a cycle in the design.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+PACKAGE = Path(__file__).parents[1] / "dlgraph"
+
+LAYERS = [
+    {"errors", "_validate", "_files", "scoring", "templates"},
+    {"_tasks", "backend", "data"},
+    {"engine"},
+    {"nodes"},
+    {"graph"},
+    {"forward"},
+    {"network"},
+    {"evaluation"},
+    {"train"},
+    {"config"},
+    {""},  # the package itself: dlgraph/__init__.py re-exports the public API
+    {"cli"},  # the command uses the public API as a user would
+]
+"""Lower layers first: a module imports only from its own layer or the ones above it here."""
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def imported_modules(name: str) -> set[str]:
+    """The dlgraph modules that `name`'s import statements name, wherever they stand."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for statement in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(statement, ast.Import):
+            found.update(alias.name for alias in statement.names)
+        elif isinstance(statement, ast.ImportFrom):
+            base = statement.module or ""
+            if statement.level:
+                anchor = package.split(".")[: len(package.split(".")) - statement.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in statement.names:
+                child = f"{base}.{alias.name}"
+                found.add(child if child in MODULES else base)
+    return {module for module in found if module in MODULES and module != name}
+
+
+def import_graph() -> nx.DiGraph:
+    graph = nx.DiGraph()
+    for name in MODULES:
+        graph.add_node(name)
+        graph.add_edges_from((name, target) for target in imported_modules(name))
+    return graph
+
+
+def layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    return next(index for index, names in enumerate(LAYERS) if top in names)
+
+
+def test_import_graph_sees_function_local_and_type_checking_imports() -> None:
+    assert "dlgraph.engine" in imported_modules("dlgraph.nodes")  # under TYPE_CHECKING
+    assert "dlgraph.scoring" in imported_modules("dlgraph.nodes")
+
+
+def test_dlgraph_modules_import_each_other_without_cycles() -> None:
+    try:
+        cycle = nx.find_cycle(import_graph())
+    except nx.NetworkXNoCycle:
+        return
+    pytest.fail("import cycle: " + " -> ".join(edge[0] for edge in cycle))
+
+
+def test_imports_point_down_the_layers_only() -> None:
+    upward = [
+        f"{source} -> {target}"
+        for source, target in import_graph().edges
+        if layer(target) > layer(source)
+    ]
+    assert upward == []
+
+
+def test_the_engine_knows_nothing_of_networks_and_the_leaves_nothing_of_the_engine() -> None:
+    graph = import_graph()
+    engine = {m for m in MODULES if m.startswith("dlgraph.engine")}
+    above_engine = {m for m in MODULES if layer(m) > layer("dlgraph.engine")}
+    assert not {t for m in engine for t in graph.successors(m)} & above_engine
+    assert imported_modules("dlgraph.scoring") == set()
