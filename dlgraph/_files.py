@@ -21,3 +21,12 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> None:
+    """Delete temporary files `write_atomic` left beside `path` when a process was killed
+    mid-write (``.NAME.xxxxxxxx``); call only where no other writer of `path` runs."""
+    target = Path(path)
+    if target.parent.is_dir():
+        for leftover in target.parent.glob(f".{target.name}.*"):
+            leftover.unlink(missing_ok=True)

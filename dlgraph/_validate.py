@@ -50,18 +50,28 @@ def check_text(name: str, value: object) -> str:
     return value
 
 
-def strings(values: Iterable[str]) -> tuple[str, ...]:
-    """A converter: a list of strings to a tuple; a bare string is refused, not split."""
+def strings(values: Iterable[str], name: str = "value") -> tuple[str, ...]:
+    """A list of strings as a tuple; a bare string is refused, not split into letters."""
     if isinstance(values, str | bytes):
-        raise TypeError(f"expected a list of strings, got the string {values!r}")
+        raise TypeError(f"{name}: expected a list of strings, got the string {values!r}")
     try:
         items = tuple(values)
     except TypeError:
-        raise TypeError(f"expected a list of strings, got {values!r}") from None
+        raise TypeError(f"{name}: expected a list of strings, got {values!r}") from None
     for item in items:
         if not isinstance(item, str):
-            raise TypeError(f"expected a list of strings, got an item {item!r}")
+            raise TypeError(f"{name}: expected a list of strings, got an item {item!r}")
     return items
+
+
+def stop_strings(values: Iterable[str]) -> tuple[str, ...]:
+    """A converter for stop sequences."""
+    return strings(values, "stop")
+
+
+def class_strings(values: Iterable[str]) -> tuple[str, ...]:
+    """A converter for class specs."""
+    return strings(values, "classes")
 
 
 def integer(minimum: int | None = None) -> Validator:

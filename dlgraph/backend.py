@@ -17,7 +17,7 @@ from typing import Any, Literal, Self, get_args
 
 import attrs
 
-from dlgraph._validate import integer, number, strings, text
+from dlgraph._validate import integer, number, stop_strings, text
 from dlgraph.errors import BackendError, UnknownBackend
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class GenerateRequest:
     prompt: str = attrs.field(validator=text)
     max_tokens: int = attrs.field(default=128, kw_only=True, validator=integer(1))
     temperature: float = attrs.field(default=0.0, kw_only=True, validator=number(0))
-    stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=strings)
+    stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=stop_strings)
     seed: int = attrs.field(default=0, kw_only=True, validator=integer())
     node: str | None = attrs.field(default=None, kw_only=True)
     phase: Phase = attrs.field(default="forward", kw_only=True, validator=_known_phase)

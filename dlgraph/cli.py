@@ -23,15 +23,9 @@ from rich.text import Text
 
 import dlgraph as dg
 from dlgraph.config import RunConfig
+from dlgraph.templates import BUILTIN
 
 console = Console(soft_wrap=True)
-
-
-def _engine(config: RunConfig) -> dg.Engine:
-    options = dict(config.engine_options)
-    budget = dg.Budget(options.pop("max_calls", None), options.pop("max_tokens", None))
-    backend = dg.connect(config.backend, **config.backend_options)
-    return dg.Engine(backend, budget=budget, **options)
 
 
 def _progress() -> Progress:
@@ -64,17 +58,29 @@ def _estimate(trainer: dg.VariationalTrainer, config: RunConfig, task: dg.data.T
     return trainer.estimate(run.steps, run.batch_size, task.train, len(task.dev), run.eval_every)
 
 
-async def _train(args: argparse.Namespace) -> None:
-    config = RunConfig.read(args.config)
+def _checked(config: RunConfig) -> tuple[dg.data.Task, dg.Network, dg.Engine]:
+    """Everything that can be checked before a call or a deleted file: the config, the data
+    (every target against the output node), the network, the backend and engine options."""
     task = config.task()
     net = config.build_network(task)
+    engine = config.engine()
+    trainer = dg.VariationalTrainer(net, engine, config.options)
+    trainer.check_data(task.train, task.dev)
+    if task.test:
+        net.node(net.output_nodes()[0]).targets(task.test, "test")
+    return task, net, engine
+
+
+async def _train(args: argparse.Namespace) -> None:
+    config = RunConfig.read(args.config)
+    task, net, engine = _checked(config)
     output = Path(args.out) if args.out else config.output_dir
     checkpoints = output / "checkpoint"
     if not args.resume:
         shutil.rmtree(checkpoints, ignore_errors=True)
         (output / "steps.jsonl").unlink(missing_ok=True)
     started = time.monotonic()
-    async with _engine(config) as engine:
+    async with engine:
         trainer = dg.VariationalTrainer(net, engine, config.options)
         estimate = _estimate(trainer, config, task)
         console.print(
@@ -179,20 +185,30 @@ def _plot(result: dg.FitResult, before: dict[str, float], path: Path) -> None:
 async def _eval(args: argparse.Namespace) -> None:
     config = RunConfig.read(args.config)
     task = config.task()
-    net = dg.Network.load(args.net) if args.net else config.build_network(task)
-    async with _engine(config) as engine:
+    net = _loaded(args.net) if args.net else config.build_network(task)
+    data = getattr(task, args.split)
+    net.node(net.output_nodes()[0]).targets(data, args.split)
+    async with config.engine() as engine:
         accuracy = await _evaluate(net, engine, getattr(task, args.split), args.split)
     console.print(
         f"{task.name} {args.split} accuracy: {accuracy:.3f} ({len(getattr(task, args.split))} examples)"
     )
 
 
+def _loaded(path: str) -> dg.Network:
+    """A network file that must also validate; errors name the file."""
+    net = dg.Network.load(path)
+    try:
+        net.validate()
+    except dg.GraphError as error:
+        raise dg.GraphError(f"{path}: {error}") from error
+    return net
+
+
 async def _estimate_command(args: argparse.Namespace) -> None:
     config = RunConfig.read(args.config)
-    task = config.task()
-    net = config.build_network(task)
-    backend = dg.connect(config.backend, **config.backend_options)
-    trainer = dg.VariationalTrainer(net, dg.Engine(backend), config.options)
+    task, net, engine = _checked(config)
+    trainer = dg.VariationalTrainer(net, engine, config.options)
     estimate = _estimate(trainer, config, task)
     console.print(
         f"{config.run.steps} steps of batch {config.run.batch_size}: at most {estimate.calls:,} calls "
@@ -211,10 +227,14 @@ def _show(args: argparse.Namespace) -> None:
             name, node.kind.describe(), "yes" if node.is_trainable else "no", Text(node.prompt)
         )
     console.print(table)
+    for name, node in net.nodes.items():
+        kind = "built-in" if node.template in BUILTIN else "custom"
+        console.print(f"template of {name} ({kind} {node.template if kind == 'built-in' else ''}):")
+        console.print(node.compiled.source, markup=False, highlight=False)
     console.print("```mermaid\n" + net.to_mermaid() + "```", markup=False, highlight=False)
     history = path.parent / "steps.jsonl"
     if history.exists():
-        rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+        rows = _history_rows(history)
         steps = Table(title="history")
         for column in ("step", "batch loss", "dev", "calls", "tokens"):
             steps.add_column(column, justify="right")
@@ -228,6 +248,21 @@ def _show(args: argparse.Namespace) -> None:
                 str(row["tokens"]),
             )
         console.print(steps)
+
+
+def _history_rows(path: Path) -> list[dict[str, Any]]:
+    """Whole step records of a step log; a line cut short by a kill is skipped and said."""
+    rows = []
+    for number, line in enumerate(
+        path.read_text(encoding="utf-8", errors="replace").splitlines(), 1
+    ):
+        if not line.strip():
+            continue
+        try:
+            rows.append(dg.StepRecord.from_json(json.loads(line)).to_json())
+        except (ValueError, TypeError):
+            console.print(f"{path}:{number}: not a whole step record; skipped", markup=False)
+    return rows
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -267,7 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             anyio.run(handlers[args.command], args)
     except dg.DlgraphError as error:
-        console.print(f"error: {error}", markup=False, highlight=False, style="red")
+        if args.verbose:
+            console.print_exception()
+        message = " ".join(str(error).split("\n"))
+        console.print(f"error: {message}", markup=False, highlight=False, style="red")
         return 2
     except KeyboardInterrupt:
         console.print("interrupted; resume with --resume")

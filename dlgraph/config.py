@@ -9,12 +9,14 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import attrs
 
+from dlgraph.backend import connect
 from dlgraph.data import Task, generated_task, load_task, read_jsonl
 from dlgraph.data.generated import GENERATORS
+from dlgraph.engine import Budget, Engine
 from dlgraph.errors import ConfigError, DlgraphError
 from dlgraph.network import Network
 from dlgraph.nodes import INPUT
@@ -70,6 +72,18 @@ class Section:
         if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
             names = "/".join(k.__name__ for k in _kinds(kind))
             raise ConfigError(f"{self.where(key)}: expected {names}, got {value!r}")
+        return value
+
+    @overload
+    def count(self, key: str, default: int) -> int: ...
+    @overload
+    def count(self, key: str, default: None) -> int | None: ...
+
+    def count(self, key: str, default: int | None) -> int | None:
+        """A number of examples: an integer of at least 0."""
+        value: int | None = self.get(key, int, default)
+        if value is not None and value < 0:
+            raise ConfigError(f"{self.where(key)}: must be >= 0, got {value}")
         return value
 
     def check_keys(self, allowed: tuple[str, ...]) -> None:
@@ -146,7 +160,11 @@ class RunConfig:
             ("source", "task", "train", "dev", "test", "seed", "path", "classes", "instruction")
         )
         source = data.get("source", str, "generated")
-        sizes = {split: data.get(split, (int, str)) for split in ("train", "dev", "test")}
+        if source not in ("generated", "paper", "jsonl"):
+            raise ConfigError(
+                f"{data.where('source')}: expected generated, paper or jsonl, got {source!r}"
+            )
+        splits = ("train", "dev", "test")
         try:
             if source == "generated":
                 name = data.get("task", str, required=True)
@@ -154,22 +172,23 @@ class RunConfig:
                     raise ConfigError(
                         f"{data.where('task')}: unknown generated task {name!r} (known: {', '.join(GENERATORS)})"
                     )
-                counts = {k: int(v) if v is not None else 100 for k, v in sizes.items()}
+                counts = {split: data.count(split, 100) for split in splits}
                 return generated_task(name, seed=data.get("seed", int, 0), **counts)
             if source == "paper":
+                limits = {split: data.count(split, None) for split in splits}
                 task = load_task(data.get("task", str, required=True), data.get("path", str))
-                limit = {k: int(v) if v is not None else None for k, v in sizes.items()}
                 return attrs.evolve(
-                    task, **{k: getattr(task, k)[:n] for k, n in limit.items() if n}
+                    task, **{k: getattr(task, k)[:n] for k, n in limits.items() if n is not None}
                 )
             if source == "jsonl":
-                files = {k: self.path.parent / str(v) for k, v in sizes.items() if v is not None}
-                splits = {k: read_jsonl(p) for k, p in files.items()}
+                paths = {split: data.get(split, str) for split in splits}
+                files = {k: self.path.parent / v for k, v in paths.items() if v is not None}
+                splits_read = {k: read_jsonl(p) for k, p in files.items()}
                 return Task(
                     "jsonl",
-                    splits.get("train", []),
-                    splits.get("dev", []),
-                    splits.get("test", []),
+                    splits_read.get("train", []),
+                    splits_read.get("dev", []),
+                    splits_read.get("test", []),
                     data.get("classes", list),
                     data.get("instruction", str, "Answer the question."),
                 )
@@ -177,9 +196,24 @@ class RunConfig:
             raise
         except DlgraphError as error:
             raise ConfigError(f"{self.path}: [data] {error}") from error
-        raise ConfigError(
-            f"{data.where('source')}: expected generated, paper or jsonl, got {source!r}"
-        )
+        raise AssertionError(f"unhandled data source {source!r}")
+
+    def engine(self) -> Engine:
+        """The backend and the engine of the config, built (not entered: no call is made);
+        a bad name, option or limit is a ConfigError naming the section and key."""
+        options = dict(self.engine_options)
+        try:
+            budget = Budget(options.pop("max_calls", None), options.pop("max_tokens", None))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{self.path}: [engine] {error}") from error
+        try:
+            backend = connect(self.backend, **self.backend_options)
+        except (TypeError, ValueError, DlgraphError) as error:
+            raise ConfigError(f"{self.path}: [backend] {error}") from error
+        try:
+            return Engine(backend, budget=budget, **options)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{self.path}: [engine] {error}") from error
 
     def build_network(self, task: Task) -> Network:
         """`kind = "dln1"` or `"dln2"` from the task, or explicit nodes and edges."""

@@ -6,13 +6,15 @@ DlgraphError
 ├── DataError (ValueError)    empty dataset, malformed line (path:line), target outside classes
 ├── ConfigError (ValueError)  a bad key or value in a config file (names key and file)
 ├── CheckpointError           corrupt, truncated or incompatible; never half-loaded
+├── CacheError                an answer cache on disk that is corrupt or not dlgraph's
 ├── BudgetExhausted           call or token budget reached; fit() stops cleanly, best net saved
 └── BackendError              .node and .phase when known
     ├── UnknownBackend (LookupError)
     ├── BackendUnavailable    unreachable server, missing model file
     ├── RequestRejected       non-retryable 4xx: context length, bad request
     ├── TransientError        408, 409, 429, 5xx, timeout, dropped connection
-    │   └── RateLimited       .retry_after_s
+    │   ├── RateLimited       .retry_after_s
+    │   └── MalformedAnswer   a 200 answer that is not a valid answer (missing text, bad log-probs)
     └── RetriesExhausted      deadline passed; __cause__ is the last TransientError
 ```
 """
@@ -38,6 +40,10 @@ class ConfigError(DlgraphError, ValueError):
 
 class CheckpointError(DlgraphError):
     """A checkpoint is corrupt, truncated or belongs to another run; nothing was loaded."""
+
+
+class CacheError(DlgraphError):
+    """An answer cache on disk is corrupt or belongs to something else; it names the file."""
 
 
 class BudgetExhausted(DlgraphError):
@@ -91,6 +97,11 @@ class RateLimited(TransientError):
     ):
         super().__init__(message, node=node, phase=phase)
         self.retry_after_s = retry_after_s
+
+
+class MalformedAnswer(TransientError):
+    """The server answered, but not with a valid answer (a missing text, log-probabilities
+    that do not line up); retried, since a second answer may be whole."""
 
 
 class RetriesExhausted(BackendError):

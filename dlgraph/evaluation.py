@@ -13,9 +13,11 @@ async def evaluate(net: Network, engine: Engine, data: Sequence[Example]) -> flo
     """Accuracy of the network's output node on `data`, in [0, 1].
 
     Predictions and targets are normalised as in the DLN paper and, for a class node, mapped
-    to its classes through their verbalizers. Raises DataError for an empty dataset.
+    to its classes through their verbalizers. Raises DataError, before any call, for an empty
+    dataset or a target the output node cannot give.
     """
     examples = check_dataset(data, "evaluation data")
-    predictions = await net.predict(engine, [example.input for example in examples])
     node = net.node(net.output_nodes()[0])
-    return node.accuracy(predictions, [example.target for example in examples])
+    targets = node.targets(examples, "evaluation data")
+    predictions = await net.predict(engine, [example.input for example in examples])
+    return node.accuracy(predictions, targets)

@@ -10,6 +10,7 @@ import attrs
 from dlgraph._tasks import single_errors
 from dlgraph.backend import Phase
 from dlgraph.engine import Engine
+from dlgraph.errors import DataError
 from dlgraph.graph import Graph
 from dlgraph.nodes import INPUT
 
@@ -44,7 +45,7 @@ async def forward(
     caller cancels every task.
     """
     graph.validate()
-    inputs = tuple(xs)
+    inputs = _inputs(xs)
     order = graph.topological_order()
     outputs: dict[str, list[str]] = {INPUT: list(inputs)} | {
         name: [""] * len(inputs) for name in order
@@ -77,3 +78,16 @@ async def forward(
         {name: tuple(values) for name, values in outputs.items()},
         {name: tuple(values) for name, values in rendered.items()},
     )
+
+
+def _inputs(xs: Sequence[str]) -> tuple[str, ...]:
+    """The inputs as a tuple of texts; one string is refused rather than read letter by letter."""
+    if isinstance(xs, str | bytes):
+        raise DataError(
+            "inputs: expected a list of input texts, got one string (wrap it in a list)"
+        )
+    inputs = tuple(xs)
+    for index, x in enumerate(inputs):
+        if not isinstance(x, str):
+            raise DataError(f"inputs[{index}]: expected text, got {x!r}")
+    return inputs

@@ -257,6 +257,13 @@ class Graph:
             )
         if "prompt" in variables and not node.prompt.strip():
             raise GraphError(f"node {name!r}: empty prompt")
+        placeholders = self.parent_values(name, dict.fromkeys(self._parents[name], "..."))
+        try:
+            node.render(placeholders)  # a sandbox refusal shows before any model call
+        except GraphError:
+            raise
+        except (ArithmeticError, LookupError, TypeError, ValueError):
+            pass  # may depend on real inputs; it fails, naming the node, when it meets them
 
     def template_variables(self, name: str) -> set[str]:
         """Names a node's template may use: prompt, parents, classes, input and parent names."""

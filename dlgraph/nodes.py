@@ -15,11 +15,21 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import attrs
+import jinja2
 
 from dlgraph._tasks import map_concurrently
-from dlgraph._validate import boolean, integer, number, strings, text
+from dlgraph._validate import (
+    boolean,
+    check_bool,
+    class_strings,
+    integer,
+    number,
+    stop_strings,
+    text,
+)
 from dlgraph.backend import Phase
-from dlgraph.errors import GraphError
+from dlgraph.data.example import Example
+from dlgraph.errors import DataError, GraphError
 from dlgraph.scoring import (
     LOG_FLOOR,
     class_name,
@@ -28,7 +38,7 @@ from dlgraph.scoring import (
     normalize_answer,
     verbalizers,
 )
-from dlgraph.templates import Template
+from dlgraph.templates import Template, TemplateRefused
 
 if TYPE_CHECKING:
     from dlgraph.engine import Engine
@@ -153,7 +163,7 @@ class ClassKind:
     divided by those for a content-free input, which removes the prompt's bias towards some
     classes (Zhao et al., 2021)."""
 
-    classes: tuple[str, ...] = attrs.field(converter=strings, validator=_classes)
+    classes: tuple[str, ...] = attrs.field(converter=class_strings, validator=_classes)
     calibrate: bool = attrs.field(default=False, kw_only=True, validator=boolean)
     default_template: ClassVar[str] = "classify"
     shape: ClassVar[tuple[str, str]] = ("{", "}")
@@ -257,7 +267,7 @@ class TextKind:
 
     max_tokens: int = attrs.field(default=128, kw_only=True, validator=integer(1))
     temperature: float = attrs.field(default=0.0, kw_only=True, validator=number(0))
-    stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=strings)
+    stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=stop_strings)
     default_template: ClassVar[str] = "reason"
     shape: ClassVar[tuple[str, str]] = ("[", "]")
 
@@ -383,14 +393,18 @@ class LanguageNode:
 
     def render(self, parents: Sequence[Parent], *, prompt: str | None = None) -> str:
         """The model input, given the parents' outputs; `prompt` replaces the node's own
-        (to try candidate prompts)."""
+        (to try candidate prompts). Raises GraphError naming the node when its template
+        reaches outside its variables (templates render in a sandbox)."""
         named = {("input" if p.name == INPUT else p.name): p.text for p in parents}
-        return self.compiled.render(
-            **named,
-            prompt=self.prompt if prompt is None else prompt,
-            parents=list(parents),
-            classes=self.kind.outputs() or [],
-        )
+        try:
+            return self.compiled.render(
+                **named,
+                prompt=self.prompt if prompt is None else prompt,
+                parents=list(parents),
+                classes=list(self.kind.outputs() or []),
+            )
+        except (TemplateRefused, jinja2.UndefinedError) as error:
+            raise GraphError(f"node {self.name!r}: {error}") from error
 
     async def run(
         self,
@@ -427,6 +441,20 @@ class LanguageNode:
         """log p(target | this node reading `parents`, under `prompt` or its own)."""
         return await self.kind.loglik(self, engine, parents, target, phase=phase, prompt=prompt)
 
+    def targets(self, examples: Sequence[Example], name: str) -> list[str]:
+        """The examples' targets as this node names answers; DataError naming the example
+        (its file and line when it was read from one) for a target it cannot give."""
+        targets = []
+        for index, example in enumerate(examples):
+            found = self.kind.target(example.target)
+            if found is None:
+                raise DataError(
+                    f"{example.where(f'{name}[{index}]')}: target {example.target!r} is not a "
+                    f"class of node {self.name!r} ({self.kind.describe()})"
+                )
+            targets.append(found)
+        return targets
+
     def accuracy(self, outputs: Sequence[str], targets: Sequence[str]) -> float:
         if not targets:
             raise ValueError("accuracy of an empty dataset")
@@ -460,6 +488,8 @@ def make_node(
     """A node from the keywords of `Network.add_node`; the one path every node takes, built in
     code or loaded from a file. Raises GraphError naming the node and what is wrong."""
     try:
+        check_bool("trainable", trainable)
+        check_bool("output", output)
         kind: Kind
         if classes is not None:
             given = {"max_tokens": max_tokens, "temperature": temperature, "stop": stop}

@@ -124,3 +124,14 @@ def test_command_is_installed_as_a_script() -> None:
         [str(Path(sys.executable).parent / "dlgraph"), "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "train" in result.stdout
+
+
+def test_show_skips_a_step_record_cut_short_by_a_kill(tmp_path, capsys) -> None:
+    config = write(tmp_path, SIM_CONFIG)
+    assert main(["train", str(config)]) == 0
+    log = tmp_path / "out" / "steps.jsonl"
+    log.write_text(log.read_text() + '{"step": 3, "batch_lo')
+    capsys.readouterr()
+    assert main(["show", str(tmp_path / "out" / "network.json")]) == 0
+    out = capsys.readouterr().out
+    assert "steps.jsonl:3: not a whole step record; skipped" in out and "history" in out

@@ -160,14 +160,14 @@ async def test_cache_answers_a_repeated_request_without_calling() -> None:
 
 async def test_disk_cache_survives_a_new_store_on_the_same_file(tmp_path) -> None:
     path = tmp_path / "cache.sqlite"
-    store = SqliteStore(path)
+    store = await SqliteStore.open(path)
     await Cache(Counting(), key, Ledger(), store)(dg.GenerateRequest("a"))
-    store.close()
+    await store.aclose()
     inner = Counting()
-    again = SqliteStore(path)
+    again = await SqliteStore.open(path)
     assert await Cache(inner, key, Ledger(), again)(dg.GenerateRequest("a")) == "answer to a"
     assert inner.calls == 0
-    again.close()
+    await again.aclose()
 
 
 # -- retry -----------------------------------------------------------------------------------
@@ -553,3 +553,42 @@ async def test_a_coalesced_batch_charges_retries_and_errors_to_each_requests_own
         usage = by_key[key]
         assert (usage.calls, usage.retries, usage.errors) == (2, 1, 1), key
     assert engine.statistics().total.http_requests == 2
+
+
+async def test_the_halves_of_a_refused_batch_keep_its_place_in_the_limiters_queue() -> None:
+    clock = FakeClock()
+    sent: list[tuple[str, ...]] = []
+
+    async def server(work):
+        prompts = (
+            tuple(r.prompt for r in work.requests) if isinstance(work, Batch) else (work.prompt,)
+        )
+        sent.append(prompts)
+        if "poison" in prompts:
+            raise dg.RequestRejected("poison")
+        return [f"ok {p}" for p in prompts] if isinstance(work, Batch) else f"ok {prompts[0]}"
+
+    limiter = Limiter(
+        replying(server), dg.Backend(), RateLimits(rpm=60), clock=clock.time, sleep=clock.sleep
+    )
+    chain = Split(Retry(limiter, Ledger(), sleep=clock.sleep))
+    outcome: list[object] = []
+
+    async def body() -> None:
+        async with anyio.create_task_group() as group:
+
+            async def the_batch() -> None:
+                requests = tuple(dg.GenerateRequest(p) for p in ["poison", "a", "b", "c"])
+                outcome.extend(await chain(Batch(requests, since=clock.time())))
+
+            group.start_soon(the_batch)
+            await clock.sleep(0.5)  # the batch went out and was refused; later calls queue up
+            for name in ("later 1", "later 2", "later 3"):
+                group.start_soon(chain, dg.GenerateRequest(name))
+
+    await run_with_clock(clock, body)
+    assert sent[0] == ("poison", "a", "b", "c")
+    later = [i for i, prompts in enumerate(sent) if prompts[0].startswith("later")]
+    halves = [i for i, prompts in enumerate(sent[1:], 1) if not prompts[0].startswith("later")]
+    assert max(halves) < min(later)  # every part of the batch went before the later calls
+    assert outcome[1:] == ["ok a", "ok b", "ok c"] and isinstance(outcome[0], dg.RequestRejected)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import anyio
 import pytest
 
 import dlgraph as dg
@@ -204,3 +205,28 @@ def test_a_version_1_network_file_still_loads(tmp_path) -> None:
     loaded = dg.Network.load(path)
     assert loaded.node("answer").classes == ("yes", "no")
     assert loaded.node("answer").is_trainable is False
+
+
+async def test_a_deep_fully_connected_graph_of_300_nodes_validates_and_runs_at_once() -> None:
+    """Each layer of 15 reads every node of the layer before: path counts grow as 15^20, so
+    any graph computation that walks paths instead of edges never finishes."""
+    from dlgraph_sim import ScriptedModel
+
+    net, previous = dg.Network(), [dg.INPUT]
+    for depth in range(20):
+        layer = [f"n{depth}_{i}" for i in range(15)]
+        for name in layer:
+            net.add_node(name, prompt=f"Go {name}.", template="{{ prompt }}", max_tokens=1)
+            for parent in previous:
+                net.add_edge(parent, name)
+        previous = layer
+    net.add_node("out", prompt="Sum up.", template="{{ prompt }}", max_tokens=1)
+    for parent in previous:
+        net.add_edge(parent, "out")
+    model = ScriptedModel(generate=lambda request: "ok")
+    with anyio.fail_after(20):
+        net.validate()
+        assert net.depth("out") == 21 and len(net.hidden_nodes()) == 300
+        async with dg.Engine(model) as engine:
+            trace = await net.forward(engine, ["x"])
+    assert trace.outputs["out"] == ("ok",) and len(model.calls) == 301

@@ -351,3 +351,140 @@ async def test_generic_step_on_two_nodes_matches_a_hand_written_dln2_step() -> N
                 for c, w in terms
             )
         assert elbo == pytest.approx(total / len(batch), abs=1e-9)
+
+
+async def test_budget_spent_in_the_first_dev_evaluation_stops_cleanly_with_the_initial_network(
+    tmp_path,
+) -> None:
+    world = LetterWorld()
+    net = dln2()
+    async with dg.Engine(world.model(), budget=dg.Budget(max_calls=5)) as engine:
+        trainer = dg.VariationalTrainer(net, engine, **TRAIN_OPTIONS)
+        result = await trainer.fit(
+            single_word_task(20, seed=1),
+            single_word_task(20, seed=2),
+            steps=2,
+            batch_size=5,
+            checkpoint_dir=tmp_path,
+        )
+    assert result.stopped == "budget" and result.history == []
+    assert result.initial_dev_accuracy is None and result.best_dev_accuracy is None
+    assert dg.Network.load(tmp_path / "best.json").prompts() == dln2().prompts()
+
+
+def checkpoint_after_two_steps(tmp_path):
+    return run_counting(
+        dln2(),
+        LetterWorld(),
+        single_word_task(20, seed=1),
+        single_word_task(20, seed=2),
+        2,
+        checkpoint_dir=tmp_path,
+    )
+
+
+CHECKPOINT_EDITS = [
+    ("step", lambda p: p | {"step": 5}, r"history: steps \[1, 2\] do not run 1..5"),
+    ("step", lambda p: p | {"step": -1}, r"step: step must be >= 0"),
+    ("step", lambda p: p | {"step": "2"}, r"step: step: expected int"),
+    ("rng_state", lambda p: p | {"rng_state": [3, [1, 2], None]}, r"rng_state:"),
+    ("rng_state", lambda p: p | {"rng_state": "abc"}, r"rng_state: expected \[version"),
+    (
+        "history",
+        lambda p: p | {"history": p["history"][:1]},
+        r"history: steps \[1\] do not run 1..2",
+    ),
+    ("history", lambda p: p | {"history": [p["history"][0], p["history"][0]]}, r"do not run 1..2"),
+    (
+        "history",
+        lambda p: p | {"history": [{"step": 1}] + p["history"][1:]},
+        r"history: step record: missing",
+    ),
+    (
+        "best_network",
+        lambda p: p | {"best_network": {"format": "x"}},
+        r"best_network: not a dlgraph network",
+    ),
+    ("best_network", lambda p: p | {"best_network": [1]}, r"best_network: not a dlgraph network"),
+    (
+        "network",
+        lambda p: p | {"network": p["network"] | {"edges": [["INPUT", "ghost"]]}},
+        r"network: edge 'INPUT' -> 'ghost'",
+    ),
+    (
+        "best_score",
+        lambda p: p | {"best_score": 3.5},
+        r"best_score: an accuracy must be in \[0, 1\]",
+    ),
+    (
+        "memory",
+        lambda p: p | {"memory": {"answer": {"x": "high"}}},
+        r"memory: elbo: expected float",
+    ),
+    (
+        "fields",
+        lambda p: {k: v for k, v in p.items() if k != "ledger"},
+        r"missing or unknown: ledger",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "field, edit, message",
+    CHECKPOINT_EDITS,
+    ids=[f"{e[0]}-{i}" for i, e in enumerate(CHECKPOINT_EDITS)],
+)
+async def test_a_checkpoint_with_a_valid_checksum_but_bad_content_is_refused_before_any_change(
+    tmp_path, field, edit, message
+) -> None:
+    from dlgraph.train.checkpoint import _digest
+
+    await checkpoint_after_two_steps(tmp_path)
+    path = tmp_path / "checkpoint.json"
+    document = json.loads(path.read_text())
+    payload = edit(document["payload"])
+    path.write_text(json.dumps(document | {"payload": payload, "sha256": _digest(payload)}))
+    net = dln2()
+    before = net.prompts()
+    model = LetterWorld().model()
+    async with dg.Engine(model) as engine:
+        trainer = dg.VariationalTrainer(net, engine, **TRAIN_OPTIONS)
+        with pytest.raises(dg.CheckpointError, match=message):
+            await trainer.fit(
+                single_word_task(20, seed=1),
+                single_word_task(20, seed=2),
+                3,
+                10,
+                checkpoint_dir=tmp_path,
+            )
+    assert net.prompts() == before and trainer.steps_done == 0 and model.calls == []
+
+
+async def test_a_step_committed_but_not_logged_is_logged_and_reported_on_resume(tmp_path) -> None:
+    """A kill between saving the checkpoint and writing the log, simulated by a log path the
+    first run cannot write."""
+    train, dev = single_word_task(20, seed=1), single_word_task(20, seed=2)
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    with pytest.raises(IsADirectoryError):
+        await run_counting(
+            dln2(), LetterWorld(), train, dev, 2, checkpoint_dir=tmp_path, log_path=blocked
+        )
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["payload"]["step"] == 1
+    log = tmp_path / "steps.jsonl"
+    log.write_text('{"step": 1, "batch_lo')  # a line cut short by the kill
+    (tmp_path / ".best.json.tmp1234").write_text("half a file")
+    reported: list[int] = []
+    result, _ = await run_counting(
+        dln2(),
+        LetterWorld(),
+        train,
+        dev,
+        3,
+        checkpoint_dir=tmp_path,
+        log_path=log,
+        on_step=lambda record: reported.append(record.step),
+    )
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3]
+    assert reported == [1, 2, 3] and [r.step for r in result.history] == [1, 2, 3]
+    assert not (tmp_path / ".best.json.tmp1234").exists()

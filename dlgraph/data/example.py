@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from dlgraph._validate import text
 from dlgraph.errors import DataError
 
 
@@ -26,8 +27,13 @@ def json_object(where: str, text: str) -> dict[str, Any]:
 class Example:
     """An input and its gold target (the output node's expected answer)."""
 
-    input: str
-    target: str
+    input: str = attrs.field(validator=text)
+    target: str = attrs.field(validator=text)
+    source: str | None = attrs.field(default=None, kw_only=True, eq=False, repr=False)
+    """Where the example was read (``train.jsonl:17``), so that errors can say so."""
+
+    def where(self, fallback: str) -> str:
+        return self.source or fallback
 
     @classmethod
     def from_jsonl(cls, path: str, line_number: int, text: str) -> Example:
@@ -39,11 +45,13 @@ class Example:
                 raise DataError(f"{where}: missing field {field!r}")
             if not isinstance(record[field], str | int | float):
                 raise DataError(f"{where}: field {field!r} must be text")
-        return cls(str(record["input"]), str(record["target"]))
+        return cls(str(record["input"]), str(record["target"]), source=where)
 
 
 def check_dataset(examples: Sequence[Example], name: str) -> list[Example]:
     """Refuse an empty dataset or one of the wrong type, naming it."""
+    if isinstance(examples, str | bytes):
+        raise DataError(f"{name}: expected a list of dg.Example, got a string")
     data = list(examples)
     if not data:
         raise DataError(f"{name}: empty dataset")

@@ -13,13 +13,22 @@ from dlgraph.errors import DataError
 
 
 def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    """Non-blank lines with their numbers; a line that is not UTF-8 is named, not skipped."""
     try:
-        with open(path, encoding="utf-8") as stream:
-            for number, line in enumerate(stream, start=1):
+        with open(path, "rb") as stream:
+            for number, raw in enumerate(stream, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise DataError(
+                        f"{os.fspath(path)}:{number}: not UTF-8 text (byte {error.start})"
+                    ) from None
                 if line.strip():
                     yield number, line
     except FileNotFoundError:
         raise DataError(f"{os.fspath(path)}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{os.fspath(path)}: is a folder, not a data file") from None
 
 
 def _records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -46,6 +55,8 @@ def _load_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{os.fspath(path)}: no such file") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{os.fspath(path)}: not UTF-8 text (byte {error.start})") from None
     except json.JSONDecodeError as error:
         raise DataError(f"{os.fspath(path)}:{error.lineno}: not valid JSON: {error.msg}") from error
 

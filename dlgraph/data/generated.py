@@ -11,6 +11,7 @@ import datetime
 import random
 from collections.abc import Callable
 
+from dlgraph._validate import check_int
 from dlgraph.data.example import Example
 from dlgraph.data.paper import Task
 from dlgraph.errors import DataError
@@ -132,6 +133,11 @@ def generated_task(
     name: str, train: int = 100, dev: int = 100, test: int = 100, seed: int = 0
 ) -> Task:
     """Disjoint splits drawn from one seeded stream."""
+    for split, count in (("train", train), ("dev", dev), ("test", test)):
+        try:
+            check_int(split, count, 0)
+        except (TypeError, ValueError) as error:
+            raise DataError(f"generated task {name!r}: {error}") from None
     examples = generate(name, train + dev + test, seed)
     _, classes, instruction = GENERATORS[name]
     return Task(

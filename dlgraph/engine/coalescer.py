@@ -13,7 +13,6 @@ import anyio
 import anyio.abc
 import attrs
 
-from dlgraph._tasks import single_errors
 from dlgraph.backend import GenerateRequest, LogprobRequest, Result
 from dlgraph.engine.stage import Batch, Call, Outcome, Work, batch_key
 from dlgraph.errors import BackendError, RequestRejected
@@ -41,6 +40,7 @@ class Coalescer:
     max_batch: int
     window_s: float
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+    clock: Callable[[], float] = anyio.current_time
     max_tokens: int | None = None
     """A batch closes once its estimated tokens reach this (so that one request does not
     take more of a token-per-minute allowance than it can hold)."""
@@ -89,7 +89,8 @@ class Coalescer:
             if len(slots) == 1:
                 outcomes: list[object] = [await self.inner(slots[0].request)]
             else:
-                result = await self.inner(Batch(tuple(slot.request for slot in slots)))  # type: ignore[arg-type]
+                batch = Batch(tuple(slot.request for slot in slots), since=self.clock())  # type: ignore[arg-type]
+                result = await self.inner(batch)
                 assert isinstance(result, list)
                 outcomes = list(result)
         except Exception as error:  # handed to every waiter of the batch
@@ -105,7 +106,8 @@ class Coalescer:
 @attrs.define(eq=False)
 class Split:
     """A multi-prompt request the server refuses is split in halves until the refused
-    prompt fails alone; the other prompts still get their answers."""
+    prompt fails alone; the other prompts still get their answers. The halves keep the batch's
+    place in the limiter's queue, and a half that fails for another reason fails alone."""
 
     inner: Call
 
@@ -118,23 +120,22 @@ class Split:
             if len(work.requests) == 1:
                 return [error]
         middle = len(work.requests) // 2
-        halves = [Batch(work.requests[:middle]), Batch(work.requests[middle:])]
+        halves = [
+            Batch(work.requests[:middle], since=work.since),
+            Batch(work.requests[middle:], since=work.since),
+        ]
         results: list[list[object]] = [[], []]
 
         async def run(index: int) -> None:
             half = halves[index]
-            if len(half.requests) == 1:
-                try:
-                    results[index] = [await self.inner(half.requests[0])]
-                except BackendError as error:
-                    results[index] = [error]
-            else:
+            try:
                 outcome = await self(half)
                 assert isinstance(outcome, list)
                 results[index] = list(outcome)
+            except BackendError as error:
+                results[index] = [error] * len(half.requests)
 
-        with single_errors():
-            async with anyio.create_task_group() as task_group:
-                task_group.start_soon(run, 0)
-                task_group.start_soon(run, 1)
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(run, 0)
+            task_group.start_soon(run, 1)
         return results[0] + results[1]  # type: ignore[return-value]

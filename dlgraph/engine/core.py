@@ -35,7 +35,7 @@ import anyio.abc
 import attrs
 
 from dlgraph._tasks import single_errors
-from dlgraph._validate import check_number, strings
+from dlgraph._validate import check_number, class_strings, integer, number, stop_strings
 from dlgraph.backend import (
     Backend,
     GenerateRequest,
@@ -67,6 +67,11 @@ def _coalesce_ms(instance: object, attribute: attrs.Attribute[Any], value: objec
         check_number(attribute.name, value, 0)
 
 
+def _cache(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool | str | os.PathLike):
+        raise TypeError(f"cache: expected true, false or a file path, got {value!r}")
+
+
 @attrs.define(eq=False, slots=False)
 class Engine(anyio.AsyncContextManagerMixin):
     """Runs model calls for a backend: cached, de-duplicated, coalesced, rate limited,
@@ -85,9 +90,9 @@ class Engine(anyio.AsyncContextManagerMixin):
     """
 
     backend: Backend
-    rpm: float | None = attrs.field(default=None, kw_only=True)
-    tpm: float | None = attrs.field(default=None, kw_only=True)
-    max_concurrency: int | None = attrs.field(default=None, kw_only=True)
+    rpm: float | None = attrs.field(default=None, kw_only=True, validator=number(0, above=True))
+    tpm: float | None = attrs.field(default=None, kw_only=True, validator=number(0, above=True))
+    max_concurrency: int | None = attrs.field(default=None, kw_only=True, validator=integer(1))
     limits: RateLimits = attrs.field(
         kw_only=True,
         default=attrs.Factory(
@@ -97,7 +102,7 @@ class Engine(anyio.AsyncContextManagerMixin):
             takes_self=True,
         ),
     )
-    cache: bool | str | os.PathLike[str] = attrs.field(default=True, kw_only=True)
+    cache: bool | str | os.PathLike[str] = attrs.field(default=True, kw_only=True, validator=_cache)
     budget: Budget = attrs.field(factory=Budget, kw_only=True)
     retry: RetryPolicy = attrs.field(factory=RetryPolicy, kw_only=True)
     coalesce_ms: float | Literal["auto"] = attrs.field(
@@ -130,16 +135,19 @@ class Engine(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Self]:
         with single_errors():
-            async with self.backend, anyio.create_task_group() as task_group:
-                store = open_store(self.cache)
-                try:
+            store = await open_store(self.cache)
+            try:
+                async with self.backend, anyio.create_task_group() as task_group:
                     self._chain = self._build_chain(task_group, store)
-                    yield self
-                finally:
-                    self._chain = None
-                    task_group.cancel_scope.cancel()
-                    if store is not None:
-                        store.close()
+                    try:
+                        yield self
+                    finally:
+                        self._chain = None
+                        task_group.cancel_scope.cancel()
+            finally:
+                if store is not None:
+                    with anyio.CancelScope(shield=True):
+                        await store.aclose()
 
     def _build_chain(self, task_group: anyio.abc.TaskGroup, store: Store | None) -> Call:
         jitter = random.Random(self.seed)
@@ -165,6 +173,7 @@ class Engine(anyio.AsyncContextManagerMixin):
                 max_batch,
                 window_ms / 1000.0,
                 sleep=self.sleep,
+                clock=self.clock,
                 max_tokens=int(limits.tpm / 60 * limits.burst_s / 4) if limits.tpm else None,
                 count_tokens=lambda work: sum(estimated_tokens(self.backend, work)),
             )
@@ -201,7 +210,7 @@ class Engine(anyio.AsyncContextManagerMixin):
             prompt,
             max_tokens=max_tokens,
             temperature=temperature,
-            stop=strings(stop),
+            stop=stop_strings(stop),
             seed=seed,
             node=node,
             phase=phase,
@@ -237,7 +246,7 @@ class Engine(anyio.AsyncContextManagerMixin):
     ) -> list[float]:
         """P(class | context) for ``"yes|Yes"``-style class specs, in the order given; see
         `dlgraph.engine.classify` for how each kind of backend is asked."""
-        query = ClassQuery(context, strings(classes), node, phase, priority)
+        query = ClassQuery(context, class_strings(classes), node, phase, priority)
         return await class_distribution(self.request, self.backend.capabilities, query)
 
     def statistics(self) -> LedgerSnapshot:

@@ -1,8 +1,9 @@
 """Rate limits: request and token buckets, one shared pause on 429, adaptive concurrency.
 
 Admission is a priority queue: when the buckets are the bottleneck, the waiting call with the
-highest priority (the deepest node) goes first, ties in arrival order. Each attempt, retries
-included, passes here, since each one costs the server a request.
+highest priority (the deepest node) goes first, ties in arrival order (the parts of a split
+batch arrive when the batch did). Each attempt, retries included, passes here, since each one
+costs the server a request.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import attrs
 
 from dlgraph._validate import integer, number
 from dlgraph.backend import Backend, CallReport
-from dlgraph.engine.stage import Outcome, ReplyCall, Work
+from dlgraph.engine.stage import Batch, Outcome, ReplyCall, Work
 from dlgraph.engine.tokens import estimated_tokens
 from dlgraph.errors import RateLimited
 
@@ -106,7 +107,7 @@ class Limiter:
     capacity: anyio.CapacityLimiter = attrs.field(init=False)
     _requests: TokenBucket | None = attrs.field(default=None, init=False)
     _tokens: TokenBucket | None = attrs.field(default=None, init=False)
-    _queue: list[tuple[int, int, _Waiter]] = attrs.field(factory=list, init=False)
+    _queue: list[tuple[int, float, int, _Waiter]] = attrs.field(factory=list, init=False)
     _order: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
     _paused_until: float = attrs.field(default=-math.inf, init=False)
     _rate_limited: int = attrs.field(default=0, init=False)
@@ -141,7 +142,8 @@ class Limiter:
 
     async def __call__(self, work: Work) -> Outcome:
         charged = sum(estimated_tokens(self.backend, work)) if self._tokens else 0
-        await self._admit(work.priority, charged)
+        since = work.since if isinstance(work, Batch) else None
+        await self._admit(work.priority, charged, since)
         crowded = self.capacity.available_tokens < 1
         async with self.capacity:
             started = self.clock()
@@ -165,7 +167,7 @@ class Limiter:
             waits.append(self._tokens.wait_s(tokens, now))
         return max(waits)
 
-    async def _admit(self, priority: int, tokens: int) -> None:
+    async def _admit(self, priority: int, tokens: int, since: float | None) -> None:
         if not self._queue and (self._requests or self._tokens or self._paused_until > -math.inf):
             if self._wait_s(tokens) <= 0:
                 self._take(tokens)
@@ -173,7 +175,8 @@ class Limiter:
         elif not self._queue:
             return  # no limit known: nothing to wait for
         waiter = _Waiter()
-        entry = (-priority, next(self._order), waiter)
+        arrived = self.clock() if since is None else since
+        entry = (-priority, arrived, next(self._order), waiter)
         heapq.heappush(self._queue, entry)
         self._wake_head()
         try:
@@ -203,7 +206,7 @@ class Limiter:
 
     def _wake_head(self) -> None:
         if self._queue:
-            self._queue[0][2].wake.set()
+            self._queue[0][3].wake.set()
 
     # -- feedback --------------------------------------------------------------------------
 

@@ -32,6 +32,9 @@ class Batch:
     answered by one backend call (a multi-prompt /v1/completions request)."""
 
     requests: tuple[GenerateRequest, ...] | tuple[LogprobRequest, ...]
+    since: float | None = attrs.field(default=None, kw_only=True, eq=False)
+    """When the batch was formed (engine clock): the parts of a split batch keep the place in
+    the limiter's queue that the whole batch had."""
 
     @property
     def priority(self) -> int:

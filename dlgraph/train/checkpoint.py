@@ -1,21 +1,33 @@
-"""Checkpoints: the whole training state after a step, written atomically, checked on load."""
+"""Checkpoints: the whole training state after a step, written atomically, checked on load.
+
+A checkpoint is untrusted on load: after the checksum, every field is parsed and checked as
+strictly as the code that wrote it (networks through `Network.from_json`, step records field
+by field, the random state by restoring it into a scratch generator), and the step numbers
+must run 1..step. Only a checkpoint that passes all of it is returned; nothing is half-loaded.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import random
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from dlgraph._files import write_atomic
-from dlgraph.errors import CheckpointError
+from dlgraph._validate import check_int, check_number, check_text
+from dlgraph.errors import CheckpointError, GraphError
+from dlgraph.network import Network
+from dlgraph.train.records import StepRecord
 
 FORMAT = "dlgraph.checkpoint"
 VERSION = 1
 FILENAME = "checkpoint.json"
+T = TypeVar("T")
 
 
 def _digest(payload: dict[str, Any]) -> str:
@@ -29,31 +41,44 @@ class Checkpoint:
 
     step: int
     fingerprint: str
-    network: dict[str, Any]
-    best_network: dict[str, Any]
+    network: Network
+    best_network: Network
     best_score: float | None
     initial_score: float | None
     evaluations_since_best: int
     memory: dict[str, dict[str, float]]
-    rng_state: list[Any]
-    history: list[dict[str, Any]]
+    rng_state: tuple[Any, ...]
+    history: list[StepRecord]
+    """Every finished step's record, in order: the source of truth for the step log."""
     ledger: list[dict[str, Any]]
 
-    def write(self, directory: str | os.PathLike[str]) -> Path:
-        payload = attrs.asdict(self)
-        document = {
-            "format": FORMAT,
-            "version": VERSION,
-            "sha256": _digest(payload),
-            "payload": payload,
+    def to_json(self) -> dict[str, Any]:
+        version, internal, gauss = self.rng_state
+        return {
+            "step": self.step,
+            "fingerprint": self.fingerprint,
+            "network": self.network.to_json(),
+            "best_network": self.best_network.to_json(),
+            "best_score": self.best_score,
+            "initial_score": self.initial_score,
+            "evaluations_since_best": self.evaluations_since_best,
+            "memory": self.memory,
+            "rng_state": [version, list(internal), gauss],
+            "history": [record.to_json() for record in self.history],
+            "ledger": self.ledger,
         }
+
+    def write(self, directory: str | os.PathLike[str]) -> Path:
+        payload = self.to_json()
+        document = {"format": FORMAT, "version": VERSION, "sha256": _digest(payload)}
         path = Path(directory) / FILENAME
-        write_atomic(path, json.dumps(document) + "\n")
+        write_atomic(path, json.dumps(document | {"payload": payload}) + "\n")
         return path
 
     @classmethod
     def read(cls, directory: str | os.PathLike[str]) -> Checkpoint | None:
-        """The checkpoint in `directory`, None if there is none; refuses a damaged one."""
+        """The checkpoint in `directory`, None if there is none; CheckpointError, naming the
+        file and the field, for one that is damaged in any way."""
         path = Path(directory) / FILENAME
         if not path.exists():
             return None
@@ -70,7 +95,89 @@ class Checkpoint:
         payload = document.get("payload")
         if not isinstance(payload, dict) or document.get("sha256") != _digest(payload):
             raise CheckpointError(f"{path}: checksum mismatch, the checkpoint is corrupt")
-        try:
-            return cls(**payload)
-        except TypeError as error:
-            raise CheckpointError(f"{path}: malformed checkpoint ({error})") from error
+        return cls.from_json(payload, path)
+
+    @classmethod
+    def from_json(cls, payload: Mapping[str, Any], path: Path) -> Checkpoint:
+        fields = {field.name for field in attrs.fields(cls)}
+        if set(payload) != fields:
+            odd = sorted(set(payload) ^ fields)
+            raise CheckpointError(
+                f"{path}: malformed checkpoint (missing or unknown: {', '.join(odd)})"
+            )
+        step = _field(path, "step", lambda: check_int("step", payload["step"], 0))
+        history = _field(path, "history", lambda: _history(payload["history"]))
+        if [record.step for record in history] != list(range(1, step + 1)):
+            raise CheckpointError(
+                f"{path}: history: steps {[r.step for r in history]} do not run 1..{step}"
+            )
+        return cls(
+            step=step,
+            fingerprint=_field(
+                path, "fingerprint", lambda: check_text("fingerprint", payload["fingerprint"])
+            ),
+            network=_field(path, "network", lambda: Network.from_json(payload["network"])),
+            best_network=_field(
+                path, "best_network", lambda: Network.from_json(payload["best_network"])
+            ),
+            best_score=_field(path, "best_score", lambda: _score(payload["best_score"])),
+            initial_score=_field(path, "initial_score", lambda: _score(payload["initial_score"])),
+            evaluations_since_best=_field(
+                path,
+                "evaluations_since_best",
+                lambda: check_int("evaluations_since_best", payload["evaluations_since_best"], 0),
+            ),
+            memory=_field(path, "memory", lambda: _memory(payload["memory"])),
+            rng_state=_field(path, "rng_state", lambda: _rng_state(payload["rng_state"])),
+            history=history,
+            ledger=_field(path, "ledger", lambda: _ledger(payload["ledger"])),
+        )
+
+
+def _field(path: Path, name: str, parse: Callable[[], T]) -> T:
+    try:
+        return parse()
+    except (GraphError, TypeError, ValueError, KeyError, IndexError) as error:
+        raise CheckpointError(f"{path}: {name}: {error}") from error
+
+
+def _score(value: object) -> float | None:
+    if value is None:
+        return None
+    score = check_number("score", value, 0)
+    if score > 1:
+        raise ValueError(f"an accuracy must be in [0, 1], got {score}")
+    return score
+
+
+def _memory(value: object) -> dict[str, dict[str, float]]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {value!r}")
+    memory: dict[str, dict[str, float]] = {}
+    for node, prompts in value.items():
+        if not isinstance(prompts, dict):
+            raise TypeError(f"{node}: expected an object of prompts, got {prompts!r}")
+        memory[node] = {
+            check_text("prompt", p): check_number("elbo", s) for p, s in prompts.items()
+        }
+    return memory
+
+
+def _rng_state(value: object) -> tuple[Any, ...]:
+    if not (isinstance(value, list) and len(value) == 3 and isinstance(value[1], list)):
+        raise TypeError("expected [version, [internal state], gauss]")
+    state = (value[0], tuple(value[1]), value[2])
+    random.Random().setstate(state)  # raises TypeError/ValueError for a state that is not one
+    return state
+
+
+def _history(value: object) -> list[StepRecord]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list of step records, got {value!r}")
+    return [StepRecord.from_json(record) for record in value]
+
+
+def _ledger(value: object) -> list[dict[str, Any]]:
+    if not (isinstance(value, list) and all(isinstance(row, dict) for row in value)):
+        raise TypeError("expected a list of objects")
+    return value

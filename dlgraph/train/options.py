@@ -11,7 +11,7 @@ from dlgraph._validate import boolean, integer, number, strings
 
 
 def _optional_names(names: Iterable[str] | None) -> tuple[str, ...] | None:
-    return None if names is None else strings(names)
+    return None if names is None else strings(names, "trainable")
 
 
 @attrs.frozen(kw_only=True)

@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from dlgraph._validate import check_int, check_number, check_text
 from dlgraph.network import Network
 from dlgraph.train.posterior import Posterior
 
@@ -46,9 +47,42 @@ class StepRecord:
         return attrs.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> StepRecord:
-        elbo = {k: [(str(p), float(s)) for p, s in v] for k, v in data["elbo"].items()}
-        return cls(**(data | {"elbo": elbo}))
+    def from_json(cls, data: object) -> StepRecord:
+        """A record as `to_json` wrote it; TypeError or ValueError for anything else (the
+        files records are read from are untrusted)."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a step record must be an object, got {data!r}")
+        names = {field.name for field in attrs.fields(cls)}
+        if set(data) != names:
+            raise ValueError(f"step record: missing or unknown keys {sorted(set(data) ^ names)}")
+        dev = data["dev_accuracy"]
+        return cls(
+            step=check_int("step", data["step"], 1),
+            batch_loss=check_number("batch_loss", data["batch_loss"], 0),
+            prompts={
+                check_text("node", k): check_text("prompt", v) for k, v in _items(data["prompts"])
+            },
+            elbo={check_text("node", k): _scored(v) for k, v in _items(data["elbo"])},
+            posterior_entropy={
+                check_text("node", k): check_number("entropy", v, 0)
+                for k, v in _items(data["posterior_entropy"])
+            },
+            dev_accuracy=None if dev is None else check_number("dev_accuracy", dev, 0),
+            calls=check_int("calls", data["calls"], 0),
+            tokens=check_int("tokens", data["tokens"], 0),
+        )
+
+
+def _items(value: object) -> list[tuple[Any, Any]]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {value!r}")
+    return list(value.items())
+
+
+def _scored(value: object) -> list[tuple[str, float]]:
+    if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 for p in value):
+        raise TypeError(f"expected a list of [prompt, elbo] pairs, got {value!r}")
+    return [(check_text("prompt", p), check_number("elbo", s)) for p, s in value]
 
 
 @attrs.frozen(kw_only=True)

@@ -11,17 +11,18 @@ import os
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 
+from dlgraph._files import remove_stale_temporaries, write_atomic
 from dlgraph._validate import integer
 from dlgraph.data.example import Example, check_dataset
 from dlgraph.engine import Engine
 from dlgraph.errors import BudgetExhausted, CheckpointError
 from dlgraph.evaluation import evaluate
 from dlgraph.network import Network
-from dlgraph.train.checkpoint import Checkpoint
+from dlgraph.train.checkpoint import FILENAME, Checkpoint
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.proposals import PromptMemory
 from dlgraph.train.records import FitResult, StepOutcome, StepRecord
@@ -61,7 +62,7 @@ class Learner(Protocol):
     memory: PromptMemory
     steps_done: int
 
-    def gold_targets(self, data: Sequence[Example], name: str = "data") -> list[str]: ...
+    def check_data(self, train: Sequence[Example], dev: Sequence[Example]) -> None: ...
     async def step(self, batch: Sequence[Example]) -> StepOutcome: ...
     def apply(self, outcome: StepOutcome) -> None: ...
 
@@ -92,21 +93,22 @@ class Run:
             "network": structure,
             "options": self.trainer.options.to_json(),
             "batch_size": self.settings.batch_size,
-            "train": [attrs.astuple(e) for e in self.train],
-            "dev": [attrs.astuple(e) for e in self.dev],
+            "train": [[e.input, e.target] for e in self.train],
+            "dev": [[e.input, e.target] for e in self.dev],
         }
         return hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()
 
     async def execute(self) -> FitResult:
         trainer = self.trainer
-        trainer.gold_targets(self.train, "train")
-        trainer.gold_targets(self.dev, "dev")
+        trainer.check_data(self.train, self.dev)
         fingerprint = self.fingerprint()
+        self._remove_stale_temporaries()
         stopped = "steps"
         try:
-            if not self._resume(fingerprint):
+            if not await self._resume(fingerprint):
+                self.best = trainer.net.copy()  # kept even if the budget ends the first evaluation
                 self.initial_score = await evaluate(trainer.net, trainer.engine, self.dev)
-                self.best, self.best_score = trainer.net.copy(), self.initial_score
+                self.best_score = self.initial_score
             while trainer.steps_done < self.settings.steps:
                 patience = self.settings.patience
                 if patience is not None and self.evaluations_since_best >= patience:
@@ -114,7 +116,8 @@ class Run:
                     break
                 record = await self._one_step()
                 self._save(fingerprint)
-                await self._report(record)
+                self._log(record)
+                await self._notify(record)
         except BudgetExhausted as error:
             logger.info("training stopped: %s", error)
             stopped = "budget"
@@ -174,19 +177,29 @@ class Run:
         else:
             self.evaluations_since_best += 1
 
-    async def _report(self, record: StepRecord) -> None:
+    def _log(self, record: StepRecord) -> None:
         logger.info(
             "step %d: batch loss %.3f, dev %s", record.step, record.batch_loss, record.dev_accuracy
         )
         if self.log_path is not None:
             with open(self.log_path, "a", encoding="utf-8") as stream:
                 stream.write(json.dumps(record.to_json()) + "\n")
+
+    async def _notify(self, record: StepRecord) -> None:
         if self.on_step is not None:
             result = self.on_step(record)
             if inspect.isawaitable(result):
                 await result
 
+    def _remove_stale_temporaries(self) -> None:
+        if self.checkpoint_dir is not None:
+            for name in (FILENAME, "best.json"):
+                remove_stale_temporaries(Path(self.checkpoint_dir) / name)
+        if self.log_path is not None:
+            remove_stale_temporaries(self.log_path)
+
     def _save(self, fingerprint: str) -> None:
+        """Commit the step: one atomic write holds the state and every step's record."""
         if self.checkpoint_dir is None:
             return
         trainer = self.trainer
@@ -194,19 +207,20 @@ class Run:
         Checkpoint(
             step=trainer.steps_done,
             fingerprint=fingerprint,
-            network=trainer.net.to_json(),
-            best_network=self.best.to_json(),
+            network=trainer.net.copy(),
+            best_network=self.best,
             best_score=self.best_score,
             initial_score=self.initial_score,
             evaluations_since_best=self.evaluations_since_best,
             memory=trainer.memory.to_json(),
-            rng_state=_json_state(trainer.rng.getstate()),
-            history=[r.to_json() for r in self.history],
+            rng_state=trainer.rng.getstate(),
+            history=list(self.history),
             ledger=trainer.engine.statistics().to_json(),
         ).write(self.checkpoint_dir)
         self.best.save(Path(self.checkpoint_dir) / "best.json")
 
-    def _resume(self, fingerprint: str) -> bool:
+    async def _resume(self, fingerprint: str) -> bool:
+        """Restore the state of the checkpoint (checked whole before anything is touched)."""
         if self.checkpoint_dir is None:
             return False
         checkpoint = Checkpoint.read(self.checkpoint_dir)
@@ -214,33 +228,47 @@ class Run:
             return False
         if checkpoint.fingerprint != fingerprint:
             raise CheckpointError(
-                f"{Path(self.checkpoint_dir) / 'checkpoint.json'}: written for another setup "
+                f"{Path(self.checkpoint_dir) / FILENAME}: written for another setup "
                 "(network structure, trainer options, data or batch size differ); "
                 "use a new checkpoint_dir or the original setup"
             )
         trainer = self.trainer
-        network = Network.from_json(checkpoint.network)
-        for name, prompt in network.prompts().items():
+        for name, prompt in checkpoint.network.prompts().items():
             trainer.net.set_prompt(name, prompt)
         trainer.memory = PromptMemory(trainer.options.memory_size, best=checkpoint.memory)
-        trainer.rng.setstate(_python_state(checkpoint.rng_state))
+        trainer.rng.setstate(checkpoint.rng_state)
         trainer.steps_done = checkpoint.step
-        self.history = [StepRecord.from_json(r) for r in checkpoint.history]
-        self.best, self.best_score = (
-            Network.from_json(checkpoint.best_network),
-            checkpoint.best_score,
-        )
+        self.history = list(checkpoint.history)
+        self.best, self.best_score = checkpoint.best_network, checkpoint.best_score
         self.initial_score = checkpoint.initial_score
         self.evaluations_since_best = checkpoint.evaluations_since_best
         logger.info("resumed from step %d", checkpoint.step)
+        await self._replay_log()
         return True
 
+    async def _replay_log(self) -> None:
+        """Make the step log hold exactly the checkpoint's records, and report again the ones
+        it lacked: a kill between committing a step and logging it (or mid-line) loses no
+        record and repeats none."""
+        if self.log_path is None:
+            return
+        logged = logged_steps(self.log_path)
+        write_atomic(self.log_path, "".join(json.dumps(r.to_json()) + "\n" for r in self.history))
+        for record in self.history:
+            if record.step not in logged:
+                await self._notify(record)
 
-def _json_state(state: tuple[Any, ...]) -> list[Any]:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
 
-
-def _python_state(state: list[Any]) -> tuple[Any, ...]:
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)
+def logged_steps(path: str | os.PathLike[str]) -> set[int]:
+    """Step numbers of the whole records in a step log (a truncated line is no record)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return set()
+    steps = set()
+    for line in lines:
+        try:
+            steps.add(StepRecord.from_json(json.loads(line)).step)
+        except (ValueError, TypeError):
+            continue
+    return steps

@@ -17,9 +17,9 @@ from typing import Any
 import attrs
 
 from dlgraph._tasks import map_concurrently
-from dlgraph.data.example import Example
+from dlgraph.data.example import Example, check_dataset
 from dlgraph.engine import Engine
-from dlgraph.errors import DataError, GraphError
+from dlgraph.errors import GraphError
 from dlgraph.forward import Trace, forward
 from dlgraph.network import Network
 from dlgraph.train import posterior as posterior_inference
@@ -84,17 +84,12 @@ class VariationalTrainer:
 
     def gold_targets(self, data: Sequence[Example], name: str = "data") -> list[str]:
         """Targets as the output node names them; DataError for one it cannot take."""
-        node = self.net.node(self.output)
-        targets = []
-        for index, example in enumerate(data):
-            found = node.kind.target(example.target)
-            if found is None:
-                raise DataError(
-                    f"{name}[{index}]: target {example.target!r} is not a class of node "
-                    f"{self.output!r} ({node.kind.describe()})"
-                )
-            targets.append(found)
-        return targets
+        return self.net.node(self.output).targets(data, name)
+
+    def check_data(self, train: Sequence[Example], dev: Sequence[Example]) -> None:
+        """Everything about the data that can be known before a call: DataError otherwise."""
+        self.gold_targets(check_dataset(train, "train"), "train")
+        self.gold_targets(check_dataset(dev, "dev"), "dev")
 
     # -- one step ----------------------------------------------------------------------------
 

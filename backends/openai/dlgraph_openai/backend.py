@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -12,7 +14,8 @@ import aiohttp
 import attrs
 
 import dlgraph as dg
-from dlgraph_openai.errors import status_error, translated
+from dlgraph_openai import answers
+from dlgraph_openai.errors import public_url, redact, status_error, translated
 from dlgraph_openai.profiles import PROFILES, Profile
 
 logger = logging.getLogger(__name__)
@@ -32,7 +35,7 @@ class OpenAIBackend(dg.Backend):
     and appears in no repr, log line or error."""
 
     model: str
-    base_url: str | None = None
+    base_url: str | None = attrs.field(default=None, repr=lambda url: repr(public_url(url or "")))
     api_key: str | None = attrs.field(default=None, repr=False)
     profile: Profile = attrs.field(default=PROFILES["openai"], converter=_profile)
     api: Literal["completions", "chat"] = attrs.field(
@@ -53,6 +56,16 @@ class OpenAIBackend(dg.Backend):
             raise dg.BackendUnavailable(f"profile {self.profile.name!r} needs a base_url")
         if self.api_key is None and self.profile.api_key_env:
             self.api_key = os.environ.get(self.profile.api_key_env)
+        if self.api_key and urllib.parse.urlsplit(self.base_url).password:
+            raise dg.BackendUnavailable(
+                f"{public_url(self.base_url)}: the URL carries a password and an API key is "
+                "set too; give the key once, as api_key"
+            )
+
+    @property
+    def _secrets(self) -> tuple[str | None, ...]:
+        """What no error may show: the key, and a password in the URL."""
+        return (self.api_key, urllib.parse.urlsplit(self.base_url or "").password)
 
     @property
     def capabilities(self) -> dg.Capabilities:  # type: ignore[override]
@@ -69,9 +82,16 @@ class OpenAIBackend(dg.Backend):
 
     @property
     def identity(self) -> str:
-        return f"openai:{self.base_url}:{self.model}:{self.api}"
+        return f"openai:{public_url(self.base_url or '')}:{self.model}:{self.api}"
 
     async def __aenter__(self) -> OpenAIBackend:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise dg.BackendUnavailable(
+                "dlgraph-openai runs on asyncio (aiohttp needs it), and this event loop is not "
+                "asyncio: run your program with anyio's default asyncio backend"
+            ) from None
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
@@ -91,14 +111,18 @@ class OpenAIBackend(dg.Backend):
             return {"Authorization": f"Bearer {self.api_key}"}
         return {self.profile.auth_header: self.api_key}
 
+    def _where(self, path: str) -> str:
+        """The endpoint as errors show it: no password, no key."""
+        return redact(f"{public_url(self.base_url or '')}{path}", *self._secrets)
+
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         if self._session is None:
             raise dg.BackendUnavailable("the backend is closed: use it inside 'async with'")
-        where = f"{self.base_url}{path}"
+        url, where = f"{self.base_url}{path}", self._where(path)
         params = {"api-version": self.profile.api_version} if self.profile.api_version else None
-        async with translated(where, self.timeout_s):
+        async with translated(where, self.timeout_s, self._secrets):
             async with self._session.post(
-                where, json=body | {"model": self.model}, headers=self._headers(), params=params
+                url, json=body | {"model": self.model}, headers=self._headers(), params=params
             ) as response:
                 text = await response.text()
                 headers = response.headers
@@ -109,19 +133,16 @@ class OpenAIBackend(dg.Backend):
                     limit_tokens=_int(headers.get("x-ratelimit-limit-tokens")),
                 )
                 if response.status != 200:
-                    raise status_error(response.status, text, headers, where)
+                    raise status_error(response.status, text, headers, where, self._secrets)
                 data = json.loads(text)
-        if (
-            not isinstance(data, dict)
-            or not isinstance(data.get("choices"), list)
-            or not data["choices"]
-        ):
-            raise dg.TransientError(f"{where}: answer without choices")
-        usage = data.get("usage") or {}
-        dg.report(
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-        )
+        if not isinstance(data, dict):
+            raise dg.MalformedAnswer(f"{where}: the answer is not a JSON object")
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            dg.report(
+                prompt_tokens=_int(usage.get("prompt_tokens")),
+                completion_tokens=_int(usage.get("completion_tokens")),
+            )
         return data
 
     # -- generation --------------------------------------------------------------------------
@@ -138,25 +159,26 @@ class OpenAIBackend(dg.Backend):
 
     async def generate(self, request: dg.GenerateRequest) -> str:
         if self.api == "chat":
+            path = "/chat/completions"
             data = await self._post(
-                "/chat/completions",
-                self._sampling(request) | {"messages": _messages(request.prompt)},
+                path, self._sampling(request) | {"messages": _messages(request.prompt)}
             )
-            return str(data["choices"][0]["message"]["content"] or "")
-        data = await self._post(
-            "/completions", self._sampling(request) | {"prompt": request.prompt}
-        )
-        return str(data["choices"][0]["text"])
+            with answers.reading(self._where(path)):
+                return answers.chat_text(
+                    answers.choices(data, 1, self._where(path))[0], self._where(path)
+                )
+        return (await self.generate_batch([request]))[0]
 
     async def generate_batch(self, requests: Sequence[dg.GenerateRequest]) -> list[str]:
-        body = self._sampling(requests[0]) | {"prompt": [r.prompt for r in requests]}
+        prompts = [r.prompt for r in requests]
+        body = self._sampling(requests[0]) | {"prompt": prompts if len(prompts) > 1 else prompts[0]}
         data = await self._post("/completions", body)
-        choices = sorted(data["choices"], key=lambda choice: int(choice.get("index", 0)))
-        if len(choices) != len(requests):
-            raise dg.TransientError(
-                f"{self.base_url}/completions: {len(choices)} answers for {len(requests)} prompts"
-            )
-        return [str(choice["text"]) for choice in choices]
+        where = self._where("/completions")
+        with answers.reading(where):
+            return [
+                answers.text(choice, where)
+                for choice in answers.choices(data, len(requests), where)
+            ]
 
     # -- scoring -----------------------------------------------------------------------------
 
@@ -168,12 +190,15 @@ class OpenAIBackend(dg.Backend):
         text = request.context + request.target
         if self.api == "completions" and self.profile.prompt_logprobs:
             body = {"prompt": text, "max_tokens": 1, "prompt_logprobs": 0, "temperature": 0}
-            choice = (await self._post("/completions", body))["choices"][0]
-            return _prompt_logprobs_sum(
-                choice.get("prompt_logprobs"), len(request.context), len(text), self.base_url or ""
-            )
+            data = await self._post("/completions", body)
+            where = self._where("/completions")
+            with answers.reading(where):
+                choice = answers.choices(data, 1, where)[0]
+                return answers.prompt_logprobs_sum(
+                    choice.get("prompt_logprobs"), len(request.context), len(text), where
+                )
         raise dg.RequestRejected(
-            f"{self.base_url} ({self.profile.name}, {self.api}) gives no prompt log-probabilities "
+            f"{self._where('')} ({self.profile.name}, {self.api}) gives no prompt log-probabilities "
             "(neither echo with logprobs nor prompt_logprobs); class nodes can still be scored by "
             "top log-probs, and the trainer can use scoring='accuracy'"
         )
@@ -182,7 +207,7 @@ class OpenAIBackend(dg.Backend):
         """Log-probabilities of several texts in one echo request, each aligned by offsets."""
         if not (self.api == "completions" and self.profile.echo_logprobs):
             raise dg.RequestRejected(
-                f"{self.base_url} ({self.profile.name}) has no echo log-probabilities for batches"
+                f"{self._where('')} ({self.profile.name}) has no echo log-probabilities for batches"
             )
         if any(not request.context for request in requests):
             raise dg.RequestRejected("a log-probability needs a non-empty context")
@@ -194,18 +219,15 @@ class OpenAIBackend(dg.Backend):
             "logprobs": 0,
             "temperature": 0,
         }
-        choices = sorted(
-            (await self._post("/completions", body))["choices"],
-            key=lambda c: int(c.get("index", 0)),
-        )
-        if len(choices) != len(requests):
-            raise dg.TransientError(
-                f"{self.base_url}/completions: {len(choices)} answers for {len(requests)} prompts"
-            )
-        return [
-            _echo_sum(choice.get("logprobs"), len(request.context), len(text), self.base_url or "")
-            for choice, request, text in zip(choices, requests, texts, strict=True)
-        ]
+        data = await self._post("/completions", body)
+        where = self._where("/completions")
+        with answers.reading(where):
+            return [
+                answers.echo_sum(choice.get("logprobs"), len(request.context), len(text), where)
+                for choice, request, text in zip(
+                    answers.choices(data, len(requests), where), requests, texts, strict=True
+                )
+            ]
 
     async def top_logprobs(self, request: dg.TopLogprobsRequest) -> dict[str, float]:
         count = min(request.count, self.profile.top_logprobs)
@@ -217,72 +239,27 @@ class OpenAIBackend(dg.Backend):
                 "logprobs": True,
                 "top_logprobs": count,
             }
-            content = (
-                (await self._post("/chat/completions", body))["choices"][0].get("logprobs") or {}
-            ).get("content") or []
-            if not content:
-                raise dg.TransientError(
-                    f"{self.base_url}/chat/completions: no logprobs in the answer"
-                )
-            return {
-                item["token"]: float(item["logprob"]) for item in content[0].get("top_logprobs", [])
-            }
+            path = "/chat/completions"
+            data = await self._post(path, body)
+            with answers.reading(self._where(path)):
+                choice = answers.choices(data, 1, self._where(path))[0]
+                return answers.chat_top_logprobs(choice, self._where(path))
         body = {"prompt": request.context, "max_tokens": 1, "temperature": 0, "logprobs": count}
-        logprobs = (await self._post("/completions", body))["choices"][0].get("logprobs") or {}
-        tops = logprobs.get("top_logprobs") or [{}]
-        return {token: float(value) for token, value in (tops[0] or {}).items()}
+        data = await self._post("/completions", body)
+        where = self._where("/completions")
+        with answers.reading(where):
+            return answers.completion_top_logprobs(answers.choices(data, 1, where)[0], where)
 
 
 def _messages(prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
 
 
-def _int(value: str | None) -> int | None:
-    try:
-        return int(float(value)) if value is not None else None
-    except ValueError:
+def _int(value: object) -> int | None:
+    """A header or usage count, or None when the server sent none or nonsense."""
+    if value is None or isinstance(value, bool):
         return None
-
-
-def _echo_sum(
-    logprobs: dict[str, Any] | None, target_start: int, text_end: int, where: str
-) -> float:
-    """Sum the log-probs of echoed tokens that carry target text (aligned by text offset).
-
-    A token straddling the boundary counts as part of the target; generated tokens after the
-    prompt (when the server needs max_tokens > 0) are left out.
-    """
-    if not logprobs or "text_offset" not in logprobs:
-        raise dg.TransientError(f"{where}: echo answer without token offsets")
-    total = 0.0
-    for offset, token, value in zip(
-        logprobs["text_offset"], logprobs["tokens"], logprobs["token_logprobs"], strict=True
-    ):
-        if offset >= text_end or offset + len(token) <= target_start:
-            continue
-        if value is None:
-            raise dg.RequestRejected(
-                f"{where}: the target starts at the first token; give it a context"
-            )
-        total += float(value)
-    return total
-
-
-def _prompt_logprobs_sum(
-    entries: list[Any] | None, target_start: int, text_end: int, where: str
-) -> float:
-    """vLLM's prompt_logprobs, aligned by walking decoded tokens back from the end of the text."""
-    if not entries:
-        raise dg.TransientError(f"{where}: answer without prompt_logprobs")
-    total, end = 0.0, text_end
-    for entry in reversed(entries):
-        if entry is None:
-            break
-        (info,) = entry.values()
-        start = end - len(info.get("decoded_token", ""))
-        if end > target_start:
-            total += float(info["logprob"])
-        end = start
-        if end <= target_start:
-            break
-    return total
+    try:
+        return int(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -32,6 +33,24 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
         return None if when is None else max(0.0, when.timestamp() - time.time())
 
 
+def public_url(url: str) -> str:
+    """`url` without the password of its userinfo (``https://user:KEY@host`` shows no KEY)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with every occurrence of each secret replaced: servers echo keys in error
+    bodies, and keys travel in URLs."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
 def server_message(body: str) -> str:
     try:
         error = json.loads(body).get("error")
@@ -41,8 +60,10 @@ def server_message(body: str) -> str:
         return body[:500]
 
 
-def status_error(status: int, body: str, headers: Mapping[str, str], where: str) -> dg.BackendError:
-    message = f"{where}: HTTP {status}: {server_message(body)}"
+def status_error(
+    status: int, body: str, headers: Mapping[str, str], where: str, secrets: Sequence[str | None]
+) -> dg.BackendError:
+    message = redact(f"{where}: HTTP {status}: {server_message(body)}", *secrets)
     if status == 429:
         return dg.RateLimited(message, retry_after_s=retry_after_s(headers))
     if status in RETRYABLE or status >= 500:
@@ -51,14 +72,18 @@ def status_error(status: int, body: str, headers: Mapping[str, str], where: str)
 
 
 @asynccontextmanager
-async def translated(where: str, timeout_s: float) -> AsyncIterator[None]:
-    """Raise dlgraph errors, `from` the original, for failures inside the block."""
+async def translated(
+    where: str, timeout_s: float, secrets: Sequence[str | None]
+) -> AsyncIterator[None]:
+    """Raise dlgraph errors, `from` the original, for failures inside the block; no message
+    carries the key."""
     try:
         yield
+    except dg.BackendError:
+        raise
     except aiohttp.ClientConnectorError as error:
-        raise dg.BackendUnavailable(
-            f"{where}: cannot connect ({error.os_error or error})"
-        ) from error
+        reason = redact(str(error.os_error or error), *secrets)
+        raise dg.BackendUnavailable(f"{where}: cannot connect ({reason})") from None
     except (
         aiohttp.ServerDisconnectedError,
         aiohttp.ClientOSError,
@@ -68,8 +93,11 @@ async def translated(where: str, timeout_s: float) -> AsyncIterator[None]:
     except (TimeoutError, aiohttp.ServerTimeoutError) as error:
         raise dg.TransientError(f"{where}: no answer within {timeout_s:g} s") from error
     except aiohttp.ContentTypeError as error:
-        raise dg.TransientError(f"{where}: answer is not JSON") from error
+        raise dg.MalformedAnswer(f"{where}: answer is not JSON") from error
     except json.JSONDecodeError as error:
-        raise dg.TransientError(f"{where}: malformed JSON in the answer ({error.msg})") from error
+        raise dg.MalformedAnswer(f"{where}: malformed JSON in the answer ({error.msg})") from error
     except aiohttp.ClientError as error:
-        raise dg.TransientError(f"{where}: {type(error).__name__}: {error}") from error
+        message = redact(f"{where}: {type(error).__name__}: {error}", *secrets)
+        raise dg.TransientError(message) from None
+    except ValueError as error:  # aiohttp refusing to build the request (a bad URL, say)
+        raise dg.RequestRejected(redact(f"{where}: {error}", *secrets)) from None

@@ -1,0 +1,200 @@
+"""A hostile or broken server: 200 answers that are not answers, keys echoed back, trio."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import anyio
+import pytest
+from aiohttp import web
+
+import dlgraph as dg
+
+KEY = "sk-test-5ecret-key"
+
+
+class AnswerServer:
+    """Answers each request with the next body of a script (the last one repeats)."""
+
+    def __init__(self, *bodies: object, status: int = 200) -> None:
+        self.bodies = list(bodies)
+        self.status = status
+        self.requests = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        body = self.bodies[min(self.requests, len(self.bodies)) - 1]
+        text = body if isinstance(body, str) else json.dumps(body)
+        return web.Response(text=text, status=self.status, content_type="application/json")
+
+    async def __aenter__(self) -> AnswerServer:
+        app = web.Application()
+        app.router.add_post("/v1/completions", self.handle)
+        app.router.add_post("/v1/chat/completions", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+def echo(tokens: list[str], logprobs: list[float | None], offsets: list[int]) -> dict[str, object]:
+    return {
+        "choices": [
+            {
+                "index": 0,
+                "text": "".join(tokens),
+                "logprobs": {"tokens": tokens, "token_logprobs": logprobs, "text_offset": offsets},
+            }
+        ]
+    }
+
+
+MALFORMED = [
+    (
+        "a null text",
+        "generate",
+        {"choices": [{"index": 0, "text": None}]},
+        r"choice 0 has no text \(None\)",
+    ),
+    ("a choice without text", "generate", {"choices": [{"index": 0}]}, r"choice 0 has no text"),
+    ("no choices", "generate", {"id": "x"}, r"answer without choices"),
+    ("an empty choice list", "generate", {"choices": []}, r"answer without choices"),
+    (
+        "a choice that is not an object",
+        "generate",
+        {"choices": ["hi"]},
+        r"a choice is not an object",
+    ),
+    ("a JSON list", "generate", [1, 2], r"the answer is not a JSON object"),
+    ("not JSON", "generate", '{"choices": [', r"malformed JSON in the answer"),
+    (
+        "two answers for one prompt",
+        "generate",
+        {"choices": [{"index": 0, "text": "a"}, {"index": 1, "text": "b"}]},
+        r"2 answers for 1 prompts",
+    ),
+    (
+        "a text that is a number",
+        "generate",
+        {"choices": [{"index": 0, "text": 7}]},
+        r"choice 0 has no text \(7\)",
+    ),
+    (
+        "echo arrays of mismatched lengths",
+        "logprob",
+        echo(["The", " sky", " is", " blue"], [None, -1.0, -1.0], [0, 3, 7, 10]),
+        r"mismatched lengths",
+    ),
+    (
+        "echo tokens that stop short of the target",
+        "logprob",
+        echo(["The", " sky", " is"], [None, -1.0, -1.0], [0, 3, 7]),
+        r"do not cover the target",
+    ),
+    (
+        "echo without offsets",
+        "logprob",
+        {"choices": [{"index": 0, "text": "x", "logprobs": {}}]},
+        r"echo answer without token offsets",
+    ),
+    (
+        "an echo log-prob that is text",
+        "logprob",
+        echo(["The", " sky", " is", " blue"], [None, -1.0, -1.0, "low"], [0, 3, 7, 10]),
+        r"expected a number",
+    ),
+    (
+        "a chat answer without a message",
+        "chat",
+        {"choices": [{"index": 0}]},
+        r"choice without a message",
+    ),
+    (
+        "usage of the wrong type, and no text",
+        "generate",
+        {"choices": [{"index": 0, "text": None}], "usage": {"prompt_tokens": "many"}},
+        r"has no text",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, kind, body, message", MALFORMED, ids=[m[0] for m in MALFORMED])
+async def test_a_malformed_200_answer_is_a_malformed_answer_error_naming_the_endpoint(
+    name, kind, body, message
+) -> None:
+    async with AnswerServer(body) as server:
+        profile = "sim"
+        api = "chat" if kind == "chat" else "completions"
+        backend = dg.connect(
+            "openai", base_url=server.url, model="m", api_key=KEY, profile=profile, api=api
+        )
+        async with backend:
+            with pytest.raises(dg.MalformedAnswer) as caught:
+                if kind == "logprob":
+                    await backend.logprob(dg.LogprobRequest("The sky is", " blue"))
+                else:
+                    await backend.generate(dg.GenerateRequest("hi"))
+    assert re.search(message, str(caught.value)), str(caught.value)
+    assert f"127.0.0.1:{server.port}/v1" in str(caught.value)
+
+
+async def test_a_malformed_answer_is_retried_and_the_whole_one_returned() -> None:
+    async with AnswerServer(
+        {"choices": [{"index": 0, "text": None}]}, {"choices": [{"index": 0, "text": "fine"}]}
+    ) as server:
+        backend = dg.connect("openai", base_url=server.url, model="m", api_key=KEY, profile="sim")
+        async with dg.Engine(backend, retry=dg.RetryPolicy(initial_wait_s=0.01)) as engine:
+            assert await engine.generate("hi", node="n") == "fine"
+        assert engine.statistics().total.retries == 1 and server.requests == 2
+
+
+async def test_an_answer_that_stays_malformed_fails_with_the_node_and_the_endpoint() -> None:
+    async with AnswerServer({"choices": [{"index": 0, "text": None}]}) as server:
+        backend = dg.connect("openai", base_url=server.url, model="m", api_key=KEY, profile="sim")
+        policy = dg.RetryPolicy(deadline_s=0.3, initial_wait_s=0.01, max_wait_s=0.05)
+        async with dg.Engine(backend, retry=policy) as engine:
+            with pytest.raises(dg.RetriesExhausted) as caught:
+                await engine.generate("hi", node="n")
+    assert isinstance(caught.value.__cause__, dg.MalformedAnswer)
+    assert "node 'n'" in str(caught.value) and "has no text" in str(caught.value)
+
+
+async def test_a_key_the_server_echoes_or_the_url_carries_appears_in_no_error() -> None:
+    body = {"error": {"message": f"invalid api key {KEY} for user"}}
+    async with AnswerServer(body, status=401) as server:
+        backend = dg.connect("openai", base_url=server.url, model="m", api_key=KEY, profile="sim")
+        async with backend:
+            with pytest.raises(dg.RequestRejected) as echoed:
+                await backend.generate(dg.GenerateRequest("hi"))
+        in_url = server.url.replace("http://", f"http://user:{KEY}@")
+        backend = dg.connect("openai", base_url=in_url, model="m", profile="sim")
+        async with backend:
+            with pytest.raises(dg.RequestRejected) as from_url:
+                await backend.generate(dg.GenerateRequest("hi"))
+        with pytest.raises(
+            dg.BackendUnavailable, match="carries a password and an API key"
+        ) as twice:
+            dg.connect("openai", base_url=in_url, model="m", api_key=KEY, profile="sim")
+    for error in (echoed.value, from_url.value):
+        assert KEY not in str(error) and "HTTP 401" in str(error)
+    assert "user:***@127.0.0.1" in str(from_url.value) and KEY not in str(twice.value)
+    assert KEY not in backend.identity and KEY not in repr(backend)
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_under_trio_the_backend_says_it_needs_asyncio(anyio_backend) -> None:
+    backend = dg.connect("openai", base_url="http://127.0.0.1:9/v1", model="m", api_key=KEY)
+    with pytest.raises(dg.BackendUnavailable, match="dlgraph-openai runs on asyncio"):
+        async with dg.Engine(backend):
+            pass
+    assert anyio  # the test ran on trio through anyio's pytest plugin

@@ -1,0 +1,134 @@
+"""The answer cache on disk: never on the event loop, never costs an answer, refuses a file
+that is not a dlgraph cache with its path."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import subprocess
+import sys
+
+import anyio
+import pytest
+from dlgraph_sim import ScriptedModel
+
+import dlgraph as dg
+from dlgraph.engine.cache import Cache, SqliteStore
+from dlgraph.engine.ledger import Ledger
+from dlgraph.engine.stage import request_key
+
+
+def key(request):
+    return request_key("test", request)
+
+
+async def answer(work) -> str:
+    return f"answer to {work.prompt}"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"this is not a database, just some bytes" * 50, "file is not a database"),
+        (b"SQLite format 3\x00" + b"\x00" * 40, "cannot be used as an answer cache"),
+    ],
+    ids=["garbage", "truncated"],
+)
+async def test_a_file_that_is_not_a_database_is_refused_with_its_path(
+    tmp_path, content, message
+) -> None:
+    path = tmp_path / "cache.sqlite"
+    path.write_bytes(content)
+    model = ScriptedModel(generate=lambda r: "x")
+    with pytest.raises(dg.CacheError, match=f"{path}: .*{message}|{path}: cannot be used"):
+        async with dg.Engine(model, cache=path) as engine:
+            await engine.generate("hi")
+    assert model.calls == [] and path.read_bytes() == content  # refused, never changed
+
+
+async def test_another_programs_database_is_refused_and_left_alone(tmp_path) -> None:
+    path = tmp_path / "app.db"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE users (name TEXT)")
+    connection.commit()
+    connection.close()
+    before = path.read_bytes()
+    with pytest.raises(dg.CacheError, match=f"{path}: an SQLite database that is not a dlgraph"):
+        async with dg.Engine(ScriptedModel(), cache=path):
+            pass
+    assert path.read_bytes() == before
+
+
+async def test_a_row_without_a_valid_answer_is_a_miss_and_is_replaced(tmp_path, caplog) -> None:
+    path = tmp_path / "cache.sqlite"
+    store = await SqliteStore.open(path)
+    await Cache(answer, key, Ledger(), store)(dg.GenerateRequest("a"))
+    await Cache(answer, key, Ledger(), store)(dg.GenerateRequest("b"))
+    await store.aclose()
+    connection = sqlite3.connect(path)
+    rows = connection.execute("SELECT key FROM answers ORDER BY key").fetchall()
+    connection.execute("UPDATE answers SET value = '{broken' WHERE key = ?", rows[0])
+    connection.execute("UPDATE answers SET value = '42' WHERE key = ?", rows[1])  # not a text
+    connection.commit()
+    connection.close()
+    calls: list[str] = []
+
+    async def counting(work) -> str:
+        calls.append(work.prompt)
+        return await answer(work)
+
+    store = await SqliteStore.open(path)
+    ledger = Ledger()
+    cache = Cache(counting, key, ledger, store)
+    assert await cache(dg.GenerateRequest("a")) == "answer to a"
+    assert await cache(dg.GenerateRequest("b")) == "answer to b"
+    assert sorted(calls) == ["a", "b"]
+    assert await cache(dg.GenerateRequest("a")) == "answer to a" and len(calls) == 2
+    await store.aclose()
+
+
+async def test_a_locked_cache_neither_blocks_the_loop_nor_loses_the_answer(
+    tmp_path, caplog
+) -> None:
+    path = tmp_path / "cache.sqlite"
+    await (await SqliteStore.open(path)).aclose()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+            "c.execute('BEGIN EXCLUSIVE')\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        caplog.set_level(logging.WARNING)
+        store = await SqliteStore.open(path, busy_timeout_s=1.0)
+        ticks = 0
+        done = anyio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await anyio.sleep(0.01)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(ticker)
+            result = await Cache(answer, key, Ledger(), store)(dg.GenerateRequest("paid"))
+            done.set()
+        await store.aclose()
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert result == "answer to paid"
+    assert ticks >= 20  # the loop kept running while the write waited for the lock
+    assert any(
+        "cache write failed" in r.getMessage() and str(path) in r.getMessage()
+        for r in caplog.records
+    )
