@@ -29,14 +29,15 @@ from dlgraph.errors import (
     TransientError,
     UnknownBackend,
 )
-from dlgraph.evaluation import evaluate
+from dlgraph.evaluation import Accuracy, evaluate
 from dlgraph.forward import Trace
 from dlgraph.network import Network
-from dlgraph.nodes import INPUT, LanguageNode
+from dlgraph.nodes import INPUT, Demonstration, LanguageNode, Parameter
 from dlgraph.train import Estimate, FitResult, StepRecord, TrainerOptions, VariationalTrainer
 
 __all__ = [
     "INPUT",
+    "Accuracy",
     "Backend",
     "BackendError",
     "BackendRegistry",
@@ -48,6 +49,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "Demonstration",
     "DlgraphError",
     "Estimate",
     "Engine",
@@ -60,6 +62,7 @@ __all__ = [
     "LogprobRequest",
     "MalformedAnswer",
     "Network",
+    "Parameter",
     "Price",
     "RateLimited",
     "RateLimits",

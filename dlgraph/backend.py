@@ -149,6 +149,9 @@ class Capabilities:
     """How many prompts one request may carry."""
     max_concurrency: int | None = None
     """A hard limit on calls in flight (1 for a model that is not thread-safe)."""
+    context_window: int | None = None
+    """The most tokens one call may hold, prompt and answer, when known: the trainer leaves
+    out candidates whose demonstrations would not fit."""
 
     @property
     def classification(self) -> str:

@@ -12,10 +12,12 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -58,34 +60,60 @@ def _estimate(trainer: dg.VariationalTrainer, config: RunConfig, task: dg.data.T
     return trainer.estimate(run.steps, run.batch_size, task.train, len(task.dev), run.eval_every)
 
 
-def _checked(config: RunConfig) -> tuple[dg.data.Task, dg.Network, dg.Engine]:
+@attrs.frozen
+class _Checked:
+    """A run whose config, data, network and engine options passed every check."""
+
+    task: dg.data.Task
+    net: dg.Network
+    engine: dg.Engine
+    backward: dg.Engine | None
+
+    def trainer(self, config: RunConfig) -> dg.VariationalTrainer:
+        return dg.VariationalTrainer(self.net, self.engine, config.options, backward=self.backward)
+
+
+def _checked(config: RunConfig) -> _Checked:
     """Everything that can be checked before a call or a deleted file: the config, the data
-    (every target against the output node), the network, the backend and engine options."""
+    (every target against the output nodes), the network, the backends and engine options."""
     task = config.task()
     net = config.build_network(task)
-    engine = config.engine()
-    trainer = dg.VariationalTrainer(net, engine, config.options)
-    trainer.check_data(task.train, task.dev)
+    checked = _Checked(task, net, config.engine(), config.backward_engine())
+    checked.trainer(config).check_data(task.train, task.dev)
     if task.test:
-        net.node(net.output_nodes()[0]).targets(task.test, "test")
-    return task, net, engine
+        net.targets(task.test, "test")
+    return checked
+
+
+def _estimate_line(estimate: dg.Estimate) -> str:
+    line = f"at most {estimate.calls:,} calls and {estimate.tokens:,} tokens"
+    if estimate.backward_calls:
+        line += (
+            f" on the forward model, {estimate.backward_calls:,} calls and "
+            f"{estimate.backward_tokens:,} tokens on the backward model"
+        )
+    return line
 
 
 async def _train(args: argparse.Namespace) -> None:
     config = RunConfig.read(args.config)
-    task, net, engine = _checked(config)
+    checked = _checked(config)
+    task, net, engine = checked.task, checked.net, checked.engine
     output = Path(args.out) if args.out else config.output_dir
     checkpoints = output / "checkpoint"
     if not args.resume:
         shutil.rmtree(checkpoints, ignore_errors=True)
         (output / "steps.jsonl").unlink(missing_ok=True)
     started = time.monotonic()
-    async with engine:
-        trainer = dg.VariationalTrainer(net, engine, config.options)
+    async with AsyncExitStack() as stack:
+        for opened in (engine, checked.backward):
+            if opened is not None:
+                await stack.enter_async_context(opened)
+        trainer = checked.trainer(config)
         estimate = _estimate(trainer, config, task)
         console.print(
-            f"[bold]{task.name}[/]: {len(task.train)} train, {len(task.dev)} dev, {len(task.test)} test; "
-            f"at most {estimate.calls:,} calls, {estimate.tokens:,} tokens"
+            f"[bold]{task.name}[/]: {len(task.train)} train, {len(task.dev)} dev, "
+            f"{len(task.test)} test; {_estimate_line(estimate)}"
         )
         before = await _scores(net, engine, task, "before")
         with _progress() as progress:
@@ -110,9 +138,11 @@ async def _train(args: argparse.Namespace) -> None:
                 on_step=on_step,
             )
         after = await _scores(net, engine, task, "after")
-        spent = engine.statistics().total
+        ledgers = {"forward": engine.statistics()}
+        if checked.backward is not None:
+            ledgers["backward"] = checked.backward.statistics()
     net.save(output / "network.json")
-    _report(task, before, after, spent, time.monotonic() - started, result, output)
+    _report(task, before, after, ledgers, time.monotonic() - started, result, output)
     if args.plot:
         _plot(result, before, Path(args.plot))
 
@@ -131,7 +161,7 @@ def _report(
     task: dg.data.Task,
     before: dict[str, float],
     after: dict[str, float],
-    spent: dg.Usage,
+    ledgers: dict[str, dg.LedgerSnapshot],
     seconds: float,
     result: dg.FitResult,
     output: Path,
@@ -143,13 +173,19 @@ def _report(
     for split in before:
         table.add_row(split, f"{before[split]:.3f}", f"{after[split]:.3f}")
     console.print(table)
-    console.print(
-        f"calls {spent.calls:,} (cache hits {spent.cache_hits:,}), tokens {spent.tokens:,}, "
-        f"time {seconds:.0f} s, stopped: {result.stopped}"
-    )
+    spent = Table(title="calls by model and phase")
+    for column in ("model", "phase", "calls", "cache hits", "tokens"):
+        spent.add_column(column, justify="left" if column in ("model", "phase") else "right")
+    for model, ledger in ledgers.items():
+        for phase, usage in sorted(ledger.by_phase().items()):
+            spent.add_row(
+                model, phase, f"{usage.calls:,}", f"{usage.cache_hits:,}", f"{usage.tokens:,}"
+            )
+    console.print(spent)
+    console.print(f"time {seconds:.0f} s, stopped: {result.stopped}")
     console.print(f"learnt network: {output / 'network.json'}")
-    for name, prompt in result.network.prompts().items():
-        console.print(f"  {name}: {prompt}", markup=False, highlight=False)
+    for name, parameter in result.network.parameters().items():
+        console.print(f"  {name}: {parameter.describe()}", markup=False, highlight=False)
 
 
 def _plot(result: dg.FitResult, before: dict[str, float], path: Path) -> None:
@@ -207,12 +243,10 @@ def _loaded(path: str) -> dg.Network:
 
 async def _estimate_command(args: argparse.Namespace) -> None:
     config = RunConfig.read(args.config)
-    task, net, engine = _checked(config)
-    trainer = dg.VariationalTrainer(net, engine, config.options)
-    estimate = _estimate(trainer, config, task)
+    checked = _checked(config)
+    estimate = _estimate(checked.trainer(config), config, checked.task)
     console.print(
-        f"{config.run.steps} steps of batch {config.run.batch_size}: at most {estimate.calls:,} calls "
-        f"and {estimate.tokens:,} tokens"
+        f"{config.run.steps} steps of batch {config.run.batch_size}: {_estimate_line(estimate)}"
     )
 
 
@@ -224,9 +258,16 @@ def _show(args: argparse.Namespace) -> None:
         table.add_column(column)
     for name, node in net.nodes.items():
         table.add_row(
-            name, node.kind.describe(), "yes" if node.is_trainable else "no", Text(node.prompt)
+            name,
+            node.kind.describe(),
+            "yes" if node.is_trainable else "no",
+            Text(node.parameter.describe()),
         )
     console.print(table)
+    for name, node in net.nodes.items():
+        for number, shown in enumerate(node.demonstrations, 1):
+            console.print(f"demonstration {number} of {name}:", markup=False)
+            console.print(f"{shown.input}\n-> {shown.output}", markup=False, highlight=False)
     for name, node in net.nodes.items():
         kind = "built-in" if node.template in BUILTIN else "custom"
         console.print(f"template of {name} ({kind} {node.template if kind == 'built-in' else ''}):")

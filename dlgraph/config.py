@@ -23,7 +23,8 @@ from dlgraph.nodes import INPUT
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.run import RunSettings
 
-SECTIONS = ("backend", "engine", "data", "network", "train", "output")
+SECTIONS = ("backend", "engine", "backward", "data", "network", "train", "output")
+ENGINE_KEYS = ("rpm", "tpm", "max_concurrency", "cache", "max_calls", "max_tokens")
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -99,11 +100,40 @@ def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 @attrs.frozen(kw_only=True)
-class RunConfig:
+class EngineConfig:
+    """A backend and the engine around it, as one or two sections of a config describe them."""
+
     path: Path
     backend: str
     backend_options: dict[str, Any]
     engine_options: dict[str, Any]
+    backend_section: str
+    engine_section: str
+
+    def build(self) -> Engine:
+        """The engine, built (not entered: no call is made); a bad name, option or limit is a
+        ConfigError naming the section and key."""
+        options = dict(self.engine_options)
+        try:
+            budget = Budget(options.pop("max_calls", None), options.pop("max_tokens", None))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{self.path}: [{self.engine_section}] {error}") from error
+        try:
+            backend = connect(self.backend, **self.backend_options)
+        except (TypeError, ValueError, DlgraphError) as error:
+            raise ConfigError(f"{self.path}: [{self.backend_section}] {error}") from error
+        try:
+            return Engine(backend, budget=budget, **options)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{self.path}: [{self.engine_section}] {error}") from error
+
+
+@attrs.frozen(kw_only=True)
+class RunConfig:
+    path: Path
+    forward: EngineConfig
+    backward: EngineConfig | None
+    """The engine that writes proposals and posterior samples, when not the forward one."""
     data: Section
     network: Section
     options: TrainerOptions
@@ -124,7 +154,9 @@ class RunConfig:
         backend = section["backend"]
         backend.check_keys(("name", "options"))
         engine = section["engine"]
-        engine.check_keys(("rpm", "tpm", "max_concurrency", "cache", "max_calls", "max_tokens"))
+        engine.check_keys(ENGINE_KEYS)
+        backward = section["backward"]
+        backward.check_keys(("name", "options", *ENGINE_KEYS))
         train = section["train"]
         option_keys = tuple(f.name for f in attrs.fields(TrainerOptions))
         run_keys = tuple(f.name for f in attrs.fields(RunSettings))
@@ -143,9 +175,24 @@ class RunConfig:
         base = path.parent
         return cls(
             path=path,
-            backend=backend.get("name", str, required=True),
-            backend_options=dict(backend.get("options", dict, {})),
-            engine_options=dict(engine.values),
+            forward=EngineConfig(
+                path=path,
+                backend=backend.get("name", str, required=True),
+                backend_options=dict(backend.get("options", dict, {})),
+                engine_options=dict(engine.values),
+                backend_section="backend",
+                engine_section="engine",
+            ),
+            backward=None
+            if not backward.values
+            else EngineConfig(
+                path=path,
+                backend=backward.get("name", str, required=True),
+                backend_options=dict(backward.get("options", dict, {})),
+                engine_options={k: v for k, v in backward.values.items() if k in ENGINE_KEYS},
+                backend_section="backward",
+                engine_section="backward",
+            ),
             data=section["data"],
             network=section["network"],
             options=options,
@@ -199,21 +246,10 @@ class RunConfig:
         raise AssertionError(f"unhandled data source {source!r}")
 
     def engine(self) -> Engine:
-        """The backend and the engine of the config, built (not entered: no call is made);
-        a bad name, option or limit is a ConfigError naming the section and key."""
-        options = dict(self.engine_options)
-        try:
-            budget = Budget(options.pop("max_calls", None), options.pop("max_tokens", None))
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"{self.path}: [engine] {error}") from error
-        try:
-            backend = connect(self.backend, **self.backend_options)
-        except (TypeError, ValueError, DlgraphError) as error:
-            raise ConfigError(f"{self.path}: [backend] {error}") from error
-        try:
-            return Engine(backend, budget=budget, **options)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"{self.path}: [engine] {error}") from error
+        return self.forward.build()
+
+    def backward_engine(self) -> Engine | None:
+        return None if self.backward is None else self.backward.build()
 
     def build_network(self, task: Task) -> Network:
         """`kind = "dln1"` or `"dln2"` from the task, or explicit nodes and edges."""
@@ -254,9 +290,9 @@ class RunConfig:
                     classes=task.classes,
                     calibrate=section.get("calibrate", bool, False),
                 )
+                net.add_edge(INPUT, "answer")  # the input first: candidates share it as a prefix
                 if kind == "dln2":
                     net.add_edge("reason", "answer")
-                net.add_edge(INPUT, "answer")
             else:
                 raise ConfigError(f"{section.where('kind')}: expected dln1 or dln2, got {kind!r}")
             net.validate()

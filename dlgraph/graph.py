@@ -18,14 +18,16 @@ import attrs
 import networkx as nx
 
 from dlgraph._files import write_atomic
-from dlgraph.errors import GraphError
-from dlgraph.nodes import INPUT, LanguageNode, Parent, make_node
+from dlgraph.data.example import Example
+from dlgraph.errors import DataError, GraphError
+from dlgraph.nodes import INPUT, Demonstration, LanguageNode, Parameter, Parent, make_node
 
 FORMAT = "dlgraph.network"
 VERSION = 2
 NODE_KEYS = (
     "name",
     "prompt",
+    "demonstrations",
     "template",
     "classes",
     "calibrate",
@@ -76,10 +78,12 @@ class Graph:
         stop: Sequence[str] | None = None,
         trainable: bool = True,
         output: bool = False,
+        demonstrations: Sequence[Demonstration | dict[str, str]] = (),
     ) -> LanguageNode:
         """Add a node: a class node with ``classes=["yes|Yes", "no|No"]`` (and optionally
         ``calibrate``), else a generation node (``max_tokens`` 128, ``temperature`` 0 and
-        ``stop`` by default). Raises GraphError naming the node."""
+        ``stop`` by default). ``demonstrations`` start the node with worked examples (training
+        learns them too). Raises GraphError naming the node."""
         if isinstance(name, str) and (name == INPUT or name in self._nodes):
             raise GraphError(f"node {name!r}: duplicate name")
         node = make_node(
@@ -93,6 +97,7 @@ class Graph:
             stop=stop,
             trainable=trainable,
             output=output,
+            demonstrations=demonstrations,
         )
         self._nodes[name] = node
         self._parents[name], self._children[name] = [], []
@@ -117,7 +122,17 @@ class Graph:
         self._structure = None
 
     def set_prompt(self, name: str, prompt: str) -> None:
-        self._nodes[name] = self.node(name).with_prompt(prompt)
+        """A new instruction for node `name`; its demonstrations stay."""
+        node = self.node(name)
+        self._nodes[name] = node.with_parameter(Parameter(prompt, node.demonstrations))
+
+    def set_parameter(self, name: str, parameter: Parameter) -> None:
+        """A new instruction and demonstrations for node `name`."""
+        self._nodes[name] = self.node(name).with_parameter(parameter)
+
+    def parameters(self) -> dict[str, Parameter]:
+        """Every node's learnt parameter: its prompt and its demonstrations."""
+        return {name: node.parameter for name, node in self._nodes.items()}
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -158,6 +173,27 @@ class Graph:
         """Edges on the longest path from INPUT: deeper nodes get priority when rate limited."""
         return self._derived().depth[name]
 
+    def targets(self, examples: Sequence[Example], name: str) -> dict[str, list[str]]:
+        """Each output node's targets for `examples`, as the node names answers. DataError,
+        naming the example (its file and line when read from one), for a plain target in a
+        network of several outputs, a mapping that does not name exactly the outputs, or a
+        target an output cannot give."""
+        outputs = self.output_nodes()
+        for index, example in enumerate(examples):
+            where = example.where(f"{name}[{index}]")
+            if isinstance(example.target, str):
+                if len(outputs) > 1:
+                    raise DataError(
+                        f"{where}: one target for {len(outputs)} output nodes "
+                        f"({', '.join(outputs)}): give an object with a target for each"
+                    )
+            elif set(example.target) != set(outputs):
+                raise DataError(
+                    f"{where}: target names {', '.join(sorted(example.target))}; "
+                    f"the output nodes are {', '.join(outputs)}"
+                )
+        return {output: self.node(output).targets(examples, name) for output in outputs}
+
     def prompts(self) -> dict[str, str]:
         return {name: node.prompt for name, node in self._nodes.items()}
 
@@ -168,9 +204,11 @@ class Graph:
             for parent in self._parents[name]
         ]
 
-    def render(self, name: str, values: Mapping[str, str], prompt: str | None = None) -> str:
+    def render(
+        self, name: str, values: Mapping[str, str], parameter: Parameter | None = None
+    ) -> str:
         """The model input of node `name`, given its parents' outputs (INPUT included)."""
-        return self.node(name).render(self.parent_values(name, values), prompt=prompt)
+        return self.node(name).render(self.parent_values(name, values), parameter=parameter)
 
     def copy(self) -> Self:
         """The same structure and prompts; nodes are frozen, so they are shared."""
@@ -266,8 +304,9 @@ class Graph:
             pass  # may depend on real inputs; it fails, naming the node, when it meets them
 
     def template_variables(self, name: str) -> set[str]:
-        """Names a node's template may use: prompt, parents, classes, input and parent names."""
-        supplied = {"prompt", "parents", "classes"}
+        """Names a node's template may use: prompt, demonstrations, parents, classes, input and
+        parent names."""
+        supplied = {"prompt", "demonstrations", "parents", "classes"}
         for parent in self._parents[name]:
             supplied.add("input" if parent == INPUT else parent)
         return supplied

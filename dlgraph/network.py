@@ -20,7 +20,11 @@ class Network(Graph):
         """Run every node on every input; see `dlgraph.forward.forward`."""
         return await forward(self, engine, xs, phase=phase)
 
-    async def predict(self, engine: Engine, xs: Sequence[str]) -> list[str]:
-        """The output node's outputs, one per input (the first output node if several)."""
+    async def predict(self, engine: Engine, xs: Sequence[str]) -> list[str] | list[dict[str, str]]:
+        """One answer per input: the output node's, or, when the network has several output
+        nodes, a mapping from each output's name to its answer."""
         trace = await self.forward(engine, xs, phase="eval")
-        return list(trace.outputs[self.output_nodes()[0]])
+        outputs = self.output_nodes()
+        if len(outputs) == 1:
+            return list(trace.outputs[outputs[0]])
+        return [{name: trace.outputs[name][i] for name in outputs} for i in range(len(trace))]

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 INPUT = "INPUT"
 """The name of the network's input: ``net.add_edge(dg.INPUT, "node")``."""
 
-RESERVED = frozenset({"prompt", "parents", "classes", "input"})
+RESERVED = frozenset({"prompt", "parents", "classes", "input", "demonstrations"})
 """Template variables every node template may use; no node may take these names."""
 
 CONTENT_FREE = "N/A"
@@ -65,6 +65,61 @@ class Parent:
 def describe_inputs(parents: Sequence[Parent]) -> str:
     """What a node reads besides its prompt, one ``label: text`` line per parent."""
     return "\n".join(f"{parent.label}: {parent.text}" for parent in parents)
+
+
+def _demonstrations(values: object) -> tuple[Demonstration, ...]:
+    """A converter: demonstrations as records, or as ``{"input": ..., "output": ...}`` objects
+    read from a file (checked as strictly)."""
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise TypeError(f"demonstrations: expected a list, got {values!r}")
+    found = []
+    for index, value in enumerate(values):
+        if isinstance(value, Demonstration):
+            found.append(value)
+            continue
+        if not isinstance(value, dict) or set(value) != {"input", "output"}:
+            raise TypeError(
+                f"demonstrations[{index}]: expected an object with input and output, got {value!r}"
+            )
+        found.append(Demonstration(value["input"], value["output"]))
+    return tuple(found)
+
+
+@attrs.frozen
+class Demonstration:
+    """A worked example inside a prompt: the input as the node sees it (its parents' lines)
+    and the output it should give."""
+
+    input: str = attrs.field(validator=text)
+    output: str = attrs.field(validator=text)
+
+    def to_json(self) -> dict[str, str]:
+        return {"input": self.input, "output": self.output}
+
+
+@attrs.frozen
+class Parameter:
+    """What training learns for a node: its instruction (the prompt) and its ordered
+    demonstrations."""
+
+    prompt: str = attrs.field(validator=text)
+    demonstrations: tuple[Demonstration, ...] = attrs.field(default=(), converter=_demonstrations)
+
+    def describe(self) -> str:
+        count = len(self.demonstrations)
+        return self.prompt + (f" [+{count} demonstration{'s' * (count != 1)}]" if count else "")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "prompt": self.prompt,
+            "demonstrations": [d.to_json() for d in self.demonstrations],
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Parameter:
+        if not isinstance(data, dict) or set(data) != {"prompt", "demonstrations"}:
+            raise TypeError(f"expected an object with prompt and demonstrations, got {data!r}")
+        return cls(data["prompt"], data["demonstrations"])
 
 
 @attrs.frozen
@@ -119,7 +174,7 @@ class NodeKind(Protocol):
         parents: Sequence[Parent],
         *,
         phase: Phase,
-        prompt: str | None,
+        parameter: Parameter | None,
         seed: int,
         temperature: float | None,
         priority: int,
@@ -133,7 +188,7 @@ class NodeKind(Protocol):
         target: str,
         *,
         phase: Phase,
-        prompt: str | None,
+        parameter: Parameter | None,
     ) -> float: ...
 
 
@@ -210,17 +265,19 @@ class ClassKind:
         parents: Sequence[Parent],
         *,
         phase: Phase,
-        prompt: str | None,
+        parameter: Parameter | None,
         priority: int = 0,
     ) -> tuple[str, list[float]]:
         """The rendered input and P(class | it), in class order."""
-        rendered = node.render(parents, prompt=prompt)
+        rendered = node.render(parents, parameter=parameter)
         distribution = await engine.classify(
             rendered, self.classes, node=node.name, phase=phase, priority=priority
         )
         if not self.calibrate:
             return rendered, distribution
-        blank = node.render([attrs.evolve(p, text=CONTENT_FREE) for p in parents], prompt=prompt)
+        blank = node.render(
+            [attrs.evolve(p, text=CONTENT_FREE) for p in parents], parameter=parameter
+        )
         bias = await engine.classify(
             blank, self.classes, node=node.name, phase=phase, priority=priority
         )
@@ -234,13 +291,13 @@ class ClassKind:
         parents: Sequence[Parent],
         *,
         phase: Phase,
-        prompt: str | None = None,
+        parameter: Parameter | None = None,
         seed: int = 0,
         temperature: float | None = None,
         priority: int = 0,
     ) -> NodeOutput:
         rendered, distribution = await self.distribution(
-            node, engine, parents, phase=phase, prompt=prompt, priority=priority
+            node, engine, parents, phase=phase, parameter=parameter, priority=priority
         )
         best = max(range(len(distribution)), key=distribution.__getitem__)
         return NodeOutput(rendered, self.names[best])
@@ -253,9 +310,11 @@ class ClassKind:
         target: str,
         *,
         phase: Phase,
-        prompt: str | None = None,
+        parameter: Parameter | None = None,
     ) -> float:
-        _, distribution = await self.distribution(node, engine, parents, phase=phase, prompt=prompt)
+        _, distribution = await self.distribution(
+            node, engine, parents, phase=phase, parameter=parameter
+        )
         names = self.names
         p = distribution[names.index(target)] if target in names else 0.0
         return max(math.log(p), LOG_FLOOR) if p > 0 else LOG_FLOOR
@@ -324,12 +383,12 @@ class TextKind:
         parents: Sequence[Parent],
         *,
         phase: Phase,
-        prompt: str | None = None,
+        parameter: Parameter | None = None,
         seed: int = 0,
         temperature: float | None = None,
         priority: int = 0,
     ) -> NodeOutput:
-        rendered = node.render(parents, prompt=prompt)
+        rendered = node.render(parents, parameter=parameter)
         output = await engine.generate(
             rendered,
             max_tokens=self.max_tokens,
@@ -350,9 +409,9 @@ class TextKind:
         target: str,
         *,
         phase: Phase,
-        prompt: str | None = None,
+        parameter: Parameter | None = None,
     ) -> float:
-        rendered = node.render(parents, prompt=prompt)
+        rendered = node.render(parents, parameter=parameter)
         return await engine.logprob(rendered, " " + target, node=node.name, phase=phase)
 
 
@@ -368,8 +427,9 @@ def _name(instance: LanguageNode, attribute: attrs.Attribute[Any], value: Any) -
 
 @attrs.frozen
 class LanguageNode:
-    """One LLM call whose parameter is its prompt. Frozen: a new prompt makes a new node
-    (`with_prompt`), so a network's structure never changes behind its back."""
+    """One LLM call whose parameter is its prompt and its demonstrations. Frozen: a new
+    parameter makes a new node (`with_parameter`), so a network's structure never changes
+    behind its back."""
 
     name: str = attrs.field(validator=_name)
     prompt: str = attrs.field(validator=text)
@@ -378,6 +438,9 @@ class LanguageNode:
     """The name of a built-in template (``reason``, ``classify``) or template text."""
     is_trainable: bool = attrs.field(default=True, kw_only=True, validator=boolean)
     is_output: bool = attrs.field(default=False, kw_only=True, validator=boolean)
+    demonstrations: tuple[Demonstration, ...] = attrs.field(
+        default=(), kw_only=True, converter=_demonstrations
+    )
     compiled: Template = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -388,18 +451,24 @@ class LanguageNode:
         """A class node's class specs; None for a text node."""
         return self.kind.classes if isinstance(self.kind, ClassKind) else None
 
-    def with_prompt(self, prompt: str) -> LanguageNode:
-        return attrs.evolve(self, prompt=prompt)
+    @property
+    def parameter(self) -> Parameter:
+        return Parameter(self.prompt, self.demonstrations)
 
-    def render(self, parents: Sequence[Parent], *, prompt: str | None = None) -> str:
-        """The model input, given the parents' outputs; `prompt` replaces the node's own
-        (to try candidate prompts). Raises GraphError naming the node when its template
-        reaches outside its variables (templates render in a sandbox)."""
+    def with_parameter(self, parameter: Parameter) -> LanguageNode:
+        return attrs.evolve(self, prompt=parameter.prompt, demonstrations=parameter.demonstrations)
+
+    def render(self, parents: Sequence[Parent], *, parameter: Parameter | None = None) -> str:
+        """The model input, given the parents' outputs; `parameter` replaces the node's own
+        prompt and demonstrations (to try candidates). Raises GraphError naming the node when
+        its template reaches outside its variables (templates render in a sandbox)."""
         named = {("input" if p.name == INPUT else p.name): p.text for p in parents}
+        chosen = self.parameter if parameter is None else parameter
         try:
             return self.compiled.render(
                 **named,
-                prompt=self.prompt if prompt is None else prompt,
+                prompt=chosen.prompt,
+                demonstrations=list(chosen.demonstrations),
                 parents=list(parents),
                 classes=list(self.kind.outputs() or []),
             )
@@ -412,7 +481,7 @@ class LanguageNode:
         parents: Sequence[Parent],
         *,
         phase: Phase,
-        prompt: str | None = None,
+        parameter: Parameter | None = None,
         seed: int = 0,
         temperature: float | None = None,
         priority: int = 0,
@@ -423,7 +492,7 @@ class LanguageNode:
             engine,
             parents,
             phase=phase,
-            prompt=prompt,
+            parameter=parameter,
             seed=seed,
             temperature=temperature,
             priority=priority,
@@ -436,20 +505,24 @@ class LanguageNode:
         target: str,
         *,
         phase: Phase,
-        prompt: str | None = None,
+        parameter: Parameter | None = None,
     ) -> float:
-        """log p(target | this node reading `parents`, under `prompt` or its own)."""
-        return await self.kind.loglik(self, engine, parents, target, phase=phase, prompt=prompt)
+        """log p(target | this node reading `parents`, under `parameter` or its own)."""
+        return await self.kind.loglik(
+            self, engine, parents, target, phase=phase, parameter=parameter
+        )
 
     def targets(self, examples: Sequence[Example], name: str) -> list[str]:
         """The examples' targets as this node names answers; DataError naming the example
         (its file and line when it was read from one) for a target it cannot give."""
         targets = []
         for index, example in enumerate(examples):
-            found = self.kind.target(example.target)
+            target = example.target
+            raw = target if isinstance(target, str) else target[self.name]
+            found = self.kind.target(raw)
             if found is None:
                 raise DataError(
-                    f"{example.where(f'{name}[{index}]')}: target {example.target!r} is not a "
+                    f"{example.where(f'{name}[{index}]')}: target {raw!r} is not a "
                     f"class of node {self.name!r} ({self.kind.describe()})"
                 )
             targets.append(found)
@@ -465,6 +538,7 @@ class LanguageNode:
         return {
             "name": self.name,
             "prompt": self.prompt,
+            "demonstrations": [d.to_json() for d in self.demonstrations],
             "template": self.template,
             **self.kind.to_json(),
             "trainable": self.is_trainable,
@@ -484,6 +558,7 @@ def make_node(
     stop: Sequence[str] | None = None,
     trainable: bool = True,
     output: bool = False,
+    demonstrations: Sequence[Demonstration | dict[str, str]] = (),
 ) -> LanguageNode:
     """A node from the keywords of `Network.add_node`; the one path every node takes, built in
     code or loaded from a file. Raises GraphError naming the node and what is wrong."""
@@ -512,6 +587,7 @@ def make_node(
             template=kind.default_template if template is None else template,
             is_trainable=trainable,
             is_output=output,
+            demonstrations=demonstrations,
         )
     except (TypeError, ValueError) as error:
         raise GraphError(f"node {name!r}: {error}") from error

@@ -417,6 +417,44 @@ CASES = [
         r"net.json: edges\[0\]: expected \[source, target\]",
     ),
     Case(
+        "demonstrations given as one string",
+        lambda t: dg.Network().add_node("g", "x", demonstrations="Yes"),
+        dg.GraphError,
+        r"node 'g': demonstrations: expected a list",
+    ),
+    Case(
+        "a demonstration without an output",
+        lambda t: dg.Network().add_node("g", "x", demonstrations=[{"input": "a"}]),
+        dg.GraphError,
+        r"node 'g': demonstrations\[0\]: expected an object with input and output",
+    ),
+    Case(
+        "a network file with a demonstration that is not text",
+        lambda t: dg.Network.load(
+            network_file(t, node_document(demonstrations=[{"input": "a", "output": 3}]))
+        ),
+        dg.GraphError,
+        r"net.json: node 'answer': output: expected str, got 3",
+    ),
+    Case(
+        "a target mapping without text",
+        lambda t: dg.Example("x", {"answer": 3}),
+        TypeError,
+        r"target: expected text for each output",
+    ),
+    Case(
+        "a target mapping naming another output",
+        lambda t: evaluate(data(("a", "yes")) + [dg.Example("b", {"topic": "no"})]),
+        dg.DataError,
+        r"evaluation data\[1\]: target names topic; the output nodes are answer",
+    ),
+    Case(
+        "a JSONL target that is a list",
+        lambda t: read_jsonl(_jsonl(t, b'{"input": "a", "target": ["yes"]}\n')),
+        dg.DataError,
+        r"train.jsonl:1: field 'target' must be text, or an object of texts",
+    ),
+    Case(
         "a JSONL line that is not UTF-8",
         lambda t: read_jsonl(_jsonl(t, b'{"input": "a", "target": "b"}\n{"input": "\xff"}\n')),
         dg.DataError,
@@ -551,6 +589,26 @@ CLI_CASES = [
     ),
     CliCase(
         "an unknown key", ("steps = 1", "stepz = 1"), r"run.toml: \[train\] unknown key 'stepz'"
+    ),
+    CliCase(
+        "a backward section without a name",
+        ("[train]", "[backward]\nrpm = 5\n\n[train]"),
+        r"run.toml: \[backward\] missing key 'name'",
+    ),
+    CliCase(
+        "a backward section with an unknown key",
+        ("[train]", '[backward]\nname = "sim"\nmodel = 3\n\n[train]'),
+        r"run.toml: \[backward\] unknown key 'model'",
+    ),
+    CliCase(
+        "a backward rpm of 0",
+        ("[train]", '[backward]\nname = "sim"\nrpm = 0\n\n[train]'),
+        r"run.toml: \[backward\] rpm must be > 0",
+    ),
+    CliCase(
+        "max_demonstrations as text",
+        ("num_prompt_samples = 1", 'num_prompt_samples = 1\nmax_demonstrations = "4"'),
+        r"run.toml: \[train\] max_demonstrations: expected int",
     ),
     CliCase(
         "an unknown section", ("[output]", "[outptu]"), r"run.toml: unknown section \[outptu\]"

@@ -135,3 +135,15 @@ def test_show_skips_a_step_record_cut_short_by_a_kill(tmp_path, capsys) -> None:
     assert main(["show", str(tmp_path / "out" / "network.json")]) == 0
     out = capsys.readouterr().out
     assert "steps.jsonl:3: not a whole step record; skipped" in out and "history" in out
+
+
+def test_a_backward_section_trains_with_two_models_and_reports_both(tmp_path, capsys) -> None:
+    text = SIM_CONFIG.replace("[train]", '[backward]\nname = "sim"\nmax_calls = 10000\n\n[train]')
+    assert main(["train", str(write(tmp_path, text))]) == 0
+    out = capsys.readouterr().out
+    assert "calls by model and phase" in out
+    rows = [line for line in out.splitlines() if "backward" in line]
+    assert any("propose" in row for row in rows)
+    assert not any("score" in row for row in rows)  # log-likelihoods stay on the forward model
+    assert main(["estimate", str(write(tmp_path, text))]) == 0
+    assert "on the backward model" in capsys.readouterr().out

@@ -48,7 +48,13 @@ def fan_in() -> dg.Network:
     return net
 
 
-TRAIN_OPTIONS = dict(num_prompt_samples=6, num_hidden_samples=5, posterior_temperature=0.25, seed=1)
+TRAIN_OPTIONS = dict(
+    num_prompt_samples=6,
+    num_hidden_samples=5,
+    posterior_temperature=0.25,
+    seed=1,
+    max_demonstrations=0,  # these worlds test instructions; demonstrations have their own
+)
 
 
 async def fit(net, world, train, dev, steps=6, **options):
@@ -304,7 +310,7 @@ async def test_generic_step_on_one_node_matches_a_hand_written_dln1_step() -> No
         ) / len(batch)
         assert elbo == pytest.approx(expected, abs=1e-9)
     best = max(range(len(scored)), key=lambda i: (scored[i][1], -i))
-    assert outcome.prompts["answer"] == scored[best][0]
+    assert outcome.parameters["answer"].prompt == scored[best][0]
 
 
 async def test_generic_step_on_two_nodes_matches_a_hand_written_dln2_step() -> None:
@@ -419,7 +425,17 @@ CHECKPOINT_EDITS = [
     (
         "memory",
         lambda p: p | {"memory": {"answer": {"x": "high"}}},
+        r"memory: answer: expected a list",
+    ),
+    (
+        "memory",
+        lambda p: p | {"memory": {"answer": [[{"prompt": "x", "demonstrations": []}, "high"]]}},
         r"memory: elbo: expected float",
+    ),
+    (
+        "memory",
+        lambda p: p | {"memory": {"answer": [[{"prompt": "x", "demonstrations": "Yes"}, 1.0]]}},
+        r"memory: demonstrations: expected a list",
     ),
     (
         "fields",

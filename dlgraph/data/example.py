@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -23,12 +23,25 @@ def json_object(where: str, text: str) -> dict[str, Any]:
     return record
 
 
+def _target(value: object) -> str | dict[str, str]:
+    """A converter: one target, or one per output node ``{"answer": "yes", "topic": "sport"}``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and value:
+        for key, item in value.items():
+            if not isinstance(key, str) or not isinstance(item, str):
+                raise TypeError(f"target: expected text for each output, got {key!r}: {item!r}")
+        return dict(value)
+    raise TypeError(f"target: expected text or an object of texts by output, got {value!r}")
+
+
 @attrs.frozen
 class Example:
-    """An input and its gold target (the output node's expected answer)."""
+    """An input and its gold target: the output node's expected answer, or for a network with
+    several output nodes a mapping from each output's name to its answer."""
 
     input: str = attrs.field(validator=text)
-    target: str = attrs.field(validator=text)
+    target: str | dict[str, str] = attrs.field(converter=_target)
     source: str | None = attrs.field(default=None, kw_only=True, eq=False, repr=False)
     """Where the example was read (``train.jsonl:17``), so that errors can say so."""
 
@@ -43,9 +56,18 @@ class Example:
         for field in ("input", "target"):
             if field not in record:
                 raise DataError(f"{where}: missing field {field!r}")
-            if not isinstance(record[field], str | int | float):
-                raise DataError(f"{where}: field {field!r} must be text")
-        return cls(str(record["input"]), str(record["target"]), source=where)
+        if not isinstance(record["input"], str | int | float):
+            raise DataError(f"{where}: field 'input' must be text")
+        target = record["target"]
+        if isinstance(target, dict):
+            if not target or not all(isinstance(v, str | int | float) for v in target.values()):
+                raise DataError(f"{where}: field 'target' must be text, or an object of texts")
+            target = {str(k): str(v) for k, v in target.items()}
+        elif isinstance(target, str | int | float):
+            target = str(target)
+        else:
+            raise DataError(f"{where}: field 'target' must be text, or an object of texts")
+        return cls(str(record["input"]), target, source=where)
 
 
 def check_dataset(examples: Sequence[Example], name: str) -> list[Example]:

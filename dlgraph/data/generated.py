@@ -3,6 +3,7 @@
 * navigation: do these steps bring you back to the start? (yes / no, balanced)
 * ordering: a few objects in a row, told by "directly left of" clues; which is at a place?
 * dates: what is the date some days before or after a given day? (multiple choice)
+* tweets: is a tweet to an airline positive, negative or neutral? (skewed to negative)
 """
 
 from __future__ import annotations
@@ -83,6 +84,75 @@ def dates_example(rng: random.Random, choices: int = 4) -> Example:
     return Example(question, f"({LETTERS[options.index(answer)]})")
 
 
+AIRLINES = ["@united", "@delta", "@jetblue", "@southwestair", "@americanair", "@virginamerica"]
+CITIES = [
+    "Boston",
+    "Denver",
+    "Chicago",
+    "Dallas",
+    "Seattle",
+    "Miami",
+    "Austin",
+    "Newark",
+    "Phoenix",
+]
+PRAISE = [
+    "loved the crew on my flight",
+    "great service all the way",
+    "smooth landing and friendly staff",
+    "thanks for the free upgrade",
+    "best flight I have had in years",
+    "arrived early, what a treat",
+    "the gate agent was so helpful",
+    "comfortable seats and tasty snacks",
+    "quick boarding and a kind crew",
+    "you made my trip so easy",
+]
+COMPLAINTS = [
+    "lost my bag again",
+    "delayed three hours with no update",
+    "rude staff at the gate",
+    "cancelled my flight and nobody helps",
+    "broken seat and a dirty cabin",
+    "stuck on the tarmac for two hours",
+    "on hold for an hour with customer service",
+    "overbooked again and I got bumped",
+    "missed my connection because of you",
+    "charged me twice for one bag",
+]
+QUESTIONS = [
+    "which terminal does the flight use",
+    "is there wifi on the morning flight",
+    "do you fly there in winter",
+    "what is the baggage limit",
+    "can I change my seat online",
+    "when does check in open",
+    "does the flight have power outlets",
+    "how early should I be at the airport",
+    "is the lounge open on sundays",
+    "can I bring my guitar on board",
+]
+
+
+def tweet_example(rng: random.Random) -> Example:
+    """A tweet to an airline: a complaint (about 60%), praise or a plain question (about 20%
+    each), as in the airline task of the DLN paper; phrases, places and endings vary."""
+    draw = rng.random()
+    label, phrases = (
+        ("negative", COMPLAINTS)
+        if draw < 0.6
+        else ("positive", PRAISE)
+        if draw < 0.8
+        else ("neutral", QUESTIONS)
+    )
+    phrase = rng.choice(phrases)
+    place = rng.choice([f" to {rng.choice(CITIES)}", f" from {rng.choice(CITIES)}", " today", ""])
+    ending = "?" if label == "neutral" else rng.choice([".", "!", " #travel", " again."])
+    text = f"{rng.choice(AIRLINES)} {phrase}{place}{ending}"
+    question = "Is the following tweet positive, negative, or neutral? "
+    return Example(f"{question}{text}\nOptions:\n- positive\n- negative\n- neutral", label)
+
+
 def _navigation(rng: random.Random, index: int) -> Example:
     return navigation_example(rng, returns=index % 2 == 0)
 
@@ -102,6 +172,11 @@ GENERATORS: dict[str, tuple[Callable[[random.Random, int], Example], list[str], 
         lambda rng, _: dates_example(rng),
         ["a|A", "b|B", "c|C", "d|D"],
         "Work out the date.",
+    ),
+    "tweets": (
+        lambda rng, _: tweet_example(rng),
+        ["positive|Positive", "negative|Negative", "neutral|Neutral"],
+        "Read the following sentence, then choose whether it is positive, negative, or neutral.",
     ),
 }
 

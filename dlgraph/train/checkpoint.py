@@ -22,11 +22,14 @@ from dlgraph._files import write_atomic
 from dlgraph._validate import check_int, check_number, check_text
 from dlgraph.errors import CheckpointError, GraphError
 from dlgraph.network import Network
+from dlgraph.train.candidates import Memory
 from dlgraph.train.records import StepRecord
 
 FORMAT = "dlgraph.checkpoint"
-VERSION = 1
+VERSION = 2
 FILENAME = "checkpoint.json"
+MEMORY_SIZE = 1 << 30
+"""The memory read back keeps every entry written; the trainer's options bound what it adds."""
 T = TypeVar("T")
 
 
@@ -46,7 +49,7 @@ class Checkpoint:
     best_score: float | None
     initial_score: float | None
     evaluations_since_best: int
-    memory: dict[str, dict[str, float]]
+    memory: Memory
     rng_state: tuple[Any, ...]
     history: list[StepRecord]
     """Every finished step's record, in order: the source of truth for the step log."""
@@ -62,7 +65,7 @@ class Checkpoint:
             "best_score": self.best_score,
             "initial_score": self.initial_score,
             "evaluations_since_best": self.evaluations_since_best,
-            "memory": self.memory,
+            "memory": self.memory.to_json(),
             "rng_state": [version, list(internal), gauss],
             "history": [record.to_json() for record in self.history],
             "ledger": self.ledger,
@@ -127,7 +130,7 @@ class Checkpoint:
                 "evaluations_since_best",
                 lambda: check_int("evaluations_since_best", payload["evaluations_since_best"], 0),
             ),
-            memory=_field(path, "memory", lambda: _memory(payload["memory"])),
+            memory=_field(path, "memory", lambda: Memory.from_json(MEMORY_SIZE, payload["memory"])),
             rng_state=_field(path, "rng_state", lambda: _rng_state(payload["rng_state"])),
             history=history,
             ledger=_field(path, "ledger", lambda: _ledger(payload["ledger"])),
@@ -148,19 +151,6 @@ def _score(value: object) -> float | None:
     if score > 1:
         raise ValueError(f"an accuracy must be in [0, 1], got {score}")
     return score
-
-
-def _memory(value: object) -> dict[str, dict[str, float]]:
-    if not isinstance(value, dict):
-        raise TypeError(f"expected an object, got {value!r}")
-    memory: dict[str, dict[str, float]] = {}
-    for node, prompts in value.items():
-        if not isinstance(prompts, dict):
-            raise TypeError(f"{node}: expected an object of prompts, got {prompts!r}")
-        memory[node] = {
-            check_text("prompt", p): check_number("elbo", s) for p, s in prompts.items()
-        }
-    return memory
 
 
 def _rng_state(value: object) -> tuple[Any, ...]:

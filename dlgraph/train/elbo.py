@@ -15,6 +15,7 @@ import attrs
 from dlgraph._tasks import map_concurrently
 from dlgraph.forward import Trace
 from dlgraph.graph import Graph
+from dlgraph.nodes import Parameter
 from dlgraph.train.posterior import Posterior
 from dlgraph.train.scorers import Scorer
 
@@ -78,43 +79,54 @@ def expectation_terms(
 async def example_scores(
     net: Graph,
     name: str,
-    prompts: Sequence[str],
+    candidates: Sequence[Parameter],
     terms: Sequence[Sequence[Term]],
     scorer: Scorer,
-) -> list[list[float]]:
-    """For each candidate prompt, each example's expected log-likelihood; all calls at once."""
+    excluded: Sequence[frozenset[int]],
+) -> list[list[float | None]]:
+    """For each candidate, each example's expected log-likelihood, or None for an example
+    the candidate's own demonstrations show (scoring it would reward copying); all calls at
+    once."""
     jobs = [
-        (p, i, term)
-        for p in range(len(prompts))
+        (c, i, term)
+        for c in range(len(candidates))
         for i, example_terms in enumerate(terms)
+        if i not in excluded[c]
         for term in example_terms
     ]
 
     async def score(job: tuple[int, int, Term]) -> float:
-        p, _, term = job
+        c, _, term = job
         return term.weight * await scorer.loglik(
-            net, name, term.values, term.target, prompt=prompts[p], phase="score"
+            net, name, term.values, term.target, parameter=candidates[c], phase="score"
         )
 
     weighted = await map_concurrently(score, jobs)
-    scores = [[0.0] * len(terms) for _ in prompts]
-    for (p, i, _), value in zip(jobs, weighted, strict=True):
-        scores[p][i] += value
+    scores: list[list[float | None]] = [
+        [None if i in excluded[c] else 0.0 for i in range(len(terms))]
+        for c in range(len(candidates))
+    ]
+    for (c, i, _), value in zip(jobs, weighted, strict=True):
+        scores[c][i] = (scores[c][i] or 0.0) + value
     return scores
 
 
-def elbo(scores: Sequence[Sequence[float]], trust_region: float) -> list[float]:
-    """Mean per-example score of each candidate; candidate 0 is the current prompt.
+def elbo(scores: Sequence[Sequence[float | None]], trust_region: float) -> list[float]:
+    """Mean score of each candidate over the examples it was scored on; candidate 0 is the
+    current one.
 
     With a trust region, a candidate pays `trust_region` times its mean loss of
-    log-likelihood against the current prompt, example by example.
+    log-likelihood against the current one, over the examples both were scored on.
     """
     current = scores[0]
     results = []
     for candidate in scores:
-        mean = sum(candidate) / len(candidate)
-        loss = sum(max(0.0, c - s) for c, s in zip(current, candidate, strict=True)) / len(
-            candidate
-        )
-        results.append(mean - trust_region * loss)
+        own = [s for s in candidate if s is not None]
+        both = [
+            (c, s)
+            for c, s in zip(current, candidate, strict=True)
+            if c is not None and s is not None
+        ]
+        loss = sum(max(0.0, c - s) for c, s in both) / len(both) if both else 0.0
+        results.append(sum(own) / len(own) - trust_region * loss if own else float("-inf"))
     return results

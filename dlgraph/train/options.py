@@ -35,7 +35,11 @@ class TrainerOptions:
     trust_region: float = attrs.field(default=0.0, validator=number(0))
     """Penalty on output nodes for losing log-likelihood on examples, relative to the current prompt."""
     memory_size: int = attrs.field(default=5, validator=integer(0))
-    """Best prompts remembered per node and scored again as candidates."""
+    """Best parameters (instruction and demonstrations) remembered per node and scored again."""
+    max_demonstrations: int = attrs.field(default=4, validator=integer(0))
+    """Demonstrations a candidate may carry (0: instructions only)."""
+    num_demonstration_samples: int = attrs.field(default=4, validator=integer(0))
+    """Demonstration sets drawn from the batch per trainable node and step."""
     proposal_half_batch: bool = attrs.field(default=True, validator=boolean)
     """Proposals see a shuffled half of the batch rather than all of it."""
     proposal_max_tokens: int = attrs.field(default=200, validator=integer(1))

@@ -1,4 +1,4 @@
-"""Prompt proposals: new candidate prompts for a node, written by the model itself.
+"""Prompt proposals: new instructions for a node, written by the backward model.
 
 Each sample shows the current prompt and a shuffled part of the batch (what the node read,
 what it produced, its target, whether it was right) with one of several rewrite
@@ -83,33 +83,3 @@ def proposal_requests(
 
 def clean_proposal(text: str) -> str:
     return text.split(END)[0].strip()
-
-
-def candidate_prompts(
-    current: str, remembered: Sequence[str], proposed: Sequence[str]
-) -> list[str]:
-    """The current prompt first, then remembered and proposed ones, without repeats or blanks."""
-    candidates: list[str] = []
-    for prompt in (current, *remembered, *proposed):
-        if prompt.strip() and prompt not in candidates:
-            candidates.append(prompt)
-    return candidates
-
-
-@attrs.define(eq=False)
-class PromptMemory:
-    """The best prompts seen per node, by their ELBO when they were scored."""
-
-    size: int
-    _best: dict[str, dict[str, float]] = attrs.field(factory=dict, alias="best")
-
-    def prompts(self, name: str) -> list[str]:
-        return list(self._best.get(name, {}))
-
-    def remember(self, name: str, scored: Mapping[str, float]) -> None:
-        merged = self._best.get(name, {}) | dict(scored)
-        kept = sorted(merged.items(), key=lambda item: -item[1])[: self.size]
-        self._best[name] = dict(kept)
-
-    def to_json(self) -> dict[str, dict[str, float]]:
-        return {name: dict(prompts) for name, prompts in self._best.items()}

@@ -8,6 +8,7 @@ import attrs
 
 from dlgraph._validate import check_int, check_number, check_text
 from dlgraph.network import Network
+from dlgraph.nodes import Demonstration, Parameter
 from dlgraph.train.posterior import Posterior
 
 
@@ -16,11 +17,21 @@ class StepOutcome:
     """What one step decided, before it is applied."""
 
     batch_loss: float
-    prompts: dict[str, str]
-    elbo: dict[str, list[tuple[str, float]]]
+    parameters: dict[str, Parameter]
+    """Per trained node, the candidate with the best ELBO."""
+    scored: dict[str, list[tuple[Parameter, float]]]
+    """Per trained node, every candidate with its ELBO (the current one first)."""
     posterior_entropy: dict[str, float]
     posteriors: dict[str, Posterior] = attrs.field(factory=dict, repr=False)
     """Per hidden node, its candidates and weights on this batch."""
+
+    @property
+    def elbo(self) -> dict[str, list[tuple[str, float]]]:
+        """Per trained node, each candidate described in words with its ELBO."""
+        return {
+            name: [(parameter.describe(), score) for parameter, score in scored]
+            for name, scored in self.scored.items()
+        }
 
 
 @attrs.frozen(kw_only=True)
@@ -33,8 +44,11 @@ class StepRecord:
     """Share of the batch the output node got wrong in the forward pass, before the update."""
     prompts: dict[str, str]
     """Every node's prompt after the update."""
+    demonstrations: dict[str, list[dict[str, str]]]
+    """Every node's demonstrations after the update."""
     elbo: dict[str, list[tuple[str, float]]]
-    """Per trained node, each candidate prompt with its ELBO (the current prompt first)."""
+    """Per trained node, each candidate (its prompt, and how many demonstrations it carries)
+    with its ELBO; the current one first."""
     posterior_entropy: dict[str, float]
     """Per hidden node, the mean entropy of its posterior weights."""
     dev_accuracy: float | None
@@ -62,6 +76,10 @@ class StepRecord:
             prompts={
                 check_text("node", k): check_text("prompt", v) for k, v in _items(data["prompts"])
             },
+            demonstrations={
+                check_text("node", k): [Demonstration(**d).to_json() for d in _shown(v)]
+                for k, v in _items(data["demonstrations"])
+            },
             elbo={check_text("node", k): _scored(v) for k, v in _items(data["elbo"])},
             posterior_entropy={
                 check_text("node", k): check_number("entropy", v, 0)
@@ -77,6 +95,14 @@ def _items(value: object) -> list[tuple[Any, Any]]:
     if not isinstance(value, dict):
         raise TypeError(f"expected an object, got {value!r}")
     return list(value.items())
+
+
+def _shown(value: object) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, dict) and set(d) == {"input", "output"} for d in value
+    ):
+        raise TypeError(f"expected a list of demonstrations, got {value!r}")
+    return value
 
 
 def _scored(value: object) -> list[tuple[str, float]]:
@@ -98,7 +124,10 @@ class FitResult:
 
 @attrs.frozen
 class Estimate:
-    """Upper bounds on what a run will spend, computed before any call."""
+    """Upper bounds on what a run will spend, computed before any call; with a separate
+    backward engine, `calls` and `tokens` are the forward engine's."""
 
     calls: int
     tokens: int
+    backward_calls: int = 0
+    backward_tokens: int = 0

@@ -18,13 +18,13 @@ import attrs
 from dlgraph._files import remove_stale_temporaries, write_atomic
 from dlgraph._validate import integer
 from dlgraph.data.example import Example, check_dataset
-from dlgraph.engine import Engine
+from dlgraph.engine import Engine, Usage
 from dlgraph.errors import BudgetExhausted, CheckpointError
 from dlgraph.evaluation import evaluate
 from dlgraph.network import Network
+from dlgraph.train.candidates import Memory
 from dlgraph.train.checkpoint import FILENAME, Checkpoint
 from dlgraph.train.options import TrainerOptions
-from dlgraph.train.proposals import PromptMemory
 from dlgraph.train.records import FitResult, StepOutcome, StepRecord
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,11 @@ class Learner(Protocol):
     engine: Engine
     options: TrainerOptions
     rng: random.Random
-    memory: PromptMemory
+    memory: Memory
     steps_done: int
+
+    @property
+    def engines(self) -> list[Engine]: ...
 
     def check_data(self, train: Sequence[Example], dev: Sequence[Example]) -> None: ...
     async def step(self, batch: Sequence[Example]) -> StepOutcome: ...
@@ -122,8 +125,8 @@ class Run:
             logger.info("training stopped: %s", error)
             stopped = "budget"
         assert self.best is not None
-        for name, prompt in self.best.prompts().items():
-            trainer.net.set_prompt(name, prompt)
+        for name, parameter in self.best.parameters().items():
+            trainer.net.set_parameter(name, parameter)
         if self.checkpoint_dir is not None:
             self.best.save(Path(self.checkpoint_dir) / "best.json")
         return FitResult(
@@ -137,7 +140,7 @@ class Run:
     async def _one_step(self) -> StepRecord:
         """Run, apply and evaluate one step; on any error nothing of it is kept."""
         trainer = self.trainer
-        before = trainer.engine.statistics().total
+        before = _spent(trainer)
         rng_state = trainer.rng.getstate()
         try:
             batch = trainer.rng.sample(self.train, min(self.settings.batch_size, len(self.train)))
@@ -146,8 +149,8 @@ class Run:
             dev_accuracy = None
             if number % self.settings.eval_every == 0 or number == self.settings.steps:
                 candidate = trainer.net.copy()
-                for name, prompt in outcome.prompts.items():
-                    candidate.set_prompt(name, prompt)
+                for name, parameter in outcome.parameters.items():
+                    candidate.set_parameter(name, parameter)
                 dev_accuracy = await evaluate(candidate, trainer.engine, self.dev)
         except BaseException:
             trainer.rng.setstate(rng_state)
@@ -156,11 +159,15 @@ class Run:
         trainer.steps_done = number
         if dev_accuracy is not None:
             self._consider(dev_accuracy)
-        spent = trainer.engine.statistics().total
+        spent = _spent(trainer)
         record = StepRecord(
             step=number,
             batch_loss=outcome.batch_loss,
             prompts=trainer.net.prompts(),
+            demonstrations={
+                name: [d.to_json() for d in parameter.demonstrations]
+                for name, parameter in trainer.net.parameters().items()
+            },
             elbo=outcome.elbo,
             posterior_entropy=outcome.posterior_entropy,
             dev_accuracy=dev_accuracy,
@@ -212,7 +219,7 @@ class Run:
             best_score=self.best_score,
             initial_score=self.initial_score,
             evaluations_since_best=self.evaluations_since_best,
-            memory=trainer.memory.to_json(),
+            memory=trainer.memory,
             rng_state=trainer.rng.getstate(),
             history=list(self.history),
             ledger=trainer.engine.statistics().to_json(),
@@ -233,9 +240,10 @@ class Run:
                 "use a new checkpoint_dir or the original setup"
             )
         trainer = self.trainer
-        for name, prompt in checkpoint.network.prompts().items():
-            trainer.net.set_prompt(name, prompt)
-        trainer.memory = PromptMemory(trainer.options.memory_size, best=checkpoint.memory)
+        for name, parameter in checkpoint.network.parameters().items():
+            trainer.net.set_parameter(name, parameter)
+        trainer.memory = checkpoint.memory
+        trainer.memory.size = trainer.options.memory_size
         trainer.rng.setstate(checkpoint.rng_state)
         trainer.steps_done = checkpoint.step
         self.history = list(checkpoint.history)
@@ -257,6 +265,11 @@ class Run:
         for record in self.history:
             if record.step not in logged:
                 await self._notify(record)
+
+
+def _spent(trainer: Learner) -> Usage:
+    """What the trainer's engines spent so far, together."""
+    return sum((engine.statistics().total for engine in trainer.engines), Usage())
 
 
 def logged_steps(path: str | os.PathLike[str]) -> set[int]:

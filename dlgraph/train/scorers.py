@@ -15,6 +15,7 @@ import attrs
 from dlgraph.backend import Phase
 from dlgraph.engine import Engine
 from dlgraph.graph import Graph
+from dlgraph.nodes import Parameter
 from dlgraph.scoring import LOG_FLOOR
 
 
@@ -26,10 +27,10 @@ class Scorer(Protocol):
         values: Mapping[str, str],
         target: str,
         *,
-        prompt: str | None = None,
+        parameter: Parameter | None = None,
         phase: Phase,
     ) -> float:
-        """log p(target | node `name` reading `values`, under `prompt` or its own)."""
+        """log p(target | node `name` reading `values`, under `parameter` or its own)."""
         ...
 
 
@@ -46,11 +47,13 @@ class LogprobScorer:
         values: Mapping[str, str],
         target: str,
         *,
-        prompt: str | None = None,
+        parameter: Parameter | None = None,
         phase: Phase,
     ) -> float:
         parents = net.parent_values(name, values)
-        return await net.node(name).loglik(self.engine, parents, target, phase=phase, prompt=prompt)
+        return await net.node(name).loglik(
+            self.engine, parents, target, phase=phase, parameter=parameter
+        )
 
 
 @attrs.frozen
@@ -66,11 +69,11 @@ class AccuracyScorer:
         values: Mapping[str, str],
         target: str,
         *,
-        prompt: str | None = None,
+        parameter: Parameter | None = None,
         phase: Phase,
     ) -> float:
         node = net.node(name)
         output = await node.run(
-            self.engine, net.parent_values(name, values), prompt=prompt, phase=phase
+            self.engine, net.parent_values(name, values), parameter=parameter, phase=phase
         )
         return 0.0 if node.kind.is_correct(output.text, target) else LOG_FLOOR

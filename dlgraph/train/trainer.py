@@ -9,6 +9,7 @@ estimate is `dlgraph.train.estimate`.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Mapping, Sequence
@@ -19,53 +20,64 @@ import attrs
 from dlgraph._tasks import map_concurrently
 from dlgraph.data.example import Example, check_dataset
 from dlgraph.engine import Engine
-from dlgraph.errors import GraphError
 from dlgraph.forward import Trace, forward
 from dlgraph.network import Network
+from dlgraph.nodes import Parameter
 from dlgraph.train import posterior as posterior_inference
+from dlgraph.train.candidates import (
+    Memory,
+    candidate_parameters,
+    demonstration_sets,
+    shown_examples,
+)
 from dlgraph.train.elbo import elbo, example_scores, expectation_terms
 from dlgraph.train.estimate import estimate
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.posterior import Posterior
-from dlgraph.train.proposals import (
-    END,
-    PromptMemory,
-    ProposalRequest,
-    candidate_prompts,
-    clean_proposal,
-    proposal_requests,
-)
+from dlgraph.train.proposals import END, ProposalRequest, clean_proposal, proposal_requests
 from dlgraph.train.records import Estimate, FitResult, StepOutcome
 from dlgraph.train.run import Run, RunSettings, StepCallback
 from dlgraph.train.scorers import AccuracyScorer, LogprobScorer, Scorer
 
+logger = logging.getLogger(__name__)
+
 
 class VariationalTrainer:
-    """Learns every trainable prompt of `net` jointly; see ARCHITECTURE.md, "The trainer".
+    """Learns every trainable node's prompt and demonstrations jointly; see ARCHITECTURE.md,
+    "A training step".
 
     Options are the keywords of `TrainerOptions` (or one `options` record). Everything random
-    flows from `seed`. Raises GraphError for a network it cannot train (not exactly one
-    output node, an unknown trainable name).
+    flows from `seed`. `backward` is the engine that writes: proposals and posterior samples
+    come from it (a stronger or a cheaper model), while forward passes and every
+    log-likelihood stay on `engine`, whose model the prompts are for. Raises GraphError for a
+    network it cannot train (an unknown trainable name).
     """
 
     def __init__(
-        self, net: Network, engine: Engine, options: TrainerOptions | None = None, **keywords: Any
+        self,
+        net: Network,
+        engine: Engine,
+        options: TrainerOptions | None = None,
+        *,
+        backward: Engine | None = None,
+        **keywords: Any,
     ) -> None:
         self.net = net
         self.engine = engine
+        self.backward = engine if backward is None else backward
         self.options = attrs.evolve(options or TrainerOptions(), **keywords)
         net.validate()
-        outputs = net.output_nodes()
-        if len(outputs) != 1:
-            raise GraphError(
-                f"training needs exactly one output node, found {len(outputs)}: {', '.join(outputs)}"
-            )
-        self.output = outputs[0]
+        self.outputs = net.output_nodes()
         for name in self.options.trainable or ():
             net.node(name)  # raises GraphError naming an unknown node
         self.rng = random.Random(self.options.seed)
-        self.memory = PromptMemory(self.options.memory_size)
+        self.memory = Memory(self.options.memory_size)
         self.steps_done = 0
+
+    @property
+    def engines(self) -> list[Engine]:
+        """The engines the trainer spends on, the forward one first."""
+        return [self.engine] if self.backward is self.engine else [self.engine, self.backward]
 
     @property
     def trainable_nodes(self) -> list[str]:
@@ -82,54 +94,54 @@ class VariationalTrainer:
             mode = "logprob" if self.engine.backend.capabilities.exact_logprobs else "accuracy"
         return LogprobScorer(self.engine) if mode == "logprob" else AccuracyScorer(self.engine)
 
-    def gold_targets(self, data: Sequence[Example], name: str = "data") -> list[str]:
-        """Targets as the output node names them; DataError for one it cannot take."""
-        return self.net.node(self.output).targets(data, name)
-
     def check_data(self, train: Sequence[Example], dev: Sequence[Example]) -> None:
         """Everything about the data that can be known before a call: DataError otherwise."""
-        self.gold_targets(check_dataset(train, "train"), "train")
-        self.gold_targets(check_dataset(dev, "dev"), "dev")
+        self.net.targets(check_dataset(train, "train"), "train")
+        self.net.targets(check_dataset(dev, "dev"), "dev")
 
     # -- one step ----------------------------------------------------------------------------
 
     async def step(self, batch: Sequence[Example]) -> StepOutcome:
-        """Decide new prompts from one minibatch; nothing is changed until `apply`."""
+        """Decide new parameters from one minibatch; nothing is changed until `apply`."""
         scorer = self._scorer()
+        targets: dict[str, list[str]] = self.net.targets(batch, "batch")
         trace = await forward(self.net, self.engine, [e.input for e in batch])
-        targets: dict[str, list[str]] = {self.output: self.gold_targets(batch, "batch")}
         posteriors: dict[str, Posterior] = {}
         for name in reversed(self.net.hidden_nodes()):
             if self.options.use_posterior:
                 posteriors[name] = await posterior_inference.infer(
-                    self.net, name, trace, targets, self.engine, scorer, self.options
+                    self.net, name, trace, targets, self.backward, scorer, self.options
                 )
             else:
                 posteriors[name] = Posterior.point(trace.outputs[name])
             targets[name] = posteriors[name].targets
         candidates = await self._candidates(trace, targets)
-        elbos = await self._elbos(trace, targets, posteriors, candidates, scorer)
-        output = self.net.node(self.output)
+        scored = await self._elbos(trace, targets, posteriors, candidates, scorer)
+        losses = [
+            1.0 - self.net.node(name).accuracy(trace.outputs[name], targets[name])
+            for name in self.outputs
+        ]
         return StepOutcome(
-            batch_loss=1.0 - output.accuracy(trace.outputs[self.output], targets[self.output]),
-            prompts={
-                name: max(scored, key=lambda pair: pair[1])[0] for name, scored in elbos.items()
+            batch_loss=sum(losses) / len(losses),
+            parameters={
+                name: max(pairs, key=lambda pair: pair[1])[0] for name, pairs in scored.items()
             },
-            elbo=elbos,
+            scored=scored,
             posterior_entropy={name: p.mean_entropy for name, p in posteriors.items()},
             posteriors=posteriors,
         )
 
     def apply(self, outcome: StepOutcome) -> None:
-        for name, prompt in outcome.prompts.items():
-            self.net.set_prompt(name, prompt)
-        for name, scored in outcome.elbo.items():
-            self.memory.remember(name, dict(scored))
+        for name, parameter in outcome.parameters.items():
+            self.net.set_parameter(name, parameter)
+        for name, pairs in outcome.scored.items():
+            self.memory.remember(name, dict(pairs))
 
     async def _candidates(
         self, trace: Trace, targets: Mapping[str, Sequence[str]]
-    ) -> dict[str, list[str]]:
-        """Current prompt, remembered prompts and new proposals, per trainable node."""
+    ) -> dict[str, list[Parameter]]:
+        """Per trainable node: the current parameter, remembered ones, proposed instructions
+        (from the backward engine) and demonstration sets drawn from the batch."""
         requests = [
             request
             for name in self.trainable_nodes
@@ -137,9 +149,13 @@ class VariationalTrainer:
                 self.net, name, trace, targets, self.options, self.rng, self.steps_done
             )
         ]
+        shown = {
+            name: demonstration_sets(self.net, name, trace, targets, self.options, self.rng)
+            for name in self.trainable_nodes
+        }
 
         async def propose(request: ProposalRequest) -> str:
-            text = await self.engine.generate(
+            text = await self.backward.generate(
                 request.prompt,
                 max_tokens=self.options.proposal_max_tokens,
                 temperature=self.options.sample_temperature,
@@ -152,35 +168,56 @@ class VariationalTrainer:
 
         proposed = await map_concurrently(propose, requests)
         return {
-            name: candidate_prompts(
-                self.net.node(name).prompt,
-                self.memory.prompts(name),
-                [
-                    text
-                    for request, text in zip(requests, proposed, strict=True)
-                    if request.node == name
-                ],
-            )
+            name: [
+                candidate
+                for candidate in candidate_parameters(
+                    self.net.node(name).parameter,
+                    self.memory.parameters(name),
+                    [text for r, text in zip(requests, proposed, strict=True) if r.node == name],
+                    shown[name],
+                )
+                if self._fits(name, candidate, trace)
+            ]
             for name in self.trainable_nodes
         }
+
+    def _fits(self, name: str, candidate: Parameter, trace: Trace) -> bool:
+        """Whether the candidate keeps the node's input within the model's context window
+        (candidates that would not are left out, and logged)."""
+        window = self.engine.backend.capabilities.context_window
+        if window is None or not candidate.demonstrations:
+            return True
+        longest = max(range(len(trace)), key=lambda i: len(trace.rendered[name][i]))
+        rendered = self.net.render(name, trace.values(longest), candidate)
+        if self.engine.backend.count_tokens(rendered) + 64 <= window:
+            return True
+        logger.info(
+            "node %r: a candidate with %d demonstrations exceeds the context window",
+            name,
+            len(candidate.demonstrations),
+        )
+        return False
 
     async def _elbos(
         self,
         trace: Trace,
         targets: Mapping[str, Sequence[str]],
         posteriors: Mapping[str, Posterior],
-        candidates: Mapping[str, list[str]],
+        candidates: Mapping[str, list[Parameter]],
         scorer: Scorer,
-    ) -> dict[str, list[tuple[str, float]]]:
+    ) -> dict[str, list[tuple[Parameter, float]]]:
         """ELBO of every candidate of every trainable node, all nodes scored at once."""
         names = list(candidates)
 
-        async def score(name: str) -> list[tuple[str, float]]:
+        async def score(name: str) -> list[tuple[Parameter, float]]:
             terms = expectation_terms(
                 self.net, name, trace, targets, posteriors, self.options.min_weight
             )
-            per_example = await example_scores(self.net, name, candidates[name], terms, scorer)
-            trust = self.options.trust_region if name == self.output else 0.0
+            excluded = [shown_examples(self.net, name, c, trace, targets) for c in candidates[name]]
+            per_example = await example_scores(
+                self.net, name, candidates[name], terms, scorer, excluded
+            )
+            trust = self.options.trust_region if name in self.outputs else 0.0
             return list(zip(candidates[name], elbo(per_example, trust), strict=True))
 
         return dict(zip(names, await map_concurrently(score, names), strict=True))
@@ -239,4 +276,5 @@ class VariationalTrainer:
             settings,
             train,
             dev_size,
+            separate_backward=self.backward is not self.engine,
         )
