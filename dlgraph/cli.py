@@ -11,8 +11,8 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,11 @@ from rich.text import Text
 import dlgraph as dg
 from dlgraph.config import RunConfig
 from dlgraph.templates import BUILTIN
+from dlgraph.train.estimate import forward_pass
+from dlgraph.train.pace import Pace, duration
+
+EVALUATION_CHUNK = 16
+"""Examples per progress-bar update when the CLI evaluates a split."""
 
 console = Console(soft_wrap=True)
 
@@ -48,8 +53,8 @@ async def _evaluate(
     with _progress() as progress:
         bar = progress.add_task(label, total=len(data))
         correct = 0.0
-        for start in range(0, len(data), 16):
-            chunk = data[start : start + 16]
+        for start in range(0, len(data), EVALUATION_CHUNK):
+            chunk = data[start : start + EVALUATION_CHUNK]
             correct += await dg.evaluate(net, engine, chunk) * len(chunk)
             progress.advance(bar, len(chunk))
     return correct / len(data)
@@ -71,6 +76,14 @@ class _Checked:
 
     def trainer(self, config: RunConfig) -> dg.VariationalTrainer:
         return dg.VariationalTrainer(self.net, self.engine, config.options, backward=self.backward)
+
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for engine in (self.engine, self.backward):
+                if engine is not None:
+                    await stack.enter_async_context(engine)
+            yield
 
 
 def _checked(config: RunConfig) -> _Checked:
@@ -105,16 +118,19 @@ async def _train(args: argparse.Namespace) -> None:
         shutil.rmtree(checkpoints, ignore_errors=True)
         (output / "steps.jsonl").unlink(missing_ok=True)
     started = time.monotonic()
-    async with AsyncExitStack() as stack:
-        for opened in (engine, checked.backward):
-            if opened is not None:
-                await stack.enter_async_context(opened)
+    async with checked.opened():
         trainer = checked.trainer(config)
         estimate = _estimate(trainer, config, task)
         console.print(
             f"[bold]{task.name}[/]: {len(task.train)} train, {len(task.dev)} dev, "
             f"{len(task.test)} test; {_estimate_line(estimate)}"
         )
+        if not args.no_probe:
+            console.print(
+                await _projection(
+                    trainer, task, estimate, config.run.batch_size, cli_evaluations=True
+                )
+            )
         before = await _scores(net, engine, task, "before")
         with _progress() as progress:
             bar = progress.add_task("training", total=config.run.steps)
@@ -244,10 +260,48 @@ def _loaded(path: str) -> dg.Network:
 async def _estimate_command(args: argparse.Namespace) -> None:
     config = RunConfig.read(args.config)
     checked = _checked(config)
-    estimate = _estimate(checked.trainer(config), config, checked.task)
+    trainer = checked.trainer(config)
+    estimate = _estimate(trainer, config, checked.task)
     console.print(
         f"{config.run.steps} steps of batch {config.run.batch_size}: {_estimate_line(estimate)}"
     )
+    if not args.no_probe:
+        async with checked.opened():
+            console.print(await _projection(trainer, checked.task, estimate, config.run.batch_size))
+
+
+async def _projection(
+    trainer: dg.VariationalTrainer,
+    task: dg.data.Task,
+    estimate: dg.Estimate,
+    batch_size: int,
+    *,
+    cli_evaluations: bool = False,
+) -> str:
+    """The projected wall time, from a few timed calls; with `cli_evaluations`, the
+    before-and-after evaluations of `dlgraph train` count too."""
+    pace = await trainer.pace(task.train, batch_size)
+    waves = list(estimate.waves)
+    if cli_evaluations:
+        for split in (task.dev, task.test):
+            for start in range(0, len(split), EVALUATION_CHUNK):
+                size = min(EVALUATION_CHUNK, len(split) - start)
+                waves += 2 * forward_pass(trainer.net, size)
+    return f"projected wall time: about {duration(pace.seconds(waves))} ({_measured(pace)})"
+
+
+def _measured(pace: Pace) -> str:
+    """The probe's measurements, as the user reads them."""
+    engines = {"forward": pace.forward} | (
+        {"backward": pace.backward} if pace.backward is not pace.forward else {}
+    )
+    parts = [
+        f"{label} {kind} {latency.alone_s:.2f} s alone, {latency.together} at once "
+        f"{latency.together_s:.2f} s"
+        for label, measured in engines.items()
+        for kind, latency in measured.latency.items()
+    ]
+    return "measured: " + "; ".join(parts)
 
 
 def _show(args: argparse.Namespace) -> None:
@@ -306,6 +360,9 @@ def _history_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+NO_PROBE = "do not time a few calls to project the wall time (about 20 calls per engine)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlgraph", description="Train graphs of LLM calls.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO")
@@ -317,6 +374,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--out", metavar="DIR", help="output folder (default: the config's [output] dir)"
     )
+    train.add_argument("--no-probe", action="store_true", help=NO_PROBE)
     evaluate = commands.add_parser("eval", help="accuracy of a network on a split")
     evaluate.add_argument("config")
     evaluate.add_argument(
@@ -325,8 +383,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=("train", "dev", "test"), default="test")
     show = commands.add_parser("show", help="prompts, graph and history of a saved network")
     show.add_argument("network")
-    estimate = commands.add_parser("estimate", help="calls and tokens a training run will need")
+    estimate = commands.add_parser(
+        "estimate", help="calls, tokens and wall time a training run will need"
+    )
     estimate.add_argument("config")
+    estimate.add_argument("--no-probe", action="store_true", help=NO_PROBE)
     return parser
 
 

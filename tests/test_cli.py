@@ -94,9 +94,19 @@ def test_yaml_config_is_accepted(tmp_path, capsys) -> None:
     assert "dates test accuracy" in capsys.readouterr().out
 
 
-def test_estimate_prints_calls_and_tokens(tmp_path, capsys) -> None:
+def test_estimate_prints_calls_tokens_and_the_projected_wall_time(tmp_path, capsys) -> None:
     assert main(["estimate", str(write(tmp_path, SIM_CONFIG))]) == 0
-    assert "2 steps of batch 4: at most" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 steps of batch 4: at most" in out
+    assert "projected wall time: about" in out and "forward score" in out
+    assert main(["estimate", "--no-probe", str(write(tmp_path, SIM_CONFIG))]) == 0
+    assert "projected" not in capsys.readouterr().out
+
+
+def test_train_prints_the_projected_wall_time_before_it_starts(tmp_path, capsys) -> None:
+    assert main(["train", str(write(tmp_path, SIM_CONFIG))]) == 0
+    out = capsys.readouterr().out
+    assert out.index("projected wall time") < out.index("step 1:")
 
 
 def test_show_prints_prompts_mermaid_and_history(tmp_path, capsys) -> None:
@@ -142,7 +152,7 @@ def test_a_backward_section_trains_with_two_models_and_reports_both(tmp_path, ca
     assert main(["train", str(write(tmp_path, text))]) == 0
     out = capsys.readouterr().out
     assert "calls by model and phase" in out
-    rows = [line for line in out.splitlines() if "backward" in line]
+    rows = [line for line in out.splitlines() if line.strip("│ ").startswith("backward")]
     assert any("propose" in row for row in rows)
     assert not any("score" in row for row in rows)  # log-likelihoods stay on the forward model
     assert main(["estimate", str(write(tmp_path, text))]) == 0

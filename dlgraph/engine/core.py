@@ -48,7 +48,7 @@ from dlgraph.engine.cache import Cache, Store, open_store
 from dlgraph.engine.classify import ClassQuery, class_distribution
 from dlgraph.engine.coalescer import Coalescer, Split
 from dlgraph.engine.ledger import Ledger
-from dlgraph.engine.limiter import Limiter, RateLimits
+from dlgraph.engine.limiter import Limiter, RateLimits, concurrency_ceiling
 from dlgraph.engine.metered import Metered
 from dlgraph.engine.retry import Retry, RetryPolicy
 from dlgraph.engine.single_flight import SingleFlight
@@ -248,6 +248,11 @@ class Engine(anyio.AsyncContextManagerMixin):
         `dlgraph.engine.classify` for how each kind of backend is asked."""
         query = ClassQuery(context, class_strings(classes), node, phase, priority)
         return await class_distribution(self.request, self.backend.capabilities, query)
+
+    @property
+    def concurrency_ceiling(self) -> int:
+        """The most calls this engine keeps in flight."""
+        return concurrency_ceiling(self.limits, self.backend)
 
     def statistics(self) -> LedgerSnapshot:
         return self.ledger.statistics()

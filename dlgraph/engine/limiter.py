@@ -79,6 +79,14 @@ class TokenBucket:
         self.level = min(self.level, 0.0)
 
 
+def concurrency_ceiling(limits: RateLimits, backend: Backend) -> int:
+    """The most calls in flight: the engine's and the backend's limits, else 256."""
+    ceiling = min(
+        limits.max_concurrency or math.inf, backend.capabilities.max_concurrency or math.inf
+    )
+    return 256 if ceiling == math.inf else int(ceiling)
+
+
 @attrs.frozen
 class LimiterStatistics:
     concurrency_limit: float
@@ -118,7 +126,7 @@ class Limiter:
     """The most calls in flight the adaptive limit may reach."""
 
     def __attrs_post_init__(self) -> None:
-        self._ceiling = self._compute_ceiling()
+        self._ceiling = concurrency_ceiling(self.limits, self.backend)
         now = self.clock()
         if self.limits.rpm:
             self._requests = TokenBucket.per_minute(self.limits.rpm, self.limits.burst_s, now)
@@ -126,13 +134,6 @@ class Limiter:
             self._tokens = TokenBucket.per_minute(self.limits.tpm, self.limits.burst_s, now)
         self._limit = self._little(self._latency_s)
         self.capacity = anyio.CapacityLimiter(int(self._limit))
-
-    def _compute_ceiling(self) -> float:
-        ceiling = min(
-            self.limits.max_concurrency or math.inf,
-            self.backend.capabilities.max_concurrency or math.inf,
-        )
-        return 256 if ceiling == math.inf else ceiling
 
     def _little(self, latency_s: float) -> float:
         """Little's law: calls in flight = arrival rate × latency (with headroom)."""

@@ -1,6 +1,7 @@
 """Training: posterior inference, prompt proposals, ELBO scoring, the trainer, its runs."""
 
 from dlgraph.train.options import TrainerOptions
+from dlgraph.train.pace import Pace
 from dlgraph.train.records import Estimate, FitResult, StepRecord
 from dlgraph.train.run import RunSettings
 from dlgraph.train.trainer import VariationalTrainer
@@ -8,6 +9,7 @@ from dlgraph.train.trainer import VariationalTrainer
 __all__ = [
     "Estimate",
     "FitResult",
+    "Pace",
     "RunSettings",
     "StepRecord",
     "TrainerOptions",

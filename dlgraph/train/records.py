@@ -9,6 +9,7 @@ import attrs
 from dlgraph._validate import check_int, check_number, check_text
 from dlgraph.network import Network
 from dlgraph.nodes import Demonstration, Parameter
+from dlgraph.train.pace import Pace, Wave
 from dlgraph.train.posterior import Posterior
 
 
@@ -131,3 +132,9 @@ class Estimate:
     tokens: int
     backward_calls: int = 0
     backward_tokens: int = 0
+    waves: tuple[Wave, ...] = attrs.field(default=(), repr=False, eq=False)
+    """The run's calls as the trainer will send them, together in waves."""
+
+    def seconds(self, pace: Pace) -> float:
+        """The run's projected wall time at the measured pace (`VariationalTrainer.pace`)."""
+        return pace.seconds(self.waves)

@@ -20,6 +20,7 @@ import attrs
 from dlgraph._tasks import map_concurrently
 from dlgraph.data.example import Example, check_dataset
 from dlgraph.engine import Engine
+from dlgraph.errors import DataError
 from dlgraph.forward import Trace, forward
 from dlgraph.network import Network
 from dlgraph.nodes import Parameter
@@ -33,6 +34,7 @@ from dlgraph.train.candidates import (
 from dlgraph.train.elbo import elbo, example_scores, expectation_terms
 from dlgraph.train.estimate import estimate
 from dlgraph.train.options import TrainerOptions
+from dlgraph.train.pace import Pace, measure_pace
 from dlgraph.train.posterior import Posterior
 from dlgraph.train.proposals import END, ProposalRequest, clean_proposal, proposal_requests
 from dlgraph.train.records import Estimate, FitResult, StepOutcome
@@ -277,4 +279,14 @@ class VariationalTrainer:
             train,
             dev_size,
             separate_backward=self.backward is not self.engine,
+        )
+
+    async def pace(self, examples: Sequence[Example], batch_size: int = 20) -> Pace:
+        """Time a few calls of each kind the run will make, on each engine, so that
+        ``estimate(...).seconds(pace)`` projects the run's wall time. Spends about twenty
+        calls per engine, counted in the engines' ledgers and budgets."""
+        if not examples:
+            raise DataError("measuring the pace needs at least one training example")
+        return await measure_pace(
+            self.net, self.engine, self.backward, self.options, examples, batch_size
         )

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import attrs
+
+
+def _count(minimum: int) -> Callable[[Any, attrs.Attribute[int], int], None]:
+    """A validator: a whole number (not a bool) of at least `minimum`."""
+
+    def validate(instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(
+                f"profile {attribute.name}: expected an integer >= {minimum}, got {value!r}"
+            )
+
+    return validate
 
 
 @attrs.frozen(kw_only=True)
@@ -18,13 +33,14 @@ class Profile:
     """Azure's ``api-version`` query parameter."""
     echo_logprobs: bool = False
     """/v1/completions returns prompt log-probs with ``echo`` + ``logprobs``."""
-    echo_max_tokens: int = 0
-    """max_tokens for an echo request (some servers refuse 0)."""
+    echo_max_tokens: int = attrs.field(default=1, validator=_count(0))
+    """max_tokens of an echo request. One token always ends; 0 means "none" only to OpenAI,
+    while llama-cpp-python's server reads it as "until the context is full"."""
     prompt_logprobs: bool = False
     """vLLM's ``prompt_logprobs`` parameter."""
-    top_logprobs: int = 0
+    top_logprobs: int = attrs.field(default=0, validator=_count(0))
     """First-token alternatives available (chat ``top_logprobs`` / completions ``logprobs``)."""
-    max_batch: int = 1
+    max_batch: int = attrs.field(default=1, validator=_count(1))
     """Prompts per /v1/completions request."""
 
 
@@ -37,6 +53,7 @@ PROFILES = {
             base_url="https://api.openai.com/v1",
             api_key_env="OPENAI_API_KEY",
             echo_logprobs=True,
+            echo_max_tokens=0,
             top_logprobs=5,
             max_batch=20,
         ),
@@ -47,6 +64,7 @@ PROFILES = {
             auth_header="api-key",
             api_version="2024-10-21",
             echo_logprobs=True,
+            echo_max_tokens=0,
             top_logprobs=5,
             max_batch=20,
         ),
@@ -60,6 +78,19 @@ PROFILES = {
             top_logprobs=20,
             max_batch=64,
         ),
+        # llama-cpp-python's server (python -m llama_cpp.server --logits_all true): exact
+        # log-probs by echo, one prompt per request (a list of prompts is a 500), one request at
+        # a time, and a full-vocabulary log-softmax in Python per prompt position: exact but slow
+        Profile(
+            name="llama-cpp-python",
+            base_url="http://127.0.0.1:8000/v1",
+            api_key_env="LLAMA_API_KEY",
+            echo_logprobs=True,
+            echo_max_tokens=1,
+            top_logprobs=10,
+            max_batch=1,
+        ),
+        # llama.cpp's own C++ server (llama-server): no echo, first-token alternatives only
         Profile(
             name="llamacpp",
             base_url="http://127.0.0.1:8080/v1",

@@ -11,6 +11,7 @@ import attrs
 import pytest
 from dlgraph_openai import PROFILES, OpenAIBackend
 from dlgraph_openai.errors import retry_after_s
+from dlgraph_openai.profiles import Profile
 from dlgraph_sim.server import ServerConfig, SimServer
 
 import dlgraph as dg
@@ -234,7 +235,7 @@ def test_retry_after_is_read_in_all_three_forms() -> None:
 def test_unknown_profile_lists_known_ones() -> None:
     with pytest.raises(
         dg.UnknownBackend,
-        match="unknown profile 'nope' \\(known: azure, llamacpp, ollama, openai, sim, vllm\\)",
+        match="unknown profile 'nope' \\(known: azure, llama-cpp-python, llamacpp, ollama, openai, sim, vllm\\)",
     ):
         OpenAIBackend("m", base_url="http://x", profile="nope")
 
@@ -262,3 +263,28 @@ async def test_logprob_requests_are_coalesced_into_one_echo_request() -> None:
             )
     assert together == pytest.approx(alone)
     assert server.count() - sent == 1 and len(server.attempts[-1].prompts) == 3
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("echo_max_tokens", -1),
+        ("echo_max_tokens", True),
+        ("echo_max_tokens", 1.5),
+        ("max_batch", 0),
+        ("top_logprobs", -2),
+        ("max_batch", "8"),
+    ],
+)
+def test_a_hand_written_profile_with_a_bad_count_is_refused_naming_the_field(field, value) -> None:
+    with pytest.raises(ValueError, match=f"profile {field}: expected an integer"):
+        Profile(name="mine", base_url="http://x", api_key_env=None, **{field: value})
+
+
+def test_echo_requests_are_bounded_unless_the_profile_knows_zero_means_none() -> None:
+    """A server may read max_tokens=0 as "until the context is full" (llama-cpp-python does)."""
+    assert Profile(name="mine", base_url=None, api_key_env=None).echo_max_tokens == 1
+    assert {name for name, p in PROFILES.items() if p.echo_max_tokens == 0} == {"openai", "azure"}
+    assert (
+        PROFILES["llama-cpp-python"].echo_logprobs and PROFILES["llama-cpp-python"].max_batch == 1
+    )
