@@ -52,23 +52,27 @@ class Wave:
 
 @attrs.frozen
 class Latency:
-    """Seconds for one call alone, and for `together` calls sent at once."""
+    """Seconds for one probe alone, and for `together` probes sent at once. A probe is what
+    the run does: a class node's score asks for every class at once (`calls` calls, which a
+    backend may serve from one shared prompt)."""
 
     alone_s: float
     together_s: float
     together: int
+    calls: int = 1
 
     def wave_s(self, calls: int, ceiling: int) -> float:
         """Seconds for `calls` calls sent at once when at most `ceiling` run concurrently."""
         if calls <= 0:
             return 0.0
-        in_flight = min(calls, ceiling)
-        return math.ceil(calls / in_flight) * (self.alone_s + self.slope_s * (in_flight - 1))
+        probes = math.ceil(calls / self.calls)
+        in_flight = min(probes, max(1, ceiling // self.calls))
+        return math.ceil(probes / in_flight) * (self.alone_s + self.slope_s * (in_flight - 1))
 
     @property
     def slope_s(self) -> float:
-        """What each further call in flight adds. Timing noise within a quarter of one call is
-        not taken for a slope: the few calls ran in parallel, and more are assumed to."""
+        """What each further probe in flight adds. Timing noise within a quarter of one probe
+        is not taken for a slope: the few ran in parallel, and more are assumed to."""
         excess = self.together_s - (1 + NOISE) * self.alone_s
         return max(0.0, excess) / max(1, self.together - 1)
 
@@ -105,8 +109,9 @@ class Pace:
         return sum((self.backward if w.backward else self.forward).wave_s(w) for w in waves)
 
 
-Probe = Callable[[int], Awaitable[object]]
-"""One call of a kind; the argument makes each call distinct, so that none is cached."""
+Probe = Callable[[int], Awaitable[int]]
+"""One call of a kind (or a class node's calls for one score), returning how many calls it
+made; the argument makes each probe distinct, so that none is answered from a cache."""
 
 
 async def measure(engine: Engine, probes: Mapping[CallKind, Probe]) -> EnginePace:
@@ -117,15 +122,15 @@ async def measure(engine: Engine, probes: Mapping[CallKind, Probe]) -> EnginePac
     tag = random.Random().randrange(10**9)
     latency: dict[CallKind, Latency] = {}
     for kind, probe in probes.items():
-        alone = math.inf
+        alone, calls = math.inf, 1
         for _ in range(2):  # the faster of two, so that no one-time cost is taken for latency
             started = anyio.current_time()
-            await probe(tag)
+            calls = await probe(tag)
             alone = min(alone, anyio.current_time() - started)
             tag += 1
         started = anyio.current_time()
         await map_concurrently(probe, [tag + i for i in range(together)])
-        latency[kind] = Latency(alone, anyio.current_time() - started, together)
+        latency[kind] = Latency(alone, anyio.current_time() - started, together, calls)
         tag += together
     rpm = engine.limits.rpm
     return EnginePace(latency, ceiling, rpm / 60.0 if rpm else None)
@@ -141,23 +146,29 @@ def _probes(
     batch_size: int,
     backward: bool = False,
 ) -> dict[CallKind, Probe]:
-    """Calls like the run's, on training inputs, each tagged at the start of its prompt so no
-    answer comes from a cache: an output node's score, a text node's output, a proposal."""
+    """Calls like the run's, on training inputs tagged so that no answer comes from a cache
+    (the tag follows the input, so prompts share the instruction as the run's do): an output
+    node's score, a text node's output, a proposal."""
     writers = [name for name in net.topological_order() if net.node(name).kind.outputs() is None]
     output = net.output_nodes()[0]
     shown_count = math.ceil(batch_size / 2) if options.proposal_half_batch else batch_size
 
+    def values(tag: int) -> dict[str, str]:
+        text = f"{examples[tag % len(examples)].input} ({tag})"
+        return {INPUT: text} | {node: text for node in net.nodes}
+
     def prompt(name: str, tag: int) -> str:
-        text = examples[tag % len(examples)].input
-        values = {INPUT: text} | {node: text for node in net.nodes}
-        return f"({tag})\n{net.render(name, values)}"
+        return net.render(name, values(tag))
 
-    async def score(tag: int) -> None:
-        outputs = net.node(output).kind.outputs()
-        target = f" {outputs[0]}" if outputs else " " + examples[tag % len(examples)].input[:80]
-        await engine.logprob(prompt(output, tag), target, node=output, phase="score")
+    async def score(tag: int) -> int:
+        node = net.node(output)
+        outputs = node.kind.outputs()
+        target = outputs[0] if outputs else examples[tag % len(examples)].input[:80]
+        parents = net.parent_values(output, values(tag))
+        await node.kind.loglik(node, engine, parents, target, phase="score")
+        return node.kind.calls_per_score()
 
-    async def write(tag: int) -> None:
+    async def write(tag: int) -> int:
         kind = net.node(writers[0]).kind
         await engine.generate(
             prompt(writers[0], tag),
@@ -168,8 +179,9 @@ def _probes(
             node=writers[0],
             phase="posterior" if backward else "forward",
         )
+        return 1
 
-    async def propose(tag: int) -> None:
+    async def propose(tag: int) -> int:
         shown = [
             ShownExample(f"Input: {e.input}", "?", str(e.target), is_correct=False)
             for e in examples[:shown_count]
@@ -178,7 +190,7 @@ def _probes(
             prompt=net.node(output).prompt, examples=shown, rewrite=REWRITES[0]
         )
         await engine.generate(
-            f"({tag})\n{text}",
+            f"{text} ({tag})",
             max_tokens=options.proposal_max_tokens,
             temperature=options.sample_temperature,
             stop=(END,),
@@ -186,6 +198,7 @@ def _probes(
             node=output,
             phase="propose",
         )
+        return 1
 
     available: dict[CallKind, Probe] = {"score": score, "generate": write, "propose": propose}
     return {kind: available[kind] for kind in kinds if kind != "generate" or writers}
