@@ -47,6 +47,11 @@ async def forward(net: dg.Network, xs: object) -> None:
         await net.forward(engine, xs)  # type: ignore[arg-type]
 
 
+async def pace(examples: list[dg.Example]) -> None:
+    async with dg.Engine(MODEL.current) as engine:
+        await dg.VariationalTrainer(one_node(), engine).pace(examples)
+
+
 async def evaluate(examples: list[dg.Example]) -> None:
     async with dg.Engine(MODEL.current) as engine:
         await dg.evaluate(one_node(), engine, examples)
@@ -473,6 +478,12 @@ CASES = [
         r"train.jsonl:1: expected a JSON object",
     ),
     Case(
+        "measuring the pace with no training examples",
+        lambda t: pace([]),
+        dg.DataError,
+        r"measuring the pace needs at least one training example",
+    ),
+    Case(
         "a JSONL file that is a folder",
         lambda t: read_jsonl(t),
         dg.DataError,
@@ -706,6 +717,12 @@ CLI_CASES = [
                 ).encode(),
             ),
         ),
+    ),
+    CliCase(
+        "estimate with an unknown backward model",
+        ("[train]", '[backward]\nname = "nope"\n\n[train]'),
+        r"run.toml: \[backward\] .*nope",
+        argv=("estimate", "{config}"),
     ),
     CliCase(
         "eval --net reaching for a global",
