@@ -24,7 +24,7 @@ from dlgraph._tasks import map_concurrently
 from dlgraph.data.example import Example
 from dlgraph.engine import Engine
 from dlgraph.graph import Graph
-from dlgraph.nodes import INPUT
+from dlgraph.nodes import INPUT, describe_inputs
 from dlgraph.templates import Template
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.proposals import END, REWRITES, ShownExample
@@ -153,42 +153,48 @@ def _probes(
     output = net.output_nodes()[0]
     shown_count = math.ceil(batch_size / 2) if options.proposal_half_batch else batch_size
 
-    def values(tag: int) -> dict[str, str]:
-        text = f"{examples[tag % len(examples)].input} ({tag})"
+    def values(text: str) -> dict[str, str]:
+        """Every node's input as the run would fill it, with the example's text standing in
+        for hidden nodes' outputs."""
         return {INPUT: text} | {node: text for node in net.nodes}
 
-    def prompt(name: str, tag: int) -> str:
-        return net.render(name, values(tag))
+    def tagged(tag: int) -> dict[str, str]:
+        return values(f"{examples[tag % len(examples)].input} ({tag})")
 
     async def score(tag: int) -> int:
         node = net.node(output)
         outputs = node.kind.outputs()
         target = outputs[0] if outputs else examples[tag % len(examples)].input[:80]
-        parents = net.parent_values(output, values(tag))
+        parents = net.parent_values(output, tagged(tag))
         await node.kind.loglik(node, engine, parents, target, phase="score")
         return node.kind.calls_per_score()
 
     async def write(tag: int) -> int:
-        kind = net.node(writers[0]).kind
-        await engine.generate(
-            prompt(writers[0], tag),
-            max_tokens=getattr(kind, "max_tokens", 128),
-            temperature=options.sample_temperature,
-            stop=getattr(kind, "stop", ()),
-            seed=tag,
-            node=writers[0],
+        node = net.node(writers[0])
+        await node.kind.run(
+            node,
+            engine,
+            net.parent_values(node.name, tagged(tag)),
             phase="posterior" if backward else "forward",
+            seed=tag,
+            temperature=options.sample_temperature,
         )
         return 1
 
-    async def propose(tag: int) -> int:
-        shown = [
-            ShownExample(f"Input: {e.input}", "?", str(e.target), is_correct=False)
-            for e in examples[:shown_count]
-        ]
-        text = Template.load("propose").render(
-            prompt=net.node(output).prompt, examples=shown, rewrite=REWRITES[0]
+    shown = [
+        ShownExample(
+            describe_inputs(net.parent_values(output, values(e.input))),
+            "?",
+            str(e.target),
+            is_correct=False,
         )
+        for e in examples[:shown_count]
+    ]
+    text = Template.load("propose").render(
+        prompt=net.node(output).prompt, examples=shown, rewrite=REWRITES[0]
+    )
+
+    async def propose(tag: int) -> int:
         await engine.generate(
             f"{text} ({tag})",
             max_tokens=options.proposal_max_tokens,
