@@ -270,25 +270,6 @@ async def test_a_cancelled_caller_frees_its_sequence_and_leaves_the_others_alone
     assert all(word in results[word] for word in WORDS[1:4])
 
 
-async def test_the_model_runs_in_a_worker_thread_and_the_loop_keeps_running() -> None:
-    ticks = 0
-    done = anyio.Event()
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not done.is_set():
-            ticks += 1
-            await anyio.sleep(0)
-
-    long_context = "Question: " + "the quick brown fox jumps over the lazy dog " * 40 + "\nAnswer:"
-    async with batched() as model:
-        async with anyio.create_task_group() as group:
-            group.start_soon(ticker)
-            await model.logprob(dg.LogprobRequest(long_context, " yes"))
-            done.set()
-    assert ticks >= 10
-
-
 async def test_a_second_verbalizer_after_one_context_is_read_from_the_kept_row() -> None:
     context = "Is the sky blue? Answer:"
     async with batched() as model:

@@ -97,7 +97,8 @@ async def test_greedy_generation_is_deterministic_and_bounded(batching) -> None:
     assert "," not in stopped
 
 
-async def test_model_calls_run_in_a_worker_thread_without_blocking_the_loop() -> None:
+@pytest.mark.parametrize("batching", [True, False], ids=["batched", "serial"])
+async def test_model_calls_run_in_a_worker_thread_without_blocking_the_loop(batching) -> None:
     ticks = 0
     done = anyio.Event()
 
@@ -107,8 +108,8 @@ async def test_model_calls_run_in_a_worker_thread_without_blocking_the_loop() ->
             ticks += 1
             await anyio.sleep(0)
 
-    long_context = "Question: " + "the quick brown fox jumps over the lazy dog " * 20 + "\nAnswer:"
-    async with LlamaCppModel(n_ctx=512, batching=False) as model:
+    long_context = "Question: " + "the quick brown fox jumps over the lazy dog " * 40 + "\nAnswer:"
+    async with LlamaCppModel(n_ctx=512, batching=batching) as model:
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(ticker)
             await model.logprob(dg.LogprobRequest(long_context, " yes"))
