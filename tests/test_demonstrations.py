@@ -18,18 +18,12 @@ from demo_world import (
 )
 from dlgraph_sim import ScriptedModel
 from letter_world import LetterWorld, single_word_task
+from test_trainer import dln1
 
 import dlgraph as dg
 
 YES_NO = ["yes|Yes", "no|No"]
 OPTIONS = dict(num_prompt_samples=2, num_hidden_samples=3, posterior_temperature=0.5, seed=2)
-
-
-def one_node() -> dg.Network:
-    net = dg.Network()
-    net.add_node("answer", prompt="Answer the question.", classes=YES_NO)
-    net.add_edge(dg.INPUT, "answer")
-    return net
 
 
 def relay() -> dg.Network:
@@ -60,7 +54,7 @@ DATA = {
 
 
 async def test_dln1_learns_a_rule_only_demonstrations_can_show() -> None:
-    net = one_node()
+    net = dln1()
     result = await train(net, SecretWorld().model())
     assert result.initial_dev_accuracy <= 0.6
     assert result.best_dev_accuracy >= 0.9
@@ -69,7 +63,7 @@ async def test_dln1_learns_a_rule_only_demonstrations_can_show() -> None:
 
 
 async def test_without_demonstrations_the_rule_cannot_be_learnt() -> None:
-    net = one_node()
+    net = dln1()
     result = await train(net, SecretWorld().model(), max_demonstrations=0)
     assert result.best_dev_accuracy <= 0.6
     assert net.node("answer").demonstrations == ()
@@ -150,7 +144,7 @@ async def test_a_plain_target_for_two_outputs_is_refused_naming_the_example() ->
 
 
 async def test_demonstrations_survive_save_load_and_resume(tmp_path) -> None:
-    net = one_node()
+    net = dln1()
     await train(net, SecretWorld().model(), steps=2)
     assert net.node("answer").demonstrations
     net.save(tmp_path / "net.json")
@@ -169,7 +163,7 @@ async def test_demonstrations_survive_save_load_and_resume(tmp_path) -> None:
     runs = []
     for interrupted in (False, True):
         folder = tmp_path / f"run{interrupted}"
-        net = one_node()
+        net = dln1()
         async with dg.Engine(SecretWorld().model(), cache=False) as engine:
             trainer = dg.VariationalTrainer(net, engine, **OPTIONS)
             if interrupted:
@@ -179,7 +173,7 @@ async def test_demonstrations_survive_save_load_and_resume(tmp_path) -> None:
                     )
                 except Stop:
                     pass
-                net = one_node()
+                net = dln1()
                 trainer = dg.VariationalTrainer(net, engine, **OPTIONS)
             await trainer.fit(train_set, dev_set, 3, 10, checkpoint_dir=folder)
         runs.append(net.parameters())
