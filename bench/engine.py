@@ -22,15 +22,13 @@ import argparse
 import asyncio
 import os
 import random
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import attrs
+from dlgraph_sim.server import ServerConfig, ServerProcess
 
 import dlgraph as dg
 from dlgraph._tasks import map_concurrently
@@ -138,46 +136,19 @@ class Outcome:
 # -- the server, in its own process ------------------------------------------------------------
 
 
-class Server:
-    def __init__(self, scenario: Scenario, seed: int) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        args = [
-            sys.executable,
-            "-m",
-            "dlgraph_sim.server",
-            "--port",
-            str(self.port),
-            "--seed",
-            str(seed),
-            "--latency-median-s",
-            str(SERVER_LATENCY_S),
-            "--latency-sigma",
-            "0.3",
-            "--error-rate",
-            str(scenario.error_rate),
-            "--drop-rate",
-            str(scenario.drop_rate),
-            "--max-batch",
-            "64",
-        ]
-        for flag, value in (("--rpm", scenario.rpm), ("--tpm", scenario.tpm)):
-            if value:
-                args += [flag, str(value)]
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        self.process.stdout.readline()  # "serving ..."
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-
-    async def attempts(self) -> dict[str, int]:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{self.port}/sim/attempts") as response:
-                return dict((await response.json())["by_outcome"])
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.communicate(timeout=10)
+def start_server(scenario: Scenario, seed: int) -> ServerProcess:
+    return ServerProcess(
+        ServerConfig(
+            seed=seed,
+            latency_median_s=SERVER_LATENCY_S,
+            latency_sigma=0.3,
+            error_rate=scenario.error_rate,
+            drop_rate=scenario.drop_rate,
+            max_batch=64,
+            rpm=scenario.rpm or None,
+            tpm=scenario.tpm or None,
+        )
+    )
 
 
 # -- clients -----------------------------------------------------------------------------------
@@ -356,7 +327,7 @@ CLIENTS: dict[str, Runner] = {
 async def run_client(
     name: str, runner: Runner, workload: list[list[Call]], scenario: Scenario, seed: int
 ) -> Outcome:
-    server = Server(scenario, seed)
+    server = start_server(scenario, seed)
     latencies: list[float] = []
     calls = sum(len(p) for p in workload)
     cpu, wall = time.process_time(), time.perf_counter()
@@ -366,7 +337,7 @@ async def run_client(
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     capped = len(latencies) < calls
     try:
-        attempts = await server.attempts()
+        attempts = dict(server.attempts()["by_outcome"])
     finally:
         server.stop()
     done = len(latencies) if capped else calls

@@ -11,7 +11,17 @@ from dlgraph.backend import (
     report,
 )
 from dlgraph.data import Example
-from dlgraph.engine import Budget, Engine, LedgerSnapshot, Price, RateLimits, RetryPolicy, Usage
+from dlgraph.engine import (
+    Budget,
+    Engine,
+    Grant,
+    GrantSource,
+    LedgerSnapshot,
+    Price,
+    RateLimits,
+    RetryPolicy,
+    Usage,
+)
 from dlgraph.errors import (
     BackendError,
     BackendUnavailable,
@@ -56,6 +66,8 @@ __all__ = [
     "Example",
     "FitResult",
     "GenerateRequest",
+    "Grant",
+    "GrantSource",
     "GraphError",
     "LanguageNode",
     "LedgerSnapshot",

@@ -241,8 +241,9 @@ class BackendRegistry:
     def names(self) -> list[str]:
         return sorted(self._factories)
 
-    def connect(self, name: str, /, **options: Any) -> Backend:
-        """Build the backend called `name`; raises UnknownBackend listing the known names."""
+    def factory(self, name: str) -> BackendFactory:
+        """The factory of the backend called `name`; raises UnknownBackend listing the known
+        names."""
         try:
             factory = self._factories[name]
         except KeyError:
@@ -250,7 +251,11 @@ class BackendRegistry:
             raise UnknownBackend(f"unknown backend {name!r} (known: {known})") from None
         if isinstance(factory, importlib.metadata.EntryPoint):
             factory = factory.load()
-        backend = factory(**options)
+        return factory
+
+    def connect(self, name: str, /, **options: Any) -> Backend:
+        """Build the backend called `name`; raises UnknownBackend listing the known names."""
+        backend = self.factory(name)(**options)
         if not isinstance(backend, Backend):
             raise BackendError(
                 f"backend {name!r} built {type(backend).__qualname__}, not a Backend"

@@ -6,6 +6,7 @@ The only place that starts an event loop, prints, or configures logging.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import shutil
@@ -24,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 import dlgraph as dg
+from dlgraph._files import write_atomic
 from dlgraph.config import RunConfig
 from dlgraph.templates import BUILTIN
 from dlgraph.train.estimate import forward_pass
@@ -109,11 +111,12 @@ def _estimate_line(estimate: dg.Estimate) -> str:
 
 
 async def _train(args: argparse.Namespace) -> None:
-    config = RunConfig.read(args.config)
+    config = RunConfig.read(args.config, args.set)
     checked = _checked(config)
     task, net, engine = checked.task, checked.net, checked.engine
     output = Path(args.out) if args.out else config.output_dir
     checkpoints = output / "checkpoint"
+    (output / "result.json").unlink(missing_ok=True)
     if not args.resume:
         shutil.rmtree(checkpoints, ignore_errors=True)
         (output / "steps.jsonl").unlink(missing_ok=True)
@@ -158,7 +161,9 @@ async def _train(args: argparse.Namespace) -> None:
         if checked.backward is not None:
             ledgers["backward"] = checked.backward.statistics()
     net.save(output / "network.json")
-    _report(task, before, after, ledgers, time.monotonic() - started, result, output)
+    finished = _Finished(task, before, after, ledgers, time.monotonic() - started, result)
+    finished.write(output / "result.json")
+    _report(finished, output)
     if args.plot:
         _plot(result, before, Path(args.plot))
 
@@ -173,15 +178,39 @@ async def _scores(
     }
 
 
-def _report(
-    task: dg.data.Task,
-    before: dict[str, float],
-    after: dict[str, float],
-    ledgers: dict[str, dg.LedgerSnapshot],
-    seconds: float,
-    result: dg.FitResult,
-    output: Path,
-) -> None:
+@attrs.frozen
+class _Finished:
+    """What a finished training run measured."""
+
+    task: dg.data.Task
+    before: dict[str, float]
+    after: dict[str, float]
+    ledgers: dict[str, dg.LedgerSnapshot]
+    seconds: float
+    result: dg.FitResult
+
+    def write(self, path: Path) -> None:
+        """result.json, for scripts and sweeps; written last, atomically, so that its
+        presence means the run finished."""
+        totals = [ledger.total for ledger in self.ledgers.values()]
+        record = {
+            "task": self.task.name,
+            "before": self.before,
+            "after": self.after,
+            "best_dev": self.result.best_dev_accuracy,
+            "steps": len(self.result.history),
+            "stopped": self.result.stopped,
+            "calls": sum(usage.calls for usage in totals),
+            "tokens": sum(usage.tokens for usage in totals),
+            "cost": sum(usage.cost for usage in totals),
+            "seconds": round(self.seconds, 3),
+            "by_model": {name: attrs.asdict(ledger.total) for name, ledger in self.ledgers.items()},
+        }
+        write_atomic(path, json.dumps(record, indent=2) + "\n")
+
+
+def _report(finished: _Finished, output: Path) -> None:
+    task, before, after, result = finished.task, finished.before, finished.after, finished.result
     table = Table(title=f"{task.name}: accuracy before and after training")
     table.add_column("split")
     table.add_column("before", justify="right")
@@ -192,13 +221,13 @@ def _report(
     spent = Table(title="calls by model and phase")
     for column in ("model", "phase", "calls", "cache hits", "tokens"):
         spent.add_column(column, justify="left" if column in ("model", "phase") else "right")
-    for model, ledger in ledgers.items():
+    for model, ledger in finished.ledgers.items():
         for phase, usage in sorted(ledger.by_phase().items()):
             spent.add_row(
                 model, phase, f"{usage.calls:,}", f"{usage.cache_hits:,}", f"{usage.tokens:,}"
             )
     console.print(spent)
-    console.print(f"time {seconds:.0f} s, stopped: {result.stopped}")
+    console.print(f"time {finished.seconds:.0f} s, stopped: {result.stopped}")
     console.print(f"learnt network: {output / 'network.json'}")
     for name, parameter in result.network.parameters().items():
         console.print(f"  {name}: {parameter.describe()}", markup=False, highlight=False)
@@ -235,7 +264,7 @@ def _plot(result: dg.FitResult, before: dict[str, float], path: Path) -> None:
 
 
 async def _eval(args: argparse.Namespace) -> None:
-    config = RunConfig.read(args.config)
+    config = RunConfig.read(args.config, args.set)
     task = config.task()
     net = _loaded(args.net) if args.net else config.build_network(task)
     data = getattr(task, args.split)
@@ -258,7 +287,7 @@ def _loaded(path: str) -> dg.Network:
 
 
 async def _estimate_command(args: argparse.Namespace) -> None:
-    config = RunConfig.read(args.config)
+    config = RunConfig.read(args.config, args.set)
     checked = _checked(config)
     trainer = checked.trainer(config)
     estimate = _estimate(trainer, config, checked.task)
@@ -360,6 +389,9 @@ def _history_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+COMMANDS_GROUP = "dlgraph.commands"
+"""Plugins add commands: an entry point is a function that adds a parser to the subparsers
+and sets ``handler``, a function of the parsed arguments (it starts its own event loop)."""
 NO_PROBE = "do not time a few calls to project the wall time (about 20 calls per engine)"
 
 
@@ -367,7 +399,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlgraph", description="Train graphs of LLM calls.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO")
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train the network of a run configuration")
+    settings = argparse.ArgumentParser(add_help=False)
+    settings.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a value of the config (TOML syntax: train.steps=5, engine.rpm=600)",
+    )
+    train = commands.add_parser(
+        "train", parents=[settings], help="train the network of a run configuration"
+    )
     train.add_argument("config")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     train.add_argument("--plot", metavar="PNG", help="write a learning curve")
@@ -375,7 +417,9 @@ def _parser() -> argparse.ArgumentParser:
         "--out", metavar="DIR", help="output folder (default: the config's [output] dir)"
     )
     train.add_argument("--no-probe", action="store_true", help=NO_PROBE)
-    evaluate = commands.add_parser("eval", help="accuracy of a network on a split")
+    evaluate = commands.add_parser(
+        "eval", parents=[settings], help="accuracy of a network on a split"
+    )
     evaluate.add_argument("config")
     evaluate.add_argument(
         "--net", metavar="NET.json", help="a saved network (default: the config's)"
@@ -384,10 +428,14 @@ def _parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="prompts, graph and history of a saved network")
     show.add_argument("network")
     estimate = commands.add_parser(
-        "estimate", help="calls, tokens and wall time a training run will need"
+        "estimate",
+        parents=[settings],
+        help="calls, tokens and wall time a training run will need",
     )
     estimate.add_argument("config")
     estimate.add_argument("--no-probe", action="store_true", help=NO_PROBE)
+    for entry in importlib.metadata.entry_points(group=COMMANDS_GROUP):
+        entry.load()(commands)
     return parser
 
 
@@ -401,6 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "show":
             _show(args)
+        elif "handler" in vars(args):
+            return int(args.handler(args) or 0)
         else:
             anyio.run(handlers[args.command], args)
     except dg.DlgraphError as error:

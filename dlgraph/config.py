@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, overload
 
 import attrs
 
-from dlgraph.backend import connect
+from dlgraph.backend import Backend, BackendRegistry, connect
 from dlgraph.data import Task, generated_task, load_task, read_jsonl
 from dlgraph.data.generated import GENERATORS
 from dlgraph.engine import Budget, Engine
+from dlgraph.engine.shared import open_shared_limit
 from dlgraph.errors import ConfigError, DlgraphError
 from dlgraph.network import Network
 from dlgraph.nodes import INPUT
@@ -24,7 +25,41 @@ from dlgraph.train.options import TrainerOptions
 from dlgraph.train.run import RunSettings
 
 SECTIONS = ("backend", "engine", "backward", "data", "network", "train", "output")
-ENGINE_KEYS = ("rpm", "tpm", "max_concurrency", "cache", "max_calls", "max_tokens")
+ENGINE_KEYS = ("rpm", "tpm", "max_concurrency", "cache", "max_calls", "max_tokens", "shared_limit")
+
+
+def parse_setting(setting: str) -> tuple[tuple[str, ...], Any]:
+    """``section.key=value`` (``--set``, a sweep's ``--grid``): the key path and the value, read
+    as a TOML value when it is one (``3``, ``0.5``, ``true``, ``"text"``, ``[1, 2]``), else
+    as the text itself."""
+    name, equals, text = setting.partition("=")
+    path = tuple(name.strip().split("."))
+    if not equals or len(path) < 2 or not all(path):
+        raise ConfigError(f"{setting!r}: expected section.key=value, such as train.steps=5")
+    if path[0] not in SECTIONS:
+        raise ConfigError(
+            f"{setting!r}: unknown section [{path[0]}] (known: {', '.join(SECTIONS)})"
+        )
+    try:
+        value = tomllib.loads(f"value = {text.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    return path, value
+
+
+def _apply(raw: dict[str, Any], settings: Sequence[str], path: Path) -> dict[str, Any]:
+    """The file's tables with each setting put in place (later settings win)."""
+    for setting in settings:
+        keys, value = parse_setting(setting)
+        table = raw
+        for depth, key in enumerate(keys[:-1]):
+            inner = table.setdefault(key, {})
+            if not isinstance(inner, dict):
+                where = ".".join(keys[: depth + 1])
+                raise ConfigError(f"{path}: {setting!r}: {where} is not a table")
+            table = inner
+        table[keys[-1]] = value
+    return raw
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -113,18 +148,40 @@ class EngineConfig:
     def build(self) -> Engine:
         """The engine, built (not entered: no call is made); a bad name, option or limit is a
         ConfigError naming the section and key."""
+        return self._engine(connect_backend=True)
+
+    def check(self) -> None:
+        """Every check `build` makes that needs no backend or shared limit made: the names
+        are installed plugins, the engine options and limits are valid."""
+        self._engine(connect_backend=False)
+
+    def _engine(self, connect_backend: bool) -> Engine:
         options = dict(self.engine_options)
         try:
             budget = Budget(options.pop("max_calls", None), options.pop("max_tokens", None))
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{self.path}: [{self.engine_section}] {error}") from error
         try:
-            backend = connect(self.backend, **self.backend_options)
+            if connect_backend:
+                backend = connect(self.backend, **self.backend_options)
+            else:
+                BackendRegistry.from_entry_points().factory(self.backend)
+                backend = Backend()
         except (TypeError, ValueError, DlgraphError) as error:
             raise ConfigError(f"{self.path}: [{self.backend_section}] {error}") from error
+        shared = options.pop("shared_limit", None)
         try:
-            return Engine(backend, budget=budget, **options)
-        except (TypeError, ValueError) as error:
+            if shared is None:
+                return Engine(backend, budget=budget, **options)
+            if not isinstance(shared, str):
+                raise TypeError(f"shared_limit: expected a plugin name, got {shared!r}")
+            unopened = open_shared_limit(shared, backend.identity, open=False)
+            engine = Engine(backend, budget=budget, shared_limit=unopened, **options)
+            if not connect_backend:
+                return engine  # every check passed without joining the shared limit
+            opened = open_shared_limit(shared, backend.identity)
+            return Engine(backend, budget=budget, shared_limit=opened, **options)
+        except (TypeError, ValueError, DlgraphError) as error:
             raise ConfigError(f"{self.path}: [{self.engine_section}] {error}") from error
 
 
@@ -141,9 +198,10 @@ class RunConfig:
     output_dir: Path
 
     @classmethod
-    def read(cls, path: str | os.PathLike[str]) -> RunConfig:
+    def read(cls, path: str | os.PathLike[str], settings: Sequence[str] = ()) -> RunConfig:
+        """The file, with `settings` (``section.key=value``) put in place before any check."""
         path = Path(path)
-        raw = _read(path)
+        raw = _apply(_read(path), settings, path)
         for key in raw:
             if key not in SECTIONS:
                 raise ConfigError(f"{path}: unknown section [{key}] (known: {', '.join(SECTIONS)})")

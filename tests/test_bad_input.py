@@ -539,6 +539,57 @@ class CliCase:
 
 CLI_CASES = [
     CliCase(
+        "a --set without a value",
+        None,
+        r"'train\.steps': expected section\.key=value",
+        ("train", "{config}", "--set", "train.steps"),
+    ),
+    CliCase(
+        "a --set without a section",
+        None,
+        r"'steps=2': expected section\.key=value",
+        ("train", "{config}", "--set", "steps=2"),
+    ),
+    CliCase(
+        "a --set of an unknown section",
+        None,
+        r"'trian\.steps=2': unknown section \[trian\]",
+        ("estimate", "{config}", "--set", "trian.steps=2"),
+    ),
+    CliCase(
+        "a --set of an unknown key",
+        None,
+        r"run.toml: \[train\] unknown key 'stepz'",
+        ("train", "{config}", "--set", "train.stepz=2"),
+    ),
+    CliCase(
+        "a --set of a wrong type",
+        None,
+        r"run.toml: \[train\] .*steps.*'many'",
+        ("eval", "{config}", "--set", "train.steps=many"),
+    ),
+    CliCase(
+        "a --set into a value that is not a table",
+        None,
+        r"'backend\.name\.x=1': backend\.name is not a table",
+        ("train", "{config}", "--set", "backend.name.x=1"),
+    ),
+    CliCase(
+        "an unknown shared limit",
+        ("[train]", '[engine]\nrpm = 60\nshared_limit = "redis"\n\n[train]'),
+        r"run.toml: \[engine\] unknown shared limit 'redis' \(known: .*\)",
+    ),
+    CliCase(
+        "a shared limit that is not a name",
+        ("[train]", "[engine]\nrpm = 60\nshared_limit = true\n\n[train]"),
+        r"run.toml: \[engine\] shared_limit: expected a plugin name, got True",
+    ),
+    CliCase(
+        "a shared limit with no limit to share",
+        ("[train]", '[engine]\nshared_limit = "ray"\n\n[train]'),
+        r"run.toml: \[engine\] shared_limit: give the endpoint's rpm or tpm",
+    ),
+    CliCase(
         "backend options the backend does not take",
         ('name = "sim"', 'name = "sim"\noptions = {latency = 1}'),
         r"run.toml: \[backend\] .*latency",

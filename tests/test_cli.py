@@ -61,6 +61,27 @@ def test_train_resume_extends_a_finished_run_and_refuses_another_setup(tmp_path,
     assert [json.loads(line)["step"] for line in steps] == [1, 2, 3]
 
 
+def test_train_writes_a_result_file_that_says_what_the_run_measured(tmp_path, capsys) -> None:
+    config = write(tmp_path, SIM_CONFIG)
+    assert main(["train", str(config), "--no-probe"]) == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    ledger = result["by_model"]["forward"]
+    assert result["steps"] == 2 and result["stopped"] == "steps"
+    assert set(result["before"]) == set(result["after"]) == {"dev", "test"}
+    assert result["calls"] == ledger["calls"] > 0
+    assert result["tokens"] == ledger["tokens_in"] + ledger["tokens_out"]
+    assert f"{result['after']['test']:.3f}" in capsys.readouterr().out
+
+
+def test_set_overrides_config_values_as_the_file_would(tmp_path, capsys) -> None:
+    config = write(tmp_path, SIM_CONFIG)
+    settings = ["--set", "train.steps=3", "--set", 'output.dir="elsewhere"', "--set", "data.dev=4"]
+    assert main(["train", str(config), "--no-probe", *settings]) == 0
+    result = json.loads((tmp_path / "elsewhere" / "result.json").read_text())
+    assert result["steps"] == 3
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_key_names_key_and_file(tmp_path, capsys) -> None:
     config = write(tmp_path, SIM_CONFIG.replace("steps = 2", "stepz = 2"))
     assert main(["estimate", str(config)]) == 2

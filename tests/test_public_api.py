@@ -20,9 +20,15 @@ def test_all_lists_exactly_the_importable_public_names() -> None:
 
 
 def test_import_dlgraph_loads_no_provider_library() -> None:
-    code = "import sys, dlgraph; print(sorted(m for m in ('aiohttp','llama_cpp','openai') if m in sys.modules))"
+    code = "import sys, dlgraph; print(sorted(m for m in ('aiohttp','llama_cpp','openai','ray') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_command_line_finds_plugin_commands_without_importing_ray() -> None:
+    code = "import sys; from dlgraph import cli; cli._parser(); print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_connect_finds_the_sim_plugin_through_its_entry_point() -> None:

@@ -12,6 +12,7 @@ SOURCES = [
     "backends/sim/dlgraph_sim",
     "backends/openai/dlgraph_openai",
     "backends/llamacpp/dlgraph_llamacpp",
+    "backends/ray/dlgraph_ray",
 ]
 
 

@@ -3,6 +3,17 @@
 from dlgraph.engine.core import Engine
 from dlgraph.engine.limiter import RateLimits
 from dlgraph.engine.retry import RetryPolicy
+from dlgraph.engine.shared import Grant, GrantSource
 from dlgraph.engine.usage import Budget, LedgerSnapshot, Price, Usage
 
-__all__ = ["Budget", "Engine", "LedgerSnapshot", "Price", "RateLimits", "RetryPolicy", "Usage"]
+__all__ = [
+    "Budget",
+    "Engine",
+    "Grant",
+    "GrantSource",
+    "LedgerSnapshot",
+    "Price",
+    "RateLimits",
+    "RetryPolicy",
+    "Usage",
+]

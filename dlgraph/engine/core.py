@@ -51,6 +51,7 @@ from dlgraph.engine.ledger import Ledger
 from dlgraph.engine.limiter import Limiter, RateLimits, concurrency_ceiling
 from dlgraph.engine.metered import Metered
 from dlgraph.engine.retry import Retry, RetryPolicy
+from dlgraph.engine.shared import GrantPool, GrantSource
 from dlgraph.engine.single_flight import SingleFlight
 from dlgraph.engine.stage import BackendCall, Batch, Call, Work, request_key
 from dlgraph.engine.tokens import estimated_tokens
@@ -83,7 +84,9 @@ class Engine(anyio.AsyncContextManagerMixin):
 
     Rate limits are the keywords `rpm`, `tpm` and `max_concurrency`, or one `limits` record
     (which also holds the burst and pause settings). `cache` is True (in memory), a path
-    (SQLite, shared across runs) or False. `coalesce_ms` is how long a request waits for
+    (SQLite, shared across runs) or False. `shared_limit` is a `GrantSource` through which
+    engines in other processes share the endpoint's `rpm`/`tpm` and its 429 pause (dlgraph-ray's
+    ``SharedLimit``). `coalesce_ms` is how long a request waits for
     companions to share one multi-prompt request, when the backend takes several: ``"auto"``
     is 10 ms under an `rpm` limit (each request then carries many calls) and 0 (never)
     without one.
@@ -114,6 +117,7 @@ class Engine(anyio.AsyncContextManagerMixin):
     sleep: Callable[[float], Awaitable[None]] = attrs.field(default=anyio.sleep, kw_only=True)
     seed: int = attrs.field(default=0, kw_only=True)
     """Seeds the jitter of retries and pauses."""
+    shared_limit: GrantSource | None = attrs.field(default=None, kw_only=True)
     ledger: Ledger = attrs.field(init=False)
     _chain: Call | None = attrs.field(default=None, init=False)
 
@@ -127,6 +131,11 @@ class Engine(anyio.AsyncContextManagerMixin):
         ):
             raise ValueError("give rpm, tpm and max_concurrency as keywords or in limits, not both")
         self.rpm, self.tpm, self.max_concurrency = limits.rpm, limits.tpm, limits.max_concurrency
+        if self.shared_limit is not None:
+            if not isinstance(self.shared_limit, GrantSource):
+                raise TypeError(f"shared_limit: expected a GrantSource, got {self.shared_limit!r}")
+            if not (limits.rpm or limits.tpm):
+                raise ValueError("shared_limit: give the endpoint's rpm or tpm to share")
         price = (
             self.price.get(self.backend.identity) if isinstance(self.price, Mapping) else self.price
         )
@@ -136,20 +145,38 @@ class Engine(anyio.AsyncContextManagerMixin):
     async def __asynccontextmanager__(self) -> AsyncGenerator[Self]:
         with single_errors():
             store = await open_store(self.cache)
+            pool = None
+            if self.shared_limit is not None:
+                limits = self.limits
+                pool = GrantPool(
+                    self.shared_limit,
+                    limits.rpm,
+                    limits.tpm,
+                    limits.burst_s,
+                    clock=self.clock,
+                    sleep=self.sleep,
+                )
             try:
+                if pool is not None:
+                    await pool.open()
                 async with self.backend, anyio.create_task_group() as task_group:
-                    self._chain = self._build_chain(task_group, store)
+                    self._chain = self._build_chain(task_group, store, pool)
                     try:
                         yield self
                     finally:
                         self._chain = None
                         task_group.cancel_scope.cancel()
             finally:
+                if pool is not None:
+                    with anyio.CancelScope(shield=True):
+                        await pool.aclose()
                 if store is not None:
                     with anyio.CancelScope(shield=True):
                         await store.aclose()
 
-    def _build_chain(self, task_group: anyio.abc.TaskGroup, store: Store | None) -> Call:
+    def _build_chain(
+        self, task_group: anyio.abc.TaskGroup, store: Store | None, pool: GrantPool | None
+    ) -> Call:
         jitter = random.Random(self.seed)
         limits = self.limits
 
@@ -159,7 +186,13 @@ class Engine(anyio.AsyncContextManagerMixin):
 
         metered = Metered(BackendCall(self.backend), self.ledger, self.backend)
         limiter = Limiter(
-            metered, self.backend, limits, clock=self.clock, sleep=self.sleep, jitter=jitter
+            metered,
+            self.backend,
+            limits,
+            clock=self.clock,
+            sleep=self.sleep,
+            jitter=jitter,
+            pool=pool,
         )
         chain: Call = Retry(limiter, self.ledger, self.retry, sleep=self.sleep, jitter=jitter)
         window_ms = self.coalesce_ms

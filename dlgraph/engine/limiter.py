@@ -20,6 +20,7 @@ import attrs
 
 from dlgraph._validate import integer, number
 from dlgraph.backend import Backend, CallReport
+from dlgraph.engine.shared import GrantPool
 from dlgraph.engine.stage import Batch, Outcome, ReplyCall, Work
 from dlgraph.engine.tokens import estimated_tokens
 from dlgraph.errors import RateLimited
@@ -112,6 +113,8 @@ class Limiter:
     clock: Clock = anyio.current_time
     sleep: Sleep = anyio.sleep
     jitter: random.Random = attrs.field(factory=lambda: random.Random(0))
+    pool: GrantPool | None = None
+    """The endpoint's allowance shared with engines in other processes, when there is one."""
     capacity: anyio.CapacityLimiter = attrs.field(init=False)
     _requests: TokenBucket | None = attrs.field(default=None, init=False)
     _tokens: TokenBucket | None = attrs.field(default=None, init=False)
@@ -151,7 +154,10 @@ class Limiter:
             reply = await self.inner(work)
         self._calibrate(reply.report)
         if isinstance(reply.error, RateLimited):
-            self._on_rate_limited(reply.error)
+            pause_s = self._on_rate_limited(reply.error)
+            if self.pool is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.pool.rate_limited(pause_s)
         elif reply.error is None:
             self._on_success(self.clock() - started, crowded)
             self._true_up(charged, reply.report.prompt_tokens, reply.report.completion_tokens)
@@ -169,8 +175,9 @@ class Limiter:
         return max(waits)
 
     async def _admit(self, priority: int, tokens: int, since: float | None) -> None:
-        if not self._queue and (self._requests or self._tokens or self._paused_until > -math.inf):
-            if self._wait_s(tokens) <= 0:
+        limited = self._requests or self._tokens or self._paused_until > -math.inf or self.pool
+        if not self._queue and limited:
+            if self._wait_s(tokens) <= 0 and (self.pool is None or self.pool.try_take(tokens)):
                 self._take(tokens)
                 return
         elif not self._queue:
@@ -184,6 +191,8 @@ class Limiter:
             while True:
                 if self._queue[0] is entry:
                     wait = self._wait_s(tokens)
+                    if wait <= 0 and self.pool is not None:
+                        wait = await self.pool.acquire(tokens, len(self._queue))
                     if wait <= 0:
                         break
                     await self.sleep(wait)
@@ -195,7 +204,11 @@ class Limiter:
             heapq.heapify(self._queue)
             self._wake_head()
             raise
-        heapq.heappop(self._queue)
+        if self._queue[0] is entry:
+            heapq.heappop(self._queue)
+        else:  # a call of higher priority arrived while this one borrowed from the pool
+            self._queue.remove(entry)
+            heapq.heapify(self._queue)
         self._take(tokens)
         self._wake_head()
 
@@ -211,8 +224,9 @@ class Limiter:
 
     # -- feedback --------------------------------------------------------------------------
 
-    def _on_rate_limited(self, error: RateLimited) -> None:
-        """One shared pause for everyone, as long as the server asked, with jitter."""
+    def _on_rate_limited(self, error: RateLimited) -> float:
+        """One shared pause for everyone, as long as the server asked, with jitter; returns
+        the pause."""
         self._rate_limited += 1
         now = self.clock()
         pause = (
@@ -228,6 +242,7 @@ class Limiter:
             if bucket:
                 bucket.empty(now)
         self._set_limit(self._limit * 0.7)
+        return pause
 
     def _calibrate(self, box: CallReport) -> None:
         """Adopt the server's limits when it states them (x-ratelimit-*), never exceeding ours,
@@ -275,10 +290,10 @@ class Limiter:
     ) -> None:
         """Give back (or take) the difference between the estimate and the real usage."""
         if self._tokens and prompt_tokens is not None and completion_tokens is not None:
-            self._tokens.level = min(
-                self._tokens.capacity,
-                self._tokens.level + charged - prompt_tokens - completion_tokens,
-            )
+            unused = charged - prompt_tokens - completion_tokens
+            self._tokens.level = min(self._tokens.capacity, self._tokens.level + unused)
+            if self.pool is not None:
+                self.pool.true_up(unused)
 
     def statistics(self) -> LimiterStatistics:
         stats = self.capacity.statistics()

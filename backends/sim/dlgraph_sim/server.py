@@ -15,10 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import email.utils
+import json
 import math
 import random
 import re
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -320,9 +325,13 @@ class SimServer:
     async def _attempt_counts(self, request: web.Request) -> web.Response:
         """Attempts by outcome, for a client in another process (benchmarks)."""
         counts: dict[str, int] = {}
+        times: dict[str, list[float]] = {}
         for attempt in self.attempts:
             counts[attempt.outcome] = counts.get(attempt.outcome, 0) + 1
-        return web.json_response({"attempts": len(self.attempts), "by_outcome": counts})
+            times.setdefault(attempt.outcome, []).append(attempt.at)
+        return web.json_response(
+            {"attempts": len(self.attempts), "by_outcome": counts, "times": times}
+        )
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -488,6 +497,43 @@ def _error(status: int, message: str, headers: dict[str, str]) -> web.Response:
         status=status,
         headers=headers,
     )
+
+
+class ServerProcess:
+    """The simulated server in a process of its own, on a free port (benchmarks, and tests
+    whose clients run in other processes): ``with ServerProcess(ServerConfig(rpm=600)) as s``."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        arguments = [sys.executable, "-m", "dlgraph_sim.server", "--port", str(self.port)]
+        for field in attrs.fields(ServerConfig):
+            value = getattr(config, field.name)
+            if value is not None:
+                arguments += ["--" + field.name.replace("_", "-"), str(value)]
+        self.process = subprocess.Popen(arguments, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        if not self.process.stdout.readline().startswith("serving"):
+            self.stop()
+            raise RuntimeError("the simulated server did not start")
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+    def attempts(self) -> dict[str, Any]:
+        """Attempts in all, by outcome, and each outcome's times (the server's clock, s)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/sim/attempts") as answer:
+            counts: dict[str, Any] = json.load(answer)
+        return counts
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.communicate(timeout=10)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 def main() -> None:

@@ -1,0 +1,230 @@
+"""A pool of model replicas: each a Ray actor hosting an installed backend, one backend to
+the engine.
+
+    dg.connect("ray", backend="llamacpp", replicas=2, num_cpus=1, threads=1)
+
+A call goes to the replica with the fewest calls in flight. A replica that dies (its process
+killed, its node lost) is replaced by a new actor, and the calls it held are sent again to
+the least-loaded replica, so no call is lost; the engine above sees only the answers. What a
+replica's backend reports (token usage, server limits) travels back with its answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import attrs
+import ray
+from ray.exceptions import RayActorError
+
+import dlgraph as dg
+from dlgraph.backend import CallReport, collecting_report
+from dlgraph_ray.cluster import join, resolve
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("generate", "logprob", "top_logprobs", "generate_batch", "logprob_batch")
+
+
+class Replica:
+    """One backend in its own process (the state of an async Ray actor)."""
+
+    def __init__(self, backend: str, options: dict[str, Any]) -> None:
+        self.backend = dg.connect(backend, **options)
+        self.opened = False
+        self.lock = anyio.Lock()
+
+    async def describe(self) -> tuple[str, dg.Capabilities]:
+        return self.backend.identity, self.backend.capabilities
+
+    async def ask(
+        self, method: str, argument: Any
+    ) -> tuple[Any, dg.BackendError | None, CallReport]:
+        """The answer or the backend's error (sent back as a value: the engine retries by
+        its type), and what the backend reported."""
+        if method not in METHODS:
+            raise ValueError(f"unknown backend method {method!r}")
+        async with self.lock:
+            if not self.opened:
+                await self.backend.__aenter__()
+                self.opened = True
+        with collecting_report() as report:
+            try:
+                return await getattr(self.backend, method)(argument), None, report
+            except dg.BackendError as error:
+                return None, error, report
+
+    async def close(self) -> None:
+        if self.opened:
+            await self.backend.aclose()
+
+
+@attrs.define(eq=False)
+class _Slot:
+    actor: Any
+    in_flight: int = 0
+
+
+def _positive(name: str, value: object, whole: bool = False) -> None:
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < (1 if whole else 0):
+        least = "an integer >= 1" if whole else "a number >= 0"
+        raise ValueError(f"{name}: expected {least}, got {value!r}")
+
+
+def pool(
+    backend: str,
+    *,
+    replicas: int = 1,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    address: str | None = None,
+    max_attempts: int = 4,
+    **options: Any,
+) -> ReplicaPool:
+    """``dg.connect("ray", backend=..., replicas=N, **options)``: the options the pool does
+    not take are the hosted backend's."""
+    return ReplicaPool(
+        backend,
+        replicas=replicas,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        address=address,
+        max_attempts=max_attempts,
+        options=options,
+    )
+
+
+@attrs.define(eq=False)
+class ReplicaPool(dg.Backend):
+    """`replicas` actors each running ``dg.connect(backend, **options)``, with `num_cpus` and
+    `num_gpus` reserved per replica; `address` is a Ray cluster to join (default: the one
+    running, ``RAY_ADDRESS``, or a new local one). `max_attempts` bounds how many replicas one
+    call may outlive before it fails with BackendUnavailable."""
+
+    backend: str
+    replicas: int = attrs.field(default=1, kw_only=True)
+    num_cpus: float = attrs.field(default=1, kw_only=True)
+    num_gpus: float = attrs.field(default=0, kw_only=True)
+    address: str | None = attrs.field(default=None, kw_only=True)
+    max_attempts: int = attrs.field(default=4, kw_only=True)
+    options: dict[str, Any] = attrs.field(factory=dict, kw_only=True)
+    capabilities: dg.Capabilities = attrs.field(init=False)
+    _identity: str = attrs.field(init=False)
+    _slots: list[_Slot] = attrs.field(factory=list, init=False)
+    replaced: int = attrs.field(default=0, init=False)
+    """Replicas that died and were replaced."""
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.backend, str):
+            raise TypeError(
+                f"backend: expected the name of an installed backend, got {self.backend!r}"
+            )
+        if self.backend == "ray":
+            raise ValueError("backend: a replica cannot itself be a pool of replicas")
+        known = dg.BackendRegistry.from_entry_points().names()
+        if self.backend not in known:
+            raise dg.UnknownBackend(f"unknown backend {self.backend!r} (known: {', '.join(known)})")
+        _positive("replicas", self.replicas, whole=True)
+        _positive("max_attempts", self.max_attempts, whole=True)
+        _positive("num_cpus", self.num_cpus)
+        _positive("num_gpus", self.num_gpus)
+        join(self.address)
+        self._slots = [_Slot(self._spawn()) for _ in range(self.replicas)]
+        try:
+            identity, capabilities = ray.get(self._slots[0].actor.describe.remote())
+        except RayActorError as error:
+            self._kill_all()
+            raise dg.BackendError(
+                f"ray: replica of {self.backend!r} failed to start: {error}"
+            ) from None
+        each = capabilities.max_concurrency
+        self.capabilities = attrs.evolve(
+            capabilities, max_concurrency=None if each is None else each * self.replicas
+        )
+        self._identity = identity
+
+    def _spawn(self) -> Any:
+        return (
+            ray.remote(Replica)
+            .options(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_concurrency=1000)
+            .remote(self.backend, self.options)
+        )
+
+    @property
+    def identity(self) -> str:
+        """The hosted backend's: replicas answer as it does, so caches are shared with it."""
+        return self._identity
+
+    def statistics(self) -> list[int]:
+        """Calls in flight per replica."""
+        return [slot.in_flight for slot in self._slots]
+
+    def actors(self) -> list[Any]:
+        return [slot.actor for slot in self._slots]
+
+    async def _ask(self, method: str, argument: Any) -> Any:
+        for _ in range(self.max_attempts):
+            slot = min(self._slots, key=lambda s: s.in_flight)
+            slot.in_flight += 1
+            try:
+                outcome, error, report = await resolve(slot.actor.ask.remote(method, argument))
+            except RayActorError as died:
+                self._replace(slot, died)
+                continue
+            finally:
+                slot.in_flight -= 1
+            dg.report(**attrs.asdict(report))
+            if error is not None:
+                raise error
+            return outcome
+        raise dg.BackendUnavailable(
+            f"ray: {self.max_attempts} replicas of {self.backend!r} died under one call"
+        )
+
+    def _replace(self, slot: _Slot, died: BaseException) -> None:
+        if slot not in self._slots:
+            return  # replaced already, by another call that saw it die
+        logger.warning("ray: replica of %r died (%s); starting another", self.backend, died)
+        ray.kill(slot.actor, no_restart=True)
+        self._slots[self._slots.index(slot)] = _Slot(self._spawn())
+        self.replaced += 1
+
+    async def generate(self, request: dg.GenerateRequest) -> str:
+        result: str = await self._ask("generate", request)
+        return result
+
+    async def logprob(self, request: dg.LogprobRequest) -> float:
+        result: float = await self._ask("logprob", request)
+        return result
+
+    async def top_logprobs(self, request: dg.TopLogprobsRequest) -> dict[str, float]:
+        result: dict[str, float] = await self._ask("top_logprobs", request)
+        return result
+
+    async def generate_batch(self, requests: Sequence[dg.GenerateRequest]) -> list[str]:
+        result: list[str] = await self._ask("generate_batch", list(requests))
+        return result
+
+    async def logprob_batch(self, requests: Sequence[dg.LogprobRequest]) -> list[float]:
+        result: list[float] = await self._ask("logprob_batch", list(requests))
+        return result
+
+    def _kill_all(self) -> None:
+        for slot in self._slots:
+            ray.kill(slot.actor, no_restart=True)
+        self._slots = []
+
+    async def aclose(self) -> None:
+        if self._slots:
+            closing = [slot.actor.close.remote() for slot in self._slots]
+            with anyio.CancelScope(shield=True):
+                for ref in closing:
+                    try:
+                        await resolve(ref)
+                    except RayActorError:
+                        pass  # nothing left to close
+            self._kill_all()

@@ -1,0 +1,176 @@
+"""`dlgraph sweep` on a local Ray with the scripted model: the table, a killed worker, a
+re-run, and bad grids."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from dlgraph_ray import SharedLimit
+from dlgraph_ray.sweep import SweepResult, sweep
+
+import dlgraph as dg
+from dlgraph import cli
+
+CONFIG = """
+[backend]
+name = "sim"
+options = {{latency_s = {latency}}}
+
+[engine]
+cache = false
+
+[data]
+source = "generated"
+task = "navigation"
+train = 12
+dev = 6
+test = 6
+
+[network]
+kind = "dln2"
+hidden_max_tokens = 8
+
+[train]
+steps = {steps}
+batch_size = 4
+num_prompt_samples = 2
+num_hidden_samples = 2
+
+[output]
+dir = "out"
+"""
+
+pytestmark = [pytest.mark.usefixtures("local_ray"), pytest.mark.timeout(300)]
+
+
+def write_config(folder: Path, steps: int = 2, latency: float = 0.0) -> Path:
+    path = folder / "run.toml"
+    path.write_text(CONFIG.format(steps=steps, latency=latency))
+    return path
+
+
+def files(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(path.relative_to(root)): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.parent != root
+    }
+
+
+def test_a_sweep_of_two_settings_and_two_seeds_tabulates_each_trials_own_result(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path)
+    grid = ["train.batch_size=2,4"]
+    result = sweep(config, grid, [0, 1], echo=lambda line: None)
+    assert result.ran == 4 and result.root == tmp_path / "out-sweep"
+    assert [(o.trial.setting, o.trial.seed) for o in result.outcomes] == [
+        ("train.batch_size=2", 0),
+        ("train.batch_size=2", 1),
+        ("train.batch_size=4", 0),
+        ("train.batch_size=4", 1),
+    ]
+    for row in result.summary:
+        own = [
+            json.loads((o.trial.folder(result.root) / "result.json").read_text())
+            for o in result.outcomes
+            if o.trial.setting == row["setting"]
+        ]
+        tests = [r["after"]["test"] for r in own]
+        assert row["seeds"] == 2 and row["failed"] == 0
+        assert row["test_mean"] == pytest.approx(sum(tests) / 2)
+        assert row["test_sd"] == pytest.approx(abs(tests[0] - tests[1]) / 2**0.5)
+        assert row["calls"] == pytest.approx(sum(r["calls"] for r in own) / 2)
+        assert all(r["steps"] == 2 for r in own)
+    assert result.summary[0]["calls"] != result.summary[1]["calls"]  # the setting took effect
+    lines = (result.root / "summary.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == result.summary
+    assert (result.root / "summary.csv").read_text().startswith("setting,seeds,failed,dev_mean")
+    assert (result.root / "summary.png").stat().st_size > 1000
+    trials = [json.loads(line) for line in (result.root / "trials.jsonl").read_text().splitlines()]
+    assert [t["seed"] for t in trials] == [0, 1, 0, 1]
+
+    before = files(result.root)
+    again = sweep(config, grid, [0, 1], echo=lambda line: None)
+    assert again.ran == 0  # no trial started, so no model call
+    assert again.summary == result.summary
+    assert files(result.root) == before  # not one trial file touched
+
+
+def test_a_trial_whose_worker_is_killed_resumes_without_repeating_a_step(tmp_path: Path) -> None:
+    config = write_config(tmp_path, steps=6, latency=0.03)
+    out = tmp_path / "sweep"
+    folder = out / "config" / "seed-0"
+    finished: list[SweepResult] = []
+    runner = threading.Thread(
+        target=lambda: finished.append(sweep(config, [], [0], out=out, echo=lambda line: None))
+    )
+    runner.start()
+    checkpoint = folder / "checkpoint" / "checkpoint.json"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checkpoint.exists(), "the trial never checkpointed"
+    first = json.loads((folder / "attempts.jsonl").read_text().splitlines()[0])
+    os.kill(first["pid"], signal.SIGKILL)
+    runner.join(timeout=240)
+    assert finished, "the sweep did not finish"
+    (outcome,) = finished[0].outcomes
+    assert not outcome.failed, outcome.result
+    attempts = [json.loads(line) for line in (folder / "attempts.jsonl").read_text().splitlines()]
+    assert len(attempts) == 2 and attempts[1]["pid"] != first["pid"]
+    steps = [json.loads(line)["step"] for line in (folder / "steps.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # each step once: the retry resumed from the checkpoint
+    assert outcome.result["steps"] == 6
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--grid", "train.steps"], "expected section.key=value1,value2"),
+        (["--grid", "train.steps="], "expected section.key=value1,value2"),
+        (["--grid", "train.steps=1,,2"], "an empty value"),
+        (["--grid", "train.steps=1,1"], "a value is given twice"),
+        (["--grid", "steps=1,2"], "expected section.key=value"),
+        (["--grid", "trian.steps=1,2"], r"unknown section \[trian\]"),
+        (["--grid", "train.stepz=1,2"], "unknown key 'stepz'"),
+        (["--grid", "train.steps=1,two"], "expected int"),
+        (["--grid", "train.steps=1", "--grid", "train.steps=2"], "a key is given twice"),
+        (["--seeds", "1", "1"], "a seed is given twice"),
+        (["--set", "data.train=-3"], r"\[data\] train: must be >= 0"),
+        (["--set", "engine.rpm=-5"], "rpm"),
+        (["--grid", "engine.shared_limit=nowhere"], "unknown shared limit 'nowhere'"),
+    ],
+)
+def test_a_bad_sweep_is_refused_before_any_trial_runs(
+    tmp_path: Path, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path)
+    assert cli.main(["sweep", str(config), *arguments]) == 2
+    assert re.search(message, capsys.readouterr().out)
+    assert not (tmp_path / "out-sweep").exists()
+
+
+def test_a_sweep_from_the_command_line_prints_progress_and_the_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, steps=1)
+    grid = ["--grid", "network.kind=dln1,dln2", "--seeds", "3", "--set", "engine.rpm=60000"]
+    code = cli.main(["sweep", str(config), *grid])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "[2/2]" in printed and "network.kind=dln1" in printed and "± 0.000" in printed
+    assert "summary.csv" in printed
+    root = tmp_path / "out-sweep"
+    assert dg.Network.load(root / "network.kind=dln2" / "seed-3" / "network.json")
+    # the trials' engines had an rpm, so they shared it through the endpoint's named actor
+    calls = [json.loads(line)["calls"] for line in (root / "trials.jsonl").read_text().splitlines()]
+    keeper = SharedLimit("sim:scripted").statistics()
+    assert keeper["granted_requests"] - keeper["returned_requests"] >= sum(calls) > 0
