@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
 
 import anyio
 import ray
 import sniffio
+
+from dlgraph.errors import BackendUnavailable
 
 NAMESPACE = "dlgraph"
 """Named actors (shared limits) live here, so that every job on a cluster finds them."""
@@ -17,17 +20,33 @@ NAMESPACE = "dlgraph"
 def join(address: str | None = None) -> bool:
     """Connect to Ray: the cluster at `address`, else ``RAY_ADDRESS`` or a Ray started on this
     machine with ``ray start``, else a new local one in process. True when this call started
-    or joined it (and so should shut it down)."""
+    or joined it (and so should shut it down). An address where nothing answers is refused
+    within seconds (Ray itself would keep trying for minutes)."""
     if ray.is_initialized():
         return False
-    ray.init(
-        address=address,
-        namespace=NAMESPACE,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
+    if address is not None:
+        _reachable(address)
+    try:
+        ray.init(
+            address=address,
+            namespace=NAMESPACE,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise BackendUnavailable(f"ray: cannot join {address or 'a local Ray'}: {error}") from None
     return True
+
+
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not port.isdigit():
+        return  # "auto", "local" and the like: Ray resolves them
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise BackendUnavailable(f"ray: nothing answers at {address} ({error})") from None
 
 
 async def resolve(ref: Any) -> Any:

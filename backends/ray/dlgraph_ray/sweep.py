@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import fcntl
 import hashlib
 import itertools
 import json
@@ -123,10 +124,19 @@ def run_trial(config: str, overrides: list[str], folder: str) -> dict[str, Any]:
     """A trial in a Ray worker: ``dlgraph train --resume`` into its folder, its output in
     ``train.log``; each attempt (a retry after the worker died is another) is logged in
     ``attempts.jsonl``. Returns the run's ``result.json``, or its error."""
-    from dlgraph import cli
-
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
+    with (out / "trial.lock").open("w") as lock:
+        # One writer per folder: a worker left over from a killed driver holds the lock until
+        # Ray has stopped it, and this attempt resumes from what it left.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _train(config, overrides, out)
+
+
+def _train(config: str, overrides: list[str], out: Path) -> dict[str, Any]:
+    from dlgraph import cli
+
+    folder = str(out)
     attempt = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
     with (out / "attempts.jsonl").open("a", encoding="utf-8") as attempts:
         attempts.write(json.dumps(attempt) + "\n")
@@ -273,6 +283,15 @@ def sweep(
     """Run every trial not finished yet, on Ray; write trials.jsonl, summary.csv,
     summary.jsonl and summary.png (with matplotlib) into the sweep's folder (default: the
     config's output folder + ``-sweep``)."""
+    for name, value in (
+        ("--cpus-per-trial", cpus_per_trial),
+        ("--gpus-per-trial", gpus_per_trial),
+        ("--retries", retries),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{name}: expected a number >= 0, got {value!r}")
+    if not isinstance(retries, int):
+        raise ConfigError(f"--retries: expected a whole number, got {retries!r}")
     path = Path(config).resolve()
     trials = plan(grid, seeds)
     overrides = {}

@@ -4,6 +4,7 @@ embedded model hosted in a replica."""
 from __future__ import annotations
 
 import sys
+import time
 
 import anyio
 import pytest
@@ -54,6 +55,23 @@ async def test_calls_go_to_the_least_loaded_replica() -> None:
         await anyio.sleep(0.1)
         seen.append(backend.statistics())
     assert seen == [[1, 1]]
+
+
+def test_each_replica_reserves_the_cpus_it_was_given() -> None:
+    def reserved() -> float:
+        return float(ray.cluster_resources()["CPU"] - ray.available_resources().get("CPU", 0.0))
+
+    def settle(expected: float) -> float:
+        deadline = time.monotonic() + 20  # Ray frees and reserves asynchronously
+        while reserved() != pytest.approx(expected) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return reserved()
+
+    assert settle(0.0) == pytest.approx(0.0)  # the other tests' replicas are gone
+    backend = pool(2, 0.0)  # 0.5 CPU each
+    assert settle(1.0) == pytest.approx(1.0)
+    anyio.run(backend.aclose)
+    assert settle(0.0) == pytest.approx(0.0)
 
 
 async def test_a_pool_survives_a_killed_replica_with_no_call_lost() -> None:

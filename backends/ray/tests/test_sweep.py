@@ -7,6 +7,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -145,6 +147,9 @@ def test_a_trial_whose_worker_is_killed_resumes_without_repeating_a_step(tmp_pat
         (["--grid", "train.steps=1", "--grid", "train.steps=2"], "a key is given twice"),
         (["--seeds", "1", "1"], "a seed is given twice"),
         (["--set", "data.train=-3"], r"\[data\] train: must be >= 0"),
+        (["--retries", "-1"], "--retries: expected a number >= 0, got -1"),
+        (["--cpus-per-trial", "-0.5"], "--cpus-per-trial: expected a number >= 0"),
+        (["--gpus-per-trial", "-1"], "--gpus-per-trial: expected a number >= 0"),
         (["--set", "engine.rpm=-5"], "rpm"),
         (["--grid", "engine.shared_limit=nowhere"], "unknown shared limit 'nowhere'"),
     ],
@@ -174,3 +179,43 @@ def test_a_sweep_from_the_command_line_prints_progress_and_the_table(
     calls = [json.loads(line)["calls"] for line in (root / "trials.jsonl").read_text().splitlines()]
     keeper = SharedLimit("sim:scripted").statistics()
     assert keeper["granted_requests"] - keeper["returned_requests"] >= sum(calls) > 0
+
+
+def test_a_sweep_killed_with_its_driver_resumes_every_trial_where_it_stopped(
+    tmp_path: Path,
+) -> None:
+    import ray
+
+    config = write_config(tmp_path, steps=25, latency=0.05)
+    out = tmp_path / "sweep"
+    logs = [out / "config" / f"seed-{seed}" / "steps.jsonl" for seed in (0, 1)]
+    command = [str(Path(sys.executable).parent / "dlgraph"), "sweep", str(config)]
+    command += ["--seeds", "0", "1", "--out", str(out)]
+    command += ["--address", ray.get_runtime_context().gcs_address]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(
+        log.exists() and len(log.read_text().splitlines()) >= 2 for log in logs
+    ):
+        time.sleep(0.05)
+    driver.kill()  # the driver, and with it its job's workers
+    driver.wait()
+    stopped = [len(log.read_text().splitlines()) for log in logs]
+    assert all(2 <= count < 25 for count in stopped), stopped
+    result = sweep(config, [], [0, 1], out=out, echo=lambda line: None)
+    assert result.ran == 2 and not any(outcome.failed for outcome in result.outcomes)
+    for log in logs:
+        steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+        assert steps == list(range(1, 26))  # each step once
+
+
+def test_a_cluster_address_where_nothing_answers_fails_in_seconds_naming_it(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path)
+    command = [str(Path(sys.executable).parent / "dlgraph"), "sweep", str(config)]
+    command += ["--address", "127.0.0.1:1"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 2
+    assert "error: ray: nothing answers at 127.0.0.1:1" in finished.stdout
+    assert "Traceback" not in finished.stdout + finished.stderr
