@@ -30,7 +30,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 import ray
@@ -152,8 +152,39 @@ def _train(config: str, overrides: list[str], out: Path) -> dict[str, Any]:
     if code != 0:
         lines = (out / "train.log").read_text(encoding="utf-8").strip().splitlines()
         return {"error": lines[-1] if lines else f"exit status {code}"}
-    result: dict[str, Any] = json.loads((out / "result.json").read_text(encoding="utf-8"))
+    return read_result(out / "result.json")
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """A finished trial's result.json, checked field by field (a file is untrusted input): a
+    file that is not what ``dlgraph train`` writes is refused, naming it, rather than re-run."""
+
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(f"{path}: {why}; delete it to run this trial again")
+
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise refuse(f"not JSON ({error})") from None
+    if not isinstance(result, dict):
+        raise refuse("expected a JSON object")
+    after = result.get("after")
+    if not isinstance(after, dict) or not after:
+        raise refuse("'after' must map splits to accuracies")
+    for split, accuracy in after.items():
+        if split not in ("dev", "test") or not _number(accuracy) or not 0 <= accuracy <= 1:
+            raise refuse(f"'after': {split!r} must be dev or test with an accuracy in [0, 1]")
+    for counter in ("calls", "tokens", "cost", "steps"):
+        value = result.get(counter)
+        whole = counter != "cost"
+        if not _number(value) or value < 0 or (whole and not isinstance(value, int)):
+            kind = "a whole number" if whole else "a number"
+            raise refuse(f"{counter!r} must be {kind} >= 0, got {value!r}")
     return result
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @attrs.frozen
@@ -312,7 +343,7 @@ def sweep(
     for trial in trials:
         finished = trial.folder(root) / "result.json"
         if finished.is_file():
-            results[trial] = Outcome(trial, json.loads(finished.read_text(encoding="utf-8")), False)
+            results[trial] = Outcome(trial, read_result(finished), False)
     pending = [trial for trial in trials if trial not in results]
     echo(f"{len(trials)} trials: {len(results)} finished before, {len(pending)} to run in {root}")
     if pending:

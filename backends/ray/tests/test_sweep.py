@@ -219,3 +219,33 @@ def test_a_cluster_address_where_nothing_answers_fails_in_seconds_naming_it(
     assert finished.returncode == 2
     assert "error: ray: nothing answers at 127.0.0.1:1" in finished.stdout
     assert "Traceback" not in finished.stdout + finished.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\xff\xfe garbage", "not JSON"),
+        (b"{truncated", "not JSON"),
+        (b"[1, 2]", "expected a JSON object"),
+        (b'{"calls": 1}', "'after' must map splits to accuracies"),
+        (b'{"after": {"dev": "high"}}', "'dev' must be dev or test with an accuracy in"),
+        (b'{"after": {"dev": 1.5}}', "'dev' must be dev or test with an accuracy in"),
+        (b'{"after": {"train": 0.5}}', "'train' must be dev or test"),
+        (b'{"after": {"dev": 0.5}, "calls": -1, "tokens": 1, "cost": 0, "steps": 1}', "'calls'"),
+        (b'{"after": {"dev": 0.5}, "calls": 1, "tokens": 1.5, "cost": 0, "steps": 1}', "'tokens'"),
+        (b'{"after": {"dev": 0.5}, "calls": 1, "tokens": 1, "cost": true, "steps": 1}', "'cost'"),
+        (b'{"after": {"dev": 0.5}, "calls": 1, "tokens": 1, "cost": 0}', "'steps'"),
+    ],
+)
+def test_a_finished_trials_result_file_that_is_not_what_train_writes_is_refused_naming_it(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    config = write_config(tmp_path)
+    result = tmp_path / "out-sweep" / "config" / "seed-0" / "result.json"
+    result.parent.mkdir(parents=True)
+    result.write_bytes(content)
+    with pytest.raises(dg.ConfigError, match=re.escape(message)) as refused:
+        sweep(config, [], [0], echo=lambda line: None)
+    assert str(result) in str(refused.value) and "delete it to run this trial again" in str(
+        refused.value
+    )
