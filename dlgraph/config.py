@@ -177,10 +177,9 @@ class EngineConfig:
                 raise TypeError(f"shared_limit: expected a plugin name, got {shared!r}")
             unopened = open_shared_limit(shared, backend.identity, open=False)
             engine = Engine(backend, budget=budget, shared_limit=unopened, **options)
-            if not connect_backend:
-                return engine  # every check passed without joining the shared limit
-            opened = open_shared_limit(shared, backend.identity)
-            return Engine(backend, budget=budget, shared_limit=opened, **options)
+            if connect_backend:  # every check passed before joining the shared limit
+                engine.shared_limit = open_shared_limit(shared, backend.identity)
+            return engine
         except (TypeError, ValueError, DlgraphError) as error:
             raise ConfigError(f"{self.path}: [{self.engine_section}] {error}") from error
 

@@ -149,12 +149,7 @@ class Engine(anyio.AsyncContextManagerMixin):
             if self.shared_limit is not None:
                 limits = self.limits
                 pool = GrantPool(
-                    self.shared_limit,
-                    limits.rpm,
-                    limits.tpm,
-                    limits.burst_s,
-                    clock=self.clock,
-                    sleep=self.sleep,
+                    self.shared_limit, limits.rpm, limits.tpm, limits.burst_s, clock=self.clock
                 )
             try:
                 if pool is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import anyio
@@ -102,7 +102,6 @@ class GrantPool:
     tpm: float | None
     burst_s: float
     clock: Callable[[], float] = anyio.current_time
-    sleep: Callable[[float], Awaitable[None]] = anyio.sleep
     requests: int = attrs.field(default=0, init=False)
     tokens: int = attrs.field(default=0, init=False)
     _since: float = attrs.field(default=-math.inf, init=False)

@@ -62,7 +62,7 @@ class LimitKeeper:
             grant_requests = min(requests, max(0, math.floor(self.requests.level)))
         if self.tokens is not None and tokens:
             waits.append(self.tokens.wait_s(tokens, now))
-        if max(waits) > 0 or (requests and not grant_requests):
+        if max(waits) > 0:
             return Grant(0, 0, max(waits))
         if self.requests is not None:
             self.requests.take(grant_requests)
