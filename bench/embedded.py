@@ -1,6 +1,6 @@
 """The embedded model (Gemma 3 270M) batched and serial, side by side in one run.
 
-    python bench/embedded.py [--quick] [--echo-baseline]
+    python bench/embedded.py [--echo-baseline] [--only-extra-buffers]
 
 1. Generated tokens/s at 1, 4, 8 and 16 concurrent calls through the engine: the batched
    backend, the serial path (`batching=False`), and a raw llama.cpp batched decode loop (the
@@ -10,7 +10,10 @@
 3. One training step of the main job's settings, DLN-1 and DLN-2, serial vs batched.
 4. Peak RSS at 4 and 16 parallel sequences (each in its own process).
 5. The 16 generations while a second process keeps one core busy.
-6. (--echo-baseline) `create_completion(echo=True, logprobs=1)` for a 134-token prompt.
+6. llama.cpp's extra buffer types (AMX, repacked weights) on and off: prompt evaluation,
+   generation and the DLN-1 scoring step, where this CPU allows them on (`--only-extra-buffers`
+   runs this part alone).
+7. (--echo-baseline) `create_completion(echo=True, logprobs=1)` for a 134-token prompt.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import time
 import anyio
 import numpy as np
 from dlgraph_llamacpp import LlamaCppModel, default_model_path
+from dlgraph_llamacpp.guard import machine_verdict
+from dlgraph_llamacpp.native import open_llama
 
 import dlgraph as dg
 from dlgraph._tasks import map_concurrently
@@ -63,9 +68,9 @@ def raw_tokens_per_s(count: int) -> float:
 
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     native.llama_backend_init()
-    model = native.llama_model_load_from_file(
-        str(default_model_path()).encode(), native.llama_model_default_params()
-    )
+    model_params = native.llama_model_default_params()
+    model_params.use_extra_bufts = machine_verdict().enabled
+    model = native.llama_model_load_from_file(str(default_model_path()).encode(), model_params)
     vocab = native.llama_model_get_vocab(model)
     n_vocab = native.llama_vocab_n_tokens(vocab)
     params = native.llama_context_default_params()
@@ -214,12 +219,62 @@ async def contended_s() -> tuple[float, float, float]:
     return alone, busy, fixed
 
 
+async def prompt_tokens_per_s(model: LlamaCppModel) -> float:
+    """Distinct 150-token contexts scored one after another: prompt evaluation alone."""
+    filler = " ".join(TOPICS * 12)
+    contexts = [f"Note {i}: {filler}\nQuestion {i}: is this about music? Answer:" for i in range(8)]
+    async with model:
+        await model.logprob(dg.LogprobRequest("Warm up:", " yes"))
+        started = time.perf_counter()
+        for context in contexts:
+            await model.logprob(dg.LogprobRequest(context, " yes"))
+        elapsed = time.perf_counter() - started
+        evaluated = sum(len(model.tokenize(c, add_bos=True)) for c in contexts)
+    return evaluated / elapsed
+
+
+async def extra_buffers_table(rounds: int = 3) -> None:
+    """Each figure the median of `rounds`, the settings alternating within each round so that
+    what else the machine does weighs on both alike."""
+    verdict = machine_verdict()
+    print(
+        f"\nextra buffer types on this CPU: {'on' if verdict.enabled else 'off'} ({verdict.reason})"
+    )
+    settings = [False, True] if verdict.enabled else [False]
+    figures: dict[bool, list[list[float]]] = {setting: [] for setting in settings}
+    for _ in range(rounds):
+        for setting in settings:
+            figures[setting].append(
+                [
+                    await prompt_tokens_per_s(
+                        LlamaCppModel(extra_buffers=setting, deterministic=True)
+                    ),
+                    await engine_tokens_per_s(LlamaCppModel(extra_buffers=setting), 1),
+                    await engine_tokens_per_s(LlamaCppModel(extra_buffers=setting), 16),
+                    await scoring_step_s(LlamaCppModel(extra_buffers=setting)),
+                ]
+            )
+    print(
+        "| extra buffers | prompt eval tok/s | 1 generation tok/s | 16 generations tok/s | DLN-1 scoring step s |"
+    )
+    print("|---|---|---|---|---|")
+    for setting, rows in figures.items():
+        prompt, one, many, step = np.median(np.array(rows), axis=0)
+        print(
+            f"| {'on' if setting else 'off'} | {prompt:.0f} | {one:.0f} | {many:.0f} | {step:.1f} |"
+        )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--echo-baseline", action="store_true")
+    parser.add_argument("--only-extra-buffers", action="store_true")
     args = parser.parse_args()
+    if args.only_extra_buffers:
+        await extra_buffers_table()
+        return
     print(
         f"Gemma 3 270M, {len(os.sched_getaffinity(0))} cores, {TOKENS} generated tokens per call\n"
     )
@@ -258,11 +313,13 @@ async def main() -> None:
         f"16 generations: alone {alone:.1f} s; with one core taken by another process {busy:.1f} s "
         f"({busy / alone:.2f}x), or {fixed:.1f} s with threads fixed at every core ({fixed / alone:.2f}x)"
     )
+    await extra_buffers_table()
     if args.echo_baseline:
-        import llama_cpp
-
-        slow = llama_cpp.Llama(
-            model_path=str(default_model_path()), n_ctx=2048, logits_all=True, verbose=False
+        slow = open_llama(
+            default_model_path(),
+            extra_buffers=machine_verdict().enabled,
+            n_ctx=2048,
+            logits_all=True,
         )
         text = (
             "Decide whether you return to the starting point.\n\nInput:"

@@ -77,8 +77,14 @@ def load_task(name: str, path: str | os.PathLike[str] | None = None) -> Task:
 
 
 def rebuild_splits(name: str, path: str | os.PathLike[str] | None = None) -> Task:
-    """Derive the splits from the original files (navigate, Ordered-Prompt and Leopard tasks)."""
-    import numpy as np
+    """Derive the splits from the original files (navigate, Ordered-Prompt and Leopard tasks).
+    Needs numpy (``pip install 'dlgraph[paper]'``), whose generator the recipe is written in."""
+    try:
+        import numpy as np
+    except ImportError:
+        raise DataError(
+            "rebuilding the paper's splits needs numpy: pip install 'dlgraph[paper]'"
+        ) from None
 
     root = data_dir(path)
     spec = _spec(name, root)

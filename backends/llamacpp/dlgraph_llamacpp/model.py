@@ -23,7 +23,8 @@ import attrs
 import dlgraph as dg
 from dlgraph_llamacpp.batching import Scheduler
 from dlgraph_llamacpp.evaluator import PrefixEvaluator
-from dlgraph_llamacpp.native import ContextSettings, NativeContext, NativeModel
+from dlgraph_llamacpp.guard import ExtraBuffers, Verdict, decide
+from dlgraph_llamacpp.native import ContextSettings, NativeContext, NativeModel, open_llama
 from dlgraph_llamacpp.threads import CoreWatch, allowed_cores
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,11 @@ def _boolean(instance: object, attribute: attrs.Attribute[Any], value: object) -
         raise TypeError(f"{attribute.name}: expected bool (true or false), got {value!r}")
 
 
+def _auto_or_boolean(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value != "auto" and not isinstance(value, bool):
+        raise TypeError(f'{attribute.name}: expected "auto", true or false, got {value!r}')
+
+
 @attrs.define(eq=False, slots=False)
 class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
     """A GGUF model in this process (Gemma 3 270M by default).
@@ -56,6 +62,10 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
     run on (its CPU affinity), less those another process keeps busy, re-measured every
     second. `deterministic` decodes every call alone, so that its numbers never depend on
     what else was running (slower; see README, "Reproducibility").
+
+    `extra_buffers` says whether llama.cpp may use its extra buffer types (AMX matmul,
+    repacked weights), which crash the process on some CPUs: "auto" tries them once per
+    machine in a child process (`guard.py`); True or False decides without trying.
     """
 
     model_path: str | None = attrs.field(
@@ -68,6 +78,9 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
     parallel: int = attrs.field(default=16, validator=_positive)
     batching: bool = attrs.field(default=True, validator=_boolean)
     deterministic: bool = attrs.field(default=False, validator=_boolean)
+    extra_buffers: ExtraBuffers = attrs.field(default="auto", validator=_auto_or_boolean)
+    verdict: Verdict | None = attrs.field(default=None, init=False)
+    """Whether extra buffer types are in use, and why; known once the model is loaded."""
     _native: NativeModel | None = attrs.field(default=None, init=False, repr=False)
     _context: NativeContext | None = attrs.field(default=None, init=False, repr=False)
     _scheduler: Scheduler | None = attrs.field(default=None, init=False, repr=False)
@@ -113,8 +126,16 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
         self.model_path = str(path)
         return path
 
+    @property
+    def threads(self) -> int:
+        return self.n_threads or len(allowed_cores())
+
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Self]:
+        path = self._path()
+        self.verdict = await anyio.to_thread.run_sync(
+            decide, path, self.extra_buffers, self.threads
+        )
         if not self.batching:
             await anyio.to_thread.run_sync(self._load_serial, limiter=self._serial)
             try:
@@ -140,40 +161,52 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_close, context, native)
 
+    @property
+    def _extra_buffers_in_use(self) -> bool:
+        assert self.verdict is not None, "decided when the model is entered"
+        return self.verdict.enabled
+
     def _load_batched(self) -> tuple[NativeModel, NativeContext]:
-        native = NativeModel(self._path())
+        native = NativeModel(self._path(), extra_buffers=self._extra_buffers_in_use)
         settings = ContextSettings(
             n_ctx=self.context_size,
             n_batch=self.n_batch,
             n_seq_max=min(2 * self.parallel, 256),
             n_outputs_max=max(2 * self.parallel, 32),
-            n_threads=self.n_threads or len(allowed_cores()),
+            n_threads=self.threads,
         )
         try:
             context = NativeContext(native, settings)
         except BaseException:
             native.close()
             raise
-        logger.info("loaded %s (batched, %d sequences)", self.model_path, self.parallel)
+        logger.info(
+            "loaded %s (batched, %d sequences, extra buffers %s)",
+            self.model_path,
+            self.parallel,
+            "on" if native.extra_buffers else "off",
+        )
         return native, context
 
     def _load_serial(self) -> None:
         path = self._path()
-        import llama_cpp
-
         try:
-            self._llm = llama_cpp.Llama(
-                model_path=str(path),
+            self._llm = open_llama(
+                path,
+                extra_buffers=self._extra_buffers_in_use,
                 n_ctx=self.context_size,
                 n_batch=self.n_batch,
-                n_threads=self.n_threads or len(allowed_cores()),
+                n_threads=self.threads,
                 logits_all=False,
-                verbose=False,
             )
         except ValueError as error:  # llama-cpp-python's way of saying "cannot load"
             raise dg.BackendUnavailable(f"cannot load model file {str(path)!r}: {error}") from error
         self._evaluator = PrefixEvaluator(self._llm)
-        logger.info("loaded %s (serial)", path)
+        logger.info(
+            "loaded %s (serial, extra buffers %s)",
+            path,
+            "on" if self._extra_buffers_in_use else "off",
+        )
 
     # -- tokens --------------------------------------------------------------------------------
 

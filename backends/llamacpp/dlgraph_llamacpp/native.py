@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Sequence
+import os
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +32,58 @@ def _llama() -> Any:
     return llama_cpp
 
 
+SIMULATE_CRASH = "DLGRAPH_LLAMACPP_SIMULATE_CRASH"
+"""A test seam: makes this machine behave like one whose CPU llama.cpp cannot run on. With
+``extra_buffers``, a process that loads a model with extra buffer types dies by SIGILL, as
+on Intel CPUs with AMX where llama.cpp's AMX matmul faults; with ``always``, any load does."""
+
+_LOADING = threading.Lock()
+"""Held while a model loads: `llama_loads_with` changes what every load in the process gets."""
+
+
+def model_params(extra_buffers: bool) -> Any:
+    """llama.cpp's model parameters, with its extra buffer types (AMX, repacked weights) on
+    or off. Every model this plugin loads gets its parameters here."""
+    wanted = os.environ.get(SIMULATE_CRASH, "")
+    if wanted == "always" or (wanted == "extra_buffers" and extra_buffers):
+        os.kill(os.getpid(), signal.SIGILL)
+    params = _llama().llama_model_default_params()
+    params.use_extra_bufts = extra_buffers
+    return params
+
+
+@contextmanager
+def llama_loads_with(extra_buffers: bool) -> Iterator[None]:
+    """Within the block, `llama_cpp.Llama` loads models with extra buffer types on or off.
+
+    It takes no argument for them: it reads `llama_model_default_params()` while it loads, so
+    that function answers with `model_params(extra_buffers)` meanwhile; the lock keeps this
+    plugin's other loads out. (A process that only serves, such as llama-cpp-python's server
+    started by a test, may hold it for its whole life.)"""
+    bindings = _llama().llama_cpp
+    with _LOADING:
+        original = bindings.llama_model_default_params
+        bindings.llama_model_default_params = lambda: model_params(extra_buffers)
+        try:
+            yield
+        finally:
+            bindings.llama_model_default_params = original
+
+
+def open_llama(path: Path, *, extra_buffers: bool, **options: Any) -> Any:
+    """A `llama_cpp.Llama` for `path` whose model has extra buffer types on or off."""
+    llama = _llama()
+    with llama_loads_with(extra_buffers):
+        return llama.Llama(model_path=str(path), verbose=False, **options)
+
+
 @attrs.define(eq=False)
 class NativeModel:
     """A GGUF model loaded once; several contexts may share it."""
 
     path: Path
+    extra_buffers: bool = attrs.field(kw_only=True)
+    """llama.cpp's extra buffer types (AMX, repacked weights); see `guard.py`."""
     _model: Any = attrs.field(init=False, repr=False)
     _vocab: Any = attrs.field(init=False, repr=False)
     n_vocab: int = attrs.field(init=False)
@@ -41,9 +92,10 @@ class NativeModel:
     def __attrs_post_init__(self) -> None:
         llama = _llama()
         llama.llama_backend_init()
-        model = llama.llama_model_load_from_file(
-            str(self.path).encode(), llama.llama_model_default_params()
-        )
+        with _LOADING:
+            model = llama.llama_model_load_from_file(
+                str(self.path).encode(), model_params(self.extra_buffers)
+            )
         if not model:
             raise dg.BackendUnavailable(f"cannot load model file {str(self.path)!r}")
         self._model = model

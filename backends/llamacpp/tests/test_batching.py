@@ -27,13 +27,15 @@ class RawDecoder:
     prefilled in one batch in the order given, then every running sequence advanced by one
     token per decode; sampling as the sampling module documents it."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_buffers: bool) -> None:
         import llama_cpp as native
 
         self.native = native
         native.llama_backend_init()
+        model_params = native.llama_model_default_params()
+        model_params.use_extra_bufts = extra_buffers
         self.model = native.llama_model_load_from_file(
-            str(default_model_path()).encode(), native.llama_model_default_params()
+            str(default_model_path()).encode(), model_params
         )
         self.vocab = native.llama_model_get_vocab(self.model)
         self.n_vocab = native.llama_vocab_n_tokens(self.vocab)
@@ -141,8 +143,8 @@ class RawDecoder:
 
 
 @pytest.fixture(scope="module")
-def raw() -> RawDecoder:
-    decoder = RawDecoder()
+def raw(extra_buffers: bool) -> RawDecoder:
+    decoder = RawDecoder(extra_buffers)
     yield decoder
     decoder.close()
 
@@ -151,11 +153,13 @@ def batched(**options) -> LlamaCppModel:
     return LlamaCppModel(n_ctx=N_CTX, parallel=PARALLEL, n_threads=2, **options)
 
 
-async def test_batched_generation_equals_a_raw_batched_decode_of_the_same_sequences(raw) -> None:
+async def test_batched_generation_equals_a_raw_batched_decode_of_the_same_sequences(
+    raw, extra_buffers
+) -> None:
     prompts = [word_prompt(w) for w in WORDS[:6]]
     settings = [(0.0, 0), (0.0, 0), (0.0, 0), (0.9, 1), (0.9, 2), (1.2, 3)]
     expected = raw.generate(prompts, settings, steps=12)
-    async with batched() as model:
+    async with batched(extra_buffers=extra_buffers) as model:
         requests = [
             dg.GenerateRequest(p, max_tokens=12, temperature=t, seed=s)
             for p, (t, s) in zip(prompts, settings, strict=True)
@@ -164,14 +168,16 @@ async def test_batched_generation_equals_a_raw_batched_decode_of_the_same_sequen
     assert texts == expected
 
 
-async def test_batched_logprobs_equal_a_raw_batched_decode_of_the_same_sequences(raw) -> None:
+async def test_batched_logprobs_equal_a_raw_batched_decode_of_the_same_sequences(
+    raw, extra_buffers
+) -> None:
     pairs = [
         ("The capital of France is", " Paris, a city of light"),
         ("Two plus two makes", " four, as everybody knows"),
         ("My favourite colour is", " a deep shade of blue"),
     ]
     expected = raw.logprobs(pairs)
-    async with batched() as model:
+    async with batched(extra_buffers=extra_buffers) as model:
         values = await map_concurrently(lambda pair: model.logprob(dg.LogprobRequest(*pair)), pairs)
     assert values == pytest.approx(expected, abs=1e-4)
 

@@ -39,6 +39,15 @@ may be evaluated in other chunks than in process, and llama.cpp's CPU kernels ro
 measured differences are up to 0.016 nats, where a misaligned token would cost whole nats."""
 
 
+SERVE = """
+import runpy
+from dlgraph_llamacpp.native import llama_loads_with
+with llama_loads_with({extra_buffers}):
+    runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+"""``python -m llama_cpp.server``, with llama.cpp's extra buffer types as this machine allows."""
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -48,10 +57,13 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The server on a free port, started for this module and stopped by its process id."""
+    from dlgraph_llamacpp.guard import machine_verdict
+
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
+    extra_buffers = machine_verdict().enabled  # on a CPU where they crash, the server dies too
     command = [
-        sys.executable, "-m", "llama_cpp.server",
+        sys.executable, "-c", SERVE.format(extra_buffers=extra_buffers),
         "--model", str(llamacpp.default_model_path()),
         "--logits_all", "true",
         "--host", "127.0.0.1",
@@ -164,7 +176,9 @@ async def test_a_request_the_server_refuses_carries_its_own_message(server: str)
 
 async def test_the_probe_sees_that_the_server_answers_one_call_at_a_time(server: str) -> None:
     async def write(tag: int) -> None:  # generation: the server's fast path, same queue
-        await engine.generate(f"({tag}) The sky is", max_tokens=4)
+        # long enough that the model's work, which the server does one call at a time, and not
+        # the HTTP handling around it, which overlaps, decides how long four calls take
+        await engine.generate(f"({tag}) Once upon a time, in a faraway land,", max_tokens=24)
 
     async with dg.Engine(connect(server), cache=False) as engine:
         latency = (await measure(engine, {"generate": write})).latency["generate"]

@@ -9,7 +9,6 @@ from typing import Any
 
 import anyio
 import ray
-import sniffio
 
 from dlgraph.errors import BackendUnavailable
 
@@ -51,6 +50,15 @@ def _reachable(address: str, timeout_s: float = 5.0) -> None:
 
 async def resolve(ref: Any) -> Any:
     """The value of an object ref, without blocking the event loop."""
-    if sniffio.current_async_library() == "asyncio":
+    if _on_asyncio():
         return await asyncio.wrap_future(ref.future())
     return await anyio.to_thread.run_sync(ray.get, ref, abandon_on_cancel=True)
+
+
+def _on_asyncio() -> bool:
+    """Whether the running event loop is asyncio's (under trio, asyncio has none)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
