@@ -1,18 +1,27 @@
 """The bad-input corpus: every input a new user (or a hostile file) might give, each refused
 with the right error class and a message naming what is wrong and where, before any model
 call when it can be known before one. Grow it with every feature.
+
+Every case runs in a child process under a memory limit and a time limit (`limited.py`):
+work is bounded per input (DESIGN.md, "Bad input"), so no case may need more than
+`MEMORY_LIMIT_BYTES` of address space or `CASE_TIME_LIMIT_S` seconds, and one that does fails
+alone instead of taking the machine with it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import anyio
 import attrs
 import pytest
 from dlgraph_sim import ScriptedModel
+from limited import LimitedRunner
 
 import dlgraph as dg
 from dlgraph.cli import main
@@ -492,15 +501,64 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
-async def test_bad_input_is_refused_with_a_message_naming_what_and_where(tmp_path, case) -> None:
+MEMORY_LIMIT_BYTES = 1_500_000_000
+"""The address space of the child process that runs the cases (Python and dlgraph included)."""
+CASE_TIME_LIMIT_S = 20.0
+"""Per case, generous for a loaded 2-core machine: the cases take milliseconds."""
+
+
+@pytest.fixture(scope="module")
+def limited() -> Iterator[LimitedRunner]:
+    with LimitedRunner(MEMORY_LIMIT_BYTES, CASE_TIME_LIMIT_S) as runner:
+        yield runner
+
+
+def qualified(kind: type) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+@attrs.frozen
+class Refusal:
+    """What a case raised, as the child process saw it."""
+
+    error_classes: tuple[str, ...]
+    """The error's class and its bases (qualified names); empty when nothing was raised."""
+    message: str
+    calls: int
+    """Model calls made before the error."""
+
+
+async def _wait(outcome: Awaitable[None]) -> None:
+    await outcome
+
+
+def refusal(name: str, tmp: str) -> Refusal:
+    """Run the case called `name` (in the child process) and report what it raised."""
+    case = {case.name: case for case in CASES}[name]
     MODEL.current = ScriptedModel()
-    with pytest.raises(case.error) as caught:
-        outcome = case.act(tmp_path)
+    try:
+        outcome = case.act(Path(tmp))
         if isinstance(outcome, Awaitable):
-            await outcome
-    assert re.search(case.message, str(caught.value)), str(caught.value)
-    assert MODEL.current.calls == [], "no model call may be made for input that can be checked"
+            anyio.run(_wait, outcome)
+    except BaseException as error:  # reported, whatever it is: MemoryError and RecursionError too
+        classes = tuple(qualified(kind) for kind in type(error).__mro__)
+        return Refusal(classes, str(error), len(MODEL.current.calls))
+    return Refusal((), "", len(MODEL.current.calls))
+
+
+def test_every_case_has_its_own_name() -> None:
+    for table in (CASES, CLI_CASES):
+        names = [case.name for case in table]
+        assert len(set(names)) == len(names), "cases are found by name in the child process"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_bad_input_is_refused_with_a_message_naming_what_and_where(tmp_path, case, limited) -> None:
+    found = limited.run(refusal, case.name, str(tmp_path))
+    assert found.error_classes, "accepted: nothing was raised"
+    assert qualified(case.error) in found.error_classes, found
+    assert re.search(case.message, found.message), found.message
+    assert found.calls == 0, "no model call may be made for input that can be checked"
 
 
 # -- the command: one line, `error: FILE: [section] key: what`, exit 2, no traceback -----------
@@ -804,17 +862,40 @@ CLI_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CLI_CASES, ids=lambda case: case.name)
-def test_the_command_reports_bad_input_in_one_line_and_exits_2(tmp_path, capsys, case) -> None:
+@attrs.frozen
+class CommandRun:
+    """What the command did in the child process."""
+
+    exit_code: int | str
+    """The code `main` returned, or the error that escaped it."""
+    out: str
+
+
+def command_run(name: str, tmp: str) -> CommandRun:
+    """Run the command case called `name` (in the child process) in the folder `tmp`."""
+    case = {case.name: case for case in CLI_CASES}[name]
+    folder = Path(tmp)
     text = CONFIG if case.replace is None else CONFIG.replace(*case.replace)
     assert case.replace is None or text != CONFIG, "the replacement must change the config"
-    config = tmp_path / "run.toml"
+    config = folder / "run.toml"
     config.write_text(text)
-    for name, content in case.files:
-        (tmp_path / name).write_bytes(content)
-    argv = [arg.format(config=config, dir=tmp_path) for arg in case.argv]
-    assert main(argv) == 2
-    out = capsys.readouterr().out
+    for file_name, content in case.files:
+        (folder / file_name).write_bytes(content)
+    argv = [arg.format(config=config, dir=folder) for arg in case.argv]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            code: int | str = main(argv)
+        except BaseException as error:  # a traceback is a failure of its own; report it
+            code = f"{type(error).__name__}: {str(error)[:500]}"
+    return CommandRun(code, out.getvalue())
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=lambda case: case.name)
+def test_the_command_reports_bad_input_in_one_line_and_exits_2(tmp_path, case, limited) -> None:
+    run = limited.run(command_run, case.name, str(tmp_path))
+    assert run.exit_code == 2, run
+    out = run.out
     lines = [line for line in out.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), out
     assert re.search(case.message, lines[0]), lines[0]
