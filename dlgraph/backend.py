@@ -17,6 +17,7 @@ from typing import Any, Literal, Self, get_args
 
 import attrs
 
+from dlgraph._untrusted import excerpt
 from dlgraph._validate import integer, number, stop_strings, text
 from dlgraph.errors import BackendError, UnknownBackend
 
@@ -30,7 +31,7 @@ ENTRY_POINT_GROUP = "dlgraph.backends"
 
 def _known_phase(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
     if value not in PHASES:
-        raise ValueError(f"{attribute.name}={value!r}: expected one of {', '.join(PHASES)}")
+        raise ValueError(f"{attribute.name}={excerpt(value)}: expected one of {', '.join(PHASES)}")
 
 
 @attrs.frozen
@@ -248,7 +249,7 @@ class BackendRegistry:
             factory = self._factories[name]
         except KeyError:
             known = ", ".join(self.names()) or "none installed"
-            raise UnknownBackend(f"unknown backend {name!r} (known: {known})") from None
+            raise UnknownBackend(f"unknown backend {excerpt(name)} (known: {known})") from None
         if isinstance(factory, importlib.metadata.EntryPoint):
             factory = factory.load()
         return factory
@@ -258,7 +259,7 @@ class BackendRegistry:
         backend = self.factory(name)(**options)
         if not isinstance(backend, Backend):
             raise BackendError(
-                f"backend {name!r} built {type(backend).__qualname__}, not a Backend"
+                f"backend {excerpt(name)} built {type(backend).__qualname__}, not a Backend"
             )
         return backend
 

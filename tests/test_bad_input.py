@@ -498,7 +498,102 @@ CASES = [
         dg.DataError,
         r"is a folder, not a data file",
     ),
+    # -- bounded work per input: files nested deep, huge numbers, odd paths (issue 21) --------
+    Case(
+        "a network file nested 100,000 levels deep",
+        lambda t: dg.Network.load(network_file(t, None, b"[" * 100_000 + b"]" * 100_000)),
+        dg.GraphError,
+        r"net.json: not valid JSON: containers nested more than 32 levels deep: line 1 column 33",
+    ),
+    Case(
+        "a network file nested 40 levels deep",
+        lambda t: dg.Network.load(network_file(t, node_document(stop=DEEP_LIST))),
+        dg.GraphError,
+        r"net.json: not valid JSON: containers nested more than 32 levels deep",
+    ),
+    Case(
+        "a network file with a 5,000-digit number",
+        lambda t: dg.Network.load(
+            network_file(
+                t,
+                None,
+                json.dumps(node_document()).replace("[", "[" + "9" * 5000 + ", ", 1).encode(),
+            )
+        ),
+        dg.GraphError,
+        r"net.json: not valid JSON: a number of more than 4,300 digits: line 1 column \d+",
+    ),
+    Case(
+        "a network file with a number beyond the largest float",
+        lambda t: dg.Network.load(
+            network_file(t, node_document(classes=None, temperature=10**400))
+        ),
+        dg.GraphError,
+        r"net.json: node 'answer': temperature: expected a number, got <an integer of 401 digits> \(too large\)",
+    ),
+    Case(
+        "a network file with an infinite temperature",
+        lambda t: dg.Network.load(
+            network_file(
+                t,
+                None,
+                json.dumps(node_document(classes=None, temperature=1))
+                .replace('"temperature": 1', '"temperature": 1e999')
+                .encode(),
+            )
+        ),
+        dg.GraphError,
+        r"net.json: node 'answer': temperature: expected a finite number, got inf",
+    ),
+    Case(
+        "a network file with a key given twice",
+        lambda t: dg.Network.load(
+            network_file(t, None, b'{"format": "dlgraph.network", "format": "x", "version": 2}')
+        ),
+        dg.GraphError,
+        r"net.json: not valid JSON: duplicate key 'format': line 1 column 31",
+    ),
+    Case(
+        "a network path with a NUL byte",
+        lambda t: dg.Network.load(f"{t}/net\0.json"),
+        dg.GraphError,
+        r"net\x00.json: the path holds a NUL byte",
+    ),
+    Case(
+        "a network path that is a folder",
+        lambda t: dg.Network.load(t),
+        dg.GraphError,
+        r"is a folder, not a file",
+    ),
+    Case(
+        "a network path under a file",
+        lambda t: dg.Network.load(network_file(t, node_document()) / "net.json"),
+        dg.GraphError,
+        r"net.json/net.json: no such file \(a folder on its path is a file\)",
+    ),
+    Case(
+        "a JSONL line nested 100,000 levels deep",
+        lambda t: read_jsonl(_jsonl(t, b'{"input": "a", "target": ' + b"[" * 100_000 + b"\n")),
+        dg.DataError,
+        r"train.jsonl:1: not valid JSON: containers nested more than 32 levels deep",
+    ),
+    Case(
+        "a JSONL path with a NUL byte",
+        lambda t: read_jsonl(f"{t}/train\0.jsonl"),
+        dg.DataError,
+        r"train\x00.jsonl: the path holds a NUL byte",
+    ),
+    Case(
+        "a value quoted in an error is a short excerpt of it",
+        lambda t: dg.Network().add_node("g", "x", stop="x" * 1_000_000),
+        dg.GraphError,
+        r"^node 'g': stop: expected a list of strings, got the string 'x{60}\.\.\.'$",
+    ),
 ]
+
+DEEP_LIST: object = "x"
+for _ in range(40):
+    DEEP_LIST = [DEEP_LIST]
 
 
 MEMORY_LIMIT_BYTES = 1_500_000_000
@@ -583,6 +678,14 @@ num_hidden_samples = 1
 [output]
 dir = "out"
 """
+
+
+def yaml_alias_bomb(levels: int) -> bytes:
+    """A few hundred bytes that expand to 9**levels values: each anchor is a list of nine
+    aliases of the one before ("billion laughs")."""
+    items = ["&l0 [" + ", ".join(["lol"] * 9) + "]"]
+    items += [f"&l{n} [" + ", ".join([f"*l{n - 1}"] * 9) + "]" for n in range(1, levels)]
+    return f"backend: {{name: sim}}\ntrain:\n  steps: [{', '.join(items)}]\n".encode()
 
 
 @attrs.frozen
@@ -859,6 +962,120 @@ CLI_CASES = [
             ),
         ),
     ),
+    # -- bounded work per input: config files and --set values (issue 21) -------------------
+    CliCase(
+        "a TOML config nested 5,000 levels deep",
+        ("steps = 1", "steps = " + "[" * 5000 + "]" * 5000),
+        r"run.toml: not valid TOML: containers nested more than 32 levels deep",
+    ),
+    CliCase(
+        "a TOML config with a 5,000-digit number",
+        ("steps = 1", "steps = " + "9" * 5000),
+        r"run.toml: not valid TOML: a number of more than 4,300 digits",
+    ),
+    CliCase(
+        "an rpm beyond the largest float",
+        ("[train]", "[engine]\nrpm = " + "9" * 400 + "\n\n[train]"),
+        r"run.toml: \[engine\] rpm: expected a number, got <an integer of 400 digits> \(too large\)",
+    ),
+    CliCase(
+        "an infinite rpm",
+        ("[train]", "[engine]\nrpm = inf\n\n[train]"),
+        r"run.toml: \[engine\] rpm: expected a finite number, got inf",
+    ),
+    CliCase(
+        "a --set value nested 3,000 levels deep",
+        None,
+        r"run.toml: \[train\] steps: expected int, got '\[\[\[",
+        ("train", "{config}", "--set", "train.steps=" + "[" * 3000 + "]" * 3000),
+    ),
+    CliCase(
+        "a --set with a line break",
+        None,
+        r"'train.steps=1\\nzzz = 5': a setting is one line",
+        ("train", "{config}", "--set", "train.steps=1\nzzz = 5"),
+    ),
+    CliCase(
+        "an output folder with a NUL byte",
+        None,
+        r"run.toml: \[output\] dir: a path may not hold a NUL byte, got 'a\\x00b'",
+        ("train", "{config}", "--set", 'output.dir="a\\u0000b"'),
+    ),
+    CliCase(
+        "a data file path with a NUL byte",
+        (
+            'source = "generated"\ntask = "navigation"\ntrain = 8\ndev = 4\ntest = 4',
+            'source = "jsonl"\ntrain = "a\\u0000b.jsonl"\ndev = "b.jsonl"\nclasses = ["yes", "no"]',
+        ),
+        r"run.toml: \[data\] train: a path may not hold a NUL byte",
+    ),
+    CliCase(
+        "a config that is a folder",
+        None,
+        r"error: .*: is a folder, not a config file",
+        argv=("train", "{dir}"),
+    ),
+    CliCase(
+        "eval --net of a folder",
+        None,
+        r"error: .*: is a folder, not a file",
+        argv=("eval", "{config}", "--net", "{dir}"),
+    ),
+    CliCase(
+        "a learning curve written to a folder",
+        None,
+        r"--plot .*: is a folder; give the path of a PNG file",
+        argv=("train", "{config}", "--plot", "{dir}"),
+    ),
+    CliCase(
+        "show of a network nested 100,000 levels deep",
+        None,
+        r"deep.json: not valid JSON: containers nested more than 32 levels deep",
+        argv=("show", "{dir}/deep.json"),
+        files=(("deep.json", b"[" * 100_000 + b"]" * 100_000),),
+    ),
+    CliCase(
+        "a YAML alias bomb",
+        None,
+        r"bomb.yaml: not valid YAML: aliases that expand to more than 100,000 values",
+        argv=("train", "{dir}/bomb.yaml"),
+        files=(("bomb.yaml", yaml_alias_bomb(levels=9)),),
+    ),
+    CliCase(
+        "a YAML alias that refers to itself",
+        None,
+        r"loop.yaml: not valid YAML: an alias that refers to itself \(line 3, column",
+        argv=("train", "{dir}/loop.yaml"),
+        files=(("loop.yaml", b"backend: {name: sim}\ntrain:\n  steps: &a [*a]\n"),),
+    ),
+    CliCase(
+        "a YAML config nested 5,000 levels deep",
+        None,
+        r"deep.yaml: not valid YAML: containers nested more than 32 levels deep \(line 1",
+        argv=("estimate", "{dir}/deep.yaml"),
+        files=(("deep.yaml", b"train: " + b"[" * 5000 + b"]" * 5000),),
+    ),
+    CliCase(
+        "a YAML key given twice",
+        None,
+        r"twice.yaml: not valid YAML: duplicate key 'steps' \(line 4, column 3\)",
+        argv=("estimate", "{dir}/twice.yaml"),
+        files=(("twice.yaml", b"backend: {name: sim}\ntrain:\n  steps: 1\n  steps: 2\n"),),
+    ),
+    CliCase(
+        "a YAML date that is none",
+        None,
+        r"date.yaml: not valid YAML: a value it cannot read: 'month must be in 1..12'",
+        argv=("estimate", "{dir}/date.yaml"),
+        files=(("date.yaml", b"backend: {name: sim}\ntrain:\n  seed: 2024-13-45\n"),),
+    ),
+    CliCase(
+        "a YAML config with a 5,000-digit number",
+        None,
+        r"long.yaml: not valid YAML: a value it cannot read: a number of more than 4,300 digits",
+        argv=("estimate", "{dir}/long.yaml"),
+        files=(("long.yaml", b"train:\n  steps: " + b"9" * 5000 + b"\n"),),
+    ),
 ]
 
 
@@ -946,3 +1163,31 @@ def test_show_prints_every_nodes_template_so_a_file_can_be_inspected_first(
     out = capsys.readouterr().out
     assert "Say: {{ input }}" in out and "template of x (custom" in out
     assert "template of answer (built-in classify)" in out
+
+
+# -- what `show` prints of a file it has not trusted yet (issue 21) ---------------------------
+
+
+def test_show_prints_text_from_a_file_as_text_never_as_markup_or_terminal_codes(
+    tmp_path, capsys
+) -> None:
+    name = "[bold red]x\x1b]52;c;SGVsbG8=\x07\x1b[2J"
+    net = dg.Network()
+    net.add_node(
+        name, prompt="p\x1b[31m\u202e", template="{{ prompt }}\x1b]8;;http://e\x07{{ input }}"
+    )
+    net.add_edge(dg.INPUT, name)
+    net.save(tmp_path / "net.json")
+    assert main(["show", str(tmp_path / "net.json")]) == 0
+    out = capsys.readouterr().out
+    for code in ("\x1b]52", "\x1b[2J", "\x1b[31m", "\x1b]8", "\x07", "\u202e"):
+        assert code not in out, f"{code!r} reached the terminal"
+    assert "[bold red]x\\x1b]52;c;SGVsbG8=\\x07\\x1b[2J" in out  # shown, not obeyed
+    assert "p\\x1b[31m\\u202e" in out
+
+
+def test_show_skips_a_step_log_line_nested_too_deep_and_says_so(tmp_path, capsys) -> None:
+    one_node().save(tmp_path / "net.json")
+    (tmp_path / "steps.jsonl").write_text("[" * 100_000 + "\n")
+    assert main(["show", str(tmp_path / "net.json")]) == 0
+    assert "steps.jsonl:1: not a whole step record; skipped" in capsys.readouterr().out

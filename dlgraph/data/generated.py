@@ -12,6 +12,7 @@ import datetime
 import random
 from collections.abc import Callable
 
+from dlgraph._untrusted import excerpt
 from dlgraph._validate import check_int
 from dlgraph.data.example import Example
 from dlgraph.data.paper import Task
@@ -184,7 +185,7 @@ GENERATORS: dict[str, tuple[Callable[[random.Random, int], Example], list[str], 
 def generate(name: str, count: int, seed: int) -> list[Example]:
     """`count` distinct examples of a generated task; the same seed gives the same ones."""
     if name not in GENERATORS:
-        raise DataError(f"unknown generated task {name!r} (known: {', '.join(GENERATORS)})")
+        raise DataError(f"unknown generated task {excerpt(name)} (known: {', '.join(GENERATORS)})")
     make = GENERATORS[name][0]
     rng = random.Random(f"{name}:{seed}")
     examples: list[Example] = []
@@ -199,7 +200,7 @@ def generate(name: str, count: int, seed: int) -> list[Example]:
         if len(examples) == count:
             break
     else:
-        raise DataError(f"generated task {name!r}: cannot make {count} distinct examples")
+        raise DataError(f"generated task {excerpt(name)}: cannot make {count} distinct examples")
     random.Random(f"{name}:{seed}:order").shuffle(examples)
     return examples
 
@@ -212,7 +213,7 @@ def generated_task(
         try:
             check_int(split, count, 0)
         except (TypeError, ValueError) as error:
-            raise DataError(f"generated task {name!r}: {error}") from None
+            raise DataError(f"generated task {excerpt(name)}: {error}") from None
     examples = generate(name, train + dev + test, seed)
     _, classes, instruction = GENERATORS[name]
     return Task(

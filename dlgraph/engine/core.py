@@ -35,6 +35,7 @@ import anyio.abc
 import attrs
 
 from dlgraph._tasks import single_errors
+from dlgraph._untrusted import excerpt
 from dlgraph._validate import check_number, class_strings, integer, number, stop_strings
 from dlgraph.backend import (
     Backend,
@@ -70,7 +71,7 @@ def _coalesce_ms(instance: object, attribute: attrs.Attribute[Any], value: objec
 
 def _cache(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, bool | str | os.PathLike):
-        raise TypeError(f"cache: expected true, false or a file path, got {value!r}")
+        raise TypeError(f"cache: expected true, false or a file path, got {excerpt(value)}")
 
 
 @attrs.define(eq=False, slots=False)
@@ -133,7 +134,9 @@ class Engine(anyio.AsyncContextManagerMixin):
         self.rpm, self.tpm, self.max_concurrency = limits.rpm, limits.tpm, limits.max_concurrency
         if self.shared_limit is not None:
             if not isinstance(self.shared_limit, GrantSource):
-                raise TypeError(f"shared_limit: expected a GrantSource, got {self.shared_limit!r}")
+                raise TypeError(
+                    f"shared_limit: expected a GrantSource, got {excerpt(self.shared_limit)}"
+                )
             if not (limits.rpm or limits.tpm):
                 raise ValueError("shared_limit: give the endpoint's rpm or tpm to share")
         price = (

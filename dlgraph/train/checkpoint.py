@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import attrs
 
 from dlgraph._files import write_atomic
+from dlgraph._untrusted import UnreadableFile, excerpt, parse_json, read_text
 from dlgraph._validate import check_int, check_number, check_text
 from dlgraph.errors import CheckpointError, GraphError
 from dlgraph.network import Network
@@ -86,14 +87,16 @@ class Checkpoint:
         if not path.exists():
             return None
         try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            document = parse_json(read_text(path, "checkpoint file"))
+        except UnreadableFile as error:
+            raise CheckpointError(f"{path}: {error}") from None
+        except json.JSONDecodeError as error:
             raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({error})") from error
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise CheckpointError(f"{path}: not a dlgraph checkpoint")
         if document.get("version") != VERSION:
             raise CheckpointError(
-                f"{path}: checkpoint version {document.get('version')!r}, expected {VERSION}"
+                f"{path}: checkpoint version {excerpt(document.get('version'))}, expected {VERSION}"
             )
         payload = document.get("payload")
         if not isinstance(payload, dict) or document.get("sha256") != _digest(payload):
@@ -163,7 +166,7 @@ def _rng_state(value: object) -> tuple[Any, ...]:
 
 def _history(value: object) -> list[StepRecord]:
     if not isinstance(value, list):
-        raise TypeError(f"expected a list of step records, got {value!r}")
+        raise TypeError(f"expected a list of step records, got {excerpt(value)}")
     return [StepRecord.from_json(record) for record in value]
 
 
