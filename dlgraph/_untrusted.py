@@ -283,12 +283,16 @@ def _check_yaml_nodes(root: Any) -> None:
         stack.extend((child, False) for child in _yaml_children(node))
 
 
-def excerpt(value: object, *, from_end: bool = False) -> str:
+def excerpt(value: object, *, from_end: bool = False, quoted: bool = True) -> str:
     """A short, one-line excerpt of `value` for an error message: at most EXCERPT_CHARS
-    characters of a string (its last ones with `from_end`, as for a path), the first few
-    items of a container, two levels deep."""
+    characters of a string (its last ones with `from_end`, as for a path; without quotes
+    when not `quoted`, as for the message of another error), the first few items of a
+    container, two levels deep."""
     if from_end and isinstance(value, str) and len(value) > EXCERPT_CHARS:
         return "..." + repr(value[-EXCERPT_CHARS:])
+    if not quoted and isinstance(value, str):
+        text = value if len(value) <= 2 * EXCERPT_CHARS else value[: 2 * EXCERPT_CHARS] + "..."
+        return text.replace("\n", " ").replace("\r", " ")
     text = _shown(value, 2)
     text = text.replace("\n", "\\n").replace("\r", "\\r")
     limit = 2 * EXCERPT_CHARS

@@ -21,6 +21,7 @@ from dlgraph._untrusted import UnreadableFile, excerpt, parse_json, read_text
 from dlgraph.data.example import Example
 from dlgraph.errors import DataError, GraphError
 from dlgraph.nodes import INPUT, Demonstration, LanguageNode, Parameter, Parent, make_node
+from dlgraph.templates import TemplateFailed
 
 FORMAT = "dlgraph.network"
 VERSION = 2
@@ -301,11 +302,11 @@ class Graph:
             raise GraphError(f"node {excerpt(name)}: empty prompt")
         placeholders = self.parent_values(name, dict.fromkeys(self._parents[name], "..."))
         try:
-            node.render(placeholders)  # a sandbox refusal shows before any model call
-        except GraphError:
-            raise
-        except (ArithmeticError, LookupError, TypeError, ValueError):
-            pass  # may depend on real inputs; it fails, naming the node, when it meets them
+            node.render(placeholders)  # a refusal or an exhausted budget shows before any call
+        except GraphError as error:
+            if not isinstance(error.__cause__, TemplateFailed):
+                raise
+            # a failure may depend on the placeholders; it fails, naming the node, on real inputs
 
     def template_variables(self, name: str) -> set[str]:
         """Names a node's template may use: prompt, demonstrations, parents, classes, input and

@@ -39,7 +39,7 @@ from dlgraph.scoring import (
     normalize_answer,
     verbalizers,
 )
-from dlgraph.templates import Template, TemplateRefused
+from dlgraph.templates import Template, TemplateFailed, TemplateRefused
 
 if TYPE_CHECKING:
     from dlgraph.engine import Engine
@@ -49,6 +49,9 @@ INPUT = "INPUT"
 
 RESERVED = frozenset({"prompt", "parents", "classes", "input", "demonstrations"})
 """Template variables every node template may use; no node may take these names."""
+TEMPLATE_WORDS = frozenset({"self", "loop", "true", "false", "none", "True", "False", "None"})
+"""Names a template reads as something else (jinja's own variables and constants): a parent
+so named could not be reached by its name, so no node may take them either."""
 
 CONTENT_FREE = "N/A"
 """What every parent says when a class node measures its bias (calibration)."""
@@ -426,6 +429,10 @@ def _name(instance: LanguageNode, attribute: attrs.Attribute[Any], value: Any) -
         raise ValueError(f"node name must be a non-empty string, got {excerpt(value)}")
     if value == INPUT or value in RESERVED:
         raise ValueError(f"node name {excerpt(value)} is reserved")
+    if value in TEMPLATE_WORDS:
+        raise ValueError(
+            f"node name {excerpt(value)} is reserved (templates read it as something else)"
+        )
 
 
 @attrs.frozen
@@ -475,7 +482,7 @@ class LanguageNode:
                 parents=list(parents),
                 classes=list(self.kind.outputs() or []),
             )
-        except (TemplateRefused, jinja2.UndefinedError) as error:
+        except (TemplateRefused, TemplateFailed, jinja2.UndefinedError) as error:
             raise GraphError(f"node {excerpt(self.name)}: {error}") from error
 
     async def run(

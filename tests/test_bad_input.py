@@ -102,6 +102,15 @@ def _template(template: str) -> dg.Network:
     return net
 
 
+def _long_prompt(template: str) -> dg.Network:
+    """A one-node network whose prompt is 2,000 characters long (a plausible prompt, and
+    enough to turn a quadratic template into gigabytes)."""
+    net = dg.Network()
+    net.add_node("x", prompt="p" * 2000, template=template)
+    net.add_edge(dg.INPUT, "x")
+    return net
+
+
 def _jsonl(tmp: Path, raw: bytes) -> Path:
     path = tmp / "train.jsonl"
     path.write_bytes(raw)
@@ -198,7 +207,7 @@ CASES = [
         "a template reaching for a global",
         lambda t: _template("{{ cycler.__init__.__globals__ }}").validate(),
         dg.GraphError,
-        r"node 'x': template variable 'cycler' is supplied by no parent",
+        r"node 'x': template refused: access to attribute '__init__' is not allowed \(line 1\)",
     ),
     Case(
         "a template walking __class__ / __mro__",
@@ -222,7 +231,7 @@ CASES = [
         "a template reaching the context's globals",
         lambda t: _template("{{ self.__init__.__globals__ }}").validate(),
         dg.GraphError,
-        r"node 'x': template refused: access to attribute '__init__'",
+        r"node 'x': template refused: the variable 'self' is not allowed",
     ),
     Case(
         "a format-string escape",
@@ -240,7 +249,7 @@ CASES = [
         "a template building a huge string",
         lambda t: forward(_template('{{ "a" * 100000000 }}'), ["x"]),
         dg.GraphError,
-        r"node 'x': template refused: a repetition this large",
+        r"node 'x': template refused: the operator '\*' is not allowed",
     ),
     Case(
         "forward on one string",
@@ -589,6 +598,175 @@ CASES = [
         dg.GraphError,
         r"^node 'g': stop: expected a list of strings, got the string 'x{60}\.\.\.'$",
     ),
+    # -- bounded work per input: templates say only what prompts need, within a budget -------
+    Case(
+        "a template centring text in 1.5 billion characters",
+        lambda t: forward(_long_prompt("{{ 'x'|center(1500000000) }}{{ input }}"), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: the filter 'center' is not allowed \(allowed: capitalize,",
+    ),
+    Case(
+        "a template formatting a 900-million-digit number",
+        lambda t: forward(_long_prompt("{{ '%0900000000d'|format(1) }}{{ input }}"), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: the filter 'format' is not allowed",
+    ),
+    Case(
+        "a template formatting with %",
+        lambda t: forward(_long_prompt("{{ '%0900000000d' % 1 }}{{ input }}"), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: the operator '%' is not allowed in a prompt template \(line 1\)",
+    ),
+    Case(
+        "a template indenting by 1.5 billion spaces",
+        lambda t: forward(_long_prompt("{{ input|indent(1500000000) }}"), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: it writes more than 1,020,\d{3} characters",
+    ),
+    Case(
+        "a template replacing every gap by the prompt, twice",
+        lambda t: forward(
+            _long_prompt("{{ prompt|replace('', prompt)|replace('', prompt) }}{{ input }}"), ["x"]
+        ),
+        dg.GraphError,
+        r"node 'x': template refused: it writes more than [\d,]+ characters",
+    ),
+    Case(
+        "a template looping three deep over a 2,000-character prompt",
+        lambda t: forward(
+            _long_prompt(
+                "{% for a in prompt %}{% for b in prompt %}{% for c in prompt %}x"
+                "{% endfor %}{% endfor %}{% endfor %}{{ input }}"
+            ),
+            ["x"],
+        ),
+        dg.GraphError,
+        r"node 'x': template refused: it takes more than 102,\d{3} steps",
+    ),
+    Case(
+        "a template doubling its prompt in a loop",
+        lambda t: forward(
+            _long_prompt("{% for a in prompt %}{{ prompt ~ prompt }}{% endfor %}{{ input }}"),
+            ["x"],
+        ),
+        dg.GraphError,
+        r"node 'x': template refused: it writes more than [\d,]+ characters",
+    ),
+    Case(
+        "a template joining the prompt's pieces with the prompt",
+        lambda t: forward(_long_prompt("{{ prompt.split('p')|join(prompt) }}{{ input }}"), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: it writes more than [\d,]+ characters",
+    ),
+    Case(
+        "a template doubling its prompt 32 times in a macro",
+        lambda t: forward(
+            _long_prompt(
+                "{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s }}{% endif %}"
+                "{% endmacro %}{{ d(prompt, 32) }}{{ input }}"
+            ),
+            ["x"],
+        ),
+        dg.GraphError,
+        r"node 'x': template refused: \{% macro %\} is not allowed in a prompt template",
+    ),
+    Case(
+        "a template chaining powers",
+        lambda t: forward(_long_prompt("{{ ((9 ** 64) ** 64) ** 64 }}{{ input }}"), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: the operator '\*\*' is not allowed",
+    ),
+    Case(
+        "a template calling a text method that pads",
+        lambda t: forward(_long_prompt("{{ prompt.center(1500000000) }}{{ input }}"), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: access to attribute 'center' is not allowed \(line 1\)",
+    ),
+    Case(
+        "a template calling zfill",
+        lambda t: forward(_long_prompt("{{ prompt.zfill(1500000000) }}{{ input }}"), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: access to attribute 'zfill' is not allowed",
+    ),
+    Case(
+        "a template that includes another",
+        lambda t: forward(_template("{% include 'other' %}{{ input }}"), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: \{% include %\} is not allowed in a prompt template \(line 1\)",
+    ),
+    Case(
+        "a template calling format_map",
+        lambda t: forward(_template("{{ '{a}'.format_map({'a': input}) }}"), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: access to attribute 'format_map' is not allowed",
+    ),
+    Case(
+        "a template using tojson",
+        lambda t: forward(_template("{{ input|tojson }}"), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: the filter 'tojson' is not allowed",
+    ),
+    Case(
+        "a template with a recursive loop",
+        lambda t: forward(
+            _template("{% for p in parents recursive %}{{ loop(parents) }}{% endfor %}{{ input }}"),
+            ["x"],
+        ),
+        dg.GraphError,
+        r"node 'x': template refused: recursive loops are not allowed \(line 1\)",
+    ),
+    Case(
+        "a template that sets a variable",
+        lambda t: forward(_template("{% set x = input ~ input %}{{ x }}"), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: \{% set %\} is not allowed",
+    ),
+    Case(
+        "a template calling a function",
+        lambda t: forward(_template("{{ input|first() }}{{ range(10) }}"), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: calls are not allowed, except of capitalize\(\), endswith",
+    ),
+    Case(
+        "a parent named self",
+        lambda t: dg.Network().add_node("self", "x"),
+        dg.GraphError,
+        r"node 'self': node name 'self' is reserved \(templates read it as something else\)",
+    ),
+    Case(
+        "a parent named loop",
+        lambda t: dg.Network().add_node("loop", "x"),
+        dg.GraphError,
+        r"node 'loop': node name 'loop' is reserved",
+    ),
+    Case(
+        "a template of 20,001 characters",
+        lambda t: dg.Network().add_node("g", "x", template="{{ input }}" + "x" * 19_990),
+        dg.GraphError,
+        r"node 'g': template refused: it is 20,001 characters long \(at most 20,000\)",
+    ),
+    Case(
+        "a template nested 500 parentheses deep",
+        lambda t: dg.Network().add_node(
+            "g", "x", template="{{ " + "(" * 500 + "input" + ")" * 500 + " }}"
+        ),
+        dg.GraphError,
+        r"node 'g': template refused: it nests (too deeply|more than 40 levels deep)",
+    ),
+    Case(
+        "a template nested 41 levels deep",
+        lambda t: dg.Network().add_node(
+            "g", "x", template="{% if input %}" * 41 + "x" + "{% endif %}" * 41
+        ),
+        dg.GraphError,
+        r"node 'g': template refused: it nests more than 40 levels deep \(line 1\)",
+    ),
+    Case(
+        "a template that fails on real input names the node",
+        lambda t: forward(_template("{{ prompt }}{{ input|join(5) }}"), ["x"]),
+        dg.GraphError,
+        r"node 'x': template failed: ",
+    ),
 ]
 
 DEEP_LIST: object = "x"
@@ -678,6 +856,12 @@ num_hidden_samples = 1
 [output]
 dir = "out"
 """
+
+
+def template_file(template: str, prompt: str = "p") -> bytes:
+    """A network file of one class node with this template."""
+    node = {"name": "x", "prompt": prompt, "classes": YES_NO, "template": template}
+    return json.dumps(node_document() | {"nodes": [node], "edges": [["INPUT", "x"]]}).encode()
 
 
 def yaml_alias_bomb(levels: int) -> bytes:
@@ -939,7 +1123,7 @@ CLI_CASES = [
     CliCase(
         "eval --net reaching for a global",
         None,
-        r"evil.json: node 'x': template variable 'cycler'",
+        r"evil.json: node 'x': template refused: access to attribute '__init__'",
         argv=("eval", "{config}", "--net", "{dir}/evil.json"),
         files=(
             (
@@ -1075,6 +1259,30 @@ CLI_CASES = [
         r"long.yaml: not valid YAML: a value it cannot read: a number of more than 4,300 digits",
         argv=("estimate", "{dir}/long.yaml"),
         files=(("long.yaml", b"train:\n  steps: " + b"9" * 5000 + b"\n"),),
+    ),
+    # -- bounded work per input: templates in files (issue 21) ------------------------------
+    CliCase(
+        "show of a 150-byte network whose template centres text in 1.5 GB",
+        None,
+        r"bomb.json: node 'x': template refused: the filter 'center' is not allowed",
+        argv=("show", "{dir}/bomb.json"),
+        files=(("bomb.json", template_file("{{ 'x'|center(1500000000) }}{{ input }}")),),
+    ),
+    CliCase(
+        "eval --net of a network whose template loops three deep over its prompt",
+        None,
+        r"loops.json: node 'x': template refused: it takes more than [\d,]+ steps",
+        argv=("eval", "{config}", "--net", "{dir}/loops.json"),
+        files=(
+            (
+                "loops.json",
+                template_file(
+                    "{% for a in prompt %}{% for b in prompt %}{% for c in prompt %}x"
+                    "{% endfor %}{% endfor %}{% endfor %}{{ input }}",
+                    prompt="p" * 2000,
+                ),
+            ),
+        ),
     ),
 ]
 
