@@ -11,11 +11,15 @@ alone instead of taking the machine with it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import re
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import attrs
@@ -872,6 +876,9 @@ def yaml_alias_bomb(levels: int) -> bytes:
     return f"backend: {{name: sim}}\ntrain:\n  steps: [{', '.join(items)}]\n".encode()
 
 
+RESUME = ("train", "{config}", "--resume", "--no-probe")
+
+
 @attrs.frozen
 class CliCase:
     name: str
@@ -880,6 +887,10 @@ class CliCase:
     message: str
     argv: tuple[str, ...] = ("train", "{config}")
     files: tuple[tuple[str, bytes], ...] = ()
+    checkpoint: Callable[[dict[str, Any]], None] | None = None
+    """Edits the payload of the checkpoint one training step of CONFIG leaves, in a folder
+    the command then finds (the checksum is recomputed, as whoever edits one would). `train`
+    reads a checkpoint once the run has started, so the error is then the last line."""
 
 
 CLI_CASES = [
@@ -1284,6 +1295,66 @@ CLI_CASES = [
             ),
         ),
     ),
+    # -- bounded work per input: crafted checkpoints, checked against the run (issue 21) -----
+    CliCase(
+        "a checkpoint claiming a billion steps with an empty history",
+        None,
+        r"checkpoint.json: history: steps \[\] do not run 1..1,000,000,000",
+        argv=RESUME,
+        checkpoint=lambda payload: payload.update(step=10**9, history=[]),
+    ),
+    CliCase(
+        "a checkpoint remembering 4,000 parameters",
+        None,
+        r"checkpoint.json: memory: node 'answer' remembers 4,000 parameters; "
+        r"this run remembers at most 5 \(memory_size\)",
+        argv=RESUME,
+        checkpoint=lambda payload: payload["memory"].update(
+            answer=[[{"prompt": f"Answer {i}.", "demonstrations": []}, -1.0] for i in range(4000)]
+        ),
+    ),
+    CliCase(
+        "a checkpoint remembering parameters of a node the run does not have",
+        None,
+        r"checkpoint.json: memory: unknown node 'ghost'",
+        argv=RESUME,
+        checkpoint=lambda payload: payload["memory"].update(ghost=[]),
+    ),
+    CliCase(
+        "a checkpoint whose network holds a template bomb",
+        None,
+        r"checkpoint.json: network: node 'answer': template refused: the filter 'center'",
+        argv=RESUME,
+        checkpoint=lambda payload: payload["network"]["nodes"][0].update(
+            template="{{ 'x'|center(1500000000) }}{{ input }}"
+        ),
+    ),
+    CliCase(
+        "a checkpoint whose network has another template",
+        None,
+        r"checkpoint.json: network: its nodes, templates or edges differ from the run's network",
+        argv=RESUME,
+        checkpoint=lambda payload: payload["network"]["nodes"][0].update(
+            template="{{ prompt }} {{ input }}"
+        ),
+    ),
+    CliCase(
+        "a checkpoint whose best network carries 1,000 demonstrations",
+        None,
+        r"checkpoint.json: best_network: node 'answer' carries 1,000 demonstrations; "
+        r"this run's carry at most 4 \(max_demonstrations\)",
+        argv=RESUME,
+        checkpoint=lambda payload: payload["best_network"]["nodes"][0].update(
+            demonstrations=[{"input": f"x{i}", "output": "yes"} for i in range(1000)]
+        ),
+    ),
+    CliCase(
+        "a checkpoint counting more evaluations than steps",
+        None,
+        r"checkpoint.json: evaluations_since_best: 5 evaluations in 1 steps",
+        argv=RESUME,
+        checkpoint=lambda payload: payload.update(evaluations_since_best=5),
+    ),
 ]
 
 
@@ -1296,6 +1367,27 @@ class CommandRun:
     out: str
 
 
+_TRAINED: dict[str, Path] = {}
+"""The folder of one training step of CONFIG, made once per child process."""
+
+
+def _crafted_checkpoint(folder: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """`folder/out` as one training step of CONFIG left it, its checkpoint then edited."""
+    if "out" not in _TRAINED:
+        trained = Path(tempfile.mkdtemp()) / "run.toml"
+        trained.write_text(CONFIG)
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["train", str(trained), "--no-probe"]) == 0
+        _TRAINED["out"] = trained.parent / "out"
+    shutil.copytree(_TRAINED["out"], folder / "out")
+    path = folder / "out" / "checkpoint" / "checkpoint.json"
+    document = json.loads(path.read_text())
+    edit(document["payload"])
+    canonical = json.dumps(document["payload"], sort_keys=True, separators=(",", ":"))
+    document["sha256"] = hashlib.sha256(canonical.encode()).hexdigest()
+    path.write_text(json.dumps(document))
+
+
 def command_run(name: str, tmp: str) -> CommandRun:
     """Run the command case called `name` (in the child process) in the folder `tmp`."""
     case = {case.name: case for case in CLI_CASES}[name]
@@ -1306,6 +1398,8 @@ def command_run(name: str, tmp: str) -> CommandRun:
     config.write_text(text)
     for file_name, content in case.files:
         (folder / file_name).write_bytes(content)
+    if case.checkpoint is not None:
+        _crafted_checkpoint(folder, case.checkpoint)
     argv = [arg.format(config=config, dir=folder) for arg in case.argv]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -1322,6 +1416,8 @@ def test_the_command_reports_bad_input_in_one_line_and_exits_2(tmp_path, case, l
     assert run.exit_code == 2, run
     out = run.out
     lines = [line for line in out.splitlines() if line.strip()]
+    if case.checkpoint is not None:
+        lines = lines[-1:]
     assert len(lines) == 1 and lines[0].startswith("error: "), out
     assert re.search(case.message, lines[0]), lines[0]
     assert "Traceback" not in out

@@ -112,6 +112,10 @@ class Memory:
     def parameters(self, name: str) -> list[Parameter]:
         return list(self._best.get(name, {}))
 
+    def names(self) -> list[str]:
+        """The nodes with remembered parameters."""
+        return list(self._best)
+
     def remember(self, name: str, scored: Mapping[Parameter, float]) -> None:
         merged = self._best.get(name, {}) | dict(scored)
         kept = sorted(merged.items(), key=lambda item: -item[1])[: self.size]

@@ -240,6 +240,7 @@ class Run:
                 "use a new checkpoint_dir or the original setup"
             )
         trainer = self.trainer
+        checkpoint.check_fits(trainer.net, trainer.options, Path(self.checkpoint_dir) / FILENAME)
         for name, parameter in checkpoint.network.parameters().items():
             trainer.net.set_parameter(name, parameter)
         trainer.memory = checkpoint.memory
