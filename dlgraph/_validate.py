@@ -19,6 +19,9 @@ from dlgraph._untrusted import excerpt
 
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
+MAX_TOKENS = 1_000_000
+"""The most tokens a call may ask a model to write: more than any model writes in one answer."""
+
 
 def check_int(
     name: str, value: object, minimum: int | None = None, maximum: int | None = None

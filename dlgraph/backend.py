@@ -18,7 +18,7 @@ from typing import Any, Literal, Self, get_args
 import attrs
 
 from dlgraph._untrusted import excerpt
-from dlgraph._validate import integer, number, stop_strings, text
+from dlgraph._validate import MAX_TOKENS, integer, number, stop_strings, text
 from dlgraph.errors import BackendError, UnknownBackend
 
 logger = logging.getLogger(__name__)
@@ -39,13 +39,13 @@ class GenerateRequest:
     """Sample a continuation of `prompt`. `seed` is the sample index: two samples differ."""
 
     prompt: str = attrs.field(validator=text)
-    max_tokens: int = attrs.field(default=128, kw_only=True, validator=integer(1))
+    max_tokens: int = attrs.field(default=128, kw_only=True, validator=integer(1, MAX_TOKENS))
     temperature: float = attrs.field(default=0.0, kw_only=True, validator=number(0))
     stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=stop_strings)
     seed: int = attrs.field(default=0, kw_only=True, validator=integer())
     node: str | None = attrs.field(default=None, kw_only=True)
     phase: Phase = attrs.field(default="forward", kw_only=True, validator=_known_phase)
-    priority: int = attrs.field(default=0, kw_only=True)
+    priority: int = attrs.field(default=0, kw_only=True, validator=integer())
     """When the rate limit is the bottleneck, higher goes first (deeper nodes finish a batch sooner)."""
 
     def key(self) -> tuple[object, ...]:
@@ -64,7 +64,7 @@ class LogprobRequest:
     target: str = attrs.field(validator=text)
     node: str | None = attrs.field(default=None, kw_only=True)
     phase: Phase = attrs.field(default="score", kw_only=True, validator=_known_phase)
-    priority: int = attrs.field(default=0, kw_only=True)
+    priority: int = attrs.field(default=0, kw_only=True, validator=integer())
 
     def key(self) -> tuple[object, ...]:
         return ("logprob", self.context, self.target)
@@ -81,7 +81,7 @@ class TopLogprobsRequest:
     count: int = attrs.field(default=20, kw_only=True, validator=integer(1))
     node: str | None = attrs.field(default=None, kw_only=True)
     phase: Phase = attrs.field(default="score", kw_only=True, validator=_known_phase)
-    priority: int = attrs.field(default=0, kw_only=True)
+    priority: int = attrs.field(default=0, kw_only=True, validator=integer())
 
     def key(self) -> tuple[object, ...]:
         return ("top_logprobs", self.context, self.count)

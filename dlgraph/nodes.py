@@ -20,6 +20,7 @@ import jinja2
 from dlgraph._tasks import map_concurrently
 from dlgraph._untrusted import excerpt
 from dlgraph._validate import (
+    MAX_TOKENS,
     boolean,
     check_bool,
     class_strings,
@@ -330,7 +331,7 @@ class ClassKind:
 class TextKind:
     """Outputs free text of at most `max_tokens` tokens, cut at any of `stop`."""
 
-    max_tokens: int = attrs.field(default=128, kw_only=True, validator=integer(1))
+    max_tokens: int = attrs.field(default=128, kw_only=True, validator=integer(1, MAX_TOKENS))
     temperature: float = attrs.field(default=0.0, kw_only=True, validator=number(0))
     stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=stop_strings)
     default_template: ClassVar[str] = "reason"
@@ -452,6 +453,17 @@ class LanguageNode:
         default=(), kw_only=True, converter=_demonstrations
     )
     compiled: Template = attrs.field(init=False, eq=False, repr=False)
+
+    @demonstrations.validator
+    def _outputs_the_node_can_give(
+        self, attribute: attrs.Attribute[Any], value: tuple[Demonstration, ...]
+    ) -> None:
+        for index, demonstration in enumerate(value):
+            if self.kind.target(demonstration.output) is None:
+                raise ValueError(
+                    f"demonstrations[{index}]: output {excerpt(demonstration.output)} is not an "
+                    f"answer this node gives ({self.kind.describe()})"
+                )
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "compiled", Template.load(self.template))

@@ -60,6 +60,20 @@ async def forward(net: dg.Network, xs: object) -> None:
         await net.forward(engine, xs)  # type: ignore[arg-type]
 
 
+async def _generate(**options: object) -> None:
+    async with dg.Engine(MODEL.current) as engine:
+        await engine.generate("x", **options)  # type: ignore[arg-type]
+
+
+async def _classify(classes: object) -> None:
+    async with dg.Engine(MODEL.current) as engine:
+        await engine.classify("x", classes)  # type: ignore[arg-type]
+
+
+def _estimate(steps: int) -> None:
+    dg.VariationalTrainer(one_node(), dg.Engine(MODEL.current)).estimate(steps, 2, GOOD)
+
+
 async def pace(examples: list[dg.Example]) -> None:
     async with dg.Engine(MODEL.current) as engine:
         await dg.VariationalTrainer(one_node(), engine).pace(examples)
@@ -771,6 +785,166 @@ CASES = [
         dg.GraphError,
         r"node 'x': template failed: ",
     ),
+    # -- bounded work per input: API values checked when given, not when used (issue 21) ------
+    Case(
+        "a budget that is a number",
+        lambda t: dg.Engine(MODEL.current, budget=5),
+        TypeError,
+        r"^budget: expected a dg.Budget, got 5$",
+    ),
+    Case(
+        "a retry policy that is a number",
+        lambda t: dg.Engine(MODEL.current, retry=5),
+        TypeError,
+        r"^retry: expected a dg.RetryPolicy, got 5$",
+    ),
+    Case(
+        "a price that is a number",
+        lambda t: dg.Engine(MODEL.current, price=5),
+        TypeError,
+        r"^price: expected a dg.Price or a table of them by backend identity, got 5$",
+    ),
+    Case(
+        "limits that are a number",
+        lambda t: dg.Engine(MODEL.current, limits=5),
+        TypeError,
+        r"^limits: expected a dg.RateLimits, got 5$",
+    ),
+    Case(
+        "a clock that is a number",
+        lambda t: dg.Engine(MODEL.current, clock=5),
+        TypeError,
+        r"^clock: expected a function, got 5$",
+    ),
+    Case(
+        "a priority given as a word",
+        lambda t: _generate(priority="high"),
+        TypeError,
+        r"^priority: expected int, got 'high'$",
+    ),
+    Case(
+        "classification among no classes",
+        lambda t: _classify([]),
+        ValueError,
+        r"^classes: expected class specs such as 'yes\|Yes', got \[\]$",
+    ),
+    Case(
+        "classification among empty classes",
+        lambda t: _classify(["", "|"]),
+        ValueError,
+        r"classes: expected class specs such as 'yes\|Yes', got \['', '\|'\]",
+    ),
+    Case(
+        "a cache path with a NUL byte",
+        lambda t: dg.Engine(MODEL.current, cache="cache\0.sqlite"),
+        ValueError,
+        r"cache: a path may not hold a NUL byte, got 'cache\\x00.sqlite'",
+    ),
+    Case(
+        "an rpm of one call in 100,000 years",
+        lambda t: dg.Engine(MODEL.current, rpm=1e-9),
+        ValueError,
+        r"rpm must be >= 1 per minute \(a lower limit waits hours between calls\), got 1e-09",
+    ),
+    Case(
+        "a tpm below one token a minute, in RateLimits",
+        lambda t: dg.RateLimits(tpm=0.5),
+        ValueError,
+        r"tpm must be >= 1 per minute",
+    ),
+    Case(
+        "an infinite rpm",
+        lambda t: dg.Engine(MODEL.current, rpm=float("inf")),
+        ValueError,
+        r"^rpm: expected a finite number, got inf$",
+    ),
+    Case(
+        "an infinite temperature",
+        lambda t: dg.Network().add_node("g", "x", temperature=float("inf")),
+        dg.GraphError,
+        r"^node 'g': temperature: expected a finite number, got inf$",
+    ),
+    Case(
+        "an infinite temperature in a request",
+        lambda t: dg.GenerateRequest("x", temperature=float("inf")),
+        ValueError,
+        r"^temperature: expected a finite number, got inf$",
+    ),
+    Case(
+        "an empty stop string",
+        lambda t: dg.Network().add_node("g", "x", stop=["\n", ""]),
+        dg.GraphError,
+        r"^node 'g': stop\[1\]: an empty stop string would end every answer$",
+    ),
+    Case(
+        "classes given as a dict",
+        lambda t: dg.Network().add_node("c", "x", classes={"yes": "Yes", "no": "No"}),
+        dg.GraphError,
+        r"^node 'c': classes: expected a list of strings, got a mapping: \{'yes': 'Yes', 'no': 'No'\}$",
+    ),
+    Case(
+        "classes given as a set",
+        lambda t: dg.Network().add_node("c", "x", classes={"yes", "no"}),
+        dg.GraphError,
+        r"node 'c': classes: expected a list of strings, got a set, which has no order",
+    ),
+    Case(
+        "a demonstration whose output is not a class",
+        lambda t: one_node(demonstrations=[{"input": "a", "output": "maybe"}]),
+        dg.GraphError,
+        r"^node 'answer': demonstrations\[0\]: output 'maybe' is not an answer this node gives "
+        r"\(classes: yes, no\)$",
+    ),
+    Case(
+        "a network file with a demonstration whose output is not a class",
+        lambda t: dg.Network.load(
+            network_file(t, node_document(demonstrations=[{"input": "a", "output": "maybe"}]))
+        ),
+        dg.GraphError,
+        r"net.json: node 'answer': demonstrations\[0\]: output 'maybe' is not an answer",
+    ),
+    Case(
+        "ten million steps",
+        lambda t: fit(steps=10**7),
+        ValueError,
+        r"^steps must be <= 10,000, got 10000000$",
+    ),
+    Case(
+        "an estimate of ten million steps",
+        lambda t: _estimate(steps=10**7),
+        ValueError,
+        r"^steps must be <= 10,000, got 10000000$",
+    ),
+    Case(
+        "a billion prompt samples",
+        lambda t: dg.TrainerOptions(num_prompt_samples=10**9),
+        ValueError,
+        r"^num_prompt_samples must be <= 1,000, got 1000000000$",
+    ),
+    Case(
+        "a memory of a billion parameters",
+        lambda t: dg.TrainerOptions(memory_size=10**9),
+        ValueError,
+        r"^memory_size must be <= 1,000",
+    ),
+    Case(
+        "max_tokens of 10**30",
+        lambda t: dg.Network().add_node("g", "x", max_tokens=10**30),
+        dg.GraphError,
+        r"^node 'g': max_tokens must be <= 1,000,000, got 10{30}$",
+    ),
+    Case(
+        "a generated task of 10**30 examples",
+        lambda t: generated_task("navigation", train=10**30),
+        dg.DataError,
+        r"generated task 'navigation': train must be <= 100,000",
+    ),
+    Case(
+        "a seed that is text",
+        lambda t: dg.Engine(MODEL.current, seed="0"),
+        TypeError,
+        r"^seed: expected int, got '0'$",
+    ),
 ]
 
 DEEP_LIST: object = "x"
@@ -1354,6 +1528,33 @@ CLI_CASES = [
         r"checkpoint.json: evaluations_since_best: 5 evaluations in 1 steps",
         argv=RESUME,
         checkpoint=lambda payload: payload.update(evaluations_since_best=5),
+    ),
+    # -- bounded work per input: values in a config (issue 21) ------------------------------
+    CliCase(
+        "an rpm of one call in 100,000 years",
+        ("[train]", "[engine]\nrpm = 1e-9\n\n[train]"),
+        r"run.toml: \[engine\] rpm must be >= 1 per minute",
+    ),
+    CliCase(
+        "an estimate of ten million steps",
+        None,
+        r"run.toml: \[train\] steps must be <= 10,000, got 10000000",
+        ("estimate", "{config}", "--set", "train.steps=10000000"),
+    ),
+    CliCase(
+        "a generated task of 10**30 examples",
+        ("train = 8", "train = 1" + "0" * 30),
+        r"run.toml: \[data\] generated task 'navigation': train must be <= 100,000",
+    ),
+    CliCase(
+        "a network node whose demonstration output is not a class",
+        (
+            "[output]",
+            '[network]\nnodes = [{name = "a", prompt = "A.", classes = ["yes", "no"], '
+            'demonstrations = [{input = "x", output = "maybe"}]}]\n'
+            'edges = [["INPUT", "a"]]\n\n[output]',
+        ),
+        r"run.toml: \[network\] node 'a': demonstrations\[0\]: output 'maybe' is not an answer",
     ),
 ]
 
