@@ -129,6 +129,16 @@ def _long_prompt(template: str) -> dg.Network:
     return net
 
 
+def _checkpoint_file(tmp: Path, raw: bytes) -> Path:
+    (tmp / "checkpoint.json").write_bytes(raw)
+    return tmp
+
+
+def _checkpoint_folder(tmp: Path) -> Path:
+    (tmp / "checkpoint.json").mkdir()
+    return tmp
+
+
 def _jsonl(tmp: Path, raw: bytes) -> Path:
     path = tmp / "train.jsonl"
     path.write_bytes(raw)
@@ -609,6 +619,18 @@ CASES = [
         lambda t: read_jsonl(f"{t}/train\0.jsonl"),
         dg.DataError,
         r"train\x00.jsonl: the path holds a NUL byte",
+    ),
+    Case(
+        "a checkpoint nested 100,000 levels deep",
+        lambda t: fit(checkpoint_dir=_checkpoint_file(t, b"[" * 100_000 + b"]" * 100_000)),
+        dg.CheckpointError,
+        r"checkpoint.json: corrupt or truncated checkpoint \(containers nested more than 32",
+    ),
+    Case(
+        "a checkpoint file that is a folder",
+        lambda t: fit(checkpoint_dir=_checkpoint_folder(t)),
+        dg.CheckpointError,
+        r"checkpoint.json: is a folder, not a checkpoint file",
     ),
     Case(
         "a value quoted in an error is a short excerpt of it",
