@@ -321,11 +321,12 @@ INTERNAL_FILTERS: dict[str, Callable[..., Any]] = {
 }
 """Filters the loader puts in place of loops, ``~`` and slices (no template can name them)."""
 TESTS = {
-    name: test
+    name: _counting(cast(Callable[..., bool], test))
     for name, test in jinja2.tests.TESTS.items()
     if name not in ("callable", "escaped", "filter", "test")  # they inspect the environment or code
 }
-"""Tests a template may use: each answers yes or no from its operands."""
+"""Tests a template may use: each answers yes or no from its operands (taking the render's
+context like the filters, so that none runs while a template is loaded)."""
 
 
 class Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
