@@ -15,6 +15,7 @@ from collections.abc import Collection
 from jinja2 import nodes
 from jinja2.visitor import NodeTransformer
 
+from dlgraph._untrusted import excerpt
 from dlgraph.templates._budget import (
     CONCAT,
     COUNTED,
@@ -118,7 +119,7 @@ def _expression_problem(node: nodes.Node) -> str | None:
     if isinstance(node, nodes.Name) and node.name == "self":
         return "the variable 'self' is not allowed"
     if isinstance(node, nodes.Getattr) and node.attr not in ATTRIBUTES:
-        return f"access to attribute {node.attr!r} is not allowed"
+        return f"access to attribute {excerpt(node.attr)} is not allowed"
     if isinstance(node, nodes.Filter | nodes.Test):
         return _filter_or_test_problem(node)
     if isinstance(node, nodes.Call):
@@ -133,9 +134,9 @@ def _expression_problem(node: nodes.Node) -> str | None:
 def _filter_or_test_problem(node: nodes.Filter | nodes.Test) -> str | None:
     kind, allowed = ("filter", FILTERS) if isinstance(node, nodes.Filter) else ("test", TESTS)
     if node.name not in allowed:
-        return f"the {kind} {node.name!r} is not allowed (allowed: {_listed(allowed)})"
+        return f"the {kind} {excerpt(node.name)} is not allowed (allowed: {_listed(allowed)})"
     if node.dyn_args or node.dyn_kwargs:
-        return f"the {kind} {node.name!r} may not take *args or **kwargs"
+        return f"the {kind} {excerpt(node.name)} may not take *args or **kwargs"
     return None
 
 
