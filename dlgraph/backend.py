@@ -17,7 +17,8 @@ from typing import Any, Literal, Self, get_args
 
 import attrs
 
-from dlgraph._validate import integer, number, stop_strings, text
+from dlgraph._untrusted import excerpt
+from dlgraph._validate import MAX_TOKENS, integer, number, stop_strings, text
 from dlgraph.errors import BackendError, UnknownBackend
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ ENTRY_POINT_GROUP = "dlgraph.backends"
 
 def _known_phase(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
     if value not in PHASES:
-        raise ValueError(f"{attribute.name}={value!r}: expected one of {', '.join(PHASES)}")
+        raise ValueError(f"{attribute.name}={excerpt(value)}: expected one of {', '.join(PHASES)}")
 
 
 @attrs.frozen
@@ -38,13 +39,13 @@ class GenerateRequest:
     """Sample a continuation of `prompt`. `seed` is the sample index: two samples differ."""
 
     prompt: str = attrs.field(validator=text)
-    max_tokens: int = attrs.field(default=128, kw_only=True, validator=integer(1))
+    max_tokens: int = attrs.field(default=128, kw_only=True, validator=integer(1, MAX_TOKENS))
     temperature: float = attrs.field(default=0.0, kw_only=True, validator=number(0))
     stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=stop_strings)
     seed: int = attrs.field(default=0, kw_only=True, validator=integer())
     node: str | None = attrs.field(default=None, kw_only=True)
     phase: Phase = attrs.field(default="forward", kw_only=True, validator=_known_phase)
-    priority: int = attrs.field(default=0, kw_only=True)
+    priority: int = attrs.field(default=0, kw_only=True, validator=integer())
     """When the rate limit is the bottleneck, higher goes first (deeper nodes finish a batch sooner)."""
 
     def key(self) -> tuple[object, ...]:
@@ -63,7 +64,7 @@ class LogprobRequest:
     target: str = attrs.field(validator=text)
     node: str | None = attrs.field(default=None, kw_only=True)
     phase: Phase = attrs.field(default="score", kw_only=True, validator=_known_phase)
-    priority: int = attrs.field(default=0, kw_only=True)
+    priority: int = attrs.field(default=0, kw_only=True, validator=integer())
 
     def key(self) -> tuple[object, ...]:
         return ("logprob", self.context, self.target)
@@ -80,7 +81,7 @@ class TopLogprobsRequest:
     count: int = attrs.field(default=20, kw_only=True, validator=integer(1))
     node: str | None = attrs.field(default=None, kw_only=True)
     phase: Phase = attrs.field(default="score", kw_only=True, validator=_known_phase)
-    priority: int = attrs.field(default=0, kw_only=True)
+    priority: int = attrs.field(default=0, kw_only=True, validator=integer())
 
     def key(self) -> tuple[object, ...]:
         return ("top_logprobs", self.context, self.count)
@@ -248,7 +249,7 @@ class BackendRegistry:
             factory = self._factories[name]
         except KeyError:
             known = ", ".join(self.names()) or "none installed"
-            raise UnknownBackend(f"unknown backend {name!r} (known: {known})") from None
+            raise UnknownBackend(f"unknown backend {excerpt(name)} (known: {known})") from None
         if isinstance(factory, importlib.metadata.EntryPoint):
             factory = factory.load()
         return factory
@@ -258,7 +259,7 @@ class BackendRegistry:
         backend = self.factory(name)(**options)
         if not isinstance(backend, Backend):
             raise BackendError(
-                f"backend {name!r} built {type(backend).__qualname__}, not a Backend"
+                f"backend {excerpt(name)} built {type(backend).__qualname__}, not a Backend"
             )
         return backend
 

@@ -9,6 +9,7 @@ import argparse
 import importlib.metadata
 import json
 import logging
+import re
 import shutil
 import sys
 import time
@@ -26,6 +27,7 @@ from rich.text import Text
 
 import dlgraph as dg
 from dlgraph._files import write_atomic
+from dlgraph._untrusted import parse_json
 from dlgraph.config import RunConfig
 from dlgraph.templates import BUILTIN
 from dlgraph.train.estimate import forward_pass
@@ -111,6 +113,8 @@ def _estimate_line(estimate: dg.Estimate) -> str:
 
 
 async def _train(args: argparse.Namespace) -> None:
+    if args.plot and Path(args.plot).is_dir():
+        raise dg.ConfigError(f"--plot {args.plot}: is a folder; give the path of a PNG file")
     config = RunConfig.read(args.config, args.set)
     checked = _checked(config)
     task, net, engine = checked.task, checked.net, checked.engine
@@ -228,9 +232,9 @@ def _report(finished: _Finished, output: Path) -> None:
             )
     console.print(spent)
     console.print(f"time {finished.seconds:.0f} s, stopped: {result.stopped}")
-    console.print(f"learnt network: {output / 'network.json'}")
+    console.print(_plain(f"learnt network: {output / 'network.json'}"))
     for name, parameter in result.network.parameters().items():
-        console.print(f"  {name}: {parameter.describe()}", markup=False, highlight=False)
+        console.print(_plain(f"  {name}: {parameter.describe()}"), highlight=False)
 
 
 def _plot(result: dg.FitResult, before: dict[str, float], path: Path) -> None:
@@ -260,7 +264,7 @@ def _plot(result: dg.FitResult, before: dict[str, float], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
-    console.print(f"learning curve: {path}")
+    console.print(_plain(f"learning curve: {path}"))
 
 
 async def _eval(args: argparse.Namespace) -> None:
@@ -333,31 +337,49 @@ def _measured(pace: Pace) -> str:
     return "measured: " + "; ".join(parts)
 
 
+_UNSHOWN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+"""Characters a terminal acts on instead of showing: control characters (escape sequences
+clear the screen, write the clipboard, hide links; a carriage return overwrites a line) and
+the marks that reorder text (bidirectional overrides). Tabs and line breaks stay."""
+
+
+def _plain(text: str) -> Text:
+    """Text from a file or a model, shown as it is: never read as Rich markup, and with the
+    characters a terminal would act on written as escapes (``\\x1b``)."""
+    return Text(_UNSHOWN.sub(_escaped, text))
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def _show(args: argparse.Namespace) -> None:
     path = Path(args.network)
     net = dg.Network.load(path)
-    table = Table(title=str(path))
+    table = Table(title=_plain(str(path)))
     for column in ("node", "kind", "trainable", "prompt"):
         table.add_column(column)
     for name, node in net.nodes.items():
         table.add_row(
-            name,
-            node.kind.describe(),
+            _plain(name),
+            _plain(node.kind.describe()),
             "yes" if node.is_trainable else "no",
-            Text(node.parameter.describe()),
+            _plain(node.parameter.describe()),
         )
     console.print(table)
     for name, node in net.nodes.items():
         for number, shown in enumerate(node.demonstrations, 1):
-            console.print(f"demonstration {number} of {name}:", markup=False)
-            console.print(f"{shown.input}\n-> {shown.output}", markup=False, highlight=False)
+            console.print(_plain(f"demonstration {number} of {name}:"))
+            console.print(_plain(f"{shown.input}\n-> {shown.output}"), highlight=False)
     for name, node in net.nodes.items():
         kind = "built-in" if node.template in BUILTIN else "custom"
-        console.print(f"template of {name} ({kind} {node.template if kind == 'built-in' else ''}):")
-        console.print(node.compiled.source, markup=False, highlight=False)
-    console.print("```mermaid\n" + net.to_mermaid() + "```", markup=False, highlight=False)
+        source = node.template if kind == "built-in" else ""
+        console.print(_plain(f"template of {name} ({kind} {source}):"), highlight=False)
+        console.print(_plain(node.compiled.source), highlight=False)
+    console.print(_plain("```mermaid\n" + net.to_mermaid() + "```"), highlight=False)
     history = path.parent / "steps.jsonl"
-    if history.exists():
+    if history.is_file():
         rows = _history_rows(history)
         steps = Table(title="history")
         for column in ("step", "batch loss", "dev", "calls", "tokens"):
@@ -383,9 +405,9 @@ def _history_rows(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append(dg.StepRecord.from_json(json.loads(line)).to_json())
+            rows.append(dg.StepRecord.from_json(parse_json(line)).to_json())
         except (ValueError, TypeError):
-            console.print(f"{path}:{number}: not a whole step record; skipped", markup=False)
+            console.print(_plain(f"{path}:{number}: not a whole step record; skipped"))
     return rows
 
 
@@ -457,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             console.print_exception()
         message = " ".join(str(error).split("\n"))
-        console.print(f"error: {message}", markup=False, highlight=False, style="red")
+        console.print(_plain(f"error: {message}"), highlight=False, style="red")
         return 2
     except KeyboardInterrupt:
         console.print("interrupted; resume with --resume")

@@ -13,6 +13,8 @@ from typing import Any, overload
 
 import attrs
 
+from dlgraph._untrusted import UnreadableFile, excerpt, parse_toml, parse_yaml, read_text
+from dlgraph._validate import check_path
 from dlgraph.backend import Backend, BackendRegistry, connect
 from dlgraph.data import Task, generated_task, load_task, read_jsonl
 from dlgraph.data.generated import GENERATORS
@@ -31,17 +33,21 @@ ENGINE_KEYS = ("rpm", "tpm", "max_concurrency", "cache", "max_calls", "max_token
 def parse_setting(setting: str) -> tuple[tuple[str, ...], Any]:
     """``section.key=value`` (``--set``, a sweep's ``--grid``): the key path and the value, read
     as a TOML value when it is one (``3``, ``0.5``, ``true``, ``"text"``, ``[1, 2]``), else
-    as the text itself."""
+    as the text itself. A setting is one line: a line break in it could add keys the
+    setting does not name."""
+    shown = excerpt(setting)
+    if any(character in setting for character in "\n\r\0"):
+        raise ConfigError(f"{shown}: a setting is one line (it holds a line break or NUL)")
     name, equals, text = setting.partition("=")
     path = tuple(name.strip().split("."))
     if not equals or len(path) < 2 or not all(path):
-        raise ConfigError(f"{setting!r}: expected section.key=value, such as train.steps=5")
+        raise ConfigError(f"{shown}: expected section.key=value, such as train.steps=5")
     if path[0] not in SECTIONS:
         raise ConfigError(
-            f"{setting!r}: unknown section [{path[0]}] (known: {', '.join(SECTIONS)})"
+            f"{shown}: unknown section {_bracketed(path[0])} (known: {', '.join(SECTIONS)})"
         )
     try:
-        value = tomllib.loads(f"value = {text.strip()}")["value"]
+        value = parse_toml(f"value = {text.strip()}")["value"]
     except tomllib.TOMLDecodeError:
         value = text.strip()
     return path, value
@@ -56,29 +62,36 @@ def _apply(raw: dict[str, Any], settings: Sequence[str], path: Path) -> dict[str
             inner = table.setdefault(key, {})
             if not isinstance(inner, dict):
                 where = ".".join(keys[: depth + 1])
-                raise ConfigError(f"{path}: {setting!r}: {where} is not a table")
+                raise ConfigError(f"{path}: {excerpt(setting)}: {where} is not a table")
             table = inner
         table[keys[-1]] = value
     return raw
 
 
+def _bracketed(key: object) -> str:
+    """A section's name as a config writes it, ``[train]``, or an excerpt of what it is."""
+    shown = excerpt(key)
+    return f"[{shown[1:-1]}]" if isinstance(key, str) else shown
+
+
 def _read(path: Path) -> dict[str, Any]:
+    """The file's tables, parsed with bounded work (`dlgraph._untrusted`)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
+        text = read_text(path, "config file")
+    except UnreadableFile as error:
+        raise ConfigError(f"{path}: {error}") from None
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError:
             raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml)") from None
         try:
-            data = yaml.safe_load(text)
+            data = parse_yaml(text)
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from error
     else:
         try:
-            data = tomllib.loads(text)
+            data = parse_toml(text)
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML: {error}") from error
     if not isinstance(data, dict):
@@ -102,12 +115,22 @@ class Section:
     ) -> Any:
         if key not in self.values:
             if required:
-                raise ConfigError(f"{self.path}: [{self.name}] missing key {key!r}")
+                raise ConfigError(f"{self.path}: [{self.name}] missing key {excerpt(key)}")
             return default
         value = self.values[key]
         if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
             names = "/".join(k.__name__ for k in _kinds(kind))
-            raise ConfigError(f"{self.where(key)}: expected {names}, got {value!r}")
+            raise ConfigError(f"{self.where(key)}: expected {names}, got {excerpt(value)}")
+        return value
+
+    def file_path(self, key: str, default: str | None = None) -> str | None:
+        """A file or folder path (text without a NUL byte)."""
+        value: str | None = self.get(key, str, default)
+        if value is not None:
+            try:
+                check_path(key, value)
+            except ValueError as error:
+                raise ConfigError(f"{self.path}: [{self.name}] {error}") from None
         return value
 
     @overload
@@ -126,7 +149,7 @@ class Section:
         for key in self.values:
             if key not in allowed:
                 raise ConfigError(
-                    f"{self.path}: [{self.name}] unknown key {key!r} (known: {', '.join(allowed)})"
+                    f"{self.path}: [{self.name}] unknown key {excerpt(key)} (known: {', '.join(allowed)})"
                 )
 
 
@@ -174,7 +197,7 @@ class EngineConfig:
             if shared is None:
                 return Engine(backend, budget=budget, **options)
             if not isinstance(shared, str):
-                raise TypeError(f"shared_limit: expected a plugin name, got {shared!r}")
+                raise TypeError(f"shared_limit: expected a plugin name, got {excerpt(shared)}")
             unopened = open_shared_limit(shared, backend.identity, open=False)
             engine = Engine(backend, budget=budget, shared_limit=unopened, **options)
             if connect_backend:  # every check passed before joining the shared limit
@@ -203,7 +226,9 @@ class RunConfig:
         raw = _apply(_read(path), settings, path)
         for key in raw:
             if key not in SECTIONS:
-                raise ConfigError(f"{path}: unknown section [{key}] (known: {', '.join(SECTIONS)})")
+                raise ConfigError(
+                    f"{path}: unknown section {_bracketed(key)} (known: {', '.join(SECTIONS)})"
+                )
         section = {name: Section(path, name, raw.get(name, {}) or {}) for name in SECTIONS}
         for name, table in section.items():
             if not isinstance(table.values, Mapping):
@@ -254,7 +279,7 @@ class RunConfig:
             network=section["network"],
             options=options,
             run=run,
-            output_dir=base / section["output"].get("dir", str, f"runs/{path.stem}"),
+            output_dir=base / str(section["output"].file_path("dir", f"runs/{path.stem}")),
         )
 
     def task(self) -> Task:
@@ -266,7 +291,7 @@ class RunConfig:
         source = data.get("source", str, "generated")
         if source not in ("generated", "paper", "jsonl"):
             raise ConfigError(
-                f"{data.where('source')}: expected generated, paper or jsonl, got {source!r}"
+                f"{data.where('source')}: expected generated, paper or jsonl, got {excerpt(source)}"
             )
         splits = ("train", "dev", "test")
         try:
@@ -274,18 +299,18 @@ class RunConfig:
                 name = data.get("task", str, required=True)
                 if name not in GENERATORS:
                     raise ConfigError(
-                        f"{data.where('task')}: unknown generated task {name!r} (known: {', '.join(GENERATORS)})"
+                        f"{data.where('task')}: unknown generated task {excerpt(name)} (known: {', '.join(GENERATORS)})"
                     )
                 counts = {split: data.count(split, 100) for split in splits}
                 return generated_task(name, seed=data.get("seed", int, 0), **counts)
             if source == "paper":
                 limits = {split: data.count(split, None) for split in splits}
-                task = load_task(data.get("task", str, required=True), data.get("path", str))
+                task = load_task(data.get("task", str, required=True), data.file_path("path"))
                 return attrs.evolve(
                     task, **{k: getattr(task, k)[:n] for k, n in limits.items() if n is not None}
                 )
             if source == "jsonl":
-                paths = {split: data.get(split, str) for split in splits}
+                paths = {split: data.file_path(split) for split in splits}
                 files = {k: self.path.parent / v for k, v in paths.items() if v is not None}
                 splits_read = {k: read_jsonl(p) for k, p in files.items()}
                 return Task(
@@ -351,7 +376,9 @@ class RunConfig:
                 if kind == "dln2":
                     net.add_edge("reason", "answer")
             else:
-                raise ConfigError(f"{section.where('kind')}: expected dln1 or dln2, got {kind!r}")
+                raise ConfigError(
+                    f"{section.where('kind')}: expected dln1 or dln2, got {excerpt(kind)}"
+                )
             net.validate()
         except TypeError as error:
             raise ConfigError(f"{self.path}: [network] {error}") from error

@@ -8,6 +8,7 @@ import anyio
 import attrs
 
 from dlgraph._tasks import single_errors
+from dlgraph._untrusted import excerpt
 from dlgraph.backend import Phase
 from dlgraph.engine import Engine
 from dlgraph.errors import DataError
@@ -89,5 +90,5 @@ def _inputs(xs: Sequence[str]) -> tuple[str, ...]:
     inputs = tuple(xs)
     for index, x in enumerate(inputs):
         if not isinstance(x, str):
-            raise DataError(f"inputs[{index}]: expected text, got {x!r}")
+            raise DataError(f"inputs[{index}]: expected text, got {excerpt(x)}")
     return inputs

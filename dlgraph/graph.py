@@ -11,16 +11,17 @@ import json
 import os
 from collections import deque
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Self
 
 import attrs
 import networkx as nx
 
 from dlgraph._files import write_atomic
+from dlgraph._untrusted import UnreadableFile, excerpt, parse_json, read_text
 from dlgraph.data.example import Example
 from dlgraph.errors import DataError, GraphError
 from dlgraph.nodes import INPUT, Demonstration, LanguageNode, Parameter, Parent, make_node
+from dlgraph.templates import TemplateFailed
 
 FORMAT = "dlgraph.network"
 VERSION = 2
@@ -85,7 +86,7 @@ class Graph:
         ``stop`` by default). ``demonstrations`` start the node with worked examples (training
         learns them too). Raises GraphError naming the node."""
         if isinstance(name, str) and (name == INPUT or name in self._nodes):
-            raise GraphError(f"node {name!r}: duplicate name")
+            raise GraphError(f"node {excerpt(name)}: duplicate name")
         node = make_node(
             name,
             prompt,
@@ -109,13 +110,13 @@ class Graph:
         for end in (source, target):
             if end != INPUT and end not in self._nodes:
                 raise GraphError(
-                    f"edge {source!r} -> {target!r}: unknown node {end!r} "
+                    f"edge {excerpt(source)} -> {excerpt(target)}: unknown node {excerpt(end)} "
                     f"(known: {_known(self._nodes)})"
                 )
         if target == INPUT:
-            raise GraphError(f"edge {source!r} -> {target!r}: nothing may feed INPUT")
+            raise GraphError(f"edge {excerpt(source)} -> {excerpt(target)}: nothing may feed INPUT")
         if source in self._parents[target]:
-            raise GraphError(f"edge {source!r} -> {target!r}: duplicate edge")
+            raise GraphError(f"edge {excerpt(source)} -> {excerpt(target)}: duplicate edge")
         self._edges.append((source, target))
         self._parents[target].append(source)
         self._children[source].append(target)
@@ -148,7 +149,9 @@ class Graph:
         try:
             return self._nodes[name]
         except KeyError:
-            raise GraphError(f"unknown node {name!r} (known: {_known(self._nodes)})") from None
+            raise GraphError(
+                f"unknown node {excerpt(name)} (known: {_known(self._nodes)})"
+            ) from None
 
     def parents(self, name: str) -> list[str]:
         return list(self._parents[name])
@@ -268,10 +271,12 @@ class Graph:
         for name, node in self._nodes.items():
             if name not in needed:
                 raise GraphError(
-                    f"node {name!r}: no output depends on it (outputs: {_known(outputs)})"
+                    f"node {excerpt(name)}: no output depends on it (outputs: {_known(outputs)})"
                 )
             if not self._parents[name]:
-                raise GraphError(f"node {name!r}: has no parents; add an edge from INPUT or a node")
+                raise GraphError(
+                    f"node {excerpt(name)}: has no parents; add an edge from INPUT or a node"
+                )
             self._check_template(name, node)
 
     def _ancestors(self, names: Sequence[str]) -> set[str]:
@@ -290,18 +295,18 @@ class Graph:
         missing = sorted(variables - supplied)
         if missing:
             raise GraphError(
-                f"node {name!r}: template variable {missing[0]!r} is supplied by no parent "
+                f"node {excerpt(name)}: template variable {excerpt(missing[0])} is supplied by no parent "
                 f"(parents: {_known(self._parents[name])}; available: {_known(sorted(supplied))})"
             )
         if "prompt" in variables and not node.prompt.strip():
-            raise GraphError(f"node {name!r}: empty prompt")
+            raise GraphError(f"node {excerpt(name)}: empty prompt")
         placeholders = self.parent_values(name, dict.fromkeys(self._parents[name], "..."))
         try:
-            node.render(placeholders)  # a sandbox refusal shows before any model call
-        except GraphError:
-            raise
-        except (ArithmeticError, LookupError, TypeError, ValueError):
-            pass  # may depend on real inputs; it fails, naming the node, when it meets them
+            node.render(placeholders)  # a refusal or an exhausted budget shows before any call
+        except GraphError as error:
+            if not isinstance(error.__cause__, TemplateFailed):
+                raise
+            # a failure may depend on the placeholders; it fails, naming the node, on real inputs
 
     def template_variables(self, name: str) -> set[str]:
         """Names a node's template may use: prompt, demonstrations, parents, classes, input and
@@ -331,8 +336,8 @@ class Graph:
         version = data.get("version")
         if data.get("format") != FORMAT or version not in (1, VERSION):
             raise GraphError(
-                f"not a dlgraph network (format {data.get('format')!r}, version "
-                f"{version!r}; expected {FORMAT!r}, {VERSION})"
+                f"not a dlgraph network (format {excerpt(data.get('format'))}, version "
+                f"{excerpt(version)}; expected {FORMAT!r}, {VERSION})"
             )
         graph = cls()
         for index, entry in enumerate(_list(data, "nodes")):
@@ -341,7 +346,7 @@ class Graph:
             if not (
                 isinstance(edge, list) and len(edge) == 2 and all(isinstance(e, str) for e in edge)
             ):
-                raise GraphError(f"edges[{index}]: expected [source, target], got {edge!r}")
+                raise GraphError(f"edges[{index}]: expected [source, target], got {excerpt(edge)}")
             graph.add_edge(edge[0], edge[1])
         return graph
 
@@ -354,15 +359,9 @@ class Graph:
         """Read a saved network; GraphError names the file and what is wrong with it."""
         where = os.fspath(path)
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise GraphError(f"{where}: no such file") from None
-        except IsADirectoryError:
-            raise GraphError(f"{where}: is a folder, not a network file") from None
-        except UnicodeDecodeError as error:
-            raise GraphError(
-                f"{where}: not UTF-8 text ({error.reason} at byte {error.start})"
-            ) from error
+            data = parse_json(read_text(path))
+        except UnreadableFile as error:
+            raise GraphError(f"{where}: {error}") from None
         except json.JSONDecodeError as error:
             raise GraphError(f"{where}: not valid JSON: {error}") from error
         try:
@@ -384,7 +383,7 @@ class Graph:
 def _list(data: Mapping[str, Any], key: str) -> list[Any]:
     value = data.get(key)
     if not isinstance(value, list):
-        raise GraphError(f"{key!r}: expected a list, got {value!r}")
+        raise GraphError(f"{excerpt(key)}: expected a list, got {excerpt(value)}")
     return value
 
 
@@ -392,7 +391,7 @@ def _node_arguments(entry: object, index: int, *, upgrade: bool) -> dict[str, An
     """A node entry as keywords of `add_node`; version 1 files named two keys differently and
     gave class nodes the (unused) generation settings."""
     if not isinstance(entry, dict):
-        raise GraphError(f"nodes[{index}]: expected an object, got {entry!r}")
+        raise GraphError(f"nodes[{index}]: expected an object, got {excerpt(entry)}")
     arguments = dict(entry)
     if upgrade:
         for old, new in (("is_trainable", "trainable"), ("is_output", "output")):
@@ -409,9 +408,9 @@ def _node_arguments(entry: object, index: int, *, upgrade: bool) -> dict[str, An
     name = arguments.get("name", f"nodes[{index}]")
     if unknown:
         raise GraphError(
-            f"node {name!r}: unknown key {unknown[0]!r} (known: {', '.join(NODE_KEYS)})"
+            f"node {excerpt(name)}: unknown key {excerpt(unknown[0])} (known: {', '.join(NODE_KEYS)})"
         )
     for key in ("name", "prompt"):
         if key not in arguments:
-            raise GraphError(f"nodes[{index}]: missing key {key!r}")
+            raise GraphError(f"nodes[{index}]: missing key {excerpt(key)}")
     return arguments

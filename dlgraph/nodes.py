@@ -18,7 +18,9 @@ import attrs
 import jinja2
 
 from dlgraph._tasks import map_concurrently
+from dlgraph._untrusted import excerpt
 from dlgraph._validate import (
+    MAX_TOKENS,
     boolean,
     check_bool,
     class_strings,
@@ -38,7 +40,7 @@ from dlgraph.scoring import (
     normalize_answer,
     verbalizers,
 )
-from dlgraph.templates import Template, TemplateRefused
+from dlgraph.templates import Template, TemplateFailed, TemplateRefused
 
 if TYPE_CHECKING:
     from dlgraph.engine import Engine
@@ -48,6 +50,9 @@ INPUT = "INPUT"
 
 RESERVED = frozenset({"prompt", "parents", "classes", "input", "demonstrations"})
 """Template variables every node template may use; no node may take these names."""
+TEMPLATE_WORDS = frozenset({"self", "loop", "true", "false", "none", "True", "False", "None"})
+"""Names a template reads as something else (jinja's own variables and constants): a parent
+so named could not be reached by its name, so no node may take them either."""
 
 CONTENT_FREE = "N/A"
 """What every parent says when a class node measures its bias (calibration)."""
@@ -71,7 +76,7 @@ def _demonstrations(values: object) -> tuple[Demonstration, ...]:
     """A converter: demonstrations as records, or as ``{"input": ..., "output": ...}`` objects
     read from a file (checked as strictly)."""
     if isinstance(values, str | bytes) or not isinstance(values, Sequence):
-        raise TypeError(f"demonstrations: expected a list, got {values!r}")
+        raise TypeError(f"demonstrations: expected a list, got {excerpt(values)}")
     found = []
     for index, value in enumerate(values):
         if isinstance(value, Demonstration):
@@ -79,7 +84,7 @@ def _demonstrations(values: object) -> tuple[Demonstration, ...]:
             continue
         if not isinstance(value, dict) or set(value) != {"input", "output"}:
             raise TypeError(
-                f"demonstrations[{index}]: expected an object with input and output, got {value!r}"
+                f"demonstrations[{index}]: expected an object with input and output, got {excerpt(value)}"
             )
         found.append(Demonstration(value["input"], value["output"]))
     return tuple(found)
@@ -118,7 +123,9 @@ class Parameter:
     @classmethod
     def from_json(cls, data: object) -> Parameter:
         if not isinstance(data, dict) or set(data) != {"prompt", "demonstrations"}:
-            raise TypeError(f"expected an object with prompt and demonstrations, got {data!r}")
+            raise TypeError(
+                f"expected an object with prompt and demonstrations, got {excerpt(data)}"
+            )
         return cls(data["prompt"], data["demonstrations"])
 
 
@@ -197,17 +204,17 @@ def _classes(instance: ClassKind, attribute: attrs.Attribute[Any], value: tuple[
         raise ValueError("classes must be a non-empty list of strings")
     names = [verbalizers(spec)[0] if verbalizers(spec) else "" for spec in value]
     if "" in names:
-        raise ValueError(f"empty class in {list(value)!r}")
+        raise ValueError(f"empty class in {excerpt(list(value))}")
     if len(set(names)) != len(names):
-        raise ValueError(f"duplicate class names in {list(value)!r}")
+        raise ValueError(f"duplicate class names in {excerpt(list(value))}")
     owner: dict[str, str] = {}
     for spec, name in zip(value, names, strict=True):
         for word in verbalizers(spec):
             answer = normalize_answer(word)
             if owner.setdefault(answer, name) != name:
                 raise ValueError(
-                    f"classes {owner[answer]!r} and {name!r} cannot be told apart: both read "
-                    f"as the answer {answer!r}"
+                    f"classes {excerpt(owner[answer])} and {excerpt(name)} cannot be told apart: both read "
+                    f"as the answer {excerpt(answer)}"
                 )
 
 
@@ -324,7 +331,7 @@ class ClassKind:
 class TextKind:
     """Outputs free text of at most `max_tokens` tokens, cut at any of `stop`."""
 
-    max_tokens: int = attrs.field(default=128, kw_only=True, validator=integer(1))
+    max_tokens: int = attrs.field(default=128, kw_only=True, validator=integer(1, MAX_TOKENS))
     temperature: float = attrs.field(default=0.0, kw_only=True, validator=number(0))
     stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=stop_strings)
     default_template: ClassVar[str] = "reason"
@@ -420,9 +427,13 @@ Kind = ClassKind | TextKind
 
 def _name(instance: LanguageNode, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"node name must be a non-empty string, got {value!r}")
+        raise ValueError(f"node name must be a non-empty string, got {excerpt(value)}")
     if value == INPUT or value in RESERVED:
-        raise ValueError(f"node name {value!r} is reserved")
+        raise ValueError(f"node name {excerpt(value)} is reserved")
+    if value in TEMPLATE_WORDS:
+        raise ValueError(
+            f"node name {excerpt(value)} is reserved (templates read it as something else)"
+        )
 
 
 @attrs.frozen
@@ -442,6 +453,17 @@ class LanguageNode:
         default=(), kw_only=True, converter=_demonstrations
     )
     compiled: Template = attrs.field(init=False, eq=False, repr=False)
+
+    @demonstrations.validator
+    def _outputs_the_node_can_give(
+        self, attribute: attrs.Attribute[Any], value: tuple[Demonstration, ...]
+    ) -> None:
+        for index, demonstration in enumerate(value):
+            if self.kind.target(demonstration.output) is None:
+                raise ValueError(
+                    f"demonstrations[{index}]: output {excerpt(demonstration.output)} is not an "
+                    f"answer this node gives ({self.kind.describe()})"
+                )
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "compiled", Template.load(self.template))
@@ -472,8 +494,8 @@ class LanguageNode:
                 parents=list(parents),
                 classes=list(self.kind.outputs() or []),
             )
-        except (TemplateRefused, jinja2.UndefinedError) as error:
-            raise GraphError(f"node {self.name!r}: {error}") from error
+        except (TemplateRefused, TemplateFailed, jinja2.UndefinedError) as error:
+            raise GraphError(f"node {excerpt(self.name)}: {error}") from error
 
     async def run(
         self,
@@ -522,8 +544,8 @@ class LanguageNode:
             found = self.kind.target(raw)
             if found is None:
                 raise DataError(
-                    f"{example.where(f'{name}[{index}]')}: target {raw!r} is not a "
-                    f"class of node {self.name!r} ({self.kind.describe()})"
+                    f"{example.where(f'{name}[{index}]')}: target {excerpt(raw)} is not a "
+                    f"class of node {excerpt(self.name)} ({self.kind.describe()})"
                 )
             targets.append(found)
         return targets
@@ -590,4 +612,4 @@ def make_node(
             demonstrations=demonstrations,
         )
     except (TypeError, ValueError) as error:
-        raise GraphError(f"node {name!r}: {error}") from error
+        raise GraphError(f"node {excerpt(name)}: {error}") from error

@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).parents[1] / "dlgraph"
 
 LAYERS = [
-    {"errors", "_validate", "_files", "scoring", "templates"},
+    {"errors", "_validate", "_untrusted", "_files", "scoring", "templates"},
     {"_tasks", "backend", "data"},
     {"engine"},
     {"nodes"},

@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from dlgraph._untrusted import excerpt, parse_json
 from dlgraph._validate import text
 from dlgraph.errors import DataError
 
@@ -15,7 +16,7 @@ from dlgraph.errors import DataError
 def json_object(where: str, text: str) -> dict[str, Any]:
     """One JSON object from one line; errors name `where` (path:line)."""
     try:
-        record = json.loads(text)
+        record = parse_json(text)
     except json.JSONDecodeError as error:
         raise DataError(f"{where}: not valid JSON: {error.msg}") from error
     if not isinstance(record, dict):
@@ -30,9 +31,11 @@ def _target(value: object) -> str | dict[str, str]:
     if isinstance(value, Mapping) and value:
         for key, item in value.items():
             if not isinstance(key, str) or not isinstance(item, str):
-                raise TypeError(f"target: expected text for each output, got {key!r}: {item!r}")
+                raise TypeError(
+                    f"target: expected text for each output, got {excerpt(key)}: {excerpt(item)}"
+                )
         return dict(value)
-    raise TypeError(f"target: expected text or an object of texts by output, got {value!r}")
+    raise TypeError(f"target: expected text or an object of texts by output, got {excerpt(value)}")
 
 
 @attrs.frozen
@@ -55,7 +58,7 @@ class Example:
         record = json_object(where, text)
         for field in ("input", "target"):
             if field not in record:
-                raise DataError(f"{where}: missing field {field!r}")
+                raise DataError(f"{where}: missing field {excerpt(field)}")
         if not isinstance(record["input"], str | int | float):
             raise DataError(f"{where}: field 'input' must be text")
         target = record["target"]

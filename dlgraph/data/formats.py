@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
+from dlgraph._untrusted import UnreadableFile, excerpt, parse_json, read_text
 from dlgraph.data.example import Example, json_object
 from dlgraph.errors import DataError
 
 
 def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
     """Non-blank lines with their numbers; a line that is not UTF-8 is named, not skipped."""
+    if "\0" in os.fspath(path):
+        raise DataError(f"{os.fspath(path)}: the path holds a NUL byte")
     try:
         with open(path, "rb") as stream:
             for number, raw in enumerate(stream, start=1):
@@ -29,6 +31,10 @@ def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
         raise DataError(f"{os.fspath(path)}: no such file") from None
     except IsADirectoryError:
         raise DataError(f"{os.fspath(path)}: is a folder, not a data file") from None
+    except NotADirectoryError:
+        raise DataError(
+            f"{os.fspath(path)}: no such file (a folder on its path is a file)"
+        ) from None
 
 
 def _records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -41,7 +47,7 @@ def _field(
     path: str | os.PathLike[str], where: int | str, record: Mapping[str, Any], name: str
 ) -> str:
     if name not in record:
-        raise DataError(f"{os.fspath(path)}:{where}: missing field {name!r}")
+        raise DataError(f"{os.fspath(path)}:{where}: missing field {excerpt(name)}")
     return str(record[name])
 
 
@@ -50,20 +56,18 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Example]:
     return [Example.from_jsonl(os.fspath(path), number, line) for number, line in _lines(path)]
 
 
-def _load_json(path: str | os.PathLike[str]) -> Any:
+def load_json(path: str | os.PathLike[str]) -> Any:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{os.fspath(path)}: no such file") from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"{os.fspath(path)}: not UTF-8 text (byte {error.start})") from None
+        return parse_json(read_text(path, "data file"))
+    except UnreadableFile as error:
+        raise DataError(f"{os.fspath(path)}: {error}") from None
     except json.JSONDecodeError as error:
         raise DataError(f"{os.fspath(path)}:{error.lineno}: not valid JSON: {error.msg}") from error
 
 
 def read_bbh(path: str | os.PathLike[str]) -> list[Example]:
     """BIG-Bench Hard: ``{"examples": [{"input": ..., "target": ...}, ...]}``."""
-    document = _load_json(path)
+    document = load_json(path)
     if not isinstance(document, dict) or not isinstance(document.get("examples"), list):
         raise DataError(f"{os.fspath(path)}: expected an object with a list 'examples'")
     return [
@@ -83,7 +87,7 @@ def _label(
 ) -> str:
     if raw not in labels:
         raise DataError(
-            f"{os.fspath(path)}:{where}: label {raw!r} is not one of {', '.join(labels)}"
+            f"{os.fspath(path)}:{where}: label {excerpt(raw)} is not one of {', '.join(labels)}"
         )
     return labels[raw]
 
@@ -103,7 +107,7 @@ def read_leopard(
     path: str | os.PathLike[str], labels: Mapping[str, str], prefix: str
 ) -> list[Example]:
     """Leopard: a JSON list of ``{"sentence1", "label"}``; the prefix and options are added."""
-    document = _load_json(path)
+    document = load_json(path)
     if not isinstance(document, list):
         raise DataError(f"{os.fspath(path)}: expected a JSON list of records")
     return [

@@ -12,11 +12,16 @@ import datetime
 import random
 from collections.abc import Callable
 
+from dlgraph._untrusted import excerpt
 from dlgraph._validate import check_int
 from dlgraph.data.example import Example
 from dlgraph.data.paper import Task
 from dlgraph.errors import DataError
 
+MAX_EXAMPLES = 100_000
+"""The most examples of one split a generated task makes."""
+MAX_REPEATS = 2_000
+"""Examples drawn in a row that were all made before: the task has run out of new ones."""
 DIRECTIONS = {"forward": (0, 1), "backward": (0, -1), "left": (-1, 0), "right": (1, 0)}
 LETTERS = "ABCDEFG"
 
@@ -184,22 +189,27 @@ GENERATORS: dict[str, tuple[Callable[[random.Random, int], Example], list[str], 
 def generate(name: str, count: int, seed: int) -> list[Example]:
     """`count` distinct examples of a generated task; the same seed gives the same ones."""
     if name not in GENERATORS:
-        raise DataError(f"unknown generated task {name!r} (known: {', '.join(GENERATORS)})")
+        raise DataError(f"unknown generated task {excerpt(name)} (known: {', '.join(GENERATORS)})")
     make = GENERATORS[name][0]
     rng = random.Random(f"{name}:{seed}")
     examples: list[Example] = []
     if count == 0:
         return examples
     seen: set[str] = set()
-    for _ in range(count * 50):
+    repeats = 0
+    while len(examples) < count:
         example = make(rng, len(examples))
-        if example.input not in seen:
-            seen.add(example.input)
-            examples.append(example)
-        if len(examples) == count:
-            break
-    else:
-        raise DataError(f"generated task {name!r}: cannot make {count} distinct examples")
+        if example.input in seen:
+            repeats += 1
+            if repeats > MAX_REPEATS:
+                raise DataError(
+                    f"generated task {excerpt(name)}: cannot make {count:,} distinct examples "
+                    f"(found {len(examples):,})"
+                )
+            continue
+        repeats = 0
+        seen.add(example.input)
+        examples.append(example)
     random.Random(f"{name}:{seed}:order").shuffle(examples)
     return examples
 
@@ -210,9 +220,9 @@ def generated_task(
     """Disjoint splits drawn from one seeded stream."""
     for split, count in (("train", train), ("dev", dev), ("test", test)):
         try:
-            check_int(split, count, 0)
+            check_int(split, count, 0, MAX_EXAMPLES)
         except (TypeError, ValueError) as error:
-            raise DataError(f"generated task {name!r}: {error}") from None
+            raise DataError(f"generated task {excerpt(name)}: {error}") from None
     examples = generate(name, train + dev + test, seed)
     _, classes, instruction = GENERATORS[name]
     return Task(

@@ -7,15 +7,15 @@ for the tasks whose recipe has no option shuffling; a test checks both agree.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from dlgraph._untrusted import excerpt
 from dlgraph.data.example import Example
-from dlgraph.data.formats import read_bbh, read_jsonl, read_leopard, read_ordered_prompt
+from dlgraph.data.formats import load_json, read_bbh, read_jsonl, read_leopard, read_ordered_prompt
 from dlgraph.errors import DataError
 
 DATA_ENV = "DLGRAPH_DATA"
@@ -47,13 +47,15 @@ class Task:
 
 
 def task_names(path: str | os.PathLike[str] | None = None) -> list[str]:
-    return sorted(json.loads((data_dir(path) / "tasks.json").read_text()))
+    return sorted(load_json(data_dir(path) / "tasks.json"))
 
 
 def _spec(name: str, root: Path) -> dict[str, Any]:
-    specs = json.loads((root / "tasks.json").read_text())
+    specs = load_json(root / "tasks.json")
+    if not isinstance(specs, dict):
+        raise DataError(f"{root / 'tasks.json'}: expected an object of tasks")
     if name not in specs:
-        raise DataError(f"unknown task {name!r} (known: {', '.join(sorted(specs))})")
+        raise DataError(f"unknown task {excerpt(name)} (known: {', '.join(sorted(specs))})")
     spec: dict[str, Any] = specs[name]
     return spec
 
@@ -110,5 +112,7 @@ def rebuild_splits(name: str, path: str | os.PathLike[str] | None = None) -> Tas
         chosen = [rows[i] for i in rng.choice(len(rows), 1500, replace=False)]
         train, dev, test = chosen[:1000], chosen[1000:1250], chosen[1250:]
     else:
-        raise DataError(f"task {name!r}: rebuilding its splits is not supported; use load_task")
+        raise DataError(
+            f"task {excerpt(name)}: rebuilding its splits is not supported; use load_task"
+        )
     return Task(name, train, dev, test, spec.get("protos"), spec.get("instruction", ""))

@@ -35,7 +35,15 @@ import anyio.abc
 import attrs
 
 from dlgraph._tasks import single_errors
-from dlgraph._validate import check_number, class_strings, integer, number, stop_strings
+from dlgraph._untrusted import excerpt
+from dlgraph._validate import (
+    check_number,
+    check_path,
+    class_strings,
+    instance_of,
+    integer,
+    stop_strings,
+)
 from dlgraph.backend import (
     Backend,
     GenerateRequest,
@@ -48,7 +56,7 @@ from dlgraph.engine.cache import Cache, Store, open_store
 from dlgraph.engine.classify import ClassQuery, class_distribution
 from dlgraph.engine.coalescer import Coalescer, Split
 from dlgraph.engine.ledger import Ledger
-from dlgraph.engine.limiter import Limiter, RateLimits, concurrency_ceiling
+from dlgraph.engine.limiter import Limiter, RateLimits, concurrency_ceiling, per_minute
 from dlgraph.engine.metered import Metered
 from dlgraph.engine.retry import Retry, RetryPolicy
 from dlgraph.engine.shared import GrantPool, GrantSource
@@ -58,6 +66,7 @@ from dlgraph.engine.tokens import estimated_tokens
 from dlgraph.engine.usage import Budget, LedgerSnapshot, Price
 from dlgraph.engine.workers import Workers
 from dlgraph.errors import BackendError, tag
+from dlgraph.scoring import verbalizers
 
 DEFAULT_COALESCE_MS = 10.0
 """The coalescing window under an rpm limit, where each request then carries many calls."""
@@ -70,7 +79,23 @@ def _coalesce_ms(instance: object, attribute: attrs.Attribute[Any], value: objec
 
 def _cache(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, bool | str | os.PathLike):
-        raise TypeError(f"cache: expected true, false or a file path, got {value!r}")
+        raise TypeError(f"cache: expected true, false or a file path, got {excerpt(value)}")
+    if not isinstance(value, bool):
+        check_path("cache", value)
+
+
+def _price(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    prices = value.values() if isinstance(value, Mapping) else [value]
+    if value is not None and not all(isinstance(price, Price) for price in prices):
+        raise TypeError(
+            f"price: expected a dg.Price or a table of them by backend identity, "
+            f"got {excerpt(value)}"
+        )
+
+
+def _callable(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not callable(value):
+        raise TypeError(f"{attribute.name}: expected a function, got {excerpt(value)}")
 
 
 @attrs.define(eq=False, slots=False)
@@ -93,11 +118,12 @@ class Engine(anyio.AsyncContextManagerMixin):
     """
 
     backend: Backend
-    rpm: float | None = attrs.field(default=None, kw_only=True, validator=number(0, above=True))
-    tpm: float | None = attrs.field(default=None, kw_only=True, validator=number(0, above=True))
+    rpm: float | None = attrs.field(default=None, kw_only=True, validator=per_minute)
+    tpm: float | None = attrs.field(default=None, kw_only=True, validator=per_minute)
     max_concurrency: int | None = attrs.field(default=None, kw_only=True, validator=integer(1))
     limits: RateLimits = attrs.field(
         kw_only=True,
+        validator=instance_of(RateLimits, "a dg.RateLimits"),
         default=attrs.Factory(
             lambda self: RateLimits(
                 rpm=self.rpm, tpm=self.tpm, max_concurrency=self.max_concurrency
@@ -106,16 +132,26 @@ class Engine(anyio.AsyncContextManagerMixin):
         ),
     )
     cache: bool | str | os.PathLike[str] = attrs.field(default=True, kw_only=True, validator=_cache)
-    budget: Budget = attrs.field(factory=Budget, kw_only=True)
-    retry: RetryPolicy = attrs.field(factory=RetryPolicy, kw_only=True)
+    budget: Budget = attrs.field(
+        factory=Budget, kw_only=True, validator=instance_of(Budget, "a dg.Budget")
+    )
+    retry: RetryPolicy = attrs.field(
+        factory=RetryPolicy, kw_only=True, validator=instance_of(RetryPolicy, "a dg.RetryPolicy")
+    )
     coalesce_ms: float | Literal["auto"] = attrs.field(
         default="auto", kw_only=True, validator=_coalesce_ms
     )
-    price: Price | Mapping[str, Price] | None = attrs.field(default=None, kw_only=True)
+    price: Price | Mapping[str, Price] | None = attrs.field(
+        default=None, kw_only=True, validator=_price
+    )
     """Cost per million tokens, or a table of them by backend identity."""
-    clock: Callable[[], float] = attrs.field(default=anyio.current_time, kw_only=True)
-    sleep: Callable[[float], Awaitable[None]] = attrs.field(default=anyio.sleep, kw_only=True)
-    seed: int = attrs.field(default=0, kw_only=True)
+    clock: Callable[[], float] = attrs.field(
+        default=anyio.current_time, kw_only=True, validator=_callable
+    )
+    sleep: Callable[[float], Awaitable[None]] = attrs.field(
+        default=anyio.sleep, kw_only=True, validator=_callable
+    )
+    seed: int = attrs.field(default=0, kw_only=True, validator=integer())
     """Seeds the jitter of retries and pauses."""
     shared_limit: GrantSource | None = attrs.field(default=None, kw_only=True)
     ledger: Ledger = attrs.field(init=False)
@@ -133,7 +169,9 @@ class Engine(anyio.AsyncContextManagerMixin):
         self.rpm, self.tpm, self.max_concurrency = limits.rpm, limits.tpm, limits.max_concurrency
         if self.shared_limit is not None:
             if not isinstance(self.shared_limit, GrantSource):
-                raise TypeError(f"shared_limit: expected a GrantSource, got {self.shared_limit!r}")
+                raise TypeError(
+                    f"shared_limit: expected a GrantSource, got {excerpt(self.shared_limit)}"
+                )
             if not (limits.rpm or limits.tpm):
                 raise ValueError("shared_limit: give the endpoint's rpm or tpm to share")
         price = (
@@ -274,7 +312,12 @@ class Engine(anyio.AsyncContextManagerMixin):
     ) -> list[float]:
         """P(class | context) for ``"yes|Yes"``-style class specs, in the order given; see
         `dlgraph.engine.classify` for how each kind of backend is asked."""
-        query = ClassQuery(context, class_strings(classes), node, phase, priority)
+        specs = class_strings(classes)
+        if not specs or not all(verbalizers(spec) for spec in specs):
+            raise ValueError(
+                f"classes: expected class specs such as 'yes|Yes', got {excerpt(classes)}"
+            )
+        query = ClassQuery(context, specs, node, phase, priority)
         return await class_distribution(self.request, self.backend.capabilities, query)
 
     @property

@@ -14,11 +14,12 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import attrs
 
-from dlgraph._validate import integer, number
+from dlgraph._validate import check_number, integer, number
 from dlgraph.backend import Backend, CallReport
 from dlgraph.engine.shared import GrantPool
 from dlgraph.engine.stage import Batch, Outcome, ReplyCall, Work
@@ -31,14 +32,26 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
+def per_minute(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """An attrs validator for a rate limit per minute: above 0 and at least 1 (a slower one
+    would keep calls waiting for hours between two requests); None passes."""
+    if value is not None:
+        rate = check_number(attribute.name, value, 0, above=True)
+        if rate < 1:
+            raise ValueError(
+                f"{attribute.name} must be >= 1 per minute (a lower limit waits hours between "
+                f"calls), got {rate:g}"
+            )
+
+
 @attrs.frozen(kw_only=True)
 class RateLimits:
     """The engine's rate limits; ``Engine(backend, rpm=..., tpm=..., max_concurrency=...)``
     builds one, ``Engine(backend, limits=RateLimits(...))`` takes one whole."""
 
-    rpm: float | None = attrs.field(default=None, validator=number(0, above=True))
+    rpm: float | None = attrs.field(default=None, validator=per_minute)
     """Requests per minute the server allows (None: no limit)."""
-    tpm: float | None = attrs.field(default=None, validator=number(0, above=True))
+    tpm: float | None = attrs.field(default=None, validator=per_minute)
     """Tokens per minute: prompt tokens plus max_tokens, as servers charge them."""
     max_concurrency: int | None = attrs.field(default=None, validator=integer(1))
     """A ceiling on calls in flight; the adaptive limit stays below it."""

@@ -23,6 +23,7 @@ from typing import Protocol, runtime_checkable
 import anyio
 import attrs
 
+from dlgraph._untrusted import excerpt
 from dlgraph.errors import UnknownBackend
 
 ENTRY_POINT_GROUP = "dlgraph.shared_limits"
@@ -66,13 +67,13 @@ def open_shared_limit(name: str, key: str, open: bool = True) -> GrantSource:
     }
     if name not in found:
         known = ", ".join(sorted(found)) or "none installed"
-        raise UnknownBackend(f"unknown shared limit {name!r} (known: {known})")
+        raise UnknownBackend(f"unknown shared limit {excerpt(name)} (known: {known})")
     if not open:
         return _Unopened()
     source = found[name].load()(key)
     if not isinstance(source, GrantSource):
         raise TypeError(
-            f"shared limit {name!r} built {type(source).__qualname__}, not a GrantSource"
+            f"shared limit {excerpt(name)} built {type(source).__qualname__}, not a GrantSource"
         )
     return source
 

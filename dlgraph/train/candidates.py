@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
+from dlgraph._untrusted import excerpt
 from dlgraph._validate import check_number
 from dlgraph.forward import Trace
 from dlgraph.graph import Graph
@@ -111,6 +112,10 @@ class Memory:
     def parameters(self, name: str) -> list[Parameter]:
         return list(self._best.get(name, {}))
 
+    def names(self) -> list[str]:
+        """The nodes with remembered parameters."""
+        return list(self._best)
+
     def remember(self, name: str, scored: Mapping[Parameter, float]) -> None:
         merged = self._best.get(name, {}) | dict(scored)
         kept = sorted(merged.items(), key=lambda item: -item[1])[: self.size]
@@ -126,7 +131,7 @@ class Memory:
     def from_json(cls, size: int, data: object) -> Memory:
         """TypeError or ValueError for anything `to_json` would not have written."""
         if not isinstance(data, dict):
-            raise TypeError(f"expected an object, got {data!r}")
+            raise TypeError(f"expected an object, got {excerpt(data)}")
         best: dict[str, dict[Parameter, float]] = {}
         for name, entries in data.items():
             if not isinstance(entries, list) or not all(
@@ -134,7 +139,7 @@ class Memory:
             ):
                 raise TypeError(f"{name}: expected a list of [parameter, elbo] pairs")
             best[str(name)] = {
-                Parameter.from_json(parameter): check_number("elbo", score)
+                Parameter.from_json(parameter): check_number("elbo", score, finite=False)
                 for parameter, score in entries
             }
         return cls(size, best=best)

@@ -19,10 +19,12 @@ from typing import Any, TypeVar
 import attrs
 
 from dlgraph._files import write_atomic
+from dlgraph._untrusted import UnreadableFile, excerpt, parse_json, read_text
 from dlgraph._validate import check_int, check_number, check_text
 from dlgraph.errors import CheckpointError, GraphError
 from dlgraph.network import Network
 from dlgraph.train.candidates import Memory
+from dlgraph.train.options import TrainerOptions
 from dlgraph.train.records import StepRecord
 
 FORMAT = "dlgraph.checkpoint"
@@ -86,14 +88,16 @@ class Checkpoint:
         if not path.exists():
             return None
         try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            document = parse_json(read_text(path, "checkpoint file"))
+        except UnreadableFile as error:
+            raise CheckpointError(f"{path}: {error}") from None
+        except json.JSONDecodeError as error:
             raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({error})") from error
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise CheckpointError(f"{path}: not a dlgraph checkpoint")
         if document.get("version") != VERSION:
             raise CheckpointError(
-                f"{path}: checkpoint version {document.get('version')!r}, expected {VERSION}"
+                f"{path}: checkpoint version {excerpt(document.get('version'))}, expected {VERSION}"
             )
         payload = document.get("payload")
         if not isinstance(payload, dict) or document.get("sha256") != _digest(payload):
@@ -110,10 +114,9 @@ class Checkpoint:
             )
         step = _field(path, "step", lambda: check_int("step", payload["step"], 0))
         history = _field(path, "history", lambda: _history(payload["history"]))
-        if [record.step for record in history] != list(range(1, step + 1)):
-            raise CheckpointError(
-                f"{path}: history: steps {[r.step for r in history]} do not run 1..{step}"
-            )
+        if len(history) != step or any(r.step != n for n, r in enumerate(history, 1)):
+            steps = excerpt([record.step for record in history])
+            raise CheckpointError(f"{path}: history: steps {steps} do not run 1..{step:,}")
         return cls(
             step=step,
             fingerprint=_field(
@@ -135,6 +138,51 @@ class Checkpoint:
             history=history,
             ledger=_field(path, "ledger", lambda: _ledger(payload["ledger"])),
         )
+
+    def check_fits(self, net: Network, options: TrainerOptions, path: Path) -> None:
+        """CheckpointError unless this checkpoint could have been written by a run of `net`
+        under `options`: its networks have the run's structure, and what it counts stays
+        within the run's settings (a crafted checkpoint could otherwise hold thousands of
+        remembered parameters, each scored again at every step). The checksum proves
+        nothing here: whoever edits a checkpoint can recompute it."""
+        shape = _structure(net)
+        for name, graph in (("network", self.network), ("best_network", self.best_network)):
+            if _structure(graph) != shape:
+                raise CheckpointError(
+                    f"{path}: {name}: its nodes, templates or edges differ from the run's network"
+                )
+            for node_name, node in graph.nodes.items():
+                most = max(options.max_demonstrations, len(net.node(node_name).demonstrations))
+                if len(node.demonstrations) > most:
+                    raise CheckpointError(
+                        f"{path}: {name}: node {excerpt(node_name)} carries "
+                        f"{len(node.demonstrations):,} demonstrations; this run's carry at most "
+                        f"{most} (max_demonstrations)"
+                    )
+        for node_name in self.memory.names():
+            if node_name not in net.nodes:
+                raise CheckpointError(f"{path}: memory: unknown node {excerpt(node_name)}")
+            count = len(self.memory.parameters(node_name))
+            if count > options.memory_size:
+                raise CheckpointError(
+                    f"{path}: memory: node {excerpt(node_name)} remembers {count:,} parameters; "
+                    f"this run remembers at most {options.memory_size} (memory_size)"
+                )
+        if self.evaluations_since_best > self.step:
+            raise CheckpointError(
+                f"{path}: evaluations_since_best: {self.evaluations_since_best:,} evaluations "
+                f"in {self.step:,} steps"
+            )
+
+
+def _structure(net: Network) -> list[dict[str, Any]]:
+    """A network's nodes and edges without what training changes (prompts, demonstrations)."""
+    document = net.to_json()
+    nodes = [
+        {k: v for k, v in node.items() if k not in ("prompt", "demonstrations")}
+        for node in document["nodes"]
+    ]
+    return [*nodes, {"edges": document["edges"]}]
 
 
 def _field(path: Path, name: str, parse: Callable[[], T]) -> T:
@@ -163,7 +211,7 @@ def _rng_state(value: object) -> tuple[Any, ...]:
 
 def _history(value: object) -> list[StepRecord]:
     if not isinstance(value, list):
-        raise TypeError(f"expected a list of step records, got {value!r}")
+        raise TypeError(f"expected a list of step records, got {excerpt(value)}")
     return [StepRecord.from_json(record) for record in value]
 
 

@@ -7,7 +7,11 @@ from typing import Any, Literal
 
 import attrs
 
-from dlgraph._validate import boolean, integer, number, strings
+from dlgraph._validate import MAX_TOKENS, boolean, integer, number, strings
+
+MAX_COUNT = 1_000
+"""The most samples, remembered parameters or demonstrations an option may ask for: each
+is a model call (or many) per node and step, so more is a typo, not a setting."""
 
 
 def _optional_names(names: Iterable[str] | None) -> tuple[str, ...] | None:
@@ -16,9 +20,9 @@ def _optional_names(names: Iterable[str] | None) -> tuple[str, ...] | None:
 
 @attrs.frozen(kw_only=True)
 class TrainerOptions:
-    num_prompt_samples: int = attrs.field(default=10, validator=integer(1))
+    num_prompt_samples: int = attrs.field(default=10, validator=integer(1, MAX_COUNT))
     """New prompt candidates proposed per trainable node and step."""
-    num_hidden_samples: int = attrs.field(default=5, validator=integer(0))
+    num_hidden_samples: int = attrs.field(default=5, validator=integer(0, MAX_COUNT))
     """Posterior samples per hidden node and example (the forward output is one more)."""
     posterior_temperature: float = attrs.field(default=1.0, validator=number(0, above=True))
     """τ in w_k ∝ exp(score_k / τ): higher flattens the posterior weights."""
@@ -34,15 +38,15 @@ class TrainerOptions:
     """Nodes to train (None: every node marked trainable)."""
     trust_region: float = attrs.field(default=0.0, validator=number(0))
     """Penalty on output nodes for losing log-likelihood on examples, relative to the current prompt."""
-    memory_size: int = attrs.field(default=5, validator=integer(0))
+    memory_size: int = attrs.field(default=5, validator=integer(0, MAX_COUNT))
     """Best parameters (instruction and demonstrations) remembered per node and scored again."""
-    max_demonstrations: int = attrs.field(default=4, validator=integer(0))
+    max_demonstrations: int = attrs.field(default=4, validator=integer(0, MAX_COUNT))
     """Demonstrations a candidate may carry (0: instructions only)."""
-    num_demonstration_samples: int = attrs.field(default=4, validator=integer(0))
+    num_demonstration_samples: int = attrs.field(default=4, validator=integer(0, MAX_COUNT))
     """Demonstration sets drawn from the batch per trainable node and step."""
     proposal_half_batch: bool = attrs.field(default=True, validator=boolean)
     """Proposals see a shuffled half of the batch rather than all of it."""
-    proposal_max_tokens: int = attrs.field(default=200, validator=integer(1))
+    proposal_max_tokens: int = attrs.field(default=200, validator=integer(1, MAX_TOKENS))
     min_weight: float = attrs.field(default=0.01, validator=number(0))
     """Posterior candidates lighter than this are left out of ELBO expectations."""
     scoring: Literal["auto", "logprob", "accuracy"] = attrs.field(

@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from dlgraph._untrusted import excerpt
 from dlgraph._validate import check_int, check_number, check_text
 from dlgraph.network import Network
 from dlgraph.nodes import Demonstration, Parameter
@@ -66,7 +67,7 @@ class StepRecord:
         """A record as `to_json` wrote it; TypeError or ValueError for anything else (the
         files records are read from are untrusted)."""
         if not isinstance(data, dict):
-            raise TypeError(f"a step record must be an object, got {data!r}")
+            raise TypeError(f"a step record must be an object, got {excerpt(data)}")
         names = {field.name for field in attrs.fields(cls)}
         if set(data) != names:
             raise ValueError(f"step record: missing or unknown keys {sorted(set(data) ^ names)}")
@@ -94,7 +95,7 @@ class StepRecord:
 
 def _items(value: object) -> list[tuple[Any, Any]]:
     if not isinstance(value, dict):
-        raise TypeError(f"expected an object, got {value!r}")
+        raise TypeError(f"expected an object, got {excerpt(value)}")
     return list(value.items())
 
 
@@ -102,14 +103,14 @@ def _shown(value: object) -> list[dict[str, str]]:
     if not isinstance(value, list) or not all(
         isinstance(d, dict) and set(d) == {"input", "output"} for d in value
     ):
-        raise TypeError(f"expected a list of demonstrations, got {value!r}")
+        raise TypeError(f"expected a list of demonstrations, got {excerpt(value)}")
     return value
 
 
 def _scored(value: object) -> list[tuple[str, float]]:
     if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 for p in value):
-        raise TypeError(f"expected a list of [prompt, elbo] pairs, got {value!r}")
-    return [(check_text("prompt", p), check_number("elbo", s)) for p, s in value]
+        raise TypeError(f"expected a list of [prompt, elbo] pairs, got {excerpt(value)}")
+    return [(check_text("prompt", p), check_number("elbo", s, finite=False)) for p, s in value]
 
 
 @attrs.frozen(kw_only=True)

@@ -32,11 +32,16 @@ logger = logging.getLogger(__name__)
 StepCallback = Callable[[StepRecord], Awaitable[None] | None]
 
 
+MAX_STEPS = 10_000
+"""The most steps a run may take: ten thousand steps of the smallest batch already make over a
+million calls, and the estimate before a run lays out every step."""
+
+
 @attrs.frozen(kw_only=True)
 class RunSettings:
     """How long and how a run trains: the keywords of `fit`, the [train] keys of a config."""
 
-    steps: int = attrs.field(validator=integer(1))
+    steps: int = attrs.field(validator=integer(1, MAX_STEPS))
     batch_size: int = attrs.field(default=20, validator=integer(1))
     eval_every: int = attrs.field(default=1, validator=integer(1))
     """Evaluate on dev after every this many steps (and after the last)."""
@@ -240,6 +245,7 @@ class Run:
                 "use a new checkpoint_dir or the original setup"
             )
         trainer = self.trainer
+        checkpoint.check_fits(trainer.net, trainer.options, Path(self.checkpoint_dir) / FILENAME)
         for name, parameter in checkpoint.network.parameters().items():
             trainer.net.set_parameter(name, parameter)
         trainer.memory = checkpoint.memory
