@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -91,6 +94,12 @@ def _template(template: str) -> dg.Network:
     net.add_node("x", prompt="p", template=template)
     net.add_edge(dg.INPUT, "x")
     return net
+
+
+def _file(tmp: Path, name: str, content: bytes = b"not a folder") -> Path:
+    path = tmp / name
+    path.write_bytes(content)
+    return path
 
 
 def _jsonl(tmp: Path, raw: bytes) -> Path:
@@ -489,6 +498,25 @@ CASES = [
         dg.DataError,
         r"is a folder, not a data file",
     ),
+    # -- issue 21, part b: run files, ledgers, caches, URLs ------------------------------------
+    Case(
+        "a checkpoint_dir that is a file",
+        lambda t: fit(checkpoint_dir=_file(t, "ckpt")),
+        dg.CheckpointError,
+        r"checkpoint_dir .*ckpt: is a file, not a folder",
+    ),
+    Case(
+        "a checkpoint_dir inside a file",
+        lambda t: fit(checkpoint_dir=_file(t, "ckpt") / "inner"),
+        dg.CheckpointError,
+        r"checkpoint_dir .*ckpt/inner: cannot be made",
+    ),
+    Case(
+        "a log_path that is a folder",
+        lambda t: fit(log_path=t),
+        dg.CheckpointError,
+        r"log_path .*: is a folder, not a file",
+    ),
 ]
 
 
@@ -865,3 +893,30 @@ def test_show_prints_every_nodes_template_so_a_file_can_be_inspected_first(
     out = capsys.readouterr().out
     assert "Say: {{ input }}" in out and "template of x (custom" in out
     assert "template of answer (built-in classify)" in out
+
+
+# -- issue 21, part b: what a kill leaves behind -------------------------------------------------
+
+KILLED_BETWEEN_WRITE_AND_RENAME = """
+import os, signal, sys
+from dlgraph._files import write_atomic
+os.replace = lambda *paths: os.kill(os.getpid(), signal.SIGKILL)
+write_atomic(sys.argv[1], "half of a step log")
+"""
+
+
+async def test_a_temporary_a_kill_left_is_removed_and_files_that_resemble_one_are_kept(
+    tmp_path,
+) -> None:
+    log = tmp_path / "steps.jsonl"
+    killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_WRITE_AND_RENAME, str(log)])
+    assert killed.returncode == -signal.SIGKILL
+    (leftover,) = tmp_path.glob(".steps.jsonl.*")
+    look_alikes = [tmp_path / ".steps.jsonl.orig", tmp_path / ".steps.jsonl.abcd1234"]
+    for path in look_alikes:
+        path.write_text("the user's")
+    MODEL.current = ScriptedModel()
+    await fit(log_path=log, checkpoint_dir=tmp_path / "checkpoint")
+    assert not leftover.exists()
+    assert [path.read_text() for path in look_alikes] == ["the user's"] * 2
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1]

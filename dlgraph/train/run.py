@@ -105,6 +105,7 @@ class Run:
         trainer = self.trainer
         trainer.check_data(self.train, self.dev)
         fingerprint = self.fingerprint()
+        self._check_paths()
         self._remove_stale_temporaries()
         stopped = "steps"
         try:
@@ -198,6 +199,17 @@ class Run:
             if inspect.isawaitable(result):
                 await result
 
+    def _check_paths(self) -> None:
+        """Refuse a checkpoint folder or step log that could not be written, before any call
+        (a file where the folder should be would otherwise be found at the first save)."""
+        if self.checkpoint_dir is not None:
+            _make_folder("checkpoint_dir", Path(self.checkpoint_dir))
+        if self.log_path is not None:
+            log = Path(self.log_path)
+            if log.is_dir():
+                raise CheckpointError(f"log_path {log}: is a folder, not a file")
+            _make_folder("log_path folder", log.parent)
+
     def _remove_stale_temporaries(self) -> None:
         if self.checkpoint_dir is not None:
             for name in (FILENAME, "best.json"):
@@ -265,6 +277,15 @@ class Run:
         for record in self.history:
             if record.step not in logged:
                 await self._notify(record)
+
+
+def _make_folder(what: str, folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{what} {folder}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CheckpointError(f"{what} {folder}: cannot be made ({error.strerror})") from None
 
 
 def _spent(trainer: Learner) -> Usage:

@@ -244,7 +244,8 @@ class VariationalTrainer:
         With `checkpoint_dir`, state is saved after every step and a later call resumes
         from it, repeating no finished step; `best.json` there is the best network. A spent
         budget ends the run cleanly (``stopped="budget"``). Raises DataError for bad data,
-        CheckpointError for a damaged or foreign checkpoint, BackendError for failed calls.
+        CheckpointError for a damaged or foreign checkpoint, or for a `checkpoint_dir` or
+        `log_path` that cannot be written (before any call), BackendError for failed calls.
         """
         settings = RunSettings(
             steps=steps, batch_size=batch_size, eval_every=eval_every, patience=patience
