@@ -102,6 +102,24 @@ def _file(tmp: Path, name: str, content: bytes = b"not a folder") -> Path:
     return path
 
 
+def _read_result(tmp: Path, extra: dict[str, object]) -> None:
+    from dlgraph_ray.sweep import read_result
+
+    result = {"after": {"dev": 0.5}, "calls": 1, "tokens": 1, "cost": 0.0, "steps": 1} | extra
+    read_result(_file(tmp, "result.json", json.dumps(result).encode()))
+
+
+def _sweep_into(tmp: Path, existing: str) -> None:
+    from dlgraph_ray.sweep import sweep
+
+    (tmp / "project").mkdir()
+    _file(tmp / "project", existing, b"the user's")
+    try:
+        sweep(_file(tmp, "run.toml", CONFIG.encode()), out=tmp / "project", echo=lambda line: None)
+    finally:
+        assert (tmp / "project" / existing).read_bytes() == b"the user's"
+
+
 def _jsonl(tmp: Path, raw: bytes) -> Path:
     path = tmp / "train.jsonl"
     path.write_bytes(raw)
@@ -517,6 +535,18 @@ CASES = [
         dg.CheckpointError,
         r"log_path .*: is a folder, not a file",
     ),
+    Case(
+        "a sweep's result.json with a key train does not write",
+        lambda t: _read_result(t, {"setting": "forged", "seed": 99}),
+        dg.ConfigError,
+        r"result.json: unknown key 'seed'; delete it",
+    ),
+    Case(
+        "a sweep folder holding a summary dlgraph did not write",
+        lambda t: _sweep_into(t, "summary.csv"),
+        dg.ConfigError,
+        r"project: files dlgraph did not write stand where a sweep writes: summary.csv",
+    ),
 ]
 
 
@@ -829,6 +859,36 @@ CLI_CASES = [
             ),
         ),
     ),
+    # -- issue 21, part b: run folders ---------------------------------------------------------
+    CliCase(
+        "an output folder holding files dlgraph did not write",
+        None,
+        r"out: files dlgraph did not write stand where a run writes: "
+        r"checkpoint/my_model\.pt, steps\.jsonl; move them",
+        files=(("out/checkpoint/my_model.pt", b"weights"), ("out/steps.jsonl", b"notes\n")),
+    ),
+    CliCase(
+        "an output folder whose checkpoint folder is a file",
+        None,
+        r"out: files dlgraph did not write stand where a run writes: checkpoint;",
+        files=(("out/checkpoint", b"not a folder"),),
+    ),
+    CliCase(
+        "an output folder that is a file",
+        ('dir = "out"', 'dir = "run.toml"'),
+        r"run.toml: is a file; a run needs a folder",
+    ),
+    CliCase(
+        "an output folder whose manifest lists a file outside the run",
+        None,
+        r"dlgraph-files.json: lists \.\./run\.toml, which a run never writes",
+        files=(
+            (
+                "out/dlgraph-files.json",
+                b'{"format": "dlgraph.files", "version": 1, "files": ["../run.toml"]}',
+            ),
+        ),
+    ),
 ]
 
 
@@ -839,7 +899,9 @@ def test_the_command_reports_bad_input_in_one_line_and_exits_2(tmp_path, capsys,
     config = tmp_path / "run.toml"
     config.write_text(text)
     for name, content in case.files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(content)
+    before = {name: (tmp_path / name).read_bytes() for name, _ in case.files}
     argv = [arg.format(config=config, dir=tmp_path) for arg in case.argv]
     assert main(argv) == 2
     out = capsys.readouterr().out
@@ -848,6 +910,7 @@ def test_the_command_reports_bad_input_in_one_line_and_exits_2(tmp_path, capsys,
     assert re.search(case.message, lines[0]), lines[0]
     assert "Traceback" not in out
     assert not (Path.cwd() / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+    assert {name: (tmp_path / name).read_bytes() for name, _ in case.files} == before
 
 
 def test_train_checks_its_data_before_deleting_the_last_run_or_calling_the_model(

@@ -23,7 +23,7 @@ from dlgraph.errors import BudgetExhausted, CheckpointError
 from dlgraph.evaluation import evaluate
 from dlgraph.network import Network
 from dlgraph.train.candidates import Memory
-from dlgraph.train.checkpoint import FILENAME, Checkpoint
+from dlgraph.train.checkpoint import BEST_FILENAME, FILENAME, Checkpoint
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.records import FitResult, StepOutcome, StepRecord
 
@@ -129,7 +129,7 @@ class Run:
         for name, parameter in self.best.parameters().items():
             trainer.net.set_parameter(name, parameter)
         if self.checkpoint_dir is not None:
-            self.best.save(Path(self.checkpoint_dir) / "best.json")
+            self.best.save(Path(self.checkpoint_dir) / BEST_FILENAME)
         return FitResult(
             network=self.best.copy(),
             best_dev_accuracy=self.best_score,
@@ -212,7 +212,7 @@ class Run:
 
     def _remove_stale_temporaries(self) -> None:
         if self.checkpoint_dir is not None:
-            for name in (FILENAME, "best.json"):
+            for name in (FILENAME, BEST_FILENAME):
                 remove_stale_temporaries(Path(self.checkpoint_dir) / name)
         if self.log_path is not None:
             remove_stale_temporaries(self.log_path)
@@ -236,7 +236,7 @@ class Run:
             history=list(self.history),
             ledger=trainer.engine.statistics().to_json(),
         ).write(self.checkpoint_dir)
-        self.best.save(Path(self.checkpoint_dir) / "best.json")
+        self.best.save(Path(self.checkpoint_dir) / BEST_FILENAME)
 
     async def _resume(self, fingerprint: str) -> bool:
         """Restore the state of the checkpoint (checked whole before anything is touched)."""

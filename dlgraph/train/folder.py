@@ -1,0 +1,60 @@
+"""The output folder of ``dlgraph train``: the files a run writes there, and nothing else
+that it ever deletes.
+
+The folder is recognisably dlgraph's by its manifest (`dlgraph._files.MANIFEST`), which lists
+the run's files. A new run deletes the files the manifest lists (never a folder tree), a
+resumed one only ``result.json`` (whose presence means the run finished); either is refused,
+naming them, where files dlgraph did not write stand at a run's names or in its
+``checkpoint`` folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import attrs
+
+from dlgraph._files import prepare_folder
+from dlgraph.train.checkpoint import BEST_FILENAME, FILENAME
+
+RESULT = "result.json"
+STEPS = "steps.jsonl"
+NETWORK = "network.json"
+CHECKPOINT = "checkpoint"
+RUN_FILES = frozenset(
+    {RESULT, STEPS, NETWORK, f"{CHECKPOINT}/{FILENAME}", f"{CHECKPOINT}/{BEST_FILENAME}"}
+)
+
+
+@attrs.frozen
+class RunFolder:
+    """Where one training run writes; `open` is the only way to get one."""
+
+    path: Path
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, resume: bool) -> RunFolder:
+        """Check the folder and claim it for a run (ConfigError names foreign files); a new
+        run clears the last run's files, a resumed one keeps all but its result."""
+        folder = Path(path)
+        prepare_folder(
+            folder, "run", RUN_FILES, writes=RUN_FILES, deletes={RESULT} if resume else RUN_FILES
+        )
+        return cls(folder)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def steps(self) -> Path:
+        return self.path / STEPS
+
+    @property
+    def result(self) -> Path:
+        return self.path / RESULT
+
+    @property
+    def network(self) -> Path:
+        return self.path / NETWORK
