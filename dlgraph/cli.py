@@ -115,6 +115,9 @@ async def _train(args: argparse.Namespace) -> None:
     checked = _checked(config)
     task, net, engine = checked.task, checked.net, checked.engine
     folder = RunFolder.open(Path(args.out) if args.out else config.output_dir, resume=args.resume)
+    engine.journal = folder.journal("forward")
+    if checked.backward is not None:
+        checked.backward.journal = folder.journal("backward")
     started = time.monotonic()
     async with checked.opened():
         trainer = checked.trainer(config)
@@ -186,7 +189,8 @@ class _Finished:
 
     def write(self, path: Path) -> None:
         """result.json, for scripts and sweeps; written last, atomically, so that its
-        presence means the run finished."""
+        presence means the run finished. Its counts are the whole run's: the engines'
+        ledgers continue from their journals, which hold the calls of killed processes."""
         totals = [ledger.total for ledger in self.ledgers.values()]
         record = {
             "task": self.task.name,

@@ -20,6 +20,7 @@ from dlgraph_sim import ScriptedModel
 import dlgraph as dg
 from dlgraph.cli import main
 from dlgraph.data import generated_task, read_jsonl
+from dlgraph.engine.usage import COUNTERS
 
 YES_NO = ["yes|Yes", "no|No"]
 
@@ -100,6 +101,21 @@ def _file(tmp: Path, name: str, content: bytes = b"not a folder") -> Path:
     path = tmp / name
     path.write_bytes(content)
     return path
+
+
+JOURNAL_HEADER = (
+    json.dumps({"format": "dlgraph.ledger", "version": 1, "counters": list(COUNTERS)}) + "\n"
+).encode()
+
+
+async def _with_journal(tmp: Path, content: bytes | None) -> None:
+    path = tmp / "ledger.jsonl"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    async with dg.Engine(MODEL.current, journal=path) as engine:
+        await engine.generate("x")
 
 
 def _read_result(tmp: Path, extra: dict[str, object]) -> None:
@@ -534,6 +550,44 @@ CASES = [
         lambda t: fit(log_path=t),
         dg.CheckpointError,
         r"log_path .*: is a folder, not a file",
+    ),
+    Case(
+        "a ledger journal that is not one",
+        lambda t: _with_journal(t, b"my notes\n"),
+        dg.CheckpointError,
+        r"ledger.jsonl: not a dlgraph ledger journal \(line 1 is no header\)",
+    ),
+    Case(
+        "a ledger journal with a negative count",
+        lambda t: _with_journal(t, JOURNAL_HEADER + b'["n", "forward", -1, 0, 0, 0, 0, 0, 0, 0]\n'),
+        dg.CheckpointError,
+        r"ledger.jsonl:2: not a charge \[node, phase, 8 counts\]",
+    ),
+    Case(
+        "a ledger journal with a count that is a bool",
+        lambda t: _with_journal(
+            t, JOURNAL_HEADER + b'["n", "forward", true, 0, 0, 0, 0, 0, 0, 0]\n'
+        ),
+        dg.CheckpointError,
+        r"ledger.jsonl:2: not a charge",
+    ),
+    Case(
+        "a ledger journal with an endless line",
+        lambda t: _with_journal(t, JOURNAL_HEADER + b"[" + b" " * 100_000 + b"]\n[]\n"),
+        dg.CheckpointError,
+        r"ledger.jsonl:2: a line longer than 65536 bytes",
+    ),
+    Case(
+        "a ledger journal that is a folder",
+        lambda t: _with_journal(t, None),
+        dg.CheckpointError,
+        r"ledger.jsonl: is a folder; a ledger journal is a file",
+    ),
+    Case(
+        "a ledger journal that is a number",
+        lambda t: dg.Engine(MODEL.current, journal=5),
+        TypeError,
+        r"journal: expected a file path, got 5",
     ),
     Case(
         "a sweep's result.json with a key train does not write",

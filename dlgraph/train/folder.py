@@ -3,7 +3,8 @@ that it ever deletes.
 
 The folder is recognisably dlgraph's by its manifest (`dlgraph._files.MANIFEST`), which lists
 the run's files. A new run deletes the files the manifest lists (never a folder tree), a
-resumed one only ``result.json`` (whose presence means the run finished); either is refused,
+resumed one only ``result.json`` (whose presence means the run finished), and keeps the
+ledger journals so that its totals and budget count every call of the run; either is refused,
 naming them, where files dlgraph did not write stand at a run's names or in its
 ``checkpoint`` folder.
 """
@@ -22,8 +23,17 @@ RESULT = "result.json"
 STEPS = "steps.jsonl"
 NETWORK = "network.json"
 CHECKPOINT = "checkpoint"
+ENGINES = ("forward", "backward")
+
+
+def journal_name(engine: str) -> str:
+    """The ledger journal of the run's `engine` ("forward" or "backward")."""
+    return f"ledger-{engine}.jsonl"
+
+
 RUN_FILES = frozenset(
     {RESULT, STEPS, NETWORK, f"{CHECKPOINT}/{FILENAME}", f"{CHECKPOINT}/{BEST_FILENAME}"}
+    | {journal_name(engine) for engine in ENGINES}
 )
 
 
@@ -58,3 +68,8 @@ class RunFolder:
     @property
     def network(self) -> Path:
         return self.path / NETWORK
+
+    def journal(self, engine: str) -> Path:
+        """Where `engine`'s calls are recorded as they are sent: a resumed run counts the
+        calls of the processes before it, a new run starts from none."""
+        return self.path / journal_name(engine)
