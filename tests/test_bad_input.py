@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -116,6 +117,27 @@ async def _with_journal(tmp: Path, content: bytes | None) -> None:
         path.write_bytes(content)
     async with dg.Engine(MODEL.current, journal=path) as engine:
         await engine.generate("x")
+
+
+def _hostile_cache(tmp: Path) -> Path:
+    path = tmp / "cache.sqlite"
+    connection = sqlite3.connect(path, isolation_level=None)
+    for statement in (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO meta VALUES ('format', 'dlgraph.cache'), ('version', '1')",
+        "CREATE VIEW forever AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n)"
+        " SELECT count(*) FROM n",
+        "CREATE TRIGGER slow AFTER INSERT ON answers BEGIN SELECT * FROM forever; END",
+    ):
+        connection.execute(statement)
+    connection.close()
+    return path
+
+
+async def _with_cache(tmp: Path, path: Path) -> None:
+    async with dg.Engine(MODEL.current, cache=path):
+        pass  # today's code hung at the first answer stored, beyond any cancellation
 
 
 def _read_result(tmp: Path, extra: dict[str, object]) -> None:
@@ -588,6 +610,13 @@ CASES = [
         lambda t: dg.Engine(MODEL.current, journal=5),
         TypeError,
         r"journal: expected a file path, got 5",
+    ),
+    Case(
+        "a cache file with the right tables and a trigger over a recursive view",
+        lambda t: _with_cache(t, _hostile_cache(t)),
+        dg.CacheError,
+        r"cache.sqlite: an SQLite database that is not a dlgraph answer cache "
+        r"\(trigger slow, view forever differ from a cache's schema\)",
     ),
     Case(
         "a sweep's result.json with a key train does not write",
