@@ -619,6 +619,18 @@ CASES = [
         r"\(trigger slow, view forever differ from a cache's schema\)",
     ),
     Case(
+        "a base_url with no scheme",
+        lambda t: dg.connect("openai", base_url="127.0.0.1:8000/v1", model="m"),
+        dg.BackendUnavailable,
+        r"base_url '127.0.0.1:8000/v1': expected http:// or https:// and a host",
+    ),
+    Case(
+        "a base_url with a token and no scheme",
+        lambda t: dg.connect("openai", base_url="sk-secret-token@127.0.0.1:8000/v1", model="m"),
+        dg.BackendUnavailable,
+        r"base_url '\*\*\*@127.0.0.1:8000/v1': expected http://",
+    ),
+    Case(
         "a sweep's result.json with a key train does not write",
         lambda t: _read_result(t, {"setting": "forged", "seed": 99}),
         dg.ConfigError,
@@ -955,6 +967,14 @@ CLI_CASES = [
         None,
         r"out: files dlgraph did not write stand where a run writes: checkpoint;",
         files=(("out/checkpoint", b"not a folder"),),
+    ),
+    CliCase(
+        "a base_url with no scheme",
+        (
+            'name = "sim"',
+            'name = "openai"\noptions = {base_url = "localhost:8000/v1", model = "m"}',
+        ),
+        r"run.toml: \[backend\] base_url 'localhost:8000/v1': expected http:// or https://",
     ),
     CliCase(
         "an output folder that is a file",
