@@ -11,6 +11,7 @@ import pytest
 from dlgraph_sim import ScriptedModel
 
 import dlgraph as dg
+from dlgraph.cli import main
 from dlgraph.engine.journal import read_journal
 
 
@@ -101,3 +102,41 @@ async def test_a_file_that_is_not_a_journal_is_refused_and_left_as_it_was(
         async with dg.Engine(model, journal=journal) as engine:
             await engine.generate("x")
     assert journal.read_bytes() == content and model.calls == []
+
+
+RUN = """
+[backend]
+name = "sim"
+
+[data]
+source = "generated"
+task = "navigation"
+train = 8
+dev = 4
+test = 4
+
+[train]
+steps = 1
+batch_size = 2
+num_prompt_samples = 1
+num_hidden_samples = 1
+
+[output]
+dir = "out"
+"""
+
+
+def test_a_resumed_command_counts_the_calls_before_it_in_its_result_and_its_budget(
+    tmp_path, capsys
+) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text(RUN)
+    assert main(["train", str(config), "--no-probe"]) == 0
+    first = json.loads((tmp_path / "out" / "result.json").read_text())["calls"]
+    assert main(["train", str(config), "--no-probe", "--resume"]) == 0
+    again = json.loads((tmp_path / "out" / "result.json").read_text())["calls"]
+    assert again > first  # the resumed process evaluated again, on top of the first's calls
+    capsys.readouterr()
+    spent = ["--set", f"engine.max_calls={again}"]
+    assert main(["train", str(config), "--no-probe", "--resume", *spent]) == 2
+    assert f"call budget of {again} spent ({again} calls)" in capsys.readouterr().out
