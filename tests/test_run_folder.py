@@ -157,3 +157,16 @@ def test_a_new_run_removes_the_temporary_a_kill_left_beside_its_result(tmp_path,
     (leftover,) = result.parent.glob(".result.json.*")
     assert train(config) == 0
     assert not leftover.exists() and json.loads(result.read_text())["steps"] == 1
+
+
+def test_a_run_folder_of_an_older_dlgraph_is_refused_with_a_hint_and_kept(
+    tmp_path, config, capsys
+) -> None:
+    assert train(config) == 0
+    (tmp_path / "out" / MANIFEST).unlink()  # as a dlgraph before manifests left its runs
+    before = files(tmp_path / "out")
+    capsys.readouterr()
+    assert train(config) == 2
+    line = one_error_line(capsys.readouterr().out)
+    assert "checkpoint/checkpoint.json" in line and "look like a run of a dlgraph from" in line
+    assert files(tmp_path / "out") == before

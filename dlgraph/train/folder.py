@@ -16,7 +16,8 @@ from pathlib import Path
 
 import attrs
 
-from dlgraph._files import prepare_folder
+from dlgraph._files import MANIFEST, prepare_folder
+from dlgraph.errors import ConfigError
 from dlgraph.train.checkpoint import BEST_FILENAME, FILENAME
 
 RESULT = "result.json"
@@ -48,9 +49,21 @@ class RunFolder:
         """Check the folder and claim it for a run (ConfigError names foreign files); a new
         run clears the last run's files, a resumed one keeps all but its result."""
         folder = Path(path)
-        prepare_folder(
-            folder, "run", RUN_FILES, writes=RUN_FILES, deletes={RESULT} if resume else RUN_FILES
-        )
+        try:
+            prepare_folder(
+                folder,
+                "run",
+                RUN_FILES,
+                writes=RUN_FILES,
+                deletes={RESULT} if resume else RUN_FILES,
+            )
+        except ConfigError as error:
+            if _is_an_older_run(folder):
+                raise ConfigError(
+                    f"{error} (they look like a run of a dlgraph from before run folders listed "
+                    f"their files in {MANIFEST}: delete them to start afresh)"
+                ) from None
+            raise
         return cls(folder)
 
     @property
@@ -73,3 +86,13 @@ class RunFolder:
         """Where `engine`'s calls are recorded as they are sent: a resumed run counts the
         calls of the processes before it, a new run starts from none."""
         return self.path / journal_name(engine)
+
+
+def _is_an_older_run(folder: Path) -> bool:
+    """A folder without a manifest whose checkpoint starts as dlgraph's do (a hint for the
+    error only: it is never taken as leave to delete anything)."""
+    checkpoint = folder / CHECKPOINT / FILENAME
+    if (folder / MANIFEST).exists() or not checkpoint.is_file():
+        return False
+    with checkpoint.open("rb") as stream:
+        return stream.read(64).startswith(b'{"format": "dlgraph.checkpoint"')
