@@ -10,7 +10,7 @@ faulty OpenAI-compatible server. Everything below runs side by side in one run:
 The simulated server (dlgraph_sim.server) runs in its own process, fresh for every run.
 Scenarios: RPM-bound and TPM-bound, each with 1% 5xx and 0.5% dropped connections; RPM-bound
 with coalescing (8 prompts per request). Then the engine's own CPU overhead per call against
-an instant in-process backend.
+an instant in-process backend, with and without the ledger's journal.
 
     python bench/engine.py            # about 15 minutes
     python bench/engine.py --quick    # a smaller workload, about 5 minutes
@@ -372,8 +372,12 @@ def row(outcome: Outcome, bound: float, calls: int) -> str:
     )
 
 
-async def overhead_per_call(count: int) -> tuple[float, float]:
-    """CPU µs per call: through the engine, and calling the backend directly, same fan-out."""
+async def overhead_per_call(count: int) -> tuple[float, float, float]:
+    """CPU µs per call: calling the backend directly, through the engine, and through an
+    engine whose ledger is journalled to a file (every call recorded as it is sent, as
+    `dlgraph train` does); same fan-out."""
+    import tempfile
+
     from dlgraph_sim import ScriptedModel
 
     model = ScriptedModel(generate=lambda r: "ok")
@@ -383,21 +387,26 @@ async def overhead_per_call(count: int) -> tuple[float, float]:
         for start in range(0, count, 1000):
             await map_concurrently(model.generate, requests[start : start + 1000])
 
-    async def through_engine() -> None:
-        async with dg.Engine(model) as engine:
+    async def through_engine(journal: str | None = None) -> None:
+        async with dg.Engine(model, journal=journal) as engine:
             for start in range(0, count, 1000):
                 await map_concurrently(
                     lambda r: engine.generate(r.prompt, max_tokens=4),
                     requests[start : start + 1000],
                 )
 
-    results = []
-    for body in (direct, through_engine):
-        model.calls.clear()
-        cpu = time.process_time()
-        await body()
-        results.append((time.process_time() - cpu) / count * 1e6)
-    return results[0], results[1]
+    with tempfile.TemporaryDirectory() as folder:
+
+        async def journalled() -> None:
+            await through_engine(os.path.join(folder, "ledger.jsonl"))
+
+        results = []
+        for body in (direct, through_engine, journalled):
+            model.calls.clear()
+            cpu = time.process_time()
+            await body()
+            results.append((time.process_time() - cpu) / count * 1e6)
+    return results[0], results[1], results[2]
 
 
 async def main() -> None:
@@ -447,10 +456,11 @@ async def main() -> None:
         for name in names:
             outcome = await run_client(name, CLIENTS[name], workload, scenario, args.seed)
             print(row(outcome, bound, calls), flush=True)
-    direct, engine = await overhead_per_call(20_000)
+    direct, engine, journalled = await overhead_per_call(20_000)
     print(
         f"\nengine overhead: {engine - direct:.0f} µs CPU per call ({engine:.0f} through the engine, "
-        f"{direct:.0f} calling the instant backend directly; 20,000 calls)"
+        f"{direct:.0f} calling the instant backend directly; 20,000 calls); with the ledger "
+        f"journalled to a file {journalled - direct:.0f} µs ({journalled - engine:+.0f} µs)"
     )
 
 

@@ -10,7 +10,6 @@ import importlib.metadata
 import json
 import logging
 import re
-import shutil
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -31,6 +30,7 @@ from dlgraph._untrusted import parse_json
 from dlgraph.config import RunConfig
 from dlgraph.templates import BUILTIN
 from dlgraph.train.estimate import forward_pass
+from dlgraph.train.folder import RunFolder
 from dlgraph.train.pace import Pace, duration
 
 EVALUATION_CHUNK = 16
@@ -118,12 +118,10 @@ async def _train(args: argparse.Namespace) -> None:
     config = RunConfig.read(args.config, args.set)
     checked = _checked(config)
     task, net, engine = checked.task, checked.net, checked.engine
-    output = Path(args.out) if args.out else config.output_dir
-    checkpoints = output / "checkpoint"
-    (output / "result.json").unlink(missing_ok=True)
-    if not args.resume:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        (output / "steps.jsonl").unlink(missing_ok=True)
+    folder = RunFolder.open(Path(args.out) if args.out else config.output_dir, resume=args.resume)
+    engine.journal = folder.journal("forward")
+    if checked.backward is not None:
+        checked.backward.journal = folder.journal("backward")
     started = time.monotonic()
     async with checked.opened():
         trainer = checked.trainer(config)
@@ -156,18 +154,18 @@ async def _train(args: argparse.Namespace) -> None:
                 config.run.batch_size,
                 eval_every=config.run.eval_every,
                 patience=config.run.patience,
-                checkpoint_dir=checkpoints,
-                log_path=output / "steps.jsonl",
+                checkpoint_dir=folder.checkpoint_dir,
+                log_path=folder.steps,
                 on_step=on_step,
             )
         after = await _scores(net, engine, task, "after")
         ledgers = {"forward": engine.statistics()}
         if checked.backward is not None:
             ledgers["backward"] = checked.backward.statistics()
-    net.save(output / "network.json")
+    net.save(folder.network)
     finished = _Finished(task, before, after, ledgers, time.monotonic() - started, result)
-    finished.write(output / "result.json")
-    _report(finished, output)
+    finished.write(folder.result)
+    _report(finished, folder.network)
     if args.plot:
         _plot(result, before, Path(args.plot))
 
@@ -195,7 +193,8 @@ class _Finished:
 
     def write(self, path: Path) -> None:
         """result.json, for scripts and sweeps; written last, atomically, so that its
-        presence means the run finished."""
+        presence means the run finished. Its counts are the whole run's: the engines'
+        ledgers continue from their journals, which hold the calls of killed processes."""
         totals = [ledger.total for ledger in self.ledgers.values()]
         record = {
             "task": self.task.name,
@@ -213,7 +212,7 @@ class _Finished:
         write_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
-def _report(finished: _Finished, output: Path) -> None:
+def _report(finished: _Finished, network: Path) -> None:
     task, before, after, result = finished.task, finished.before, finished.after, finished.result
     table = Table(title=f"{task.name}: accuracy before and after training")
     table.add_column("split")
@@ -232,7 +231,7 @@ def _report(finished: _Finished, output: Path) -> None:
             )
     console.print(spent)
     console.print(f"time {finished.seconds:.0f} s, stopped: {result.stopped}")
-    console.print(_plain(f"learnt network: {output / 'network.json'}"))
+    console.print(_plain(f"learnt network: {network}"))
     for name, parameter in result.network.parameters().items():
         console.print(_plain(f"  {name}: {parameter.describe()}"), highlight=False)
 

@@ -16,6 +16,10 @@ import io
 import json
 import re
 import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -30,6 +34,7 @@ from limited import LimitedRunner
 import dlgraph as dg
 from dlgraph.cli import main
 from dlgraph.data import generated_task, read_jsonl
+from dlgraph.engine.usage import COUNTERS
 
 YES_NO = ["yes|Yes", "no|No"]
 
@@ -137,6 +142,66 @@ def _checkpoint_file(tmp: Path, raw: bytes) -> Path:
 def _checkpoint_folder(tmp: Path) -> Path:
     (tmp / "checkpoint.json").mkdir()
     return tmp
+
+
+def _file(tmp: Path, name: str, content: bytes = b"not a folder") -> Path:
+    path = tmp / name
+    path.write_bytes(content)
+    return path
+
+
+JOURNAL_HEADER = (
+    json.dumps({"format": "dlgraph.ledger", "version": 1, "counters": list(COUNTERS)}) + "\n"
+).encode()
+
+
+async def _with_journal(tmp: Path, content: bytes | None) -> None:
+    path = tmp / "ledger.jsonl"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    async with dg.Engine(MODEL.current, journal=path) as engine:
+        await engine.generate("x")
+
+
+def _hostile_cache(tmp: Path) -> Path:
+    path = tmp / "cache.sqlite"
+    connection = sqlite3.connect(path, isolation_level=None)
+    for statement in (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO meta VALUES ('format', 'dlgraph.cache'), ('version', '1')",
+        "CREATE VIEW forever AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n)"
+        " SELECT count(*) FROM n",
+        "CREATE TRIGGER slow AFTER INSERT ON answers BEGIN SELECT * FROM forever; END",
+    ):
+        connection.execute(statement)
+    connection.close()
+    return path
+
+
+async def _with_cache(tmp: Path, path: Path) -> None:
+    async with dg.Engine(MODEL.current, cache=path):
+        pass  # today's code hung at the first answer stored, beyond any cancellation
+
+
+def _read_result(tmp: Path, extra: dict[str, object]) -> None:
+    from dlgraph_ray.sweep import read_result
+
+    result = {"after": {"dev": 0.5}, "calls": 1, "tokens": 1, "cost": 0.0, "steps": 1} | extra
+    read_result(_file(tmp, "result.json", json.dumps(result).encode()))
+
+
+def _sweep_into(tmp: Path, existing: str) -> None:
+    from dlgraph_ray.sweep import sweep
+
+    (tmp / "project").mkdir()
+    _file(tmp / "project", existing, b"the user's")
+    try:
+        sweep(_file(tmp, "run.toml", CONFIG.encode()), out=tmp / "project", echo=lambda line: None)
+    finally:
+        assert (tmp / "project" / existing).read_bytes() == b"the user's"
 
 
 def _jsonl(tmp: Path, raw: bytes) -> Path:
@@ -967,6 +1032,94 @@ CASES = [
         TypeError,
         r"^seed: expected int, got '0'$",
     ),
+    # -- issue 21, part b: run files, ledgers, caches, URLs ------------------------------------
+    Case(
+        "a checkpoint_dir that is a file",
+        lambda t: fit(checkpoint_dir=_file(t, "ckpt")),
+        dg.CheckpointError,
+        r"checkpoint_dir .*ckpt: is a file, not a folder",
+    ),
+    Case(
+        "a checkpoint_dir inside a file",
+        lambda t: fit(checkpoint_dir=_file(t, "ckpt") / "inner"),
+        dg.CheckpointError,
+        r"checkpoint_dir .*ckpt/inner: cannot be made",
+    ),
+    Case(
+        "a log_path that is a folder",
+        lambda t: fit(log_path=t),
+        dg.CheckpointError,
+        r"log_path .*: is a folder, not a file",
+    ),
+    Case(
+        "a ledger journal that is not one",
+        lambda t: _with_journal(t, b"my notes\n"),
+        dg.CheckpointError,
+        r"ledger.jsonl: not a dlgraph ledger journal \(line 1 is no header\)",
+    ),
+    Case(
+        "a ledger journal with a negative count",
+        lambda t: _with_journal(t, JOURNAL_HEADER + b'["n", "forward", -1, 0, 0, 0, 0, 0, 0, 0]\n'),
+        dg.CheckpointError,
+        r"ledger.jsonl:2: not a charge \[node, phase, 8 counts\]",
+    ),
+    Case(
+        "a ledger journal with a count that is a bool",
+        lambda t: _with_journal(
+            t, JOURNAL_HEADER + b'["n", "forward", true, 0, 0, 0, 0, 0, 0, 0]\n'
+        ),
+        dg.CheckpointError,
+        r"ledger.jsonl:2: not a charge",
+    ),
+    Case(
+        "a ledger journal with an endless line",
+        lambda t: _with_journal(t, JOURNAL_HEADER + b"[" + b" " * 100_000 + b"]\n[]\n"),
+        dg.CheckpointError,
+        r"ledger.jsonl:2: a line longer than 65536 bytes",
+    ),
+    Case(
+        "a ledger journal that is a folder",
+        lambda t: _with_journal(t, None),
+        dg.CheckpointError,
+        r"ledger.jsonl: is a folder; a ledger journal is a file",
+    ),
+    Case(
+        "a ledger journal that is a number",
+        lambda t: dg.Engine(MODEL.current, journal=5),
+        TypeError,
+        r"journal: expected a file path, got 5",
+    ),
+    Case(
+        "a cache file with the right tables and a trigger over a recursive view",
+        lambda t: _with_cache(t, _hostile_cache(t)),
+        dg.CacheError,
+        r"cache.sqlite: an SQLite database that is not a dlgraph answer cache "
+        r"\(trigger slow, view forever differ from a cache's schema\)",
+    ),
+    Case(
+        "a base_url with no scheme",
+        lambda t: dg.connect("openai", base_url="127.0.0.1:8000/v1", model="m"),
+        dg.BackendUnavailable,
+        r"base_url '127.0.0.1:8000/v1': expected http:// or https:// and a host",
+    ),
+    Case(
+        "a base_url with a token and no scheme",
+        lambda t: dg.connect("openai", base_url="sk-secret-token@127.0.0.1:8000/v1", model="m"),
+        dg.BackendUnavailable,
+        r"base_url '\*\*\*@127.0.0.1:8000/v1': expected http://",
+    ),
+    Case(
+        "a sweep's result.json with a key train does not write",
+        lambda t: _read_result(t, {"setting": "forged", "seed": 99}),
+        dg.ConfigError,
+        r"result.json: unknown key 'seed'; delete it",
+    ),
+    Case(
+        "a sweep folder holding a summary dlgraph did not write",
+        lambda t: _sweep_into(t, "summary.csv"),
+        dg.ConfigError,
+        r"project: files dlgraph did not write stand where a sweep writes: summary.csv",
+    ),
 ]
 
 DEEP_LIST: object = "x"
@@ -1578,6 +1731,44 @@ CLI_CASES = [
         ),
         r"run.toml: \[network\] node 'a': demonstrations\[0\]: output 'maybe' is not an answer",
     ),
+    # -- issue 21, part b: run folders ---------------------------------------------------------
+    CliCase(
+        "an output folder holding files dlgraph did not write",
+        None,
+        r"out: files dlgraph did not write stand where a run writes: "
+        r"checkpoint/my_model\.pt, steps\.jsonl; move them",
+        files=(("out/checkpoint/my_model.pt", b"weights"), ("out/steps.jsonl", b"notes\n")),
+    ),
+    CliCase(
+        "an output folder whose checkpoint folder is a file",
+        None,
+        r"out: files dlgraph did not write stand where a run writes: checkpoint;",
+        files=(("out/checkpoint", b"not a folder"),),
+    ),
+    CliCase(
+        "a base_url with no scheme",
+        (
+            'name = "sim"',
+            'name = "openai"\noptions = {base_url = "localhost:8000/v1", model = "m"}',
+        ),
+        r"run.toml: \[backend\] base_url 'localhost:8000/v1': expected http:// or https://",
+    ),
+    CliCase(
+        "an output folder that is a file",
+        ('dir = "out"', 'dir = "run.toml"'),
+        r"run.toml: is a file; a run needs a folder",
+    ),
+    CliCase(
+        "an output folder whose manifest lists a file outside the run",
+        None,
+        r"dlgraph-files.json: lists \.\./run\.toml, which a run never writes",
+        files=(
+            (
+                "out/dlgraph-files.json",
+                b'{"format": "dlgraph.files", "version": 1, "files": ["../run.toml"]}',
+            ),
+        ),
+    ),
 ]
 
 
@@ -1588,6 +1779,8 @@ class CommandRun:
     exit_code: int | str
     """The code `main` returned, or the error that escaped it."""
     out: str
+    files_kept: bool
+    """Every file the case put in place is as it was: a refused command changes nothing."""
 
 
 _TRAINED: dict[str, Path] = {}
@@ -1620,7 +1813,9 @@ def command_run(name: str, tmp: str) -> CommandRun:
     config = folder / "run.toml"
     config.write_text(text)
     for file_name, content in case.files:
+        (folder / file_name).parent.mkdir(parents=True, exist_ok=True)
         (folder / file_name).write_bytes(content)
+    before = {file_name: (folder / file_name).read_bytes() for file_name, _ in case.files}
     if case.checkpoint is not None:
         _crafted_checkpoint(folder, case.checkpoint)
     argv = [arg.format(config=config, dir=folder) for arg in case.argv]
@@ -1630,7 +1825,8 @@ def command_run(name: str, tmp: str) -> CommandRun:
             code: int | str = main(argv)
         except BaseException as error:  # a traceback is a failure of its own; report it
             code = f"{type(error).__name__}: {str(error)[:500]}"
-    return CommandRun(code, out.getvalue())
+    after = {file_name: (folder / file_name).read_bytes() for file_name, _ in case.files}
+    return CommandRun(code, out.getvalue(), files_kept=after == before)
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=lambda case: case.name)
@@ -1645,6 +1841,7 @@ def test_the_command_reports_bad_input_in_one_line_and_exits_2(tmp_path, case, l
     assert re.search(case.message, lines[0]), lines[0]
     assert "Traceback" not in out
     assert not (Path.cwd() / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+    assert run.files_kept, "a refused command changed a file it was given"
 
 
 def test_train_checks_its_data_before_deleting_the_last_run_or_calling_the_model(
@@ -1718,3 +1915,30 @@ def test_show_skips_a_step_log_line_nested_too_deep_and_says_so(tmp_path, capsys
     (tmp_path / "steps.jsonl").write_text("[" * 100_000 + "\n")
     assert main(["show", str(tmp_path / "net.json")]) == 0
     assert "steps.jsonl:1: not a whole step record; skipped" in capsys.readouterr().out
+
+
+# -- issue 21, part b: what a kill leaves behind -------------------------------------------------
+
+KILLED_BETWEEN_WRITE_AND_RENAME = """
+import os, signal, sys
+from dlgraph._files import write_atomic
+os.replace = lambda *paths: os.kill(os.getpid(), signal.SIGKILL)
+write_atomic(sys.argv[1], "half of a step log")
+"""
+
+
+async def test_a_temporary_a_kill_left_is_removed_and_files_that_resemble_one_are_kept(
+    tmp_path,
+) -> None:
+    log = tmp_path / "steps.jsonl"
+    killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_WRITE_AND_RENAME, str(log)])
+    assert killed.returncode == -signal.SIGKILL
+    (leftover,) = tmp_path.glob(".steps.jsonl.*")
+    look_alikes = [tmp_path / ".steps.jsonl.orig", tmp_path / ".steps.jsonl.abcd1234"]
+    for path in look_alikes:
+        path.write_text("the user's")
+    MODEL.current = ScriptedModel()
+    await fit(log_path=log, checkpoint_dir=tmp_path / "checkpoint")
+    assert not leftover.exists()
+    assert [path.read_text() for path in look_alikes] == ["the user's"] * 2
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1]

@@ -3,10 +3,12 @@ that is not a dlgraph cache with its path."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import subprocess
 import sys
+import time
 
 import anyio
 import pytest
@@ -132,3 +134,129 @@ async def test_a_locked_cache_neither_blocks_the_loop_nor_loses_the_answer(
         "cache write failed" in r.getMessage() and str(path) in r.getMessage()
         for r in caplog.records
     )
+
+
+RECURSIVE_VIEW = (
+    "CREATE VIEW forever AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
+    "SELECT count(*) FROM n"
+)
+SLOW_TRIGGER = "CREATE TRIGGER slow AFTER INSERT ON answers BEGIN SELECT * FROM forever; END"
+
+
+async def a_cache(path) -> None:
+    """A cache file as dlgraph makes it."""
+    await (await SqliteStore.open(path)).aclose()
+
+
+def change(path, *statements: str) -> None:
+    connection = sqlite3.connect(path, isolation_level=None)
+    for statement in statements:
+        connection.execute(statement)
+    connection.close()
+
+
+@pytest.mark.parametrize(
+    ("statements", "named"),
+    [
+        ((RECURSIVE_VIEW, SLOW_TRIGGER), "trigger slow"),
+        ((RECURSIVE_VIEW,), "view forever"),
+        (("CREATE INDEX by_value ON answers (value)",), "index by_value"),
+        (("CREATE TABLE notes (text TEXT)",), "table notes"),
+        (
+            (
+                "DROP TABLE answers",
+                "CREATE TABLE answers (key TEXT PRIMARY KEY, value TEXT NOT NULL "
+                "DEFAULT (zeroblob(1000000000)))",
+            ),
+            "table answers",
+        ),
+    ],
+    ids=["trigger over a recursive view", "view", "index", "extra table", "altered table"],
+)
+async def test_a_cache_with_anything_dlgraph_did_not_create_is_refused_and_left_alone(
+    tmp_path, statements, named
+) -> None:
+    path = tmp_path / "cache.sqlite"
+    await a_cache(path)
+    change(path, *statements)
+    before = path.read_bytes()
+    model = ScriptedModel()
+    with pytest.raises(dg.CacheError, match=f"{path}: an SQLite database .*{named}"):
+        async with dg.Engine(model, cache=path):
+            pass
+    assert path.read_bytes() == before and model.calls == []
+
+
+CHANGED_AFTER_OPENING = f"""
+import json, logging, sqlite3, sys
+import anyio
+import dlgraph as dg
+from dlgraph_sim import ScriptedModel
+
+async def main(path):
+    model = ScriptedModel(generate=lambda r: "fresh")
+    async with dg.Engine(model, cache=path) as engine:
+        await engine.generate("stored")
+        connection = sqlite3.connect(path, isolation_level=None)
+        connection.execute({RECURSIVE_VIEW!r})
+        connection.execute({SLOW_TRIGGER!r})
+        connection.close()
+        with anyio.fail_after(10):
+            answers = [await engine.generate("new"), await engine.generate("stored")]
+    print(json.dumps({{"answers": answers, "asked": [c.request.prompt for c in model.calls]}}))
+
+logging.basicConfig(level=logging.WARNING)
+anyio.run(main, sys.argv[1])
+"""
+
+
+def test_a_cache_another_program_changes_after_opening_is_no_longer_used(tmp_path) -> None:
+    """In a process of its own: were the trigger to fire, its thread would never end."""
+    path = tmp_path / "cache.sqlite"
+    finished = subprocess.run(
+        [sys.executable, "-c", CHANGED_AFTER_OPENING, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    outcome = json.loads(finished.stdout)
+    assert outcome == {"answers": ["fresh", "fresh"], "asked": ["stored", "new", "stored"]}
+    assert "no longer used" in finished.stderr
+    connection = sqlite3.connect(path)
+    assert connection.execute("SELECT count(*) FROM answers").fetchone() == (1,)
+    connection.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_cache_write_waiting_for_a_lock_is_cancelled_at_once(tmp_path) -> None:
+    path = tmp_path / "cache.sqlite"
+    await a_cache(path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+            "c.execute('BEGIN EXCLUSIVE')\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.readline()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        async with dg.Engine(ScriptedModel(generate=lambda r: "ok"), cache=path) as engine:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                with anyio.fail_after(0.5):
+                    await engine.generate("waits for the lock")
+            waited_s = time.monotonic() - started
+            holder.communicate("release\n", timeout=10)
+            assert await engine.generate("after the lock") == "ok"
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert waited_s < 2.0  # not the 5 s the write would wait for the lock

@@ -1,5 +1,5 @@
 """`kill -9` at seeded moments of a training run: every resume repeats no finished step and
-loses no step record."""
+loses no step record, and the run reports every call it paid for."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from dlgraph_sim.server import ServerConfig, ServerProcess
 
 CONFIG = """
 [backend]
@@ -44,8 +45,9 @@ dir = "out"
 pytestmark = pytest.mark.timeout(600)
 
 
-def start(config: Path) -> subprocess.Popen[str]:
+def start(config: Path, *options: str) -> subprocess.Popen[str]:
     command = [str(Path(sys.executable).parent / "dlgraph"), "train", str(config), "--resume"]
+    command += options
     return subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=config.parent
     )
@@ -77,3 +79,63 @@ def test_training_killed_at_seeded_moments_resumes_with_every_step_recorded_once
     assert [json.loads(line) for line in log] == checkpoint["payload"]["history"]
     leftovers = [p.name for p in (tmp_path / "out").rglob(".*") if p.is_file()]
     assert leftovers == []
+
+
+SERVED_CONFIG = """
+[backend]
+name = "openai"
+options = {{base_url = "{url}", model = "sim-1", profile = "sim"}}
+
+[engine]
+cache = false
+
+[data]
+source = "generated"
+task = "navigation"
+train = 16
+dev = 6
+test = 6
+
+[network]
+kind = "dln2"
+hidden_max_tokens = 8
+
+[train]
+steps = 4
+batch_size = 4
+num_prompt_samples = 2
+num_hidden_samples = 2
+
+[output]
+dir = "out"
+"""
+CONCURRENCY_CEILING = 256
+"""dlgraph-openai's connection limit: no more calls than this can be in flight at a kill."""
+
+
+def test_a_run_killed_at_random_reports_every_call_the_server_answered(tmp_path) -> None:
+    """Without coalescing, a call is one HTTP request, which the simulated server counts
+    whether or not the process that sent it lived to read the answer. A call sent in the
+    instant before a kill may be counted and never reach the server, hence the upper bound;
+    no call the server answered may be missing."""
+    with ServerProcess(ServerConfig(latency_median_s=0.01, seed=1)) as server:
+        config = tmp_path / "run.toml"
+        config.write_text(SERVED_CONFIG.format(url=server.url))
+        rng = random.Random(3)
+        kills = 0
+        while kills < 4:
+            process = start(config, "--no-probe")
+            time.sleep(rng.uniform(1.2, 3.0))
+            if process.poll() is not None:
+                break  # the run finished before this kill
+            process.kill()
+            process.communicate()
+            kills += 1
+        _, errors = start(config, "--no-probe").communicate(timeout=300)
+        answered = server.attempts()
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert kills >= 3, errors[-2000:]
+    assert answered["by_outcome"] == {"ok": answered["attempts"]}
+    assert answered["attempts"] <= result["calls"]
+    assert result["calls"] <= answered["attempts"] + kills * CONCURRENCY_CEILING
+    assert result["by_model"]["forward"]["http_requests"] == result["calls"]

@@ -2,13 +2,17 @@
 
 In memory by default; on disk in SQLite (WAL mode) when given a path, which several processes
 may share: a write is one small transaction, and a lost race writes the same answer. Disk I/O
-runs in a worker thread, never on the event loop.
+runs in a worker thread, never on the event loop, and is cancellable: a cancelled caller
+returns at once and its statement is interrupted.
 
 A cache never costs an answer: a read that fails is a miss, a write that fails is logged and
 the answer is still returned, and a row that does not hold a valid answer for its request is a
 miss (the new answer replaces it). A file that is not a dlgraph cache (garbage, a truncated
 file, another program's database) is refused with its path when the engine opens, before any
-call; it is never moved, changed or deleted.
+call; it is never moved, changed or deleted. A file is a cache only if its schema is exactly
+the one dlgraph creates: a trigger, view, index or table besides it (whose statements would run
+with ours) makes it another program's, refused on opening and, should another program change
+the schema later, no longer used.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import logging
 import math
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Protocol, TypeGuard
+from typing import Protocol, TypeGuard, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -33,6 +38,7 @@ from dlgraph.engine.stage import Call, Outcome, Work
 from dlgraph.errors import CacheError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FORMAT = "dlgraph.cache"
 VERSION = "1"
@@ -62,81 +68,197 @@ def _digest(key: Hashable) -> str:
     return hashlib.sha256(repr(key).encode()).hexdigest()
 
 
+SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+MAX_ANSWER_CHARS = 1 << 20
+"""A stored answer longer than this is not one of ours: a miss, never read whole."""
+SchemaRow = tuple[str, str, str, str | None]
+
+
+def _schema_of(connection: sqlite3.Connection) -> set[SchemaRow]:
+    """Every object of a database's schema: tables, indexes, views, triggers."""
+    return set(connection.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+
+
+def _expected_schema() -> set[SchemaRow]:
+    """What a cache dlgraph made holds, exactly (read from a scratch database, so that
+    SQLite's own objects such as the primary keys' indexes are as SQLite names them)."""
+    scratch = sqlite3.connect(":memory:")
+    try:
+        for statement in SCHEMA:
+            scratch.execute(statement)
+        return _schema_of(scratch)
+    finally:
+        scratch.close()
+
+
 @attrs.define(eq=False)
 class SqliteStore:
-    """One SQLite file; every statement runs in a worker thread, one at a time."""
+    """One SQLite file; every statement runs in a worker thread, one at a time.
+
+    The file is trusted only if its schema is exactly the one dlgraph creates (no trigger,
+    view, index or table besides it), checked on opening and again whenever another
+    connection changes the schema; a cache that stops being ours is no longer used. A
+    statement is cancellable: a cancelled caller returns at once and the statement is
+    interrupted; the next one starts when its thread is done.
+    """
 
     path: Path
     busy_timeout_s: float = 5.0
     """How long a statement waits for another process's lock before it gives up."""
     _connection: sqlite3.Connection | None = attrs.field(default=None, init=False)
-    _limiter: anyio.CapacityLimiter = attrs.field(
-        factory=lambda: anyio.CapacityLimiter(1), init=False
-    )
+    _lock: anyio.Lock = attrs.field(factory=anyio.Lock, init=False)
+    _idle: threading.Event = attrs.field(factory=threading.Event, init=False)
+    _schema_version: int | None = attrs.field(default=None, init=False)
+    _is_foreign: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._idle.set()
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], busy_timeout_s: float = 5.0) -> SqliteStore:
         """Open or create a cache file; CacheError names a file that is not one."""
         store = cls(Path(path), busy_timeout_s)
-        await anyio.to_thread.run_sync(store._open, limiter=store._limiter)
+        store._connection = await anyio.to_thread.run_sync(store._connect)
+        try:
+            await store._run(store._prepare)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await store.aclose()
+            raise
         return store
 
-    def _open(self) -> None:
+    def _connect(self) -> sqlite3.Connection:
         if self.path.is_dir():
             raise CacheError(f"{self.path}: is a folder; the cache must be a file path")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(
-            self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
         try:
+            return sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as error:
+            raise self._unusable(error) from error
+
+    def _unusable(self, error: sqlite3.Error) -> CacheError:
+        return CacheError(
+            f"{self.path}: cannot be used as an answer cache ({error}); "
+            "delete it or choose another cache path"
+        )
+
+    def _prepare(self, connection: sqlite3.Connection) -> None:
+        try:
+            connection.execute("PRAGMA trusted_schema = OFF")
             self._check_schema(connection)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
-        except BaseException as error:
-            connection.close()
-            if isinstance(error, sqlite3.DatabaseError):
-                raise CacheError(
-                    f"{self.path}: cannot be used as an answer cache ({error}); "
-                    "delete it or choose another cache path"
-                ) from error
-            raise
-        self._connection = connection
+        except sqlite3.DatabaseError as error:
+            raise self._unusable(error) from error
 
     def _check_schema(self, connection: sqlite3.Connection) -> None:
-        tables = {
-            row[0]
-            for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
-        }
-        if not tables:
-            connection.executescript(
-                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-                "CREATE TABLE answers (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-                f"INSERT INTO meta VALUES ('format', '{FORMAT}'), ('version', '{VERSION}');"
-            )
-            return
-        meta = dict(connection.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
-        if tables != {"meta", "answers"} or meta != {"format": FORMAT, "version": VERSION}:
+        schema = _schema_of(connection)
+        if not schema:
+            self._create(connection)
+            schema = _schema_of(connection)
+        expected = _expected_schema()
+        if schema != expected:
+            odd = sorted(f"{kind} {name}" for kind, name, _, _ in schema ^ expected)
             raise CacheError(
                 f"{self.path}: an SQLite database that is not a dlgraph answer cache "
-                f"(tables: {', '.join(sorted(tables))}); choose another cache path"
+                f"({_excerpt(odd)} differ from a cache's schema); choose another cache path"
             )
+        meta = connection.execute("SELECT key, value FROM meta LIMIT 3").fetchall()
+        if len(meta) != 2 or dict(meta) != {"format": FORMAT, "version": VERSION}:
+            raise CacheError(
+                f"{self.path}: an SQLite database that is not a dlgraph answer cache "
+                "(its meta table says otherwise); choose another cache path"
+            )
+        self._schema_version = self._version(connection)
 
-    def _select(self, digest: str) -> str | None:
-        assert self._connection is not None
-        row = self._connection.execute(
-            "SELECT value FROM answers WHERE key = ?", (digest,)
+    @staticmethod
+    def _create(connection: sqlite3.Connection) -> None:
+        """Make an empty database a cache (unless another process just did)."""
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            if not _schema_of(connection):
+                for statement in SCHEMA:
+                    connection.execute(statement)
+                connection.execute(
+                    "INSERT INTO meta VALUES ('format', ?), ('version', ?)", (FORMAT, VERSION)
+                )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _version(connection: sqlite3.Connection) -> int:
+        return int(connection.execute("PRAGMA schema_version").fetchone()[0])
+
+    def _still_ours(self, connection: sqlite3.Connection) -> bool:
+        """Whether the schema is still exactly ours (checked again only if it changed)."""
+        if self._is_foreign:
+            return False
+        if self._version(connection) == self._schema_version:
+            return True
+        if _schema_of(connection) == _expected_schema():
+            self._schema_version = self._version(connection)
+            return True
+        self._is_foreign = True
+        logger.warning(
+            "%s: another program changed the cache's schema; it is no longer used", self.path
+        )
+        return False
+
+    def _select(self, connection: sqlite3.Connection, digest: str) -> str | None:
+        if not self._still_ours(connection):
+            return None
+        row = connection.execute(
+            "SELECT value FROM answers WHERE key = ? AND length(value) <= ?",
+            (digest, MAX_ANSWER_CHARS),
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def _insert(self, digest: str, value: str) -> None:
-        assert self._connection is not None
-        self._connection.execute(
-            "INSERT OR REPLACE INTO answers (key, value) VALUES (?, ?)", (digest, value)
-        )
+    def _insert(self, connection: sqlite3.Connection, digest: str, value: str) -> None:
+        if self._still_ours(connection):
+            connection.execute(
+                "INSERT OR REPLACE INTO answers (key, value) VALUES (?, ?)", (digest, value)
+            )
+
+    async def _run(self, statement: Callable[..., T], *args: object) -> T:
+        """Run `statement(connection, *args)` in a worker thread, one at a time; a cancelled
+        caller interrupts it and returns at once."""
+        async with self._lock:
+            if not self._idle.is_set():  # an interrupted statement still winding down
+                await anyio.to_thread.run_sync(self._idle.wait, abandon_on_cancel=True)
+            connection = self._connection
+            if connection is None:
+                raise sqlite3.ProgrammingError("the cache is closed")
+            self._idle.clear()
+            try:
+                return await anyio.to_thread.run_sync(
+                    self._in_thread, statement, connection, args, abandon_on_cancel=True
+                )
+            except anyio.get_cancelled_exc_class():
+                if not self._idle.is_set():
+                    connection.interrupt()
+                raise
+
+    def _in_thread(
+        self, statement: Callable[..., T], connection: sqlite3.Connection, args: tuple[object, ...]
+    ) -> T:
+        try:
+            return statement(connection, *args)
+        finally:
+            self._idle.set()
 
     async def get(self, key: Hashable) -> object | None:
         try:
-            text = await anyio.to_thread.run_sync(self._select, _digest(key), limiter=self._limiter)
+            text = await self._run(self._select, _digest(key))
         except sqlite3.Error as error:
             logger.warning("%s: cache read failed (%s); asking the model instead", self.path, error)
             return None
@@ -151,9 +273,7 @@ class SqliteStore:
 
     async def put(self, key: Hashable, result: Result) -> None:
         try:
-            await anyio.to_thread.run_sync(
-                self._insert, _digest(key), json.dumps(result), limiter=self._limiter
-            )
+            await self._run(self._insert, _digest(key), json.dumps(result))
         except sqlite3.Error as error:
             logger.warning(
                 "%s: cache write failed (%s); the answer is used but not remembered",
@@ -162,9 +282,20 @@ class SqliteStore:
             )
 
     async def aclose(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            await anyio.to_thread.run_sync(connection.close, limiter=self._limiter)
+        """Close the file once no statement runs (an interrupted one finishes first)."""
+        async with self._lock:
+            connection, self._connection = self._connection, None
+            if connection is None:
+                return
+            if not self._idle.is_set():
+                connection.interrupt()
+                await anyio.to_thread.run_sync(self._idle.wait)
+            await anyio.to_thread.run_sync(connection.close)
+
+
+def _excerpt(names: list[str]) -> str:
+    shown = ", ".join(name[:60] for name in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 async def open_store(cache: bool | str | os.PathLike[str]) -> Store | None:

@@ -12,7 +12,8 @@ Per backend a call passes these stages, outermost first::
 * split: a multi-prompt request the server refuses is halved until the bad prompt fails alone;
 * retry: transient failures are tried again with backoff under one deadline;
 * limiter: request and token buckets, one shared pause on 429, adaptive concurrency;
-* metered: the budget check, and the ledger of calls, tokens, retries and errors;
+* metered: the budget check, and the ledger of calls, tokens, retries and errors (a call is
+  charged when sent; with a `journal`, every charge is also appended to a file at once);
 * backend: the plugin, asked by `BackendCall`, whose `Reply` carries what it reported.
 
 Retry sits outside the limiter on purpose: each attempt costs the server a request, so each
@@ -26,12 +27,20 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from typing import Any, Literal, Self
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import attrs
 
 from dlgraph._tasks import single_errors
@@ -55,6 +64,7 @@ from dlgraph.backend import (
 from dlgraph.engine.cache import Cache, Store, open_store
 from dlgraph.engine.classify import ClassQuery, class_distribution
 from dlgraph.engine.coalescer import Coalescer, Split
+from dlgraph.engine.journal import Journal
 from dlgraph.engine.ledger import Ledger
 from dlgraph.engine.limiter import Limiter, RateLimits, concurrency_ceiling, per_minute
 from dlgraph.engine.metered import Metered
@@ -96,6 +106,11 @@ def _price(instance: object, attribute: attrs.Attribute[Any], value: object) -> 
 def _callable(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not callable(value):
         raise TypeError(f"{attribute.name}: expected a function, got {excerpt(value)}")
+
+
+def _journal(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, str | os.PathLike):
+        raise TypeError(f"journal: expected a file path, got {value!r}")
 
 
 @attrs.define(eq=False, slots=False)
@@ -154,6 +169,11 @@ class Engine(anyio.AsyncContextManagerMixin):
     seed: int = attrs.field(default=0, kw_only=True, validator=integer())
     """Seeds the jitter of retries and pauses."""
     shared_limit: GrantSource | None = attrs.field(default=None, kw_only=True)
+    journal: str | os.PathLike[str] | None = attrs.field(
+        default=None, kw_only=True, validator=_journal
+    )
+    """A file where every call is recorded as it is sent (see `dlgraph.engine.journal`): an
+    engine opened on one counts the calls of earlier processes in its statistics and budget."""
     ledger: Ledger = attrs.field(init=False)
     _chain: Call | None = attrs.field(default=None, init=False)
 
@@ -182,30 +202,47 @@ class Engine(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Self]:
         with single_errors():
-            store = await open_store(self.cache)
-            pool = None
-            if self.shared_limit is not None:
-                limits = self.limits
-                pool = GrantPool(
-                    self.shared_limit, limits.rpm, limits.tpm, limits.burst_s, clock=self.clock
-                )
-            try:
-                if pool is not None:
-                    await pool.open()
-                async with self.backend, anyio.create_task_group() as task_group:
-                    self._chain = self._build_chain(task_group, store, pool)
-                    try:
-                        yield self
-                    finally:
-                        self._chain = None
-                        task_group.cancel_scope.cancel()
-            finally:
-                if pool is not None:
-                    with anyio.CancelScope(shield=True):
-                        await pool.aclose()
-                if store is not None:
-                    with anyio.CancelScope(shield=True):
-                        await store.aclose()
+            async with self._journalled():
+                store = await open_store(self.cache)
+                pool = None
+                if self.shared_limit is not None:
+                    limits = self.limits
+                    pool = GrantPool(
+                        self.shared_limit, limits.rpm, limits.tpm, limits.burst_s, clock=self.clock
+                    )
+                try:
+                    if pool is not None:
+                        await pool.open()
+                    async with self.backend, anyio.create_task_group() as task_group:
+                        self._chain = self._build_chain(task_group, store, pool)
+                        try:
+                            yield self
+                        finally:
+                            self._chain = None
+                            task_group.cancel_scope.cancel()
+                finally:
+                    if pool is not None:
+                        with anyio.CancelScope(shield=True):
+                            await pool.aclose()
+                    if store is not None:
+                        with anyio.CancelScope(shield=True):
+                            await store.aclose()
+
+    @asynccontextmanager
+    async def _journalled(self) -> AsyncIterator[None]:
+        """The ledger continues from the journal and records in it while the engine is open.
+        Opening reads the whole journal, in a worker thread; a charge is then one small write
+        on the event loop (a thread hop would cost more than the write)."""
+        if self.journal is None:
+            yield
+            return
+        journal = await anyio.to_thread.run_sync(Journal.open, self.journal)
+        self.ledger.attach(journal)
+        try:
+            yield
+        finally:
+            self.ledger.detach()
+            journal.close()
 
     def _build_chain(
         self, task_group: anyio.abc.TaskGroup, store: Store | None, pool: GrantPool | None

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping, Sequence
 
 import attrs
 
+from dlgraph.backend import Request
+from dlgraph.engine.journal import Journal
 from dlgraph.engine.stage import Work, requests_of
 from dlgraph.engine.usage import COUNTERS, Budget, LedgerSnapshot, Price, Usage
 from dlgraph.errors import BudgetExhausted
+
+Charge = tuple[Request, Mapping[str, int]]
 
 
 @attrs.define(eq=False)
@@ -16,7 +21,9 @@ class Ledger:
     """Mutable counts, written by the stages; `statistics()` gives a frozen snapshot.
 
     Counts are kept per request, each under its own (node, phase): a coalesced batch may carry
-    requests of several nodes and phases, and each is charged for what happened to it.
+    requests of several nodes and phases, and each is charged for what happened to it. With a
+    journal attached, every charge is appended to it before it is counted here, and the counts
+    start from what the journal holds (the calls of earlier processes of the same run).
     """
 
     budget: Budget = attrs.field(factory=Budget)
@@ -26,17 +33,54 @@ class Ledger:
     )
     _calls: int = attrs.field(default=0, init=False)
     _tokens: int = attrs.field(default=0, init=False)
-    _reserved: int = attrs.field(default=0, init=False)
-    """Calls in flight, counted against the budget before they finish."""
+    _journal: Journal | None = attrs.field(default=None, init=False)
+
+    def attach(self, journal: Journal) -> None:
+        """Count from what `journal` holds, and record every charge in it from now on."""
+        self._counts = collections.defaultdict(collections.Counter)
+        for key, counter in journal.counts.items():
+            self._counts[key].update(counter)
+        totals = sum(self._counts.values(), collections.Counter[str]())
+        self._calls = totals["calls"]
+        self._tokens = totals["tokens_in"] + totals["tokens_out"]
+        self._journal = journal
+
+    def detach(self) -> None:
+        self._journal = None
 
     def add(self, work: Work, **counts: int) -> None:
         """Add `counts` to every request that `work` carries."""
-        for request in requests_of(work):
+        self.charge([(request, counts) for request in requests_of(work)])
+
+    def charge(self, charges: Sequence[Charge]) -> None:
+        """Add each request's counts (journalled first, in one write)."""
+        if self._journal is not None:
+            self._journal.record([(r.node or "", r.phase, counts) for r, counts in charges])
+        for request, counts in charges:
             counter = self._counts[(request.node or "", request.phase)]
             for name, value in counts.items():
                 counter[name] += value
             self._calls += counts.get("calls", 0)
             self._tokens += counts.get("tokens_in", 0) + counts.get("tokens_out", 0)
+
+    def start(self, work: Work) -> None:
+        """Charge the calls `work` carries before they are sent (one HTTP request, to the
+        first), or raise BudgetExhausted: a call sent is paid for, whether its answer
+        arrives or its process is killed first."""
+        requests = requests_of(work)
+        budget = self.budget
+        if budget.max_calls is not None and self._calls + len(requests) > budget.max_calls:
+            raise BudgetExhausted(f"call budget of {budget.max_calls} spent ({self._calls} calls)")
+        if budget.max_tokens is not None and self._tokens >= budget.max_tokens:
+            raise BudgetExhausted(
+                f"token budget of {budget.max_tokens} spent ({self._tokens} tokens)"
+            )
+        self.charge(
+            [
+                (request, {"calls": 1, "http_requests": 1 if index == 0 else 0})
+                for index, request in enumerate(requests)
+            ]
+        )
 
     def statistics(self) -> LedgerSnapshot:
         def usage(counter: collections.Counter[str]) -> Usage:
@@ -46,18 +90,3 @@ class Ledger:
             return Usage(**{name: counter[name] for name in COUNTERS}, cost=cost)
 
         return LedgerSnapshot({key: usage(counter) for key, counter in self._counts.items()})
-
-    def reserve(self, calls: int) -> None:
-        """Claim `calls` calls of the budget, or raise BudgetExhausted (calls in flight count)."""
-        budget = self.budget
-        spent = self._calls + self._reserved
-        if budget.max_calls is not None and spent + calls > budget.max_calls:
-            raise BudgetExhausted(f"call budget of {budget.max_calls} spent ({spent} calls)")
-        if budget.max_tokens is not None and self._tokens >= budget.max_tokens:
-            raise BudgetExhausted(
-                f"token budget of {budget.max_tokens} spent ({self._tokens} tokens)"
-            )
-        self._reserved += calls
-
-    def release(self, calls: int) -> None:
-        self._reserved -= calls

@@ -1,5 +1,6 @@
-"""The stage that counts: checks the budget before each backend call, then charges the call
-to the ledger with the token usage the backend reported, else an estimate."""
+"""The stage that counts: checks the budget and charges each call before it is sent, then
+charges what it used when the backend answers: the token usage the backend reported, else
+an estimate, and whether it failed."""
 
 from __future__ import annotations
 
@@ -19,17 +20,13 @@ class Metered:
     backend: Backend
 
     async def __call__(self, work: Work) -> Reply:
-        calls = len(requests_of(work))
-        self.ledger.reserve(calls)
-        try:
-            reply = await self.inner(work)
-        finally:
-            self.ledger.release(calls)
+        self.ledger.start(work)
+        reply = await self.inner(work)
         self._count(work, reply)
         return reply
 
     def _count(self, work: Work, reply: Reply) -> None:
-        """Charge each request its share; the batch's one HTTP request goes to the first."""
+        """Charge each request its share of the tokens."""
         requests = requests_of(work)
         prompt_tokens = reply.report.prompt_tokens
         if prompt_tokens is None:
@@ -41,13 +38,10 @@ class Metered:
                 self.backend.count_tokens(text) for text in texts if isinstance(text, str)
             )
         failed = reply.error is not None
-        for index, request in enumerate(requests):
-            self.ledger.add(
-                request,
-                calls=1,
-                http_requests=1 if index == 0 else 0,
-                tokens_in=prompt_tokens // len(requests),
-                tokens_out=completion_tokens // len(requests),
-                errors=1 if failed else 0,
-                rate_limited=1 if isinstance(reply.error, RateLimited) else 0,
-            )
+        counts = {
+            "tokens_in": prompt_tokens // len(requests),
+            "tokens_out": completion_tokens // len(requests),
+            "errors": 1 if failed else 0,
+            "rate_limited": 1 if isinstance(reply.error, RateLimited) else 0,
+        }
+        self.ledger.charge([(request, counts) for request in requests])

@@ -26,7 +26,8 @@ class Usage:
     """Counts for one (node, phase), or totals."""
 
     calls: int = 0
-    """Model calls answered or failed by the backend (each retry attempt included)."""
+    """Model calls sent to the backend (each retry attempt included), counted when sent: a
+    call cut short by a cancellation or a killed process was paid for all the same."""
     http_requests: int = 0
     """Backend requests: one multi-prompt request carries several calls."""
     tokens_in: int = 0

@@ -30,6 +30,8 @@ from dlgraph.train.records import StepRecord
 FORMAT = "dlgraph.checkpoint"
 VERSION = 2
 FILENAME = "checkpoint.json"
+BEST_FILENAME = "best.json"
+"""The best network so far, beside the checkpoint."""
 MEMORY_SIZE = 1 << 30
 """The memory read back keeps every entry written; the trainer's options bound what it adds."""
 T = TypeVar("T")

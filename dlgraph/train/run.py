@@ -23,7 +23,7 @@ from dlgraph.errors import BudgetExhausted, CheckpointError
 from dlgraph.evaluation import evaluate
 from dlgraph.network import Network
 from dlgraph.train.candidates import Memory
-from dlgraph.train.checkpoint import FILENAME, Checkpoint
+from dlgraph.train.checkpoint import BEST_FILENAME, FILENAME, Checkpoint
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.records import FitResult, StepOutcome, StepRecord
 
@@ -110,6 +110,7 @@ class Run:
         trainer = self.trainer
         trainer.check_data(self.train, self.dev)
         fingerprint = self.fingerprint()
+        self._check_paths()
         self._remove_stale_temporaries()
         stopped = "steps"
         try:
@@ -133,7 +134,7 @@ class Run:
         for name, parameter in self.best.parameters().items():
             trainer.net.set_parameter(name, parameter)
         if self.checkpoint_dir is not None:
-            self.best.save(Path(self.checkpoint_dir) / "best.json")
+            self.best.save(Path(self.checkpoint_dir) / BEST_FILENAME)
         return FitResult(
             network=self.best.copy(),
             best_dev_accuracy=self.best_score,
@@ -203,9 +204,20 @@ class Run:
             if inspect.isawaitable(result):
                 await result
 
+    def _check_paths(self) -> None:
+        """Refuse a checkpoint folder or step log that could not be written, before any call
+        (a file where the folder should be would otherwise be found at the first save)."""
+        if self.checkpoint_dir is not None:
+            _make_folder("checkpoint_dir", Path(self.checkpoint_dir))
+        if self.log_path is not None:
+            log = Path(self.log_path)
+            if log.is_dir():
+                raise CheckpointError(f"log_path {log}: is a folder, not a file")
+            _make_folder("log_path folder", log.parent)
+
     def _remove_stale_temporaries(self) -> None:
         if self.checkpoint_dir is not None:
-            for name in (FILENAME, "best.json"):
+            for name in (FILENAME, BEST_FILENAME):
                 remove_stale_temporaries(Path(self.checkpoint_dir) / name)
         if self.log_path is not None:
             remove_stale_temporaries(self.log_path)
@@ -229,7 +241,7 @@ class Run:
             history=list(self.history),
             ledger=trainer.engine.statistics().to_json(),
         ).write(self.checkpoint_dir)
-        self.best.save(Path(self.checkpoint_dir) / "best.json")
+        self.best.save(Path(self.checkpoint_dir) / BEST_FILENAME)
 
     async def _resume(self, fingerprint: str) -> bool:
         """Restore the state of the checkpoint (checked whole before anything is touched)."""
@@ -271,6 +283,15 @@ class Run:
         for record in self.history:
             if record.step not in logged:
                 await self._notify(record)
+
+
+def _make_folder(what: str, folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{what} {folder}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CheckpointError(f"{what} {folder}: cannot be made ({error.strerror})") from None
 
 
 def _spent(trainer: Learner) -> Usage:

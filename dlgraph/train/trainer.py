@@ -242,9 +242,12 @@ class VariationalTrainer:
         """Train for `steps` steps and leave `net` holding the best prompts on dev.
 
         With `checkpoint_dir`, state is saved after every step and a later call resumes
-        from it, repeating no finished step; `best.json` there is the best network. A spent
+        from it, repeating no finished step; `best.json` there is the best network. The
+        calls of a killed process count in the engines' statistics and budgets when the
+        engines were made with ``journal=`` (as ``dlgraph train`` makes them). A spent
         budget ends the run cleanly (``stopped="budget"``). Raises DataError for bad data,
-        CheckpointError for a damaged or foreign checkpoint, BackendError for failed calls.
+        CheckpointError for a damaged or foreign checkpoint, or for a `checkpoint_dir` or
+        `log_path` that cannot be written (before any call), BackendError for failed calls.
         """
         settings = RunSettings(
             steps=steps, batch_size=batch_size, eval_every=eval_every, patience=patience

@@ -3,22 +3,47 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
 import urllib.parse
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import aiohttp
 import attrs
 
 import dlgraph as dg
 from dlgraph_openai import answers
-from dlgraph_openai.errors import public_url, redact, status_error, translated
+from dlgraph_openai.errors import (
+    public_url,
+    redact,
+    scrubbed,
+    status_error,
+    translated,
+    url_secrets,
+)
 from dlgraph_openai.profiles import PROFILES, Profile
 
 logger = logging.getLogger(__name__)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _scrubbing(
+    method: Callable[Concatenate[OpenAIBackend, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[OpenAIBackend, P], Coroutine[Any, Any, R]]:
+    """No error a request raises carries a secret, however the server echoed it."""
+
+    async def scrubbing(self: OpenAIBackend, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with scrubbed(self._secrets):
+            return await method(self, *args, **kwargs)
+
+    functools.update_wrapper(scrubbing, method)
+    return scrubbing
 
 
 def _profile(value: str | Profile) -> Profile:
@@ -54,18 +79,25 @@ class OpenAIBackend(dg.Backend):
         self.base_url = (self.base_url or self.profile.base_url or "").rstrip("/")
         if not self.base_url:
             raise dg.BackendUnavailable(f"profile {self.profile.name!r} needs a base_url")
+        parts = urllib.parse.urlsplit(self.base_url)
+        if "://" not in self.base_url or parts.scheme not in ("http", "https") or not parts.netloc:
+            raise dg.BackendUnavailable(
+                f"base_url {public_url(self.base_url)!r}: expected http:// or https:// and a "
+                "host, as in http://127.0.0.1:8000/v1"
+            )
         if self.api_key is None and self.profile.api_key_env:
             self.api_key = os.environ.get(self.profile.api_key_env)
-        if self.api_key and urllib.parse.urlsplit(self.base_url).password:
+        if self.api_key and "@" in parts.netloc:
             raise dg.BackendUnavailable(
-                f"{public_url(self.base_url)}: the URL carries a password and an API key is "
+                f"{public_url(self.base_url)}: the URL carries credentials and an API key is "
                 "set too; give the key once, as api_key"
             )
 
     @property
     def _secrets(self) -> tuple[str | None, ...]:
-        """What no error may show: the key, and a password in the URL."""
-        return (self.api_key, urllib.parse.urlsplit(self.base_url or "").password)
+        """What no repr, identity or error may show: the key, and whatever `public_url`
+        hides of the URL (its user info, query values and fragment)."""
+        return (self.api_key, *url_secrets(self.base_url or ""))
 
     @property
     def capabilities(self) -> dg.Capabilities:  # type: ignore[override]
@@ -111,18 +143,27 @@ class OpenAIBackend(dg.Backend):
             return {"Authorization": f"Bearer {self.api_key}"}
         return {self.profile.auth_header: self.api_key}
 
+    def _url(self, path: str) -> str:
+        """The endpoint's URL: `path` after the base URL's path, its query kept, the
+        profile's API version added."""
+        parts = urllib.parse.urlsplit(self.base_url or "")
+        query = parts.query
+        if self.profile.api_version:
+            version = urllib.parse.urlencode({"api-version": self.profile.api_version})
+            query = f"{query}&{version}" if query else version
+        return urllib.parse.urlunsplit(parts._replace(path=parts.path + path, query=query))
+
     def _where(self, path: str) -> str:
         """The endpoint as errors show it: no password, no key."""
-        return redact(f"{public_url(self.base_url or '')}{path}", *self._secrets)
+        return redact(public_url(self._url(path)), *self._secrets)
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         if self._session is None:
             raise dg.BackendUnavailable("the backend is closed: use it inside 'async with'")
-        url, where = f"{self.base_url}{path}", self._where(path)
-        params = {"api-version": self.profile.api_version} if self.profile.api_version else None
+        where = self._where(path)
         async with translated(where, self.timeout_s, self._secrets):
             async with self._session.post(
-                url, json=body | {"model": self.model}, headers=self._headers(), params=params
+                self._url(path), json=body | {"model": self.model}, headers=self._headers()
             ) as response:
                 text = await response.text()
                 headers = response.headers
@@ -157,6 +198,7 @@ class OpenAIBackend(dg.Backend):
             body["stop"] = list(request.stop)
         return body
 
+    @_scrubbing
     async def generate(self, request: dg.GenerateRequest) -> str:
         if self.api == "chat":
             path = "/chat/completions"
@@ -169,6 +211,7 @@ class OpenAIBackend(dg.Backend):
                 )
         return (await self.generate_batch([request]))[0]
 
+    @_scrubbing
     async def generate_batch(self, requests: Sequence[dg.GenerateRequest]) -> list[str]:
         prompts = [r.prompt for r in requests]
         body = self._sampling(requests[0]) | {"prompt": prompts if len(prompts) > 1 else prompts[0]}
@@ -182,6 +225,7 @@ class OpenAIBackend(dg.Backend):
 
     # -- scoring -----------------------------------------------------------------------------
 
+    @_scrubbing
     async def logprob(self, request: dg.LogprobRequest) -> float:
         if self.api == "completions" and self.profile.echo_logprobs:
             return (await self.logprob_batch([request]))[0]
@@ -203,6 +247,7 @@ class OpenAIBackend(dg.Backend):
             "top log-probs, and the trainer can use scoring='accuracy'"
         )
 
+    @_scrubbing
     async def logprob_batch(self, requests: Sequence[dg.LogprobRequest]) -> list[float]:
         """Log-probabilities of several texts in one echo request, each aligned by offsets."""
         if not (self.api == "completions" and self.profile.echo_logprobs):
@@ -229,6 +274,7 @@ class OpenAIBackend(dg.Backend):
                 )
             ]
 
+    @_scrubbing
     async def top_logprobs(self, request: dg.TopLogprobsRequest) -> dict[str, float]:
         count = min(request.count, self.profile.top_logprobs)
         if self.api == "chat":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
+import re
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 
 import aiohttp
 
@@ -33,22 +35,110 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
         return None if when is None else max(0.0, when.timestamp() - time.time())
 
 
+def _parts(url: str) -> tuple[urllib.parse.SplitResult, bool]:
+    """The URL's parts; one written without ``scheme://`` is read as ``//`` + it, so that its
+    user info is still found (``TOKEN@host/v1``, ``user:KEY@host``)."""
+    if "://" in url:
+        return urllib.parse.urlsplit(url), False
+    return urllib.parse.urlsplit("//" + url), True
+
+
+def _userinfo(netloc: str) -> tuple[str | None, str | None]:
+    """(user, password) as written in the URL, each None when absent."""
+    if "@" not in netloc:
+        return None, None
+    userinfo = netloc.rpartition("@")[0]
+    user, colon, password = userinfo.partition(":")
+    return user, password if colon else None
+
+
 def public_url(url: str) -> str:
-    """`url` without the password of its userinfo (``https://user:KEY@host`` shows no KEY)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
+    """`url` as reprs, identities and errors show it: no secret wherever it sits. The user
+    info is masked (a bare ``TOKEN@`` whole, ``user:KEY@`` as ``user:***@``), every query value
+    (``?api-key=***``) and the fragment too."""
+    parts, schemeless = _parts(url)
+    user, password = _userinfo(parts.netloc)
     host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    netloc = host if user is None else (f"{user}:***@{host}" if password else f"***@{host}")
+    query = "&".join(
+        f"{item.partition('=')[0]}=***" if "=" in item else "***"
+        for item in parts.query.split("&")
+        if item
+    )
+    shown = urllib.parse.urlunsplit(
+        parts._replace(netloc=netloc, query=query, fragment="***" if parts.fragment else "")
+    )
+    return shown.removeprefix("//") if schemeless else shown
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """What `public_url` hides: the user info's secrets, query values, the fragment; as
+    written and decoded."""
+    parts, _ = _parts(url)
+    user, password = _userinfo(parts.netloc)
+    found = [password if password else user]
+    for item in parts.query.split("&"):
+        found.append(item.partition("=")[2] if "=" in item else item)
+    found.append(parts.fragment)
+    secrets = {text for text in found if text}
+    return tuple(sorted(secrets | {urllib.parse.unquote_plus(text) for text in secrets}))
+
+
+MIN_SECRET_CHARS = 4
+"""Shorter values are not redacted: they would mangle every message and hide nothing."""
+MIN_FRAGMENT_CHARS = 8
+"""A base64 fragment of a secret shorter than this could match ordinary text."""
+
+
+def encoded_forms(secret: str) -> set[str]:
+    """How a server may echo `secret`: as is, URL-encoded, JSON-escaped, and base64-encoded
+    on its own or inside a longer encoded text (``Basic base64(user:KEY)``): for each of the
+    three alignments a secret can have in base64, the characters that only it determines."""
+    forms = {
+        secret,
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote(secret),
+        urllib.parse.quote_plus(secret),
+        json.dumps(secret)[1:-1],
+    }
+    raw = secret.encode()
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        forms.add(encode(raw).decode())
+        for offset in range(3):
+            encoded = encode(b"\0" * offset + raw).decode()
+            fragment = encoded[-(-8 * offset // 6) : 8 * (offset + len(raw)) // 6]
+            if len(fragment) >= MIN_FRAGMENT_CHARS:
+                forms.add(fragment)
+    return {form for form in forms if len(form) >= MIN_SECRET_CHARS}
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """`text` with every occurrence of each secret replaced: servers echo keys in error
-    bodies, and keys travel in URLs."""
+    """`text` with every secret replaced by ``***``, in every form `encoded_forms` knows:
+    servers echo keys in error bodies, and keys travel in URLs and headers."""
+    forms = set()
     for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
+        if secret and len(secret) >= MIN_SECRET_CHARS:
+            forms |= encoded_forms(secret)
+    if not forms:
+        return text
+    pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+    return re.sub(pattern, "***", text, flags=re.IGNORECASE)
+
+
+@contextmanager
+def scrubbed(secrets: Sequence[str | None]) -> Iterator[None]:
+    """Any dlgraph error leaving the block carries no secret: its message is redacted, and
+    a cause whose text holds one is dropped."""
+    try:
+        yield
+    except dg.BackendError as error:
+        error.message = redact(error.message, *secrets)
+        error.args = (error.message,)
+        cause = error.__cause__ or error.__context__
+        if cause is not None and redact(repr(cause), *secrets) != repr(cause):
+            error.__cause__ = None
+            error.__suppress_context__ = True
+        raise
 
 
 def server_message(body: str) -> str:

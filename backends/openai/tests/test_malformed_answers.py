@@ -182,7 +182,7 @@ async def test_a_key_the_server_echoes_or_the_url_carries_appears_in_no_error() 
             with pytest.raises(dg.RequestRejected) as from_url:
                 await backend.generate(dg.GenerateRequest("hi"))
         with pytest.raises(
-            dg.BackendUnavailable, match="carries a password and an API key"
+            dg.BackendUnavailable, match="carries credentials and an API key"
         ) as twice:
             dg.connect("openai", base_url=in_url, model="m", api_key=KEY, profile="sim")
     for error in (echoed.value, from_url.value):

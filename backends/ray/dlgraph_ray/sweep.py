@@ -38,7 +38,7 @@ from ray.exceptions import RayError
 from rich.console import Console
 from rich.table import Table
 
-from dlgraph._files import write_atomic
+from dlgraph._files import prepare_folder, write_atomic
 from dlgraph.config import RunConfig, parse_setting
 from dlgraph.errors import ConfigError
 from dlgraph_ray.cluster import join
@@ -124,7 +124,7 @@ def run_trial(config: str, overrides: list[str], folder: str) -> dict[str, Any]:
     ``attempts.jsonl``. Returns the run's ``result.json``, or its error."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "trial.lock").open("w") as lock:
+    with (out / "trial.lock").open("a") as lock:  # "a": a file of that name is never emptied
         # One writer per folder: a worker left over from a killed driver holds the lock until
         # Ray has stopped it, and this attempt resumes from what it left.
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -153,6 +153,24 @@ def _train(config: str, overrides: list[str], out: Path) -> dict[str, Any]:
     return read_result(out / "result.json")
 
 
+RESULT_KEYS = (
+    "task",
+    "before",
+    "after",
+    "best_dev",
+    "steps",
+    "stopped",
+    "calls",
+    "tokens",
+    "cost",
+    "seconds",
+    "by_model",
+)
+"""What ``dlgraph train`` writes in result.json; a key beyond these is not its file."""
+SWEEP_FILES = frozenset({"trials.jsonl", "summary.jsonl", "summary.csv", "summary.png"})
+"""What a sweep writes in its folder (besides one folder per setting)."""
+
+
 def read_result(path: Path) -> dict[str, Any]:
     """A finished trial's result.json, checked field by field (a file is untrusted input): a
     file that is not what ``dlgraph train`` writes is refused, naming it, rather than re-run."""
@@ -172,6 +190,9 @@ def read_result(path: Path) -> dict[str, Any]:
     for split, accuracy in after.items():
         if split not in ("dev", "test") or not _number(accuracy) or not 0 <= accuracy <= 1:
             raise refuse(f"'after': {split!r} must be dev or test with an accuracy in [0, 1]")
+    unknown = sorted(set(result) - set(RESULT_KEYS))
+    if unknown:
+        raise refuse(f"unknown key {unknown[0][:40]!r}")
     for counter in ("calls", "tokens", "cost", "steps"):
         value = result.get(counter)
         whole = counter != "cost"
@@ -198,7 +219,7 @@ class Outcome:
         return "error" in self.result
 
     def row(self) -> dict[str, Any]:
-        return {"setting": self.trial.setting, "seed": self.trial.seed, **self.result}
+        return {**self.result, "setting": self.trial.setting, "seed": self.trial.seed}
 
 
 @attrs.frozen
@@ -336,6 +357,7 @@ def sweep(
         extra = _shared(checked) if shared_limit else []
         overrides[trial] = [*settings, *trial.overrides(), *extra]
     root = (Path(out) if out is not None else Path(f"{checked.output_dir}-sweep")).resolve()
+    prepare_folder(root, "sweep", SWEEP_FILES, writes=SWEEP_FILES)
     results: dict[Trial, Outcome] = {}
     for trial in trials:
         finished = trial.folder(root) / "result.json"

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from dlgraph_ray import SharedLimit
 from dlgraph_ray.sweep import SweepResult, sweep
+from dlgraph_sim.server import ServerConfig, ServerProcess
 
 import dlgraph as dg
 from dlgraph import cli
@@ -249,3 +250,64 @@ def test_a_finished_trials_result_file_that_is_not_what_train_writes_is_refused_
     assert str(result) in str(refused.value) and "delete it to run this trial again" in str(
         refused.value
     )
+
+
+SERVED_CONFIG = """
+[backend]
+name = "openai"
+options = {{base_url = "{url}", model = "sim-1", profile = "sim"}}
+
+[engine]
+cache = false
+
+[data]
+source = "generated"
+task = "navigation"
+train = 12
+dev = 6
+test = 6
+
+[network]
+kind = "dln2"
+hidden_max_tokens = 8
+
+[train]
+steps = 4
+batch_size = 4
+num_prompt_samples = 2
+num_hidden_samples = 2
+
+[output]
+dir = "out"
+"""
+
+
+def test_a_killed_trials_row_counts_every_call_the_server_answered(tmp_path: Path) -> None:
+    """The first attempt's calls (evaluations, a step, part of the next) were paid for: the
+    table counts them. A call sent in the instant before the kill may never have reached
+    the server, hence the upper bound (dlgraph-openai's connection limit)."""
+    with ServerProcess(ServerConfig(latency_median_s=0.01, seed=1)) as server:
+        config = tmp_path / "run.toml"
+        config.write_text(SERVED_CONFIG.format(url=server.url))
+        out = tmp_path / "sweep"
+        folder = out / "config" / "seed-0"
+        finished: list[SweepResult] = []
+        runner = threading.Thread(
+            target=lambda: finished.append(sweep(config, [], [0], out=out, echo=lambda line: None))
+        )
+        runner.start()
+        checkpoint = folder / "checkpoint" / "checkpoint.json"
+        deadline = time.monotonic() + 120
+        while not checkpoint.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert checkpoint.exists(), "the trial never checkpointed"
+        first = json.loads((folder / "attempts.jsonl").read_text().splitlines()[0])
+        os.kill(first["pid"], signal.SIGKILL)
+        runner.join(timeout=240)
+        answered = server.attempts()["attempts"]
+    assert finished, "the sweep did not finish"
+    (outcome,) = finished[0].outcomes
+    assert not outcome.failed, outcome.result
+    assert len((folder / "attempts.jsonl").read_text().splitlines()) == 2
+    (row,) = finished[0].summary
+    assert answered <= row["calls"] <= answered + 256

@@ -1,0 +1,172 @@
+"""`dlgraph train` deletes nothing it did not write: its output folder is recognisably
+dlgraph's (a manifest lists the run's files), and a run is refused where foreign files stand."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dlgraph._files import MANIFEST
+from dlgraph.cli import main
+
+CONFIG = """
+[backend]
+name = "sim"
+
+[data]
+source = "generated"
+task = "navigation"
+train = 8
+dev = 4
+test = 4
+
+[train]
+steps = 1
+batch_size = 2
+num_prompt_samples = 1
+num_hidden_samples = 1
+
+[output]
+dir = "out"
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "run.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+def train(config: Path, *options: str) -> int:
+    return main(["train", str(config), "--no-probe", *options])
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {
+        path.relative_to(folder).as_posix(): path.read_bytes()
+        for path in folder.rglob("*")
+        if path.is_file()
+    }
+
+
+def one_error_line(out: str) -> str:
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), out
+    return lines[0]
+
+
+def test_a_run_into_a_project_folder_deletes_none_of_its_files_and_names_them(
+    tmp_path, config, capsys
+) -> None:
+    project = tmp_path / "project"
+    (project / "checkpoint").mkdir(parents=True)
+    (project / "checkpoint" / "my_model.pt").write_bytes(b"weights")
+    (project / "steps.jsonl").write_text("my notes\n")
+    (project / "result.json").write_text('{"mine": true}\n')
+    before = files(project)
+    capsys.readouterr()
+    assert train(config, "--set", f'output.dir="{project}"') == 2
+    line = one_error_line(capsys.readouterr().out)
+    assert "files dlgraph did not write stand where a run writes" in line
+    assert "checkpoint/my_model.pt" in line and "steps.jsonl" in line and "result.json" in line
+    assert files(project) == before
+
+
+def test_a_resumed_run_also_refuses_a_folder_whose_result_dlgraph_did_not_write(
+    tmp_path, config, capsys
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "result.json").write_text('{"mine": true}\n')
+    assert train(config, "--out", str(project), "--resume") == 2
+    assert "result.json" in one_error_line(capsys.readouterr().out)
+    assert (project / "result.json").read_text() == '{"mine": true}\n'
+
+
+def test_a_new_run_beside_other_files_keeps_them_and_lists_its_own(tmp_path, config) -> None:
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('hi')\n")
+    (project / "notes.txt").write_text("todo\n")
+    assert train(config, "--out", str(project)) == 0
+    assert (project / "src" / "main.py").read_text() == "print('hi')\n"
+    assert (project / "notes.txt").read_text() == "todo\n"
+    manifest = json.loads((project / MANIFEST).read_text())
+    assert {"result.json", "steps.jsonl", "checkpoint/checkpoint.json"} <= set(manifest["files"])
+    assert "notes.txt" not in manifest["files"]
+
+
+def test_a_new_run_replaces_the_last_runs_files_in_its_own_folder(tmp_path, config) -> None:
+    assert train(config) == 0
+    assert train(config, "--set", "train.steps=2") == 0
+    steps = (tmp_path / "out" / "steps.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in steps] == [1, 2]
+
+
+def test_a_file_put_in_the_checkpoint_folder_after_a_run_stops_the_next_one(
+    tmp_path, config, capsys
+) -> None:
+    assert train(config) == 0
+    notes = tmp_path / "out" / "checkpoint" / "notes.txt"
+    notes.write_text("keep me\n")
+    capsys.readouterr()
+    assert train(config) == 2
+    assert "checkpoint/notes.txt" in one_error_line(capsys.readouterr().out)
+    assert notes.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [["../victim.txt"], ["notes.txt"], "steps.jsonl", [3]],
+    ids=["outside the folder", "a name a run never writes", "not a list", "not names"],
+)
+def test_a_manifest_naming_what_a_run_never_writes_is_refused_and_deletes_nothing(
+    tmp_path, config, capsys, listed
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "victim.txt").write_text("precious\n")
+    (out / "notes.txt").write_text("precious\n")
+    manifest = {"format": "dlgraph.files", "version": 1, "kind": "run", "files": listed}
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert train(config) == 2
+    assert f"{MANIFEST}: " in one_error_line(capsys.readouterr().out)
+    assert (tmp_path / "victim.txt").read_text() == (out / "notes.txt").read_text() == "precious\n"
+
+
+KILLED_BETWEEN_WRITE_AND_RENAME = """
+import os, signal, sys
+from dlgraph._files import write_atomic
+os.replace = lambda *paths: os.kill(os.getpid(), signal.SIGKILL)
+write_atomic(sys.argv[1], "half of a result")
+"""
+
+
+def test_a_new_run_removes_the_temporary_a_kill_left_beside_its_result(tmp_path, config) -> None:
+    assert train(config) == 0
+    result = tmp_path / "out" / "result.json"
+    killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_WRITE_AND_RENAME, str(result)])
+    assert killed.returncode == -signal.SIGKILL
+    (leftover,) = result.parent.glob(".result.json.*")
+    assert train(config) == 0
+    assert not leftover.exists() and json.loads(result.read_text())["steps"] == 1
+
+
+def test_a_run_folder_of_an_older_dlgraph_is_refused_with_a_hint_and_kept(
+    tmp_path, config, capsys
+) -> None:
+    assert train(config) == 0
+    (tmp_path / "out" / MANIFEST).unlink()  # as a dlgraph before manifests left its runs
+    before = files(tmp_path / "out")
+    capsys.readouterr()
+    assert train(config) == 2
+    line = one_error_line(capsys.readouterr().out)
+    assert "checkpoint/checkpoint.json" in line and "look like a run of a dlgraph from" in line
+    assert files(tmp_path / "out") == before
