@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping
+from typing import Protocol
 
 import attrs
 
+from dlgraph.backend import Request
 from dlgraph.engine.stage import Work, requests_of
 from dlgraph.engine.usage import COUNTERS, Budget, LedgerSnapshot, Price, Usage
-from dlgraph.errors import BudgetExhausted
+from dlgraph.errors import BackendError, BudgetExhausted
+
+
+class Listener(Protocol):
+    """Told of every count as it is added (the tracing stage is one)."""
+
+    def counted(
+        self, request: Request, counts: Mapping[str, int], error: BackendError | None
+    ) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -21,6 +32,7 @@ class Ledger:
 
     budget: Budget = attrs.field(factory=Budget)
     price: Price | None = None
+    listener: Listener | None = attrs.field(default=None, kw_only=True)
     _counts: dict[tuple[str, str], collections.Counter[str]] = attrs.field(
         factory=lambda: collections.defaultdict(collections.Counter), init=False
     )
@@ -29,14 +41,17 @@ class Ledger:
     _reserved: int = attrs.field(default=0, init=False)
     """Calls in flight, counted against the budget before they finish."""
 
-    def add(self, work: Work, **counts: int) -> None:
-        """Add `counts` to every request that `work` carries."""
+    def add(self, work: Work, *, error: BackendError | None = None, **counts: int) -> None:
+        """Add `counts` to every request that `work` carries; `error` is the failure of the
+        attempt counted, if it failed (told to the listener, not kept)."""
         for request in requests_of(work):
             counter = self._counts[(request.node or "", request.phase)]
             for name, value in counts.items():
                 counter[name] += value
             self._calls += counts.get("calls", 0)
             self._tokens += counts.get("tokens_in", 0) + counts.get("tokens_out", 0)
+            if self.listener is not None:
+                self.listener.counted(request, counts, error)
 
     def statistics(self) -> LedgerSnapshot:
         def usage(counter: collections.Counter[str]) -> Usage:

@@ -50,4 +50,5 @@ class Metered:
                 tokens_out=completion_tokens // len(requests),
                 errors=1 if failed else 0,
                 rate_limited=1 if isinstance(reply.error, RateLimited) else 0,
+                error=reply.error,
             )
