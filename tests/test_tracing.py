@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 import anyio
 import pytest
 from dlgraph_sim import ScriptedModel
+from letter_world import LetterWorld, single_word_task
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -100,7 +101,42 @@ def texts(spans: Sequence[ReadableSpan]) -> list[str]:
     return found
 
 
-# -- a call's span ----------------------------------------------------------------------------
+# -- the tree ---------------------------------------------------------------------------------
+
+
+async def test_dln2_forward_pass_spans_nest_each_call_under_its_node_and_nodes_under_the_pass() -> (
+    None
+):
+    spans = Spans()
+    model = ScriptedModel(generate=lambda r: "thinking")
+    async with dg.Engine(model, tracing=spans.tracing()) as engine:
+        await dln2().forward(engine, ["x1", "x2"])
+
+    (forward,) = spans.named("dlgraph.forward")
+    assert spans.parent(forward) is None
+    assert forward.attributes["dlgraph.phase"] == "forward"
+    nodes = spans.named("dlgraph.node")
+    assert sorted(
+        (s.attributes["dlgraph.node"], s.attributes["dlgraph.example"]) for s in nodes
+    ) == [
+        ("answer", 0),
+        ("answer", 1),
+        ("reason", 0),
+        ("reason", 1),
+    ]
+    assert all(spans.parent(node) == forward for node in nodes)
+    for node in nodes:
+        calls = spans.children(node)
+        name = node.attributes["dlgraph.node"]
+        assert {call.attributes["dlgraph.node"] for call in calls} == {name}
+        # "reason" generates once; "answer" scores each of its four verbalizers
+        kinds = sorted(call.attributes["dlgraph.request.kind"] for call in calls)
+        assert kinds == (["generate"] if name == "reason" else ["logprob"] * 4)
+    assert len(spans.calls()) == len(model.calls) == 10
+    assert {spans.parent(call).name for call in spans.calls()} <= {
+        "dlgraph.node reason",
+        "dlgraph.node answer",
+    }
 
 
 async def test_call_span_follows_the_genai_conventions() -> None:
@@ -210,6 +246,30 @@ async def test_identical_calls_in_flight_are_two_spans_charged_once() -> None:
     assert "gen_ai.usage.input_tokens" not in calls[1].attributes  # the ledger charges one
 
 
+async def test_cancelled_forward_pass_ends_every_span_it_started_without_an_error() -> None:
+    spans = Spans()
+    model = ScriptedModel(generate=lambda r: "slow", latency_s=60)
+    async with dg.Engine(model, tracing=spans.tracing()) as engine:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(dln2().forward, engine, ["x1", "x2", "x3"])
+                await anyio.wait_all_tasks_blocked()
+                scope.cancel()
+        # the engine still works, and its next call is traced as usual
+        model.latency_s = 0
+        await engine.generate("after")
+
+    assert spans.started == {span.context.span_id for span in spans.finished}
+    calls = [call for call in spans.calls() if call.attributes.get("dlgraph.node") == "reason"]
+    assert len(calls) == 3
+    for span in [*calls, *spans.named("dlgraph.node"), *spans.named("dlgraph.forward")]:
+        assert span.attributes["dlgraph.cancelled"] is True
+        assert span.status.status_code == StatusCode.UNSET
+        assert "error.type" not in span.attributes
+    (after,) = [call for call in spans.calls() if "dlgraph.cancelled" not in call.attributes]
+    assert spans.parent(after) is None and after.attributes["dlgraph.attempts"] == 1
+
+
 # -- prompts may be private -------------------------------------------------------------------
 
 
@@ -258,6 +318,49 @@ async def test_spans_record_prompts_and_answers_when_asked() -> None:
         assert target["role"] == "assistant"
 
 
+# -- training ---------------------------------------------------------------------------------
+
+
+async def test_training_step_spans_hold_its_phases_and_its_dev_evaluation() -> None:
+    spans = Spans()
+    world = LetterWorld()
+    train, dev = single_word_task(12, seed=1), single_word_task(6, seed=2)
+    async with dg.Engine(world.model(), tracing=spans.tracing()) as engine:
+        trainer = dg.VariationalTrainer(
+            dln2(), engine, num_prompt_samples=2, num_hidden_samples=2, max_demonstrations=0
+        )
+        await trainer.fit(train, dev, steps=2, batch_size=4)
+
+    (fit,) = spans.named("dlgraph.fit")
+    steps = spans.named("dlgraph.step")
+    assert sorted(step.attributes["dlgraph.step"] for step in steps) == [1, 2]
+    assert all(spans.parent(step) == fit for step in steps)
+    for step in steps:
+        parts = sorted(child.name for child in spans.children(step))
+        assert parts == [
+            "dlgraph.evaluate",
+            "dlgraph.forward",
+            "dlgraph.posterior reason",
+            "dlgraph.propose",
+            "dlgraph.score",
+        ]
+        assert "dlgraph.dev_accuracy" in step.attributes
+    # every call sits under its step's part for its phase, and under the fit
+    part_of_phase = {
+        "forward": "dlgraph.forward",
+        "posterior": "dlgraph.posterior reason",
+        "propose": "dlgraph.propose",
+        "score": "dlgraph.score",
+        "eval": "dlgraph.evaluate",
+    }
+    calls = spans.calls()
+    assert {call.attributes["dlgraph.phase"] for call in calls} == set(part_of_phase)
+    for call in calls:
+        above = [span.name for span in spans.ancestors(call)]
+        assert above[-1] == "dlgraph.fit"
+        assert part_of_phase[call.attributes["dlgraph.phase"]] in above
+
+
 # -- off, on, and the switch ------------------------------------------------------------------
 
 
@@ -288,6 +391,27 @@ def test_tracing_is_off_and_imports_nothing_without_a_tracer_provider() -> None:
         "print(recording, sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
     )
     assert run_python(code) == "False []"
+
+
+def test_engine_traces_to_the_global_tracer_provider_the_application_set() -> None:
+    code = ONE_FORWARD_PASS + (
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
+        "from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter\n"
+        "exporter = InMemorySpanExporter()\n"
+        "provider = TracerProvider()\n"
+        "provider.add_span_processor(SimpleSpanProcessor(exporter))\n"
+        "trace.set_tracer_provider(provider)\n"
+        "by_default = anyio.run(main)\n"
+        "names = sorted(span.name for span in exporter.get_finished_spans())\n"
+        "exporter.clear()\n"
+        "switched_off = anyio.run(lambda: main(tracing=False))\n"
+        "print(by_default, names, switched_off, len(exporter.get_finished_spans()))"
+    )
+    assert run_python(code) == (
+        "True ['dlgraph.forward', 'dlgraph.node a', 'text_completion scripted'] False 0"
+    )
 
 
 async def test_engine_without_opentelemetry_says_which_extra_to_install(monkeypatch) -> None:
