@@ -57,8 +57,9 @@ from dlgraph.errors import BackendError, BudgetExhausted, RateLimited
 SEMCONV_VERSION = "1.37.0"
 """The OpenTelemetry semantic conventions the spans follow: GenAI client spans as of v1.37.0,
 the release that named the provider ``gen_ai.provider.name`` (``gen_ai.system`` before) and
-added the opt-in ``gen_ai.input.messages`` / ``gen_ai.output.messages``. The attributes used
-are unchanged in the later releases read (the GenAI conventions are still "Development")."""
+added the opt-in ``gen_ai.input.messages`` / ``gen_ai.output.messages``; checked against a
+later gen-ai-spans.md too, where the attributes used are unchanged (the GenAI conventions are
+still "Development", now kept in open-telemetry/semantic-conventions-genai)."""
 
 SCHEMA_URL = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
 KINDS: Mapping[type, str] = {
@@ -76,9 +77,9 @@ def _version() -> str | None:
 
 
 def _end(span: Span, error: BaseException | None, record_content: bool) -> None:
-    """End a span: an exception sets ``error.type`` and the error status (its message only
-    where it cannot hold data: dlgraph's backend and budget errors name endpoints, statuses
-    and counts); a cancellation is marked, not counted as an error."""
+    """End a span: an exception sets ``error.type`` and the error status, with its message
+    when dlgraph wrote it to name endpoints, statuses and counts (backend and budget errors)
+    or content may be recorded; a cancellation is marked, not counted as an error."""
     if isinstance(error, Exception):
         span.set_attribute("error.type", type(error).__name__)
         safe = record_content or isinstance(error, BackendError | BudgetExhausted)
