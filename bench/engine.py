@@ -10,10 +10,12 @@ faulty OpenAI-compatible server. Everything below runs side by side in one run:
 The simulated server (dlgraph_sim.server) runs in its own process, fresh for every run.
 Scenarios: RPM-bound and TPM-bound, each with 1% 5xx and 0.5% dropped connections; RPM-bound
 with coalescing (8 prompts per request). Then the engine's own CPU overhead per call against
-an instant in-process backend, with and without the ledger's journal.
+an instant in-process backend: as configured by default, with the ledger journalled to a file
+(as `dlgraph train` does), and with tracing on (OpenTelemetry SDK).
 
-    python bench/engine.py            # about 15 minutes
-    python bench/engine.py --quick    # a smaller workload, about 5 minutes
+    python bench/engine.py              # about 15 minutes
+    python bench/engine.py --quick      # a smaller workload, about 5 minutes
+    python bench/engine.py --scenarios  # the CPU overhead only, about a minute
 """
 
 from __future__ import annotations
@@ -372,41 +374,79 @@ def row(outcome: Outcome, bound: float, calls: int) -> str:
     )
 
 
-async def overhead_per_call(count: int) -> tuple[float, float, float]:
-    """CPU µs per call: calling the backend directly, through the engine, and through an
-    engine whose ledger is journalled to a file (every call recorded as it is sent, as
-    `dlgraph train` does); same fan-out."""
+def _span_sink() -> Any:
+    """An OpenTelemetry SDK tracer provider whose spans are built, ended and handed to an
+    exporter that drops them: the CPU of tracing without any I/O. None without the SDK."""
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            SimpleSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+    except ImportError:
+        return None
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(Drop()))
+    return provider
+
+
+async def overhead_per_call(count: int, rounds: int = 3) -> dict[str, float]:
+    """CPU µs per call: calling the backend directly, through the engine as configured by
+    default (tracing off: no tracer provider is set here), through an engine whose ledger is
+    journalled to a file (every call recorded as it is sent), and through the engine with
+    tracing on (one span per call); same fan-out, interleaved `rounds` times, the median kept."""
     import tempfile
 
     from dlgraph_sim import ScriptedModel
 
     model = ScriptedModel(generate=lambda r: "ok")
     requests = [dg.GenerateRequest(f"prompt {i}", max_tokens=4) for i in range(count)]
+    provider = _span_sink()
 
     async def direct() -> None:
         for start in range(0, count, 1000):
             await map_concurrently(model.generate, requests[start : start + 1000])
 
-    async def through_engine(journal: str | None = None) -> None:
-        async with dg.Engine(model, journal=journal) as engine:
+    async def through_engine(tracing: Any = "auto", journal: str | None = None) -> None:
+        async with dg.Engine(model, tracing=tracing, journal=journal) as engine:
             for start in range(0, count, 1000):
                 await map_concurrently(
                     lambda r: engine.generate(r.prompt, max_tokens=4),
                     requests[start : start + 1000],
                 )
 
-    with tempfile.TemporaryDirectory() as folder:
+    async def traced() -> None:
+        await through_engine(dg.Tracing(tracer_provider=provider))
 
-        async def journalled() -> None:
-            await through_engine(os.path.join(folder, "ledger.jsonl"))
+    folder = tempfile.mkdtemp()
 
-        results = []
-        for body in (direct, through_engine, journalled):
+    async def journalled() -> None:
+        path = os.path.join(folder, "ledger.jsonl")
+        if os.path.exists(path):
+            os.remove(path)  # every round starts a new journal, as a new run does
+        await through_engine(journal=path)
+
+    bodies: dict[str, Callable[[], Awaitable[None]]] = {
+        "direct": direct,
+        "engine": through_engine,
+        "journalled": journalled,
+    }
+    if provider is not None:
+        bodies["traced"] = traced
+    samples: dict[str, list[float]] = {name: [] for name in bodies}
+    for _ in range(rounds):
+        for name, body in bodies.items():
             model.calls.clear()
             cpu = time.process_time()
             await body()
-            results.append((time.process_time() - cpu) / count * 1e6)
-    return results[0], results[1], results[2]
+            samples[name].append((time.process_time() - cpu) / count * 1e6)
+    return {name: sorted(values)[len(values) // 2] for name, values in samples.items()}
 
 
 async def main() -> None:
@@ -456,12 +496,23 @@ async def main() -> None:
         for name in names:
             outcome = await run_client(name, CLIENTS[name], workload, scenario, args.seed)
             print(row(outcome, bound, calls), flush=True)
-    direct, engine, journalled = await overhead_per_call(20_000)
+    cpu = await overhead_per_call(20_000)
+    direct, engine = cpu["direct"], cpu["engine"]
     print(
         f"\nengine overhead: {engine - direct:.0f} µs CPU per call ({engine:.0f} through the engine, "
-        f"{direct:.0f} calling the instant backend directly; 20,000 calls); with the ledger "
-        f"journalled to a file {journalled - direct:.0f} µs ({journalled - engine:+.0f} µs)"
+        f"{direct:.0f} calling the instant backend directly; 20,000 calls, median of 3); with "
+        f"the ledger journalled to a file {cpu['journalled'] - direct:.0f} µs "
+        f"({cpu['journalled'] - engine:+.0f} µs)"
     )
+    if "traced" in cpu:
+        traced = cpu["traced"]
+        print(
+            f"engine overhead with tracing on: {traced - direct:.0f} µs CPU per call "
+            f"({traced:.0f} through the engine, one span per call built by the OpenTelemetry SDK "
+            f"and dropped by its exporter; tracing adds {traced - engine:.0f})"
+        )
+    else:
+        print("engine overhead with tracing on: not measured (opentelemetry-sdk is not installed)")
 
 
 if __name__ == "__main__":

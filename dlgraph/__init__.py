@@ -20,6 +20,7 @@ from dlgraph.engine import (
     Price,
     RateLimits,
     RetryPolicy,
+    Tracing,
     Usage,
 )
 from dlgraph.errors import (
@@ -84,6 +85,7 @@ __all__ = [
     "StepRecord",
     "TopLogprobsRequest",
     "Trace",
+    "Tracing",
     "TrainerOptions",
     "TransientError",
     "UnknownBackend",

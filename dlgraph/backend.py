@@ -175,6 +175,24 @@ class Backend:
         """Names backend and model for cache keys: two backends with one identity answer alike."""
         return type(self).__qualname__
 
+    @property
+    def provider_name(self) -> str:
+        """Who serves the model, as tracing names it (``gen_ai.provider.name``): by default
+        the identity up to its first colon (``openai`` for ``openai:...``)."""
+        return self.identity.partition(":")[0]
+
+    @property
+    def model_name(self) -> str:
+        """The model asked, as tracing names it (``gen_ai.request.model``): by default the
+        identity after its first colon, or the whole identity."""
+        return self.identity.partition(":")[2] or self.identity
+
+    @property
+    def operation_name(self) -> str:
+        """What a call is, as tracing names it (``gen_ai.operation.name``): ``text_completion``
+        (a prompt continued, or scored, as by a completions endpoint), ``chat`` for a chat API."""
+        return "text_completion"
+
     async def generate(self, request: GenerateRequest) -> str:
         raise NotImplementedError(f"{type(self).__qualname__} does not implement generate")
 

@@ -34,10 +34,13 @@ async def evaluate(net: Network, engine: Engine, data: Sequence[Example]) -> Acc
     """
     examples = check_dataset(data, "evaluation data")
     targets = net.targets(examples, "evaluation data")
-    trace = await forward(net, engine, [example.input for example in examples], phase="eval")
-    return Accuracy(
-        {
-            output: net.node(output).accuracy(trace.outputs[output], expected)
-            for output, expected in targets.items()
-        }
-    )
+    with engine.tracer.span("evaluate", examples=len(examples)) as span:
+        trace = await forward(net, engine, [example.input for example in examples], phase="eval")
+        accuracy = Accuracy(
+            {
+                output: net.node(output).accuracy(trace.outputs[output], expected)
+                for output, expected in targets.items()
+            }
+        )
+        span.set("accuracy", float(accuracy))
+    return accuracy

@@ -43,10 +43,12 @@ async def forward(
     Every (node, example) pair is a task that waits only for its own parents on the same
     example, so independent nodes and all examples overlap. Validation runs before any call.
     If a call fails, the other tasks are cancelled and its error is raised; cancelling the
-    caller cancels every task.
+    caller cancels every task. When the engine traces, the pass is a ``dlgraph.forward`` span
+    and each (node, example) a ``dlgraph.node`` span under it, parent of the node's calls.
     """
     graph.validate()
     inputs = _inputs(xs)
+    tracer = engine.tracer
     order = graph.topological_order()
     outputs: dict[str, list[str]] = {INPUT: list(inputs)} | {
         name: [""] * len(inputs) for name in order
@@ -59,17 +61,18 @@ async def forward(
             if parent != INPUT:
                 await finished[parent, index].wait()
         values = {p: outputs[p][index] for p in graph.parents(name)}
-        result = await graph.node(name).run(
-            engine,
-            graph.parent_values(name, values),
-            phase=phase,
-            priority=graph.depth(name),
-        )
+        with tracer.span("node", name, node=name, example=index, phase=phase):
+            result = await graph.node(name).run(
+                engine,
+                graph.parent_values(name, values),
+                phase=phase,
+                priority=graph.depth(name),
+            )
         rendered[name][index] = result.rendered
         outputs[name][index] = result.text
         finished[name, index].set()
 
-    with single_errors():
+    with tracer.span("forward", phase=phase, examples=len(inputs)), single_errors():
         async with anyio.create_task_group() as task_group:
             for index in range(len(inputs)):
                 for name in order:

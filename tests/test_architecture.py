@@ -99,3 +99,20 @@ def test_the_engine_knows_nothing_of_networks_and_the_leaves_nothing_of_the_engi
     above_engine = {m for m in MODULES if layer(m) > layer("dlgraph.engine")}
     assert not {t for m in engine for t in graph.successors(m)} & above_engine
     assert imported_modules("dlgraph.scoring") == set()
+
+
+def foreign_imports(name: str) -> set[str]:
+    """The top-level packages outside dlgraph that `name`'s import statements name."""
+    found: set[str] = set()
+    for statement in ast.walk(ast.parse(MODULES[name].read_text(encoding="utf-8"))):
+        if isinstance(statement, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in statement.names)
+        elif isinstance(statement, ast.ImportFrom) and not statement.level and statement.module:
+            found.add(statement.module.split(".")[0])
+    return found - {"dlgraph"}
+
+
+def test_opentelemetry_is_imported_by_one_module_which_only_the_tracing_switch_imports() -> None:
+    assert {m for m in MODULES if "opentelemetry" in foreign_imports(m)} == {"dlgraph.engine._otel"}
+    importers = {m for m in MODULES if "dlgraph.engine._otel" in imported_modules(m)}
+    assert importers == {"dlgraph.engine.tracing"}

@@ -4,6 +4,7 @@ from dlgraph.engine.core import Engine
 from dlgraph.engine.limiter import RateLimits
 from dlgraph.engine.retry import RetryPolicy
 from dlgraph.engine.shared import Grant, GrantSource
+from dlgraph.engine.tracing import Tracing
 from dlgraph.engine.usage import Budget, LedgerSnapshot, Price, Usage
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "Price",
     "RateLimits",
     "RetryPolicy",
+    "Tracing",
     "Usage",
 ]

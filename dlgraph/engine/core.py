@@ -16,6 +16,10 @@ Per backend a call passes these stages, outermost first::
   charged when sent; with a `journal`, every charge is also appended to a file at once);
 * backend: the plugin, asked by `BackendCall`, whose `Reply` carries what it reported.
 
+When the engine traces, one more stage sits on top of the cache: one span per call, opened in
+the caller's task (so under the caller's span), told by the ledger what happened below
+(`dlgraph.engine.tracing`). When it does not, the chain is exactly the one above.
+
 Retry sits outside the limiter on purpose: each attempt costs the server a request, so each
 waits for its turn in the buckets, and one 429 pauses the retries of every call at once rather
 than each call sleeping on its own schedule. Split sits outside retry, so a batch that fails
@@ -71,8 +75,10 @@ from dlgraph.engine.metered import Metered
 from dlgraph.engine.retry import Retry, RetryPolicy
 from dlgraph.engine.shared import GrantPool, GrantSource
 from dlgraph.engine.single_flight import SingleFlight
+from dlgraph.engine.spans import OFF, Tracer
 from dlgraph.engine.stage import BackendCall, Batch, Call, Work, request_key
 from dlgraph.engine.tokens import estimated_tokens
+from dlgraph.engine.tracing import TracingSetting, check_setting, open_tracer
 from dlgraph.engine.usage import Budget, LedgerSnapshot, Price
 from dlgraph.engine.workers import Workers
 from dlgraph.errors import BackendError, tag
@@ -129,7 +135,8 @@ class Engine(anyio.AsyncContextManagerMixin):
     ``SharedLimit``). `coalesce_ms` is how long a request waits for
     companions to share one multi-prompt request, when the backend takes several: ``"auto"``
     is 10 ms under an `rpm` limit (each request then carries many calls) and 0 (never)
-    without one.
+    without one. `tracing` is ``"auto"`` (spans when the application has set an OpenTelemetry
+    tracer provider), a `Tracing` record, or False (see `dlgraph.engine.tracing`).
     """
 
     backend: Backend
@@ -174,8 +181,10 @@ class Engine(anyio.AsyncContextManagerMixin):
     )
     """A file where every call is recorded as it is sent (see `dlgraph.engine.journal`): an
     engine opened on one counts the calls of earlier processes in its statistics and budget."""
+    tracing: TracingSetting = attrs.field(default="auto", kw_only=True, validator=check_setting)
     ledger: Ledger = attrs.field(init=False)
     _chain: Call | None = attrs.field(default=None, init=False)
+    _tracer: Tracer = attrs.field(default=OFF, init=False)
 
     def __attrs_post_init__(self) -> None:
         keywords = (self.rpm, self.tpm, self.max_concurrency)
@@ -213,6 +222,7 @@ class Engine(anyio.AsyncContextManagerMixin):
                 try:
                     if pool is not None:
                         await pool.open()
+                    self._tracer = open_tracer(self.tracing)
                     async with self.backend, anyio.create_task_group() as task_group:
                         self._chain = self._build_chain(task_group, store, pool)
                         try:
@@ -221,6 +231,7 @@ class Engine(anyio.AsyncContextManagerMixin):
                             self._chain = None
                             task_group.cancel_scope.cancel()
                 finally:
+                    self._tracer, self.ledger.listener = OFF, None
                     if pool is not None:
                         with anyio.CancelScope(shield=True):
                             await pool.aclose()
@@ -283,7 +294,7 @@ class Engine(anyio.AsyncContextManagerMixin):
         chain = SingleFlight(chain, key, Workers(task_group))
         if store is not None:
             chain = Cache(chain, key, self.ledger, store)
-        return chain
+        return self._tracer.traced(chain, self.backend, self.ledger)
 
     async def request(self, request: Request) -> Result:
         """Send one request through the pipeline."""
@@ -356,6 +367,12 @@ class Engine(anyio.AsyncContextManagerMixin):
             )
         query = ClassQuery(context, specs, node, phase, priority)
         return await class_distribution(self.request, self.backend.capabilities, query)
+
+    @property
+    def tracer(self) -> Tracer:
+        """Spans for the work done with this engine (forward passes, training steps); one that
+        records nothing while tracing is off or the engine is not entered."""
+        return self._tracer
 
     @property
     def concurrency_ceiling(self) -> int:

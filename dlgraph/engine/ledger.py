@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import attrs
 
@@ -11,9 +12,17 @@ from dlgraph.backend import Request
 from dlgraph.engine.journal import Journal
 from dlgraph.engine.stage import Work, requests_of
 from dlgraph.engine.usage import COUNTERS, Budget, LedgerSnapshot, Price, Usage
-from dlgraph.errors import BudgetExhausted
+from dlgraph.errors import BackendError, BudgetExhausted
 
 Charge = tuple[Request, Mapping[str, int]]
+
+
+class Listener(Protocol):
+    """Told of every count as it is added (the tracing stage is one)."""
+
+    def counted(
+        self, request: Request, counts: Mapping[str, int], error: BackendError | None
+    ) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -28,6 +37,7 @@ class Ledger:
 
     budget: Budget = attrs.field(factory=Budget)
     price: Price | None = None
+    listener: Listener | None = attrs.field(default=None, kw_only=True)
     _counts: dict[tuple[str, str], collections.Counter[str]] = attrs.field(
         factory=lambda: collections.defaultdict(collections.Counter), init=False
     )
@@ -52,8 +62,9 @@ class Ledger:
         """Add `counts` to every request that `work` carries."""
         self.charge([(request, counts) for request in requests_of(work)])
 
-    def charge(self, charges: Sequence[Charge]) -> None:
-        """Add each request's counts (journalled first, in one write)."""
+    def charge(self, charges: Sequence[Charge], error: BackendError | None = None) -> None:
+        """Add each request's counts (journalled first, in one write); `error` is the failure
+        of the attempt charged, if it failed (told to the listener, not kept)."""
         if self._journal is not None:
             self._journal.record([(r.node or "", r.phase, counts) for r, counts in charges])
         for request, counts in charges:
@@ -62,6 +73,8 @@ class Ledger:
                 counter[name] += value
             self._calls += counts.get("calls", 0)
             self._tokens += counts.get("tokens_in", 0) + counts.get("tokens_out", 0)
+            if self.listener is not None:
+                self.listener.counted(request, counts, error)
 
     def start(self, work: Work) -> None:
         """Charge the calls `work` carries before they are sent (one HTTP request, to the

@@ -44,4 +44,4 @@ class Metered:
             "errors": 1 if failed else 0,
             "rate_limited": 1 if isinstance(reply.error, RateLimited) else 0,
         }
-        self.ledger.charge([(request, counts) for request in requests])
+        self.ledger.charge([(request, counts) for request in requests], reply.error)

@@ -123,7 +123,7 @@ class Run:
                 if patience is not None and self.evaluations_since_best >= patience:
                     stopped = "early_stopping"
                     break
-                record = await self._one_step()
+                record = await self._traced_step()
                 self._save(fingerprint)
                 self._log(record)
                 await self._notify(record)
@@ -142,6 +142,16 @@ class Run:
             history=list(self.history),
             stopped=stopped,
         )
+
+    async def _traced_step(self) -> StepRecord:
+        """One step in a ``dlgraph.step`` span, the parent of its parts and its dev evaluation
+        (when the engine traces)."""
+        with self.trainer.engine.tracer.span("step", step=self.trainer.steps_done + 1) as span:
+            record = await self._one_step()
+            span.set("batch_loss", record.batch_loss)
+            if record.dev_accuracy is not None:
+                span.set("dev_accuracy", record.dev_accuracy)
+        return record
 
     async def _one_step(self) -> StepRecord:
         """Run, apply and evaluate one step; on any error nothing of it is kept."""

@@ -104,21 +104,29 @@ class VariationalTrainer:
     # -- one step ----------------------------------------------------------------------------
 
     async def step(self, batch: Sequence[Example]) -> StepOutcome:
-        """Decide new parameters from one minibatch; nothing is changed until `apply`."""
+        """Decide new parameters from one minibatch; nothing is changed until `apply`.
+
+        When the engine traces, each part is a span: the forward pass, ``dlgraph.posterior``
+        per hidden node, ``dlgraph.propose`` (the candidates) and ``dlgraph.score`` (their
+        ELBOs), each the parent of its calls."""
         scorer = self._scorer()
+        tracer = self.engine.tracer
         targets: dict[str, list[str]] = self.net.targets(batch, "batch")
         trace = await forward(self.net, self.engine, [e.input for e in batch])
         posteriors: dict[str, Posterior] = {}
         for name in reversed(self.net.hidden_nodes()):
             if self.options.use_posterior:
-                posteriors[name] = await posterior_inference.infer(
-                    self.net, name, trace, targets, self.backward, scorer, self.options
-                )
+                with tracer.span("posterior", name, node=name):
+                    posteriors[name] = await posterior_inference.infer(
+                        self.net, name, trace, targets, self.backward, scorer, self.options
+                    )
             else:
                 posteriors[name] = Posterior.point(trace.outputs[name])
             targets[name] = posteriors[name].targets
-        candidates = await self._candidates(trace, targets)
-        scored = await self._elbos(trace, targets, posteriors, candidates, scorer)
+        with tracer.span("propose"):
+            candidates = await self._candidates(trace, targets)
+        with tracer.span("score", candidates=sum(map(len, candidates.values()))):
+            scored = await self._elbos(trace, targets, posteriors, candidates, scorer)
         losses = [
             1.0 - self.net.node(name).accuracy(trace.outputs[name], targets[name])
             for name in self.outputs
@@ -261,7 +269,10 @@ class VariationalTrainer:
             log_path=log_path,
             on_step=on_step,
         )
-        return await run.execute()
+        with self.engine.tracer.span("fit", steps=steps, batch_size=batch_size) as span:
+            result = await run.execute()
+            span.set("stopped", result.stopped)
+        return result
 
     def estimate(
         self,

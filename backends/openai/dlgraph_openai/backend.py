@@ -116,6 +116,14 @@ class OpenAIBackend(dg.Backend):
     def identity(self) -> str:
         return f"openai:{public_url(self.base_url or '')}:{self.model}:{self.api}"
 
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    @property
+    def operation_name(self) -> str:
+        return "chat" if self.api == "chat" else "text_completion"
+
     async def __aenter__(self) -> OpenAIBackend:
         try:
             asyncio.get_running_loop()
