@@ -243,12 +243,12 @@ class OpenAIBackend(dg.Backend):
             data = await self._post(path, body)
             with answers.reading(self._where(path)):
                 choice = answers.choices(data, 1, self._where(path))[0]
-                return answers.chat_top_logprobs(choice, self._where(path))
+                return answers.first_token_alternatives(choice, self._where(path))
         body = {"prompt": request.context, "max_tokens": 1, "temperature": 0, "logprobs": count}
         data = await self._post("/completions", body)
         where = self._where("/completions")
         with answers.reading(where):
-            return answers.completion_top_logprobs(answers.choices(data, 1, where)[0], where)
+            return answers.first_token_alternatives(answers.choices(data, 1, where)[0], where)
 
 
 def _messages(prompt: str) -> list[dict[str, str]]:
