@@ -49,6 +49,9 @@ class OpenAIBackend(dg.Backend):
     """Counts tokens as the server does (e.g. with tiktoken), for rate limits and budgets;
     default: about four characters per token."""
     _session: aiohttp.ClientSession | None = attrs.field(default=None, init=False, repr=False)
+    _reached: bool = attrs.field(default=False, init=False, repr=False)
+    """A connection to the server has been made: the address is right, so a connection refused
+    from now on is taken for a server restarting, and retried."""
 
     def __attrs_post_init__(self) -> None:
         self.base_url = (self.base_url or self.profile.base_url or "").rstrip("/")
@@ -93,11 +96,17 @@ class OpenAIBackend(dg.Backend):
                 "asyncio: run your program with anyio's default asyncio backend"
             ) from None
         if self._session is None:
+            connected = aiohttp.TraceConfig()
+            connected.on_connection_create_end.append(self._on_connection)
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                 connector=aiohttp.TCPConnector(limit=self.connections),
+                trace_configs=[connected],
             )
         return self
+
+    async def _on_connection(self, session: object, context: object, params: object) -> None:
+        self._reached = True
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
@@ -120,7 +129,7 @@ class OpenAIBackend(dg.Backend):
             raise dg.BackendUnavailable("the backend is closed: use it inside 'async with'")
         url, where = f"{self.base_url}{path}", self._where(path)
         params = {"api-version": self.profile.api_version} if self.profile.api_version else None
-        async with translated(where, self.timeout_s, self._secrets):
+        async with translated(where, self.timeout_s, self._secrets, reached_before=self._reached):
             async with self._session.post(
                 url, json=body | {"model": self.model}, headers=self._headers(), params=params
             ) as response:
