@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import importlib.metadata
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -19,7 +20,7 @@ import attrs
 
 from dlgraph._untrusted import excerpt
 from dlgraph._validate import MAX_TOKENS, integer, number, stop_strings, text
-from dlgraph.errors import BackendError, UnknownBackend
+from dlgraph.errors import BackendError, MalformedAnswer, UnknownBackend
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +87,16 @@ class TopLogprobsRequest:
     def key(self) -> tuple[object, ...]:
         return ("top_logprobs", self.context, self.count)
 
-    def ask(self, backend: Backend) -> Awaitable[dict[str, float]]:
-        return backend.top_logprobs(self)
+    async def ask(self, backend: Backend) -> dict[str, float]:
+        """The backend's alternatives. None at all (a shape the backend could not read) or a
+        NaN is a malformed answer, retried: with no alternative every class would fall to the
+        same floor, a uniform distribution that looks like an answer."""
+        alternatives = await backend.top_logprobs(self)
+        if not alternatives:
+            raise MalformedAnswer(f"{backend.identity}: no first-token alternatives in the answer")
+        if any(math.isnan(value) for value in alternatives.values()):
+            raise MalformedAnswer(f"{backend.identity}: a first-token log-probability is NaN")
+        return alternatives
 
 
 Request = GenerateRequest | LogprobRequest | TopLogprobsRequest

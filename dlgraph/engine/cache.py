@@ -308,15 +308,19 @@ async def open_store(cache: bool | str | os.PathLike[str]) -> Store | None:
 
 
 def fits(value: object, work: Work) -> TypeGuard[Result]:
-    """Whether a stored value is a valid answer to this request (a foreign or damaged row
-    is not)."""
+    """Whether a stored value is a valid answer to this request (a foreign or damaged row is
+    not, nor first-token alternatives with no alternative, which older versions could store)."""
     if isinstance(work, GenerateRequest):
         return isinstance(value, str)
     if isinstance(work, LogprobRequest):
         return isinstance(value, int | float) and not isinstance(value, bool) and value <= 0
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, int | float) and not math.isnan(v)
-        for k, v in value.items()
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(
+            isinstance(k, str) and isinstance(v, int | float) and not math.isnan(v)
+            for k, v in value.items()
+        )
     )
 
 

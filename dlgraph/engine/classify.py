@@ -4,7 +4,11 @@
 * ``top_logprobs``: each class's verbalizers among the first token's alternatives;
 * ``generate``: one greedy generation, mapped to a class.
 
-A class that a source gives nothing gets `LOG_FLOOR`.
+A class that a source gives nothing gets `LOG_FLOOR`. First-token alternatives that name no
+class are an answer (the model put its first token elsewhere; the classes share the floor),
+but no alternatives at all are not: every class at the floor is a uniform distribution that
+looks like an answer. The request refuses such an answer from the backend
+(`TopLogprobsRequest.ask`, a retried `MalformedAnswer`) and the cache does not hold one.
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ async def _by_top_logprobs(
         priority=query.priority,
     )
     top = await send(request)
-    assert isinstance(top, dict)
+    assert isinstance(top, dict) and top, "an empty answer is refused below"
     return [_class_score(spec, top) for spec in query.classes]
 
 

@@ -131,15 +131,66 @@ def prompt_logprobs_sum(entries: Any, target_start: int, text_end: int, where: s
     return total
 
 
-def chat_top_logprobs(choice: dict[str, Any], where: str) -> dict[str, float]:
-    content = (choice.get("logprobs") or {}).get("content") or []
-    if not content:
-        raise dg.MalformedAnswer(f"{where}: no logprobs in the answer")
-    return {
-        str(item["token"]): _number(item["logprob"]) for item in content[0].get("top_logprobs", [])
-    }
+def first_token_alternatives(choice: dict[str, Any], where: str) -> dict[str, float]:
+    """The first generated token's alternatives with their log-probabilities, in either shape
+    servers send them:
+
+    * OpenAI's completions: ``logprobs.top_logprobs[0] = {token: logprob, ...}``;
+    * chat completions, and llama-server's completions: ``logprobs.content[0].top_logprobs =
+      [{"token": ..., "logprob": ...}, ...]``.
+
+    Alternatives that print alike (two token ids, one text) are summed. An answer with no
+    alternative to read is malformed, and the error shows the shape it had: read as "no class
+    is likely", it would turn every class distribution uniform without a word.
+    """
+    logprobs = choice.get("logprobs")
+    pairs = _alternatives(logprobs)
+    if not pairs:
+        raise dg.MalformedAnswer(
+            f"{where}: no first-token log-probabilities in the answer "
+            f"(choice {choice.get('index', 0)}: logprobs = {shape(logprobs)})"
+        )
+    found: dict[str, list[float]] = {}
+    for token, value in pairs:
+        if not isinstance(token, str):
+            raise ValueError(f"expected a token's text, got {token!r}")
+        found.setdefault(token, []).append(_number(value))
+    return {token: _logsumexp(values) for token, values in found.items()}
 
 
-def completion_top_logprobs(choice: dict[str, Any], where: str) -> dict[str, float]:
-    tops = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
-    return {str(token): _number(value) for token, value in (tops[0] or {}).items()}
+def _alternatives(logprobs: Any) -> list[tuple[Any, Any]]:
+    """(token, log-probability) pairs of the first token, or none from a shape not known."""
+    try:
+        if logprobs.get("content"):
+            return [
+                (item["token"], item["logprob"]) for item in logprobs["content"][0]["top_logprobs"]
+            ]
+        return list((logprobs["top_logprobs"][0] or {}).items())
+    except (KeyError, TypeError, IndexError, AttributeError):
+        return []
+
+
+def _logsumexp(values: list[float]) -> float:
+    top = max(values)
+    if top == -math.inf:
+        return top
+    return top + math.log(sum(math.exp(value - top) for value in values))
+
+
+def shape(value: Any, depth: int = 6) -> str:
+    """The structure of a JSON value without its data (keys, value types, the first item of a
+    list), short enough for an error message: what a server sent, not what the model said."""
+    if isinstance(value, dict):
+        if depth == 0:
+            return "{...}"
+        items = [f"{key!r}: {shape(item, depth - 1)}" for key, item in list(value.items())[:8]]
+        more = ", ..." if len(value) > 8 else ""
+        return "{" + ", ".join(items) + more + "}"
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        first = shape(value[0], depth - 1) if depth else "..."
+        return f"[{first}" + (f", ... ({len(value)} items)]" if len(value) > 1 else "]")
+    if value is None:
+        return "null"
+    return type(value).__name__

@@ -74,6 +74,9 @@ class OpenAIBackend(dg.Backend):
     """Counts tokens as the server does (e.g. with tiktoken), for rate limits and budgets;
     default: about four characters per token."""
     _session: aiohttp.ClientSession | None = attrs.field(default=None, init=False, repr=False)
+    _reached: bool = attrs.field(default=False, init=False, repr=False)
+    """A connection to the server has been made: the address is right, so a connection refused
+    from now on is taken for a server restarting, and retried."""
 
     def __attrs_post_init__(self) -> None:
         self.base_url = (self.base_url or self.profile.base_url or "").rstrip("/")
@@ -133,11 +136,17 @@ class OpenAIBackend(dg.Backend):
                 "asyncio: run your program with anyio's default asyncio backend"
             ) from None
         if self._session is None:
+            connected = aiohttp.TraceConfig()
+            connected.on_connection_create_end.append(self._on_connection)
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                 connector=aiohttp.TCPConnector(limit=self.connections),
+                trace_configs=[connected],
             )
         return self
+
+    async def _on_connection(self, session: object, context: object, params: object) -> None:
+        self._reached = True
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
@@ -169,7 +178,7 @@ class OpenAIBackend(dg.Backend):
         if self._session is None:
             raise dg.BackendUnavailable("the backend is closed: use it inside 'async with'")
         where = self._where(path)
-        async with translated(where, self.timeout_s, self._secrets):
+        async with translated(where, self.timeout_s, self._secrets, reached_before=self._reached):
             async with self._session.post(
                 self._url(path), json=body | {"model": self.model}, headers=self._headers()
             ) as response:
@@ -297,12 +306,12 @@ class OpenAIBackend(dg.Backend):
             data = await self._post(path, body)
             with answers.reading(self._where(path)):
                 choice = answers.choices(data, 1, self._where(path))[0]
-                return answers.chat_top_logprobs(choice, self._where(path))
+                return answers.first_token_alternatives(choice, self._where(path))
         body = {"prompt": request.context, "max_tokens": 1, "temperature": 0, "logprobs": count}
         data = await self._post("/completions", body)
         where = self._where("/completions")
         with answers.reading(where):
-            return answers.completion_top_logprobs(answers.choices(data, 1, where)[0], where)
+            return answers.first_token_alternatives(answers.choices(data, 1, where)[0], where)
 
 
 def _messages(prompt: str) -> list[dict[str, str]]:

@@ -163,16 +163,26 @@ def status_error(
 
 @asynccontextmanager
 async def translated(
-    where: str, timeout_s: float, secrets: Sequence[str | None]
+    where: str, timeout_s: float, secrets: Sequence[str | None], *, reached_before: bool = False
 ) -> AsyncIterator[None]:
     """Raise dlgraph errors, `from` the original, for failures inside the block; no message
-    carries the key."""
+    carries the key.
+
+    A server that cannot be reached is unavailable (a wrong address fails at once), unless it
+    was `reached_before`: then it is most likely restarting, and the failure is transient, so
+    the engine's retries pick the server up again when it is back (or give up at the
+    deadline, naming this error)."""
     try:
         yield
     except dg.BackendError:
         raise
     except aiohttp.ClientConnectorError as error:
         reason = redact(str(error.os_error or error), *secrets)
+        if reached_before:
+            raise dg.TransientError(
+                f"{where}: cannot connect ({reason}); it was reachable before, so it may be "
+                "restarting"
+            ) from None
         raise dg.BackendUnavailable(f"{where}: cannot connect ({reason})") from None
     except (
         aiohttp.ServerDisconnectedError,

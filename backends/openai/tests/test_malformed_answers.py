@@ -1,8 +1,10 @@
-"""A hostile or broken server: 200 answers that are not answers, keys echoed back, trio."""
+"""A hostile or broken server: 200 answers that are not answers, keys echoed back, trio; and
+the two shapes first-token alternatives come in, read alike."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import anyio
@@ -57,6 +59,13 @@ def echo(tokens: list[str], logprobs: list[float | None], offsets: list[int]) ->
             }
         ]
     }
+
+
+def llama_server_alternatives(alternatives: list[dict[str, object]]) -> dict[str, object]:
+    """A /v1/completions answer as llama-server shapes it: the chat shape, one entry per token."""
+    token = {"id": 3, "token": " yes", "bytes": [32, 121, 101, 115], "logprob": -0.25}
+    entry = token | {"top_logprobs": alternatives}
+    return {"choices": [{"index": 0, "text": " yes", "logprobs": {"content": [entry]}}]}
 
 
 MALFORMED = [
@@ -120,6 +129,64 @@ MALFORMED = [
         r"choice without a message",
     ),
     (
+        "llama-server's shape with no alternatives",
+        "top_logprobs",
+        llama_server_alternatives([]),
+        r"no first-token log-probabilities in the answer \(choice 0: logprobs = \{'content': "
+        r"\[\{'id': int, 'token': str, 'bytes': \[int, \.\.\. \(4 items\)\], 'logprob': float, "
+        r"'top_logprobs': \[\]\}\]\}\)",
+    ),
+    (
+        "null logprobs",
+        "top_logprobs",
+        {"choices": [{"index": 0, "text": " yes", "logprobs": None}]},
+        r"no first-token log-probabilities in the answer \(choice 0: logprobs = null\)",
+    ),
+    (
+        "OpenAI's shape with nothing at the first token",
+        "top_logprobs",
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "text": " yes",
+                    "logprobs": {
+                        "tokens": [" yes"],
+                        "token_logprobs": [-0.1],
+                        "top_logprobs": [{}],
+                    },
+                }
+            ]
+        },
+        r"no first-token log-probabilities .*'top_logprobs': \[\{\}\]",
+    ),
+    (
+        "an alternative without a log-probability",
+        "top_logprobs",
+        llama_server_alternatives([{"id": 3, "token": " yes"}]),
+        r"no first-token log-probabilities .*'top_logprobs': \[\{'id': int, 'token': str\}\]",
+    ),
+    (
+        "an alternative whose log-probability is text",
+        "top_logprobs",
+        llama_server_alternatives([{"id": 3, "token": " yes", "logprob": "high"}]),
+        r"expected a number, got 'high'",
+    ),
+    (
+        "a chat answer with no token in its logprobs",
+        "chat top_logprobs",
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": ""},
+                    "logprobs": {"content": []},
+                }
+            ]
+        },
+        r"no first-token log-probabilities .*logprobs = \{'content': \[\]\}",
+    ),
+    (
         "usage of the wrong type, and no text",
         "generate",
         {"choices": [{"index": 0, "text": None}], "usage": {"prompt_tokens": "many"}},
@@ -134,7 +201,7 @@ async def test_a_malformed_200_answer_is_a_malformed_answer_error_naming_the_end
 ) -> None:
     async with AnswerServer(body) as server:
         profile = "sim"
-        api = "chat" if kind == "chat" else "completions"
+        api = "chat" if kind.startswith("chat") else "completions"
         backend = dg.connect(
             "openai", base_url=server.url, model="m", api_key=KEY, profile=profile, api=api
         )
@@ -142,10 +209,68 @@ async def test_a_malformed_200_answer_is_a_malformed_answer_error_naming_the_end
             with pytest.raises(dg.MalformedAnswer) as caught:
                 if kind == "logprob":
                     await backend.logprob(dg.LogprobRequest("The sky is", " blue"))
+                elif kind.endswith("top_logprobs"):
+                    await backend.top_logprobs(dg.TopLogprobsRequest("Is it hot?", count=5))
                 else:
                     await backend.generate(dg.GenerateRequest("hi"))
     assert re.search(message, str(caught.value)), str(caught.value)
     assert f"127.0.0.1:{server.port}/v1" in str(caught.value)
+
+
+ALTERNATIVES = {" yes": -0.4, " no": -1.2, "Yes": -3.0}
+
+
+def openai_alternatives(alternatives: dict[str, float]) -> dict[str, object]:
+    """A /v1/completions answer as OpenAI (and vLLM, llama-cpp-python) shape it."""
+    logprobs = {
+        "tokens": [" yes"],
+        "token_logprobs": [-0.4],
+        "top_logprobs": [alternatives],
+        "text_offset": [10],
+    }
+    return {"choices": [{"index": 0, "text": " yes", "logprobs": logprobs}]}
+
+
+def listed(alternatives: dict[str, float]) -> list[dict[str, object]]:
+    return [
+        {"id": number, "token": token, "bytes": list(token.encode()), "logprob": value}
+        for number, (token, value) in enumerate(alternatives.items())
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [openai_alternatives(ALTERNATIVES), llama_server_alternatives(listed(ALTERNATIVES))],
+    ids=["openai", "llama-server"],
+)
+async def test_first_token_alternatives_are_read_alike_from_either_shape(body) -> None:
+    """Would fail with the reading issue 22 found: llama-server's list came back empty."""
+    async with AnswerServer(body) as server:
+        backend = dg.connect("openai", base_url=server.url, model="m", profile="llamacpp")
+        async with backend:
+            found = await backend.top_logprobs(dg.TopLogprobsRequest("Is it hot?", count=5))
+    assert found == ALTERNATIVES
+
+
+async def test_alternatives_that_print_alike_are_summed() -> None:
+    """Two token ids, one text: reading only the last would drop the first one's mass."""
+    body = llama_server_alternatives(listed({" no": -1.2}) + listed({" no": -2.0}))
+    async with AnswerServer(body) as server:
+        backend = dg.connect("openai", base_url=server.url, model="m", profile="llamacpp")
+        async with backend:
+            found = await backend.top_logprobs(dg.TopLogprobsRequest("Is it hot?", count=5))
+    assert found == pytest.approx({" no": math.log(math.exp(-1.2) + math.exp(-2.0))})
+
+
+async def test_the_llamacpp_profile_turns_llama_servers_alternatives_into_classes() -> None:
+    """The issue's symptom end to end: this distribution came back as exactly 0.5 / 0.5."""
+    async with AnswerServer(llama_server_alternatives(listed(ALTERNATIVES))) as server:
+        backend = dg.connect("openai", base_url=server.url, model="m", profile="llamacpp")
+        policy = dg.RetryPolicy(deadline_s=1, initial_wait_s=0.01)
+        async with dg.Engine(backend, retry=policy) as engine:
+            distribution = await engine.classify("Is it hot? Answer:", ["yes", "no"])
+    yes, no = math.exp(-0.4) + math.exp(-3.0), math.exp(-1.2)
+    assert distribution == pytest.approx([yes / (yes + no), no / (yes + no)])
 
 
 async def test_a_malformed_answer_is_retried_and_the_whole_one_returned() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
+import socket
 import time
+from collections.abc import Callable
 
 import anyio
 import attrs
@@ -192,6 +195,53 @@ async def test_unreachable_server_is_a_clear_error() -> None:
                 dg.BackendUnavailable, match=r"http://127.0.0.1:9/v1/completions: cannot connect"
             ):
                 await engine.generate("hi")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(10):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+async def test_a_server_once_reached_that_goes_away_is_retried_until_it_is_back() -> None:
+    """A restart (or a crash and a supervisor) must not end a run that was being served:
+    would fail if every refused connection were final, as it is for a wrong address."""
+    config, port = ServerConfig(api_key=KEY), free_port()
+    answers: list[str] = []
+    async with dg.Engine(backend(SimServer(config, port=port)), retry=fast_retry()) as engine:
+
+        async def ask() -> None:
+            answers.append(await engine.generate("while it is away", max_tokens=4))
+
+        async with SimServer(config, port=port):
+            await engine.generate("before", max_tokens=4)
+        async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as group:
+            group.start_soon(ask)
+            await until(lambda: engine.statistics().total.retries >= 2)
+            restarted = await stack.enter_async_context(SimServer(config, port=port))
+    assert answers == [restarted.model.complete("while it is away", 4, 0.0, 0)]
+    assert restarted.count("ok") == 1
+
+
+async def test_a_server_once_reached_that_stays_away_fails_at_the_deadline_naming_it() -> None:
+    config, port = ServerConfig(api_key=KEY), free_port()
+    policy = dg.RetryPolicy(deadline_s=0.5, initial_wait_s=0.01)
+    async with dg.Engine(backend(SimServer(config, port=port)), retry=policy) as engine:
+        async with SimServer(config, port=port):
+            await engine.generate("before", max_tokens=4)
+        with pytest.raises(dg.RetriesExhausted) as caught:
+            await engine.generate("after it went away", max_tokens=4, node="answer")
+    message = str(caught.value)
+    assert f"127.0.0.1:{port}/v1/completions: cannot connect" in message
+    assert (
+        "it was reachable before, so it may be restarting" in message and "node 'answer'" in message
+    )
 
 
 async def test_api_key_is_absent_from_logs_errors_and_reprs(caplog) -> None:
