@@ -46,7 +46,7 @@ def forward_pass(net: Graph, examples: int) -> list[Wave]:
     writes: set[int] = set()
     for name, node in net.nodes.items():
         depth = net.depth(name)
-        calls[depth] = calls.get(depth, 0) + examples * node.kind.calls_per_score()
+        calls[depth] = calls.get(depth, 0) + examples * node.kind.run_cost().calls
         if node.kind.outputs() is None:
             writes.add(depth)
     return [
@@ -66,13 +66,13 @@ def step_waves(
         for name in reversed(net.hidden_nodes()):
             if net.node(name).kind.outputs() is None:
                 waves.append(Wave(True, "generate", batch * (size[name] - 1)))
-            evidence = sum(net.node(c).kind.calls_per_score() for c in net.children(name)) + 1
+            evidence = sum(net.node(c).kind.score_cost().calls for c in net.children(name)) + 1
             waves.append(Wave(False, "score", batch * size[name] * evidence))
     waves.append(Wave(True, "propose", options.num_prompt_samples * len(trainable)))
     scores = expected = 0
     for name in trainable:
         terms = max([size.get(name, 1), *(size.get(p, 1) for p in net.parents(name))])
-        per_candidate = batch * terms * net.node(name).kind.calls_per_score()
+        per_candidate = batch * terms * net.node(name).kind.score_cost().calls
         scores += _candidates(options) * per_candidate
         expected += _expected_candidates(options, step, terms == 1) * per_candidate
     waves.append(Wave(False, "score", scores, expected))

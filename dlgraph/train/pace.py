@@ -24,7 +24,7 @@ from dlgraph._tasks import map_concurrently
 from dlgraph.data.example import Example
 from dlgraph.engine import Engine
 from dlgraph.graph import Graph
-from dlgraph.nodes import INPUT, describe_inputs
+from dlgraph.nodes import INPUT, NodeCall, describe_inputs
 from dlgraph.templates import Template
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.proposals import END, REWRITES, ShownExample
@@ -166,19 +166,18 @@ def _probes(
         outputs = node.kind.outputs()
         target = outputs[0] if outputs else examples[tag % len(examples)].input[:80]
         parents = net.parent_values(output, tagged(tag))
-        await node.kind.loglik(node, engine, parents, target, phase="score")
-        return node.kind.calls_per_score()
+        await node.loglik(parents, target, NodeCall(engine=engine, phase="score"))
+        return node.kind.score_cost().calls
 
     async def write(tag: int) -> int:
         node = net.node(writers[0])
-        await node.kind.run(
-            node,
-            engine,
-            net.parent_values(node.name, tagged(tag)),
+        call = NodeCall(
+            engine=engine,
             phase="posterior" if backward else "forward",
             seed=tag,
             temperature=options.sample_temperature,
         )
+        await node.run(net.parent_values(node.name, tagged(tag)), call)
         return 1
 
     shown = [

@@ -16,7 +16,7 @@ from dlgraph._tasks import map_concurrently
 from dlgraph.engine import Engine
 from dlgraph.forward import Trace
 from dlgraph.graph import Graph
-from dlgraph.nodes import describe_inputs
+from dlgraph.nodes import NodeCall, describe_inputs
 from dlgraph.scoring import entropy, normalize_log_scores
 from dlgraph.templates import Template
 from dlgraph.train.options import TrainerOptions
@@ -71,13 +71,9 @@ async def sample_candidates(
             output=trace.outputs[name][i],
             children=[ChildView(net.node(c).prompt, targets[c][i]) for c in net.children(name)],
         )
+        call = NodeCall(engine=engine, phase="posterior", temperature=options.sample_temperature)
         return await node.kind.posterior_candidates(
-            node,
-            engine,
-            trace.outputs[name][i],
-            prompt,
-            samples=options.num_hidden_samples,
-            temperature=options.sample_temperature,
+            node, trace.outputs[name][i], prompt, options.num_hidden_samples, call
         )
 
     return await map_concurrently(candidates, range(len(trace)))
