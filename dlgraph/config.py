@@ -24,7 +24,7 @@ from dlgraph.errors import ConfigError, DlgraphError
 from dlgraph.network import Network
 from dlgraph.nodes import INPUT
 from dlgraph.train.options import TrainerOptions
-from dlgraph.train.run import RunSettings
+from dlgraph.train.run import Schedule as RunSettings
 
 SECTIONS = ("backend", "engine", "backward", "data", "network", "train", "output")
 ENGINE_KEYS = ("rpm", "tpm", "max_concurrency", "cache", "max_calls", "max_tokens", "shared_limit")

@@ -11,7 +11,7 @@ from dlgraph.graph import Graph
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.pace import Wave
 from dlgraph.train.records import Estimate
-from dlgraph.train.run import RunSettings
+from dlgraph.train.run import Schedule
 
 
 def _posterior_size(net: Graph, name: str, options: TrainerOptions) -> int:
@@ -84,7 +84,7 @@ def estimate(
     options: TrainerOptions,
     trainable: Sequence[str],
     backend: Backend,
-    settings: RunSettings,
+    schedule: Schedule,
     train: Sequence[Example],
     dev_size: int,
     *,
@@ -92,11 +92,11 @@ def estimate(
 ) -> Estimate:
     """Upper bounds on calls and tokens (no cache hits, no pruning of light candidates); with
     `separate_backward` the backward engine's share is counted apart."""
-    batch = settings.batch_size if not train else min(settings.batch_size, len(train))
+    batch = schedule.batch_size if not train else min(schedule.batch_size, len(train))
     waves = forward_pass(net, dev_size)
-    for step in range(1, settings.steps + 1):
+    for step in range(1, schedule.steps + 1):
         waves += step_waves(net, options, trainable, batch, step)
-        if step % settings.eval_every == 0 or step == settings.steps:
+        if schedule.evaluates_after(step):
             waves += forward_pass(net, dev_size)
     forward = sum(w.calls for w in waves if not w.backward)
     backward = sum(w.calls for w in waves if w.backward)

@@ -38,7 +38,7 @@ from dlgraph.train.pace import Pace, measure_pace
 from dlgraph.train.posterior import Posterior
 from dlgraph.train.proposals import END, ProposalRequest, clean_proposal, proposal_requests
 from dlgraph.train.records import Estimate, FitResult, StepOutcome
-from dlgraph.train.run import Run, RunSettings, StepCallback
+from dlgraph.train.run import Schedule, StepCallback, Training
 from dlgraph.train.scorers import AccuracyScorer, LogprobScorer, Scorer
 
 logger = logging.getLogger(__name__)
@@ -257,20 +257,20 @@ class VariationalTrainer:
         CheckpointError for a damaged or foreign checkpoint, or for a `checkpoint_dir` or
         `log_path` that cannot be written (before any call), BackendError for failed calls.
         """
-        settings = RunSettings(
+        schedule = Schedule(
             steps=steps, batch_size=batch_size, eval_every=eval_every, patience=patience
         )
-        run = Run(
+        training = Training(
             self,
             train,
             dev,
-            settings,
+            schedule,
             checkpoint_dir=checkpoint_dir,
             log_path=log_path,
             on_step=on_step,
         )
         with self.engine.tracer.span("fit", steps=steps, batch_size=batch_size) as span:
-            result = await run.execute()
+            result = await training.execute()
             span.set("stopped", result.stopped)
         return result
 
@@ -283,13 +283,13 @@ class VariationalTrainer:
         eval_every: int = 1,
     ) -> Estimate:
         """Upper bounds on calls and tokens for a run (no cache hits, no pruning)."""
-        settings = RunSettings(steps=steps, batch_size=batch_size, eval_every=eval_every)
+        schedule = Schedule(steps=steps, batch_size=batch_size, eval_every=eval_every)
         return estimate(
             self.net,
             self.options,
             self.trainable_nodes,
             self.engine.backend,
-            settings,
+            schedule,
             train,
             dev_size,
             separate_backward=self.backward is not self.engine,
