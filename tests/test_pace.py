@@ -150,7 +150,7 @@ def test_the_estimates_waves_hold_exactly_its_calls() -> None:
             assert (forward, writes) == (estimate.calls, estimate.backward_calls)
         else:
             assert forward + writes == estimate.calls
-        assert sum(w.kind == "propose" for w in estimate.waves) == 3
+        assert sum(w.action == "propose" for w in estimate.waves) == 3
 
 
 async def test_measuring_the_pace_without_examples_is_a_data_error() -> None:
