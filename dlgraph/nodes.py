@@ -244,9 +244,14 @@ class ClassKind:
 
     classes: tuple[str, ...] = attrs.field(converter=class_strings, validator=_classes)
     calibrate: bool = attrs.field(default=False, kw_only=True, validator=boolean)
+    _verbalizers: int = attrs.field(init=False, eq=False, repr=False)
     default_template: ClassVar[str] = "classify"
     shape: ClassVar[tuple[str, str]] = ("{", "}")
     score_repeats_run: ClassVar[bool] = True
+
+    def __attrs_post_init__(self) -> None:
+        count = sum(len(verbalizers(spec)) for spec in self.classes)
+        object.__setattr__(self, "_verbalizers", count)  # counted once: the estimate asks often
 
     @property
     def names(self) -> list[str]:
@@ -272,7 +277,8 @@ class ClassKind:
         return self.score_cost()
 
     def score_cost(self) -> Cost:
-        calls = sum(len(verbalizers(spec)) for spec in self.classes)
+        """One call per verbalizer, twice when calibrated (the content-free input too)."""
+        calls = self._verbalizers
         return Cost(2 * calls if self.calibrate else calls, writes=False)
 
     def posterior_size(self, samples: int) -> int:

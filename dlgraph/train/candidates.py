@@ -104,24 +104,23 @@ def new_candidates(options: TrainerOptions) -> int:
     return options.num_prompt_samples + demonstration_sets
 
 
-def candidate_slots(
+def other_candidates(
     options: TrainerOptions, step: int, examples: int, has_demonstrations: bool
-) -> list[Count]:
-    """Before the run: the examples each candidate of a node is scored on at step `step`
-    (from 1), at most and as expected, in the order `candidate_parameters` lists them. The
-    memory fills as steps go; a demonstration set is not scored on the examples it shows;
-    the current parameter has a version without demonstrations when it has some (the
-    network's own are taken to last)."""
+) -> Count:
+    """Before the run: the examples that a node's candidates other than its current parameter
+    are scored on at step `step` (from 1), all together, at most and as expected. The
+    remembered ones fill the memory as steps go; a demonstration set is not scored on the
+    examples it shows; the current parameter has a version without demonstrations when it has
+    some (the network's own are taken to last)."""
     remembered = min(options.memory_size, (step - 1) * new_candidates(options))
     shown = demonstration_size(options, examples)
     sets = options.num_demonstration_samples if options.max_demonstrations else 0
-    return [
-        Count(examples),
-        *(Count(examples, examples if k < remembered else 0) for k in range(options.memory_size)),
-        *(Count(examples) for _ in range(options.num_prompt_samples)),
-        *(Count(examples, examples - shown if shown > 0 else 0) for _ in range(sets)),
-        Count(examples, examples if has_demonstrations else 0),
-    ]
+    bare = 1  # the current instruction without demonstrations
+    at_most = options.memory_size + options.num_prompt_samples + sets + bare
+    expected = (remembered + options.num_prompt_samples) * examples
+    expected += sets * (examples - shown) if shown > 0 else 0
+    expected += examples if has_demonstrations else 0
+    return Count(at_most * examples, expected)
 
 
 @attrs.define(eq=False)

@@ -19,8 +19,8 @@ from dlgraph.nodes import Parameter
 from dlgraph.train.candidates import shown_examples
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.posterior import posterior_size
-from dlgraph.train.step import Probe, Sizes, StandIn, StepSetup, StepState
-from dlgraph.train.waves import NONE, Calls, Count, Wave, action, wave
+from dlgraph.train.step import Probe, Scores, Sizes, StandIn, StepSetup, StepState
+from dlgraph.train.waves import Calls, Count, Wave, action, wave
 
 
 @attrs.frozen
@@ -184,14 +184,15 @@ class ScorePhase:
     def waves(self, sizes: Sizes) -> list[Wave]:
         return wave(False, [self._calls(name, sizes.scores(name)) for name in self.setup.trainable])
 
-    def _calls(self, name: str, per_candidate: Sequence[Count]) -> Calls:
-        """A node's score calls, from the (example, term) pairs of each candidate: the
-        current parameter's are expected from the cache when they repeat the forward pass."""
+    def _calls(self, name: str, scores: Scores) -> Calls:
+        """A node's score calls, from the (example, term) pairs its candidates are scored
+        on: the current parameter's are expected from the cache when they repeat the forward
+        pass."""
         cost = self.setup.scorer.cost(self.setup.net.node(name).kind)
-        total = sum(per_candidate, NONE)
-        if per_candidate and self.repeats_forward(name):
-            total = Count(total.calls, total.expected - per_candidate[0].expected)
-        return Calls(name, "score", action(cost), total * cost.calls)
+        current = scores.current
+        if self.repeats_forward(name):
+            current = Count(current.calls, 0)
+        return Calls(name, "score", action(cost), (current + scores.others) * cost.calls)
 
     def repeats_forward(self, name: str) -> bool:
         """Whether the current parameter's scores send what the forward pass sent (its

@@ -28,12 +28,13 @@ def run_waves(
     phases: Sequence[StepPhase], setup: StepSetup, schedule: Schedule, batch: int, dev_size: int
 ) -> list[Wave]:
     """Every step's phases over its plan, between the dev evaluations."""
-    waves = forward_pass(setup.net, dev_size)
+    evaluation = forward_pass(setup.net, dev_size)
+    waves = list(evaluation)
     for step in range(1, schedule.steps + 1):
         plan = Plan(setup, batch, step)
         waves += [each for phase in phases for each in phase.waves(plan)]
         if schedule.evaluates_after(step):
-            waves += forward_pass(setup.net, dev_size)
+            waves += evaluation
     return waves
 
 

@@ -17,11 +17,11 @@ import attrs
 from dlgraph.backend import Phase
 from dlgraph.forward import forward, run_node
 from dlgraph.graph import Graph
-from dlgraph.train.candidates import Memory, candidate_slots
+from dlgraph.train.candidates import Memory, other_candidates
 from dlgraph.train.elbo import ScorePhase, term_count
 from dlgraph.train.posterior import PosteriorPhase
 from dlgraph.train.proposals import Fits, ProposePhase
-from dlgraph.train.step import Probe, Sizes, StandIn, StepPhase, StepSetup, StepState
+from dlgraph.train.step import Probe, Scores, Sizes, StandIn, StepPhase, StepSetup, StepState
 from dlgraph.train.waves import Calls, Count, Wave, action, wave
 
 
@@ -86,9 +86,9 @@ class Plan:
     examples: int
     step: int
 
-    def scores(self, name: str) -> list[Count]:
+    def scores(self, name: str) -> Scores:
         setup = self.setup
         terms = term_count(setup.net, name, setup.options)
         has_demonstrations = bool(setup.net.node(name).demonstrations)
-        slots = candidate_slots(setup.options, self.step, self.examples, has_demonstrations)
-        return [slot * terms for slot in slots]
+        others = other_candidates(setup.options, self.step, self.examples, has_demonstrations)
+        return Scores(Count(self.examples) * terms, others * terms)

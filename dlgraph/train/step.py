@@ -91,8 +91,19 @@ class StepState:
     def examples(self) -> int:
         return len(self.batch)
 
-    def scores(self, name: str) -> list[Count]:
-        return [Count(count) for count in self.score_counts[name]]
+    def scores(self, name: str) -> Scores:
+        current, *others = self.score_counts[name]
+        return Scores(Count(current), Count(sum(others)))
+
+
+@attrs.frozen
+class Scores:
+    """The (example, term) pairs a node's candidates are scored on, at most and as expected:
+    the current parameter's, which every other candidate is measured against, and all the
+    others' together."""
+
+    current: Count
+    others: Count
 
 
 class Sizes(Protocol):
@@ -103,9 +114,8 @@ class Sizes(Protocol):
         """The batch's examples."""
         ...
 
-    def scores(self, name: str) -> Sequence[Count]:
-        """For each candidate of node `name` (the current parameter first), the (example,
-        term) pairs its ELBO scores: at most, and as expected."""
+    def scores(self, name: str) -> Scores:
+        """What node `name`'s candidates are scored on."""
         ...
 
 
