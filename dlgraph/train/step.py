@@ -92,7 +92,7 @@ class StepState:
         return len(self.batch)
 
     def scores(self, name: str) -> Scores:
-        current, *others = self.score_counts[name]
+        current, *others = self.score_counts[name] or [0]  # none: no candidate fitted
         return Scores(Count(current), Count(sum(others)))
 
 
