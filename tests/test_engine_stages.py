@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import anyio
 import pytest
 from fake_clock import FakeClock
@@ -235,6 +237,79 @@ async def test_retry_raises_retries_exhausted_at_the_deadline() -> None:
     assert isinstance(caught.value.__cause__, dg.TransientError)
 
 
+class TopOfRange(random.Random):
+    """Jitter that draws the top of every range it is asked for, and remembers the ranges."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.ranges: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.ranges.append((a, b))
+        return b
+
+
+async def test_retry_gives_up_at_the_deadline_counted_from_the_first_failure() -> None:
+    clock = FakeClock()
+    attempts: list[float] = []
+
+    async def down(request):
+        if not attempts:
+            await clock.sleep(5.0)  # the first attempt fails after 5 s: the deadline starts then
+        attempts.append(clock.time())
+        raise dg.TransientError("502 bad gateway")
+
+    jitter = TopOfRange()
+    retry = Retry(
+        down,
+        Ledger(),
+        RetryPolicy(deadline_s=30, initial_wait_s=1, max_wait_s=10),
+        sleep=clock.sleep,
+        clock=clock.time,
+        jitter=jitter,
+    )
+    gave_up_at: list[float] = []
+
+    async def body() -> None:
+        with pytest.raises(dg.RetriesExhausted, match="deadline of 30 s"):
+            await retry(dg.GenerateRequest("x"))
+        gave_up_at.append(clock.time())
+
+    await run_with_clock(clock, body)
+    assert attempts == [5, 6, 8, 12, 20, 30]  # waits of 1, 2, 4, 8, then 10 at most
+    assert gave_up_at == [35]  # the last wait is cut at the deadline; no attempt after it
+    assert jitter.ranges == [(0, 1), (0, 2), (0, 4), (0, 8), (0, 10), (0, 10)]  # full jitter
+
+
+async def test_retry_ends_in_retries_exhausted_after_thousands_of_instant_failures() -> None:
+    """A server failing at once, short waits, a long deadline: more than 1024 retries, where
+    the doubling of the backoff's ceiling once overflowed a float."""
+    clock = FakeClock()
+
+    async def down(request):
+        raise dg.TransientError("503")
+
+    ledger = Ledger()
+    retry = Retry(
+        down,
+        ledger,
+        RetryPolicy(deadline_s=2, initial_wait_s=0.001, max_wait_s=0.001),
+        sleep=clock.sleep,
+        clock=clock.time,
+        jitter=TopOfRange(),
+    )
+    gave_up_at: list[float] = []
+
+    async def body() -> None:
+        with pytest.raises(dg.RetriesExhausted, match="503"):
+            await retry(dg.GenerateRequest("x"))
+        gave_up_at.append(clock.time())
+
+    await run_with_clock(clock, body)
+    assert gave_up_at == [pytest.approx(2.0)]
+    assert ledger.statistics().total.retries == pytest.approx(2000, abs=2)
+
+
 # -- ledger ----------------------------------------------------------------------------------
 
 
@@ -414,14 +489,81 @@ async def test_limiter_cancelled_waiter_leaves_the_queue() -> None:
 
 
 async def test_limiter_shrinks_concurrency_after_a_429_and_grows_under_load() -> None:
-    async def limited(work):
-        raise dg.RateLimited("429", retry_after_s=0)
+    failures = [dg.RateLimited("429", retry_after_s=0)]
+    release = anyio.Event()
 
-    limiter = Limiter(replying(limited), dg.Backend(), RateLimits(rpm=60_000, max_concurrency=40))
+    async def server(work):
+        if failures:
+            raise failures.pop()
+        await release.wait()
+        return "ok"
+
+    limiter = Limiter(replying(server), dg.Backend(), RateLimits(max_concurrency=40))
     before = limiter.statistics().concurrency_limit
     with pytest.raises(dg.RateLimited):
         await limiter(dg.GenerateRequest("x"))
-    assert limiter.statistics().concurrency_limit < before
+    shrunk = limiter.statistics().concurrency_limit
+    async with anyio.create_task_group() as group:
+        for i in range(90):
+            group.start_soon(limiter, dg.GenerateRequest(f"p{i}"))
+        await anyio.wait_all_tasks_blocked()  # 28 in flight, 62 crowded out, waiting
+        assert limiter.statistics().in_flight == shrunk
+        release.set()
+    grown = limiter.statistics().concurrency_limit
+    assert (before, shrunk) == (40, 28)  # multiplicative decrease: x 0.7
+    assert grown == shrunk + 2  # additive increase: about one per window of crowded calls
+
+
+async def test_limiter_empties_its_buckets_on_a_429_so_calls_resume_at_the_rate() -> None:
+    """The server's count is spent even if ours is not: after the pause, calls are spaced at
+    the rate, not sent as one burst from a bucket that still looks full."""
+    clock = FakeClock()
+    starts: list[float] = []
+
+    async def inner(work):
+        starts.append(clock.time())
+        if len(starts) == 1:
+            raise dg.RateLimited("429", retry_after_s=0.5)
+        return "ok"
+
+    limiter = Limiter(
+        replying(inner),
+        dg.Backend(),
+        RateLimits(rpm=60, burst_s=5, pause_jitter=0),
+        clock=clock.time,
+        sleep=clock.sleep,
+    )
+
+    async def body() -> None:
+        with pytest.raises(dg.RateLimited):
+            await limiter(dg.GenerateRequest("first"))
+        async with anyio.create_task_group() as group:
+            for i in range(3):
+                group.start_soon(limiter, dg.GenerateRequest(f"after{i}"))
+
+    await run_with_clock(clock, body)
+    assert starts == pytest.approx([0, 1, 2, 3])  # not [0, 0.5, 0.5, 0.5]
+
+
+async def test_limiter_trues_up_the_token_bucket_with_the_usage_the_server_reports() -> None:
+    clock = FakeClock()
+    starts: list[float] = []
+
+    async def inner(work):
+        starts.append(clock.time())
+        dg.report(prompt_tokens=100, completion_tokens=10)  # 90 of the 100 reserved unused
+        return "ok"
+
+    limiter = Limiter(
+        replying(inner), dg.Backend(), RateLimits(tpm=6000), clock=clock.time, sleep=clock.sleep
+    )  # 100 tokens/s, a bucket of 100
+
+    async def body() -> None:
+        for _ in range(2):
+            await limiter(dg.GenerateRequest("x" * 400, max_tokens=100))  # 200 charged
+
+    await run_with_clock(clock, body)
+    assert starts == pytest.approx([0, 1.1])  # the debt is 10 tokens, not 100 (nor 190)
 
 
 # -- coalescer and split ---------------------------------------------------------------------
