@@ -174,6 +174,12 @@ CASES = [
         r"edge 'answer' -> 'anser': unknown node 'anser' \(known: answer\)",
     ),
     Case(
+        "an edge from an unknown node",
+        lambda t: one_node().add_edge("ghost", "answer"),
+        dg.GraphError,
+        r"edge 'ghost' -> 'answer': unknown node 'ghost' \(known: answer\)",
+    ),
+    Case(
         "a self edge",
         lambda t: (lambda n: (n.add_edge("answer", "answer"), n.validate()))(one_node()),
         dg.GraphError,
@@ -232,6 +238,24 @@ CASES = [
         lambda t: forward(_template('{{ "a" * 100000000 }}'), ["x"]),
         dg.GraphError,
         r"node 'x': template refused: a repetition this large",
+    ),
+    Case(
+        "a template building a huge string, the count first, and printing its length",
+        lambda t: forward(_template('{{ (100000000 * "a") | length }}'), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: a repetition this large",
+    ),
+    Case(
+        "a template building a huge number",
+        lambda t: forward(_template("{{ (10 ** 100000) | string | length }}"), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: a power this large",
+    ),
+    Case(
+        "a retry deadline of zero",
+        lambda t: dg.RetryPolicy(deadline_s=0),
+        ValueError,
+        r"deadline_s must be > 0, got 0",
     ),
     Case(
         "forward on one string",

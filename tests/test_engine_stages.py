@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import anyio
 import pytest
+from dlgraph_sim import ScriptedModel
 from fake_clock import FakeClock
 
 import dlgraph as dg
@@ -734,3 +736,25 @@ async def test_the_halves_of_a_refused_batch_keep_its_place_in_the_limiters_queu
     halves = [i for i, prompts in enumerate(sent[1:], 1) if not prompts[0].startswith("later")]
     assert max(halves) < min(later)  # every part of the batch went before the later calls
     assert outcome[1:] == ["ok a", "ok b", "ok c"] and isinstance(outcome[0], dg.RequestRejected)
+
+
+# -- classification --------------------------------------------------------------------------
+
+
+def verbalizer_model(probability: dict[str, float]) -> ScriptedModel:
+    """Exact log-probabilities: each verbalizer (after a space) has its given probability."""
+    return ScriptedModel(logprob=lambda request: math.log(probability[request.target]))
+
+
+async def test_classify_gives_a_class_the_summed_probability_of_its_verbalizers() -> None:
+    model = verbalizer_model({" yes": 0.35, " Yes": 0.05, " no": 0.3, " No": 0.3})
+    async with dg.Engine(model) as engine:
+        distribution = await engine.classify("Is it?", ["yes|Yes", "no|No"])
+    assert distribution == pytest.approx([0.4, 0.6])  # the likelier verbalizer alone: 0.35 : 0.3
+
+
+async def test_classify_returns_a_distribution_when_the_verbalizers_cover_little_mass() -> None:
+    model = verbalizer_model({" yes": 0.01, " Yes": 0.01, " no": 0.03, " No": 0.03})
+    async with dg.Engine(model) as engine:
+        distribution = await engine.classify("Is it?", ["yes|Yes", "no|No"])
+    assert distribution == pytest.approx([0.25, 0.75])

@@ -313,6 +313,40 @@ async def test_generic_step_on_one_node_matches_a_hand_written_dln1_step() -> No
     assert outcome.parameters["answer"].prompt == scored[best][0]
 
 
+async def test_trust_region_charges_a_candidate_what_it_loses_against_the_current_prompt() -> None:
+    """ELBO with a trust region λ: the mean log-likelihood, minus λ times the mean of what the
+    candidate loses against the current prompt example by example (gains are not paid)."""
+    world = LetterWorld(direct=True)
+    batch = single_word_task(8, seed=3)
+    async with dg.Engine(world.model()) as engine:
+        trainer = dg.VariationalTrainer(dln1(), engine, **TRAIN_OPTIONS, trust_region=2.0)
+        outcome = await trainer.step(batch)
+
+    def logliks(prompt: str) -> list[float]:
+        return [reference_class_loglik(world, prompt, f"Input: {e.input}", e.target) for e in batch]
+
+    current = logliks("Answer the question.")
+    penalties = []
+    for prompt, elbo in outcome.elbo["answer"]:
+        own = logliks(prompt)
+        penalty = 2.0 * sum(max(0.0, c - o) for c, o in zip(current, own, strict=True)) / 8
+        assert elbo == pytest.approx(sum(own) / 8 - penalty, abs=1e-9)
+        penalties.append(penalty)
+    assert any(p > 0 for p in penalties)  # some candidate lost somewhere, and paid for it
+
+
+async def test_the_memory_keeps_the_best_candidates_a_step_scored() -> None:
+    world = LetterWorld(direct=True)
+    async with dg.Engine(world.model()) as engine:
+        trainer = dg.VariationalTrainer(dln1(), engine, **TRAIN_OPTIONS, memory_size=2)
+        outcome = await trainer.step(single_word_task(8, seed=3))
+        trainer.apply(outcome)
+    scored = outcome.scored["answer"]
+    best = sorted(scored, key=lambda pair: pair[1], reverse=True)
+    assert len(scored) > 2 and best[1][1] > best[2][1]
+    assert trainer.memory.parameters("answer") == [best[0][0], best[1][0]]
+
+
 async def test_generic_step_on_two_nodes_matches_a_hand_written_dln2_step() -> None:
     world = LetterWorld()
     batch = single_word_task(6, seed=4)
@@ -421,6 +455,11 @@ CHECKPOINT_EDITS = [
         "best_score",
         lambda p: p | {"best_score": 3.5},
         r"best_score: an accuracy must be in \[0, 1\]",
+    ),
+    (
+        "initial_score",
+        lambda p: p | {"initial_score": -0.5},
+        r"initial_score: score must be >= 0",
     ),
     (
         "memory",
