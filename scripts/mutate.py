@@ -56,6 +56,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # measure the checkout this script is in, whatever is installed
 CONFIG = ROOT / "scripts" / "mutation.toml"
 SURVIVORS = ROOT / "scripts" / "mutation_survivors.toml"
+TIMEOUT_S, TIMEOUT_FACTOR = 5.0, 2.0
+"""A mutant's tests get this long, plus this many times their traced duration (coverage's
+tracing already slows them), before the mutant counts as killed by a timeout: a hang or a
+slowdown is a change a user would see."""
 IMPORT_CONTEXT = "import"
 """The coverage context of lines executed while modules are imported, outside any test."""
 
@@ -479,6 +483,7 @@ def _fork(job: Callable[[], int], log: Path) -> int:
         descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(descriptor, 1)
         os.dup2(descriptor, 2)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         code = job()
     except BaseException:
         traceback.print_exc()
@@ -647,7 +652,7 @@ def run_mutants(
         while pending or running:
             while pending and len(running) < jobs:
                 mutant, tests = pending.pop()
-                budget = 15.0 + 3.0 * sum(durations[t] for t in tests)
+                budget = TIMEOUT_S + TIMEOUT_FACTOR * sum(durations[t] for t in tests)
                 log = work / f"mutant-{len(pending)}.log"
                 pid = _fork(_mutant_job(mutant, config, tests), log)
                 running[pid] = (mutant, tests, time.monotonic(), budget)
@@ -757,6 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--check-explained", action="store_true", help="run the listed equivalent mutants too"
     )
     arguments = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))  # clean up
     config = Config.read(CONFIG)
     scope = config.scope()
     if arguments.modules:
