@@ -13,10 +13,12 @@ a condition negated, a constant moved by one, a call or a `raise` deleted, ``min
 
 How it stays fast on two cores: one traced run of the mapped test files records which tests
 execute each line (coverage.py contexts); a mutant then runs only the tests that execute the
-line it changed, fastest first, stopping at the first failure. Each mutant runs in a process
-forked from this one, with third-party libraries already imported; the mutated module is
-compiled from the mutated tree and served by an import hook, so the work tree is never
-written. A mutant whose line no test executes survives without a run.
+line it changed, fastest first, stopping at the first failure, and no more of them than fit
+in `max_test_seconds` (a survivor says when slower tests were left out). The tests are
+collected once, in this process; each mutant runs in a child forked from it, where the
+mutated function's code object is swapped into the live function (a change in a class body
+or at module level is imported afresh through an import hook instead), so the work tree is
+never written. A mutant whose line no test executes survives without a run.
 
 Survivors are explained in `scripts/mutation_survivors.toml`, each with a one-line reason:
 *equivalent* ones (no test could tell them from the original) are left out of the score,
@@ -32,11 +34,13 @@ import argparse
 import ast
 import contextlib
 import fnmatch
+import gc
 import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import json
+import math
 import os
 import signal
 import sys
@@ -46,7 +50,7 @@ import tomllib
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import CodeType, ModuleType
+from types import CodeType, FunctionType, ModuleType
 from typing import Any
 
 import attrs
@@ -78,6 +82,8 @@ class Config:
     """Calls (``name`` or ``object.name``, globs) never deleted nor mutated inside."""
     keyword: str
     """A pytest ``-k`` expression: the tests of the listed files that may run at all."""
+    max_test_s: float
+    """A mutant runs the fastest tests of its line that fit in this much traced test time."""
 
     @classmethod
     def read(cls, path: Path) -> Config:
@@ -89,6 +95,7 @@ class Config:
             skip_keywords=frozenset(skip.get("keywords", ())),
             skip_calls=frozenset(skip.get("calls", ())),
             keyword=str(data.get("keyword", "")),
+            max_test_s=float(data.get("max_test_seconds", math.inf)),
         )
 
     def scope(self) -> dict[Path, tuple[str, ...]]:
@@ -162,6 +169,9 @@ class Point:
     node: ast.AST
     statement: ast.stmt
     qualname: str
+    function: str | None
+    """The outermost function around the mutation (its code object holds the change), or
+    None for a class body or the module's own code, which run once, at import."""
     operator: str
 
     def apply(self) -> Callable[[], None]:
@@ -218,7 +228,8 @@ class _Finder:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.points: list[Point] = []
-        self._scope: list[str] = []
+        self._scope: list[tuple[str, bool]] = []
+        """Enclosing classes and functions: (name, is a function)."""
         self._statement: ast.stmt | None = None
 
     def find(self, tree: ast.Module) -> list[Point]:
@@ -230,9 +241,12 @@ class _Finder:
     ) -> None:
         old = getattr(parent, field) if index is None else getattr(parent, field)[index]
         assert self._statement is not None
-        qualname = ".".join(self._scope) or "<module>"
+        names = [name for name, _ in self._scope]
+        qualname = ".".join(names) or "<module>"
+        outer = next((i for i, (_, is_function) in enumerate(self._scope) if is_function), None)
+        function = None if outer is None else ".".join(names[: outer + 1])
         self.points.append(
-            Point(parent, field, index, new, old, self._statement, qualname, operator)
+            Point(parent, field, index, new, old, self._statement, qualname, function, operator)
         )
 
     def _children(self, node: ast.AST) -> None:
@@ -279,7 +293,7 @@ class _Finder:
         self._statement = node
         self._mutate_statement(node, parent, field, index)
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            self._scope.append(node.name)
+            self._scope.append((node.name, not isinstance(node, ast.ClassDef)))
             self._children(node)
             self._scope.pop()
         else:
@@ -359,6 +373,7 @@ class Mutant:
     lines: tuple[int, ...]
     """The lines whose tests can see it: its own and its statement's first."""
     qualname: str
+    function: str | None
     operator: str
     before: str
     after: str
@@ -396,7 +411,18 @@ def mutants_of(path: Path, config: Config) -> list[Mutant]:
         end = getattr(node, "end_lineno", None) or start
         lines = tuple(sorted({point.statement.lineno, *range(start, end + 1)}))
         mutants.append(
-            Mutant(path, number, start, lines, point.qualname, point.operator, before, after, key)
+            Mutant(
+                path,
+                number,
+                start,
+                lines,
+                point.qualname,
+                point.function,
+                point.operator,
+                before,
+                after,
+                key,
+            )
         )
     return mutants
 
@@ -462,14 +488,6 @@ def _forget_project_modules() -> None:
     for name, module in list(sys.modules.items()):
         if _is_ours(name, module):
             del sys.modules[name]
-
-
-def _preload(names: Sequence[str]) -> None:
-    """Import the third-party modules the tests use, once, before forking."""
-    for name in names:
-        with contextlib.suppress(Exception):
-            importlib.import_module(name)
-    _forget_project_modules()
 
 
 def _fork(job: Callable[[], int], log: Path) -> int:
@@ -548,23 +566,112 @@ def _trace_job(modules: list[Path], tests: list[str], out: Path) -> Callable[[],
             }
             for module in modules
         }
-        loaded = [name for name, module in sys.modules.items() if not _is_ours(name, module)]
         report = {"exit": code, "failed": recorder.failed, "durations": recorder.durations}
-        report["loaded"] = loaded
         out.write_text(json.dumps(report | {"lines": lines}))
         return 0
 
     return job
 
 
-def _mutant_job(mutant: Mutant, config: Config, tests: list[str]) -> Callable[[], int]:
+def _find_code(code: CodeType, qualname: str) -> CodeType | None:
+    """The code object of function `qualname` among `code`'s constants, at any depth."""
+    for constant in code.co_consts:
+        if isinstance(constant, CodeType):
+            if constant.co_qualname == qualname:
+                return constant
+            found = _find_code(constant, qualname)
+            if found is not None:
+                return found
+    return None
+
+
+def _patch_function(mutant: Mutant, code: CodeType) -> bool:
+    """Swap the mutated code into the live function objects of `mutant.function`: they keep
+    their identity, so every class and test that holds them runs the mutant. False when that
+    cannot be done (a change of free variables), and a fresh import is needed."""
+    assert mutant.function is not None
+    new = _find_code(code, mutant.function)
+    if new is None:
+        return False
+    patched = []
+    for candidate in gc.get_objects():
+        if isinstance(candidate, FunctionType):
+            old = candidate.__code__
+            if old.co_qualname == mutant.function and old.co_filename == new.co_filename:
+                try:
+                    candidate.__code__ = new
+                except ValueError:
+                    return False
+                patched.append(candidate)
+    return bool(patched)
+
+
+def _run_items(items: Sequence[pytest.Item]) -> int:
+    """Run collected tests in order, like ``pytest -x``: 1 at the first failure, else 0."""
+    from _pytest.runner import runtestprotocol
+
+    for position, item in enumerate(items):
+        following = items[position + 1] if position + 1 < len(items) else None
+        reports = runtestprotocol(item, log=False, nextitem=following)
+        failed = [report for report in reports if report.failed]
+        if failed:
+            print(f"FAILED {item.nodeid}\n{failed[0].longreprtext[-3000:]}")
+            return 1
+        print(f"passed {item.nodeid}")
+    return 0
+
+
+def _mutant_job(
+    mutant: Mutant, config: Config, tests: list[str], collected: dict[str, pytest.Item]
+) -> Callable[[], int]:
+    """In the child: a mutant inside a function is patched into the tests already collected
+    by the parent; one in a class body or at module level is imported afresh, and its tests
+    collected again."""
+
     def job() -> int:
         code = mutated_code(mutant, config)
+        items = [collected[test] for test in tests if test in collected]
+        if mutant.function is not None and len(items) == len(tests):
+            if _patch_function(mutant, code):
+                return _run_items(items)
         _forget_project_modules()
         sys.meta_path.insert(0, _MutantFinder(mutant.path, code))
-        return _pytest_main(["-x", "--no-header", "-p", "no:warnings", *tests])
+        return _pytest_main(["-x", "--no-header", *tests])
 
     return job
+
+
+class _Server:
+    """A pytest plugin that, instead of running the session's tests, runs every mutant in a
+    child process forked from the collected session."""
+
+    def __init__(
+        self,
+        runs: list[tuple[Mutant, list[str]]],
+        durations: dict[str, float],
+        config: Config,
+        jobs: int,
+        work: Path,
+    ) -> None:
+        self.runs, self.durations, self.config = runs, durations, config
+        self.jobs, self.work = jobs, work
+        self.outcomes: list[Outcome] = []
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        collected = {item.nodeid: item for item in session.items}
+
+        def job(mutant: Mutant, tests: list[str]) -> Callable[[], int]:
+            return _mutant_job(mutant, self.config, tests, collected)
+
+        results = run_mutants(self.runs, self.durations, job, self.jobs, self.work)
+        for done, outcome in enumerate(results, 1):
+            self.outcomes.append(outcome)
+            mark = {"killed": ".", "timeout": "T", "survived": "S", "error": "E"}[outcome.status]
+            end = "" if done % 80 else f" {done}/{len(self.runs)}\n"
+            print(mark, end=end, flush=True)
+        print(flush=True)
+        return True
 
 
 # -- the test map --------------------------------------------------------------------------------
@@ -592,6 +699,18 @@ class TestMap:
         tests = {t for t in tests if t.split("::")[0] in files}
         return sorted(tests, key=lambda t: (self.durations[t], t))
 
+    def within(self, tests: Sequence[str], seconds: float) -> list[str]:
+        """The fastest of `tests` (given fastest first) that fit in `seconds` of traced test
+        time, and at least one."""
+        chosen: list[str] = []
+        total = 0.0
+        for test in tests:
+            total += self.durations[test]
+            if chosen and total > seconds:
+                break
+            chosen.append(test)
+        return chosen
+
 
 def trace(modules: dict[Path, tuple[str, ...]], config: Config, work: Path) -> TestMap:
     files = sorted({test for tests in modules.values() for test in tests})
@@ -617,7 +736,6 @@ def trace(modules: dict[Path, tuple[str, ...]], config: Config, work: Path) -> T
         module: {int(line): frozenset(ctx) - failed for line, ctx in by_line.items()}
         for module, by_line in report["lines"].items()
     }
-    _preload(report["loaded"])
     total = sum(report["durations"].values())
     print(
         f"  {len(report['durations'])} tests, {total:.0f} s of test time, "
@@ -637,12 +755,14 @@ class Outcome:
     """killed, timeout, survived, uncovered (survived: no test runs its line), error, explained"""
     tests: int
     seconds: float
+    covering: int = 0
+    """How many tests execute its line (more than `tests` when the time cap left some out)."""
 
 
 def run_mutants(
     mutants: list[tuple[Mutant, list[str]]],
     durations: dict[str, float],
-    config: Config,
+    job: Callable[[Mutant, list[str]], Callable[[], int]],
     jobs: int,
     work: Path,
 ) -> Iterator[Outcome]:
@@ -654,7 +774,7 @@ def run_mutants(
                 mutant, tests = pending.pop()
                 budget = TIMEOUT_S + TIMEOUT_FACTOR * sum(durations[t] for t in tests)
                 log = work / f"mutant-{len(pending)}.log"
-                pid = _fork(_mutant_job(mutant, config, tests), log)
+                pid = _fork(job(mutant, tests), log)
                 running[pid] = (mutant, tests, time.monotonic(), budget)
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
@@ -734,6 +854,8 @@ def report(
         print(f"\nsurvivors ({len(unexplained)}): kill each with a test, or explain it")
         for o in unexplained:
             note = "  (no test runs this line)" if o.status == "uncovered" else ""
+            if o.covering > o.tests:
+                note = f"  (ran the fastest {o.tests} of the {o.covering} tests that run it)"
             print(f"  {o.mutant.describe()}{note}\n    key: {o.mutant.key}")
     stale = set(explained) - {o.mutant.key for o in outcomes}
     if whole and stale:
@@ -783,8 +905,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         test_map = trace(scope, config, work)
         outcomes: list[Outcome] = []
         runs: list[tuple[Mutant, list[str]]] = []
+        covering: dict[str, list[str]] = {}
         for mutant in mutants:
-            tests = test_map.tests_for(mutant, scope[mutant.path])
+            covering[mutant.key] = test_map.tests_for(mutant, scope[mutant.path])
+            tests = test_map.within(covering[mutant.key], config.max_test_s)
             if mutant.key in explained and not arguments.check_explained:
                 outcomes.append(Outcome(mutant, "explained", 0, 0.0))
             elif not tests:
@@ -796,13 +920,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"on {arguments.jobs} processes",
             flush=True,
         )
-        for done, outcome in enumerate(
-            run_mutants(runs, test_map.durations, config, arguments.jobs, work), 1
-        ):
-            outcomes.append(outcome)
-            mark = {"killed": ".", "timeout": "T", "survived": "S", "error": "E"}[outcome.status]
-            print(mark, end="" if done % 80 else f" {done}/{len(runs)}\n", flush=True)
-        print()
+        if runs:
+            server = _Server(runs, test_map.durations, config, arguments.jobs, work)
+            files = sorted({test.split("::")[0] for _, tests in runs for test in tests})
+            keyword = ["-k", config.keyword] if config.keyword else []
+            _pytest_main(["-s", "-qq", "--no-header", *keyword, *files], [server])
+            outcomes += [
+                attrs.evolve(o, covering=len(covering[o.mutant.key])) for o in server.outcomes
+            ]
     order = {m.key: i for i, m in enumerate(mutants)}
     outcomes.sort(key=lambda o: order[o.mutant.key])
     elapsed = time.monotonic() - started
