@@ -568,6 +568,55 @@ async def test_limiter_trues_up_the_token_bucket_with_the_usage_the_server_repor
     assert starts == pytest.approx([0, 1.1])  # the debt is 10 tokens, not 100 (nor 190)
 
 
+async def starts_of_calls_reporting(limits: RateLimits, calls: int, **facts: int) -> list[float]:
+    """When each of `calls` sequential calls reached the server, which reports `facts` (its
+    x-ratelimit-* headers) with every answer."""
+    clock = FakeClock()
+    starts: list[float] = []
+
+    async def inner(work):
+        starts.append(clock.time())
+        dg.report(**facts)
+        return "ok"
+
+    limiter = Limiter(replying(inner), dg.Backend(), limits, clock=clock.time, sleep=clock.sleep)
+
+    async def body() -> None:
+        for i in range(calls):
+            await limiter(dg.GenerateRequest(f"p{i}", max_tokens=1))
+
+    await run_with_clock(clock, body)
+    return starts
+
+
+async def test_limiter_adopts_a_lower_request_limit_the_server_states() -> None:
+    starts = await starts_of_calls_reporting(RateLimits(rpm=600), 3, limit_requests=60)
+    assert starts == pytest.approx([0, 0, 1])  # a bucket of one second at one call a second
+
+
+async def test_limiter_keeps_its_own_limit_when_the_server_states_a_higher_one() -> None:
+    starts = await starts_of_calls_reporting(RateLimits(rpm=60), 3, limit_requests=6000)
+    assert starts == pytest.approx([0, 1, 2])
+
+
+async def test_limiter_never_holds_more_requests_than_the_server_says_remain() -> None:
+    limits = RateLimits(rpm=60, burst_s=5)  # five calls at once, by our count
+    starts = await starts_of_calls_reporting(limits, 3, remaining_requests=0)
+    assert starts == pytest.approx([0, 1, 2])
+
+
+async def test_limiter_never_holds_more_tokens_than_the_server_says_remain() -> None:
+    limits = RateLimits(tpm=60_000, burst_s=5)  # 1000 tokens a second, 5000 at once
+    starts = await starts_of_calls_reporting(limits, 2, remaining_tokens=0)
+    assert starts == pytest.approx([0, 0.002])  # the next call's 2 tokens, at 1000 a second
+
+
+async def test_limiter_adopts_a_lower_token_limit_the_server_states() -> None:
+    limits = RateLimits(tpm=60_000)
+    starts = await starts_of_calls_reporting(limits, 3, limit_tokens=120, remaining_tokens=0)
+    assert starts == pytest.approx([0, 1, 2])  # 2 tokens a call at 2 tokens a second
+
+
 # -- coalescer and split ---------------------------------------------------------------------
 
 
