@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # measure the checkout this script is in, whatever is installed
 CONFIG = ROOT / "scripts" / "mutation.toml"
 SURVIVORS = ROOT / "scripts" / "mutation_survivors.toml"
-TIMEOUT_S, TIMEOUT_FACTOR = 5.0, 2.0
+TIMEOUT_S, TIMEOUT_FACTOR = 3.0, 2.0
 """A mutant's tests get this long, plus this many times their traced duration (coverage's
 tracing already slows them), before the mutant counts as killed by a timeout: a hang or a
 slowdown is a change a user would see."""
