@@ -180,6 +180,42 @@ CASES = [
         r"edge 'ghost' -> 'answer': unknown node 'ghost' \(known: answer\)",
     ),
     Case(
+        "an edge into INPUT",
+        lambda t: one_node().add_edge("answer", dg.INPUT),
+        dg.GraphError,
+        r"edge 'answer' -> 'INPUT': nothing may feed INPUT",
+    ),
+    Case(
+        "an edge given twice",
+        lambda t: one_node().add_edge(dg.INPUT, "answer"),
+        dg.GraphError,
+        r"edge 'INPUT' -> 'answer': duplicate edge",
+    ),
+    Case(
+        "a network without nodes",
+        lambda t: dg.Network().validate(),
+        dg.GraphError,
+        r"the network has no nodes",
+    ),
+    Case(
+        "an empty node name",
+        lambda t: dg.Network().add_node(" ", "x"),
+        dg.GraphError,
+        r"node name must be a non-empty string, got ' '",
+    ),
+    Case(
+        "an empty class",
+        lambda t: dg.Network().add_node("c", "x", classes=["yes", "|"]),
+        dg.GraphError,
+        r"node 'c': empty class in \['yes', '\|'\]",
+    ),
+    Case(
+        "a network file that is a folder",
+        lambda t: dg.Network.load(t),
+        dg.GraphError,
+        r"is a folder, not a network file",
+    ),
+    Case(
         "a self edge",
         lambda t: (lambda n: (n.add_edge("answer", "answer"), n.validate()))(one_node()),
         dg.GraphError,

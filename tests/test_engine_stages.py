@@ -326,6 +326,20 @@ async def test_metered_refuses_calls_past_the_budget() -> None:
     assert inner.calls == 2
 
 
+async def test_metered_refuses_calls_once_the_token_budget_is_spent() -> None:
+    async def reporting(work):
+        dg.report(prompt_tokens=60, completion_tokens=40)
+        return "x"
+
+    ledger = Ledger(Budget(max_tokens=200))
+    metered = Metered(replying(reporting), ledger, dg.Backend())
+    await metered(dg.GenerateRequest("a"))
+    await metered(dg.GenerateRequest("b"))  # 100 tokens spent before it: it may go
+    with pytest.raises(dg.BudgetExhausted, match=r"token budget of 200 spent \(200 tokens\)"):
+        await metered(dg.GenerateRequest("c"))
+    assert ledger.statistics().total.calls == 2
+
+
 async def test_ledger_counts_by_node_and_phase_and_prices_tokens() -> None:
     ledger = Ledger(price=dg.Price(input_per_million=1e6, output_per_million=2e6))
     metered = Metered(replying(Counting()), ledger, dg.Backend())
