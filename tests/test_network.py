@@ -109,6 +109,14 @@ def test_validate_accepts_template_naming_parents_directly() -> None:
     assert net.render("c", {dg.INPUT: "x", "a": "from a"}) == "C.\nx\nfrom a\nOutput:"
 
 
+def test_a_template_may_compute_with_small_numbers_and_repeat_short_text() -> None:
+    net = dg.Network()
+    template = "{{ prompt }} {{ 6 * 7 }} {{ 2 ** 10 }} {{ 1 ** 100 }} {{ 3 * '-' }}{{ '=' * 2 }}"
+    net.add_node("a", prompt="A.", template=template)
+    net.add_edge(dg.INPUT, "a")
+    assert net.render("a", {dg.INPUT: "x"}) == "A. 42 1024 1 ---=="
+
+
 def test_duplicate_class_names_are_refused() -> None:
     with pytest.raises(dg.GraphError, match="node 'answer': duplicate class names"):
         dg.Network().add_node("answer", prompt="A.", classes=["yes|Yes", "yes"])
