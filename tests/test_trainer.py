@@ -17,6 +17,7 @@ from letter_world import (
 )
 
 import dlgraph as dg
+from dlgraph.train.pace import Wave
 
 YES_NO = ["yes|Yes", "no|No"]
 
@@ -237,6 +238,33 @@ async def test_estimate_bounds_the_calls_a_run_makes() -> None:
         await trainer.fit(train, dev, steps=3, batch_size=10)
     assert len(model.calls) <= estimate.calls <= 6 * len(model.calls)
     assert estimate.tokens > estimate.calls
+
+
+async def test_estimate_lays_out_a_dln2_run_in_the_waves_the_trainer_sends() -> None:
+    """Written out by hand for DLN-2 (a text node, then a yes/no node: 4 verbalizers), batch
+    10, 6 proposals, 5 hidden samples, memory 5, no demonstrations, dev 20, two steps."""
+    train = single_word_task(40, seed=1)
+    async with dg.Engine(LetterWorld().model()) as engine:
+        trainer = dg.VariationalTrainer(dln2(), engine, **TRAIN_OPTIONS)
+        estimate = trainer.estimate(2, 10, train, dev_size=20)
+    dev = [Wave(False, "generate", 20), Wave(False, "score", 20 * 4)]
+    forward = [Wave(False, "generate", 10), Wave(False, "score", 10 * 4)]
+    posterior = [
+        Wave(True, "generate", 10 * 5),  # 5 samples besides the forward output
+        Wave(False, "score", 10 * 6 * (4 + 1)),  # the child's likelihood and the prior
+    ]
+    propose = [Wave(True, "propose", 6 * 2)]
+    candidates = 2 + 5 + 6  # current (and it without demonstrations), memory, proposals
+    per_candidate = 10 * 6 * 1 + 10 * 6 * 4  # reason over its 6 samples, answer over reason's
+
+    def scores(remembered: int) -> list[Wave]:
+        expected = (6 + remembered + 1) * per_candidate  # new, remembered, current (not cached)
+        return [Wave(False, "score", candidates * per_candidate, expected)]
+
+    first = forward + posterior + propose + scores(0)
+    second = forward + posterior + propose + scores(5)
+    assert list(estimate.waves) == dev + first + dev + second + dev
+    assert estimate.calls == sum(wave.calls for wave in estimate.waves)
 
 
 async def test_progress_reaches_callback_and_jsonl_log(tmp_path) -> None:
