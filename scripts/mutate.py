@@ -255,12 +255,18 @@ class _Finder:
                 continue
             if isinstance(node, ast.arguments) and field in ("defaults", "kw_defaults"):
                 continue  # a parameter's default is a setting, as `default=` is
+            if isinstance(node, ast.AnnAssign) and field == "value" and self._in_class():
+                if not isinstance(value, ast.Call):
+                    continue  # so is a record field's (`busy_timeout_s: float = 5.0`)
             if isinstance(value, list):
                 for index, item in enumerate(value):
                     if isinstance(item, ast.AST):
                         self._visit(item, node, field, index)
             elif isinstance(value, ast.AST):
                 self._visit(value, node, field, None)
+
+    def _in_class(self) -> bool:
+        return bool(self._scope) and not self._scope[-1][1]
 
     def _skipped_call(self, call: ast.Call) -> bool:
         name = _call_name(call)
