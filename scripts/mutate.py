@@ -692,16 +692,17 @@ class TestMap:
 
     def tests_for(self, mutant: Mutant, test_files: Sequence[str]) -> list[str]:
         """The tests that execute the mutant's lines, fastest first. A line run only while
-        modules are imported (a class body, a default) is seen by every test of its module
-        that runs any of the module's code."""
+        modules are imported (a class body: a field's validator) may matter to any test of
+        the module's files, even one that runs none of its lines (constructing a record runs
+        attrs' code and the validators')."""
         by_line = self.lines.get(str(mutant.path), {})
         seen: set[str] = set()
         for line in mutant.lines:
             seen |= by_line.get(line, frozenset())
+        files = tuple(test_files)
         tests = {t for t in seen if t in self.durations}
         if not tests and IMPORT_CONTEXT in seen:
-            tests = {t for ts in by_line.values() for t in ts if t in self.durations}
-        files = tuple(test_files)
+            tests = set(self.durations)
         tests = {t for t in tests if t.split("::")[0] in files}
         return sorted(tests, key=lambda t: (self.durations[t], t))
 

@@ -283,6 +283,34 @@ async def test_retry_gives_up_at_the_deadline_counted_from_the_first_failure() -
     assert jitter.ranges == [(0, 1), (0, 2), (0, 4), (0, 8), (0, 10), (0, 10)]  # full jitter
 
 
+async def test_retry_tries_no_more_after_an_attempt_that_outlasts_the_deadline() -> None:
+    clock = FakeClock()
+    attempts: list[float] = []
+
+    async def slow_then_down(request):
+        attempts.append(clock.time())
+        if len(attempts) == 2:
+            await clock.sleep(100.0)  # the first retry hangs past the deadline, then fails
+        raise dg.TransientError("504 gateway timeout")
+
+    ledger = Ledger()
+    retry = Retry(
+        slow_then_down,
+        ledger,
+        RetryPolicy(deadline_s=30, initial_wait_s=1, max_wait_s=1),
+        sleep=clock.sleep,
+        clock=clock.time,
+        jitter=TopOfRange(),
+    )
+
+    async def body() -> None:
+        with pytest.raises(dg.RetriesExhausted, match="504"):
+            await retry(dg.GenerateRequest("x"))
+
+    await run_with_clock(clock, body)
+    assert attempts == [0, 1] and ledger.statistics().total.retries == 1
+
+
 async def test_retry_ends_in_retries_exhausted_after_thousands_of_instant_failures() -> None:
     """A server failing at once, short waits, a long deadline: more than 1024 retries, where
     the doubling of the backoff's ceiling once overflowed a float."""
@@ -357,6 +385,13 @@ async def test_ledger_counts_by_node_and_phase_and_prices_tokens() -> None:
     assert stats.by_phase()["propose"].calls == 2 and stats.by_phase()["propose"].http_requests == 1
     total = stats.total
     assert total.cost == pytest.approx(total.tokens_in * 1 + total.tokens_out * 2)
+
+
+async def test_metered_counts_estimated_prompt_tokens_when_the_backend_reports_none() -> None:
+    ledger = Ledger()
+    metered = Metered(replying(Counting()), ledger, dg.Backend())
+    await metered(dg.GenerateRequest("x" * 400, max_tokens=50))  # 100 tokens by estimate
+    assert ledger.statistics().total.tokens_in == 100
 
 
 async def test_metered_uses_token_counts_the_backend_reports() -> None:
