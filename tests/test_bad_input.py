@@ -42,6 +42,11 @@ async def fit(**overrides: object) -> None:
         await trainer.fit(**settings)  # type: ignore[arg-type]
 
 
+async def classify(classes: object) -> None:
+    async with dg.Engine(MODEL.current) as engine:
+        await engine.classify("Is it?", classes)  # type: ignore[arg-type]
+
+
 async def forward(net: dg.Network, xs: object) -> None:
     async with dg.Engine(MODEL.current) as engine:
         await net.forward(engine, xs)  # type: ignore[arg-type]
@@ -413,6 +418,60 @@ CASES = [
         lambda t: dg.Engine(MODEL.current, rpm=5, limits=dg.RateLimits(rpm=6)),
         ValueError,
         r"rpm, tpm and max_concurrency as keywords or in limits, not both",
+    ),
+    Case(
+        "an engine limited to zero requests a minute",
+        lambda t: dg.Engine(dg.Backend(), rpm=0),
+        ValueError,
+        r"rpm must be > 0, got 0",
+    ),
+    Case(
+        "an engine limited to zero tokens a minute",
+        lambda t: dg.Engine(dg.Backend(), tpm=0),
+        ValueError,
+        r"tpm must be > 0, got 0",
+    ),
+    Case(
+        "an engine allowed no call in flight",
+        lambda t: dg.Engine(dg.Backend(), max_concurrency=0),
+        ValueError,
+        r"max_concurrency must be > 0, got 0",
+    ),
+    Case(
+        "rate limits with a burst of no time",
+        lambda t: dg.RateLimits(rpm=60, burst_s=0),
+        ValueError,
+        r"burst_s must be > 0, got 0",
+    ),
+    Case(
+        "rate limits with a negative pause after a 429",
+        lambda t: dg.RateLimits(pause_without_retry_after_s=-1),
+        ValueError,
+        r"pause_without_retry_after_s must be >= 0, got -1",
+    ),
+    Case(
+        "rate limits with a negative jitter",
+        lambda t: dg.RateLimits(pause_jitter=-0.1),
+        ValueError,
+        r"pause_jitter must be >= 0, got -0.1",
+    ),
+    Case(
+        "rate limits of zero requests a minute",
+        lambda t: dg.RateLimits(rpm=0),
+        ValueError,
+        r"rpm must be > 0, got 0",
+    ),
+    Case(
+        "a shared limit that is not a grant source",
+        lambda t: dg.Engine(dg.Backend(), rpm=60, shared_limit=object()),  # type: ignore[arg-type]
+        TypeError,
+        r"shared_limit: expected a GrantSource, got <object",
+    ),
+    Case(
+        "classes as one string to classify",
+        lambda t: classify("yes|no"),
+        TypeError,
+        r"expected a list of strings, got the string 'yes\|no'",
     ),
     Case(
         "stop as one string in a request",

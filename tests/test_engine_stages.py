@@ -565,6 +565,34 @@ async def test_limiter_shrinks_concurrency_after_a_429_and_grows_under_load() ->
     assert grown == shrunk + 2  # additive increase: about one per window of crowded calls
 
 
+async def test_limiter_lets_a_burst_of_calls_go_at_once_then_keeps_to_the_rate() -> None:
+    starts = await starts_of_calls_reporting(RateLimits(rpm=60, burst_s=3), 5)
+    assert starts == pytest.approx([0, 0, 0, 1, 2])
+
+
+async def test_limiter_under_a_request_rate_follows_littles_law_as_latency_grows() -> None:
+    """Calls in flight = arrival rate x latency, twice over: 10 calls/s at a latency that
+    moves from 1 s towards 3.7 s by a tenth per call (1.27 s, then 1.513 s)."""
+    clock = FakeClock()
+
+    async def slow(work):
+        await clock.sleep(3.7)
+        return "ok"
+
+    limiter = Limiter(
+        replying(slow), dg.Backend(), RateLimits(rpm=600), clock=clock.time, sleep=clock.sleep
+    )
+    limits = [limiter.statistics().concurrency_limit]
+
+    async def body() -> None:
+        for i in range(2):
+            await limiter(dg.GenerateRequest(f"p{i}"))
+            limits.append(limiter.statistics().concurrency_limit)
+
+    await run_with_clock(clock, body)
+    assert limits == [20, 26, 31]
+
+
 async def test_limiter_empties_its_buckets_on_a_429_so_calls_resume_at_the_rate() -> None:
     """The server's count is spent even if ours is not: after the pause, calls are spaced at
     the rate, not sent as one burst from a bucket that still looks full."""
@@ -745,6 +773,44 @@ async def test_split_isolates_the_refused_prompt_of_a_batch() -> None:
     assert outcome[:2] == ["ok a", "ok b"] and outcome[3:] == ["ok d", "ok e"]
     assert isinstance(outcome[2], dg.RequestRejected) and "violates the policy" in str(outcome[2])
     assert sent[0] == 5 and len(sent) < 2 * len(prompts)
+
+
+class SilentSource:
+    """A grant source that is never asked (the engine is only built, not entered)."""
+
+    async def configure(self, rpm, tpm, burst_s) -> None: ...
+
+    async def borrow(self, requests, tokens): ...
+
+    async def give_back(self, requests, tokens) -> None: ...
+
+    async def pause(self, seconds) -> None: ...
+
+
+def test_engine_takes_its_limits_as_keywords_or_as_one_record_or_both_if_they_agree() -> None:
+    limits = RateLimits(rpm=0.5, tpm=100, max_concurrency=1)
+    assert dg.Engine(dg.Backend(), limits=limits).limits == limits
+    assert dg.Engine(dg.Backend(), rpm=0.5, tpm=100, max_concurrency=1).limits == limits
+    same = dg.Engine(dg.Backend(), rpm=0.5, tpm=100, max_concurrency=1, limits=limits)
+    assert (same.rpm, same.tpm, same.max_concurrency) == (0.5, 100, 1)
+    with pytest.raises(ValueError, match="as keywords or in limits, not both"):
+        dg.Engine(dg.Backend(), rpm=60, limits=limits)
+
+
+def test_engine_shares_a_limit_of_requests_or_of_tokens_alone() -> None:
+    dg.Engine(dg.Backend(), rpm=60, shared_limit=SilentSource())
+    dg.Engine(dg.Backend(), tpm=6000, shared_limit=SilentSource())
+    with pytest.raises(ValueError, match="give the endpoint's rpm or tpm to share"):
+        dg.Engine(dg.Backend(), max_concurrency=4, shared_limit=SilentSource())
+
+
+async def test_engine_without_a_coalescing_window_sends_each_request_alone() -> None:
+    inner = Counting()
+    async with dg.Engine(Plain(inner), rpm=60_000, coalesce_ms=0) as engine:
+        async with anyio.create_task_group() as callers:
+            for i in range(4):
+                callers.start_soon(engine.generate, f"p{i}")
+    assert inner.calls == 4 and not any(isinstance(work, Batch) for work in inner.seen)
 
 
 async def test_engine_is_usable_only_inside_its_context() -> None:
