@@ -182,6 +182,47 @@ async def test_corrupt_checkpoint_is_refused(tmp_path) -> None:
         await run_counting(dln2(), world, train, dev, steps=2, checkpoint_dir=tmp_path)
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d | {"format": "other.tool"}, "not a dlgraph checkpoint"),
+        (lambda d: [d], "not a dlgraph checkpoint"),
+        (lambda d: d | {"version": 1}, "checkpoint version 1, expected 2"),
+    ],
+    ids=["another format", "not an object", "another version"],
+)
+async def test_a_checkpoint_of_another_format_or_version_is_refused(
+    tmp_path, edit, message
+) -> None:
+    world = LetterWorld()
+    train, dev = single_word_task(20, seed=1), single_word_task(20, seed=2)
+    await run_counting(dln2(), world, train, dev, steps=1, checkpoint_dir=tmp_path)
+    path = tmp_path / "checkpoint.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(dg.CheckpointError, match=message):
+        await run_counting(dln2(), world, train, dev, steps=2, checkpoint_dir=tmp_path)
+
+
+async def test_a_checkpoint_after_a_perfect_dev_accuracy_resumes(tmp_path) -> None:
+    from dlgraph.train.checkpoint import _digest
+
+    await checkpoint_after_two_steps(tmp_path)
+    path = tmp_path / "checkpoint.json"
+    document = json.loads(path.read_text())
+    payload = document["payload"] | {"best_score": 1.0, "initial_score": 0.0}
+    path.write_text(json.dumps(document | {"payload": payload, "sha256": _digest(payload)}))
+    result, _ = await run_counting(
+        dln2(),
+        LetterWorld(),
+        single_word_task(20, seed=1),
+        single_word_task(20, seed=2),
+        3,
+        checkpoint_dir=tmp_path,
+    )
+    assert [r.step for r in result.history] == [1, 2, 3]
+    assert result.initial_dev_accuracy == 0.0 and result.best_dev_accuracy == 1.0
+
+
 async def test_checkpoint_of_another_setup_is_refused(tmp_path) -> None:
     world = LetterWorld()
     train, dev = single_word_task(20, seed=1), single_word_task(20, seed=2)
@@ -509,6 +550,13 @@ CHECKPOINT_EDITS = [
         lambda p: {k: v for k, v in p.items() if k != "ledger"},
         r"missing or unknown: ledger",
     ),
+    ("history", lambda p: p | {"history": {"1": 1}}, r"history: expected a list of step records"),
+    ("ledger", lambda p: p | {"ledger": [1]}, r"ledger: expected a list of objects"),
+    (
+        "rng_state",
+        lambda p: p | {"rng_state": p["rng_state"][:2]},
+        r"rng_state: expected \[version",
+    ),
 ]
 
 
@@ -571,3 +619,43 @@ async def test_a_step_committed_but_not_logged_is_logged_and_reported_on_resume(
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3]
     assert reported == [1, 2, 3] and [r.step for r in result.history] == [1, 2, 3]
     assert not (tmp_path / ".best.json.tmp1234").exists()
+
+
+def test_trainer_options_take_every_value_down_to_their_bounds() -> None:
+    options = dg.TrainerOptions(
+        num_prompt_samples=1,
+        num_hidden_samples=0,
+        posterior_temperature=0.01,
+        sample_temperature=0.0,
+        trust_region=0.0,
+        memory_size=0,
+        max_demonstrations=0,
+        num_demonstration_samples=0,
+        proposal_max_tokens=1,
+        min_weight=0.0,
+        seed=-1,
+    )
+    assert (options.num_hidden_samples, options.memory_size, options.seed) == (0, 0, -1)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("num_prompt_samples", 0, "must be > 0"),
+        ("num_hidden_samples", -1, "must be >= 0"),
+        ("posterior_temperature", 0.0, "must be > 0"),
+        ("sample_temperature", -0.5, "must be >= 0"),
+        ("trust_region", -1.0, "must be >= 0"),
+        ("memory_size", -1, "must be >= 0"),
+        ("max_demonstrations", -1, "must be >= 0"),
+        ("num_demonstration_samples", -1, "must be >= 0"),
+        ("proposal_max_tokens", 0, "must be > 0"),
+        ("min_weight", -0.01, "must be >= 0"),
+        ("use_posterior", "yes", "expected bool"),
+        ("seed", 1.5, "expected int"),
+        ("scoring", "best", "must be in"),
+    ],
+)
+def test_trainer_options_refuse_a_value_outside_their_bounds(field, value, message) -> None:
+    with pytest.raises((TypeError, ValueError), match=f"{field}.*{message}"):
+        dg.TrainerOptions(**{field: value})
