@@ -160,14 +160,16 @@ class ScorePhase:
         state.scored = dict(zip(names, scored, strict=True))
 
     async def _elbos(self, name: str, state: StepState) -> list[tuple[Parameter, float]]:
+        """Node `name`'s candidates with their ELBOs; the state keeps how many (example,
+        term) pairs each was scored on, which is what the step reports it sent."""
         setup = self.setup
         candidates = state.candidates[name]
         terms = expectation_terms(setup.net, name, state, setup.options.min_weight)
         excluded = [shown_examples(setup.net, name, c, state) for c in candidates]
         jobs = score_jobs(terms, excluded)
-        state.score_counts[name] = [
-            sum(job.candidate == c for job in jobs) for c in range(len(candidates))
-        ]
+        state.score_counts[name] = [0] * len(candidates)
+        for job in jobs:
+            state.score_counts[name][job.candidate] += 1
 
         async def score(job: ScoreJob) -> float:
             term, parameter = job.term, candidates[job.candidate]
@@ -182,6 +184,7 @@ class ScorePhase:
         return list(zip(candidates, elbo(per_example, trust), strict=True))
 
     def waves(self, sizes: Sizes) -> list[Wave]:
+        """Every trained node's scores together, on the forward engine."""
         return wave(False, [self._calls(name, sizes.scores(name)) for name in self.setup.trainable])
 
     def _calls(self, name: str, scores: Scores) -> Calls:

@@ -151,6 +151,7 @@ class ProposePhase:
         }
 
     def waves(self, sizes: Sizes) -> list[Wave]:
+        """Every trained node's proposals together, on the backward engine."""
         samples = Count(self.setup.options.num_prompt_samples)
         return wave(
             True, [Calls(name, "propose", "propose", samples) for name in self.setup.trainable]
