@@ -49,6 +49,15 @@ def three_layers() -> dg.Network:
     return net
 
 
+def dln1_shown() -> dg.Network:
+    """DLN-1 whose node starts with demonstrations (of inputs no task has), so that every
+    step also scores its instruction without them."""
+    net = dln1()
+    shown = [dg.Demonstration("Input: QQQA", "yes"), dg.Demonstration("Input: QQQB", "no")]
+    net.set_parameter("answer", dg.Parameter("Answer the question.", shown))
+    return net
+
+
 def two_outputs() -> dg.Network:
     """Two class nodes read the input (with prompts of their own: identical nodes would send
     identical requests, which the engine sends once)."""
@@ -76,6 +85,11 @@ def task(make: Callable[[int, int], list[dg.Example]]) -> tuple[list, list]:
 
 NETWORKS = {
     "dln1": (dln1, LetterWorld(direct=True), lambda: task(single_word_task)),
+    "dln1 with demonstrations to start": (
+        dln1_shown,
+        LetterWorld(direct=True),
+        lambda: task(single_word_task),
+    ),
     "dln2": (dln2, LetterWorld(), lambda: task(single_word_task)),
     "three layers with fan-in": (
         three_layers,
@@ -178,7 +192,7 @@ async def test_the_estimate_of_one_step_expects_exactly_the_calls_of_each_phase(
         assert_bounded(counts, calls)
     phases = {phase for calls in sent for _, phase in calls}
     assert phases == {"eval", "forward", "posterior", "propose", "score"} - (
-        {"posterior"} if network in ("dln1", "two outputs") else set()
+        set() if "dln2" in network or "layers" in network else {"posterior"}
     )
 
 
@@ -218,14 +232,17 @@ async def test_each_step_reports_the_calls_it_sent_as_its_phases_count_them(
             trainer.apply(outcome)
 
 
+@pytest.mark.parametrize("scoring", ["logprob", "accuracy"])
 @pytest.mark.parametrize("network", ["dln1", "two outputs"])
 async def test_with_a_cache_the_current_prompts_scores_are_expected_from_the_forward_pass(
-    network: str,
+    network: str, scoring: str
 ) -> None:
     """An output node that reads the input alone scores its current prompt on what the
-    forward pass already asked: the cache answers, and the estimate expects no such call."""
+    forward pass already asked (a class node's score is its run, with either scorer): the
+    cache answers, and the estimate expects no such call."""
     train, _ = NETWORKS[network][2]()
-    async with trainer_on(network, cache=True, max_demonstrations=0) as (trainer, engine, _):
+    options = {"cache": True, "max_demonstrations": 0, "scoring": scoring}
+    async with trainer_on(network, **options) as (trainer, engine, _):
         counts = side(trainer.estimate(1, BATCH, train, dev_size=0).waves, None)
         await trainer.step(train[:BATCH])
     assert expected(counts) == counted(engine)
@@ -234,3 +251,84 @@ async def test_with_a_cache_the_current_prompts_scores_are_expected_from_the_for
         proposals = OPTIONS["num_prompt_samples"] * BATCH * 4
         assert counts[name, "score"].expected == proposals < counts[name, "score"].calls
         assert engine.statistics().by_key[name, "score"].cache_hits == BATCH * 4
+
+
+# -- the plan's arithmetic, written out by hand -------------------------------------------------
+
+
+def planned(net: dg.Network, steps: int = 1, batch: int = BATCH, **options: object):
+    """The estimate of `steps` steps of `batch` examples (no dev set), by (node, phase)."""
+    trainer = dg.VariationalTrainer(net, dg.Engine(LetterWorld().model()), **(OPTIONS | options))
+    return by_key(trainer.estimate(steps, batch).waves)
+
+
+def test_a_wave_of_class_and_text_nodes_takes_the_time_of_the_text() -> None:
+    net = dg.Network()
+    net.add_node("say", prompt="Say it.", max_tokens=8, output=True)
+    net.add_node("answer", prompt="Answer the question.", classes=YES_NO, output=True)
+    for name in ("say", "answer"):
+        net.add_edge(dg.INPUT, name)
+    trainer = dg.VariationalTrainer(net, dg.Engine(LetterWorld().model()), **OPTIONS)
+    first = trainer.estimate(1, BATCH).waves[0]  # the forward pass: both nodes at depth 1
+    assert (first.action, first.calls) == ("generate", BATCH * (1 + 4))
+
+
+@pytest.mark.parametrize(
+    ("options", "new", "per_step"),
+    [
+        (dict(max_demonstrations=0), 3, 3 * BATCH),
+        (dict(max_demonstrations=2, num_demonstration_samples=2), 5, 3 * BATCH + 2 * (BATCH - 2)),
+    ],
+    ids=["proposals", "proposals and demonstration sets"],
+)
+def test_the_estimate_expects_the_memory_to_fill_with_each_steps_new_candidates(
+    options: dict, new: int, per_step: int
+) -> None:
+    """Memory for ten: step n expects the remembered candidates of the steps before it (as
+    many as they added, up to ten) besides its own new ones; the current prompt's scores
+    repeat the forward pass and are expected from the cache."""
+    scores = [
+        planned(dln1(), steps, memory_size=10, **options)["answer", "score"].expected
+        for steps in range(1, 6)
+    ]
+    each = [scores[0]] + [b - a for a, b in zip(scores, scores[1:], strict=False)]
+    remembered = [min(10, new * (n - 1)) * BATCH for n in range(1, 6)]
+    assert each == [(per_step + r) * 4 for r in remembered]  # 4 calls a score: yes|Yes, no|No
+
+
+@pytest.mark.parametrize(("batch", "shown"), [(1, 0), (2, 1), (3, 2), (6, 2)])
+def test_a_demonstration_set_is_expected_to_be_scored_on_the_examples_it_does_not_show(
+    batch: int, shown: int
+) -> None:
+    """Sets of up to two demonstrations, never the whole batch (so none from a batch of one):
+    two sets are scored on what they leave. At most: the current prompt, two remembered,
+    three proposals, two sets and the current instruction without demonstrations."""
+    options = dict(max_demonstrations=2, num_demonstration_samples=2)
+    score = planned(dln1(), batch=batch, **options)["answer", "score"]
+    assert score.calls == (1 + 2 + 3 + 2 + 1) * batch * 4
+    assert score.expected == (3 * batch + (2 * (batch - shown) if shown else 0)) * 4
+
+
+def test_an_output_node_is_expected_over_its_largest_parent_posterior() -> None:
+    """Its hidden parents' candidates are aligned: a topic node's four classes and a text
+    node's forward output and two samples make four terms per example. A class node's own
+    prior costs its classes' calls."""
+    net = dg.Network()
+    net.add_node("topic", prompt="Name the topic.", classes=PAIR_CLASSES)
+    net.add_node("reason", prompt="Read the input.", max_tokens=16)
+    net.add_node("answer", prompt="Answer the question.", classes=YES_NO)
+    for edge in [(dg.INPUT, "topic"), (dg.INPUT, "reason"), ("topic", "answer")]:
+        net.add_edge(*edge)
+    net.add_edge("reason", "answer")
+    counts = planned(net, max_demonstrations=0)
+    candidates = 1 + 2 + 3 + 1  # current, remembered, proposals, current without demonstrations
+    assert counts["answer", "score"].calls == candidates * BATCH * 4 * 4
+    assert counts["topic", "posterior"].calls == BATCH * 4 * 4  # each class, under 4 classes
+
+
+def test_without_posterior_inference_nothing_is_sampled_and_an_example_is_one_term() -> None:
+    counts = planned(dln2(), use_posterior=False, max_demonstrations=0)
+    assert [key for key in counts if key[1] == "posterior"] == []
+    candidates = 1 + 2 + 3 + 1
+    assert counts["answer", "score"].calls == candidates * BATCH * 4
+    assert counts["reason", "score"].calls == candidates * BATCH
