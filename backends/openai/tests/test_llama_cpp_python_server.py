@@ -175,10 +175,11 @@ async def test_a_request_the_server_refuses_carries_its_own_message(server: str)
 
 
 async def test_the_probe_sees_that_the_server_answers_one_call_at_a_time(server: str) -> None:
-    async def write(tag: int) -> None:  # generation: the server's fast path, same queue
+    async def write(tag: int) -> int:  # generation: the server's fast path, same queue
         # long enough that the model's work, which the server does one call at a time, and not
         # the HTTP handling around it, which overlaps, decides how long four calls take
         await engine.generate(f"({tag}) Once upon a time, in a faraway land,", max_tokens=24)
+        return 1  # calls a probe makes
 
     async with dg.Engine(connect(server), cache=False) as engine:
         latency = (await measure(engine, {"generate": write})).latency["generate"]

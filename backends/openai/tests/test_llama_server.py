@@ -251,19 +251,17 @@ QUESTIONS = [
     ("Question: Is the sky green?\nAnswer (yes or no):", ("yes", "no")),
     ("Question: Do fish swim?\nAnswer (yes or no):", ("yes", "no")),
 ]
-FIRST_TOKEN_ERROR = {
-    "yes": 0.015,
-    "no": 0.015,
-    "positive": 0.038,
-    "negative": 0.027,
-    "neutral": 0.014,
-}
-"""The largest difference measured, per class, between the probability the first-token path
-gives a class and the embedded model's exact one, over QUESTIONS and TWEETS' contexts. It
-comes from case and spacing: the path sums every spelling of a class's first token ("yes",
-" Yes", " YES"), the exact path only the verbalizers after a space. With 10 alternatives (the
-profile's number before issue 22) it was 0.174 / 0.174 / 0.148 / 0.069 / 0.085: a class beyond
-the tenth alternative fell to the floor."""
+FIRST_TOKEN_ERROR = 0.045
+"""The largest difference between the probability the first-token path gives a class and the
+embedded model's exact one, over QUESTIONS and TWEETS' contexts (and over 100 tweets: README).
+It comes from case and spacing: the path sums every spelling of a class's first token ("yes",
+" Yes", " YES"), the exact path only the verbalizers after a space. Measured per class
+(yes / no / positive / negative / neutral) with llama.cpp's extra buffers on: 0.015 / 0.015 /
+0.038 / 0.027 / 0.014; with them off on both sides: 0.016 / 0.016 / 0.033 / 0.034 / ≤0.03 (the
+kernels differ, so the bound is one number over both). With 10 alternatives (the profile's
+number before issue 22) it was 0.174 / 0.174 / 0.148 / 0.069 / 0.085: a class beyond the
+tenth alternative fell to the floor."""
+CLASSES = {"yes", "no", "positive", "negative", "neutral"}
 NUMERICS = 0.005
 """Probability: the server evaluates a prompt in other chunks when it reuses a cached prefix."""
 TWEETS = 8
@@ -295,9 +293,9 @@ async def test_class_distributions_are_the_embedded_models_within_the_first_toke
             for spec, ours, theirs in zip(classes, served_distribution, exact, strict=True):
                 errors.setdefault(spec.split("|")[0], []).append(abs(ours - theirs))
     measured = {name: max(values) for name, values in errors.items()}
-    assert measured.keys() == FIRST_TOKEN_ERROR.keys()
+    assert measured.keys() == CLASSES
     for name, error in measured.items():
-        assert error <= FIRST_TOKEN_ERROR[name] + NUMERICS, (name, measured)
+        assert error <= FIRST_TOKEN_ERROR + NUMERICS, (name, measured)
 
 
 async def test_a_dln1_forward_and_evaluation_agree_with_the_embedded_model(
