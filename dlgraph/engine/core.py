@@ -275,7 +275,9 @@ class Engine(anyio.AsyncContextManagerMixin):
             jitter=jitter,
             pool=pool,
         )
-        chain: Call = Retry(limiter, self.ledger, self.retry, sleep=self.sleep, jitter=jitter)
+        chain: Call = Retry(
+            limiter, self.ledger, self.retry, sleep=self.sleep, jitter=jitter, clock=self.clock
+        )
         window_ms = self.coalesce_ms
         if window_ms == "auto":
             window_ms = DEFAULT_COALESCE_MS if limits.rpm else 0.0
