@@ -270,8 +270,7 @@ async def test_ledger_counts_by_node_and_phase_and_prices_tokens() -> None:
 
 async def test_metered_uses_token_counts_the_backend_reports() -> None:
     async def reporting(work):
-        dg.report(prompt_tokens=100, completion_tokens=7)
-        return "x"
+        return dg.Answer("x", usage=dg.CallUsage(prompt_tokens=100, completion_tokens=7))
 
     ledger = Ledger()
     await Metered(replying(reporting), ledger, dg.Backend())(dg.GenerateRequest("short"))

@@ -20,7 +20,8 @@ import anyio
 import attrs
 
 from dlgraph._validate import check_number, integer, number
-from dlgraph.backend import Backend, CallReport
+from dlgraph.answer import CallUsage
+from dlgraph.backend import Backend
 from dlgraph.engine.shared import GrantPool
 from dlgraph.engine.stage import Batch, Outcome, ReplyCall, Work
 from dlgraph.engine.tokens import estimated_tokens
@@ -165,7 +166,7 @@ class Limiter:
         async with self.capacity:
             started = self.clock()
             reply = await self.inner(work)
-        self._calibrate(reply.report)
+        self._calibrate(reply.usage)
         if isinstance(reply.error, RateLimited):
             pause_s = self._on_rate_limited(reply.error)
             if self.pool is not None:
@@ -173,7 +174,7 @@ class Limiter:
                     await self.pool.rate_limited(pause_s)
         elif reply.error is None:
             self._on_success(self.clock() - started, crowded)
-            self._true_up(charged, reply.report.prompt_tokens, reply.report.completion_tokens)
+            self._true_up(charged, reply.usage.prompt_tokens, reply.usage.completion_tokens)
         return reply.result()
 
     # -- admission -------------------------------------------------------------------------
@@ -257,15 +258,10 @@ class Limiter:
         self._set_limit(self._limit * 0.7)
         return pause
 
-    def _calibrate(self, box: CallReport) -> None:
+    def _calibrate(self, box: CallUsage) -> None:
         """Adopt the server's limits when it states them (x-ratelimit-*), never exceeding ours,
         and never hold more allowance than the server says remains."""
-        if (
-            box.limit_requests is None
-            and box.limit_tokens is None
-            and box.remaining_requests is None
-            and box.remaining_tokens is None
-        ):
+        if not box.states_limits:
             return
         now = self.clock()
         for attribute, limit, remaining in (

@@ -8,7 +8,8 @@ import json
 import logging
 import os
 import urllib.parse
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import aiohttp
@@ -174,34 +175,40 @@ class OpenAIBackend(dg.Backend):
         """The endpoint as errors show it: no password, no key."""
         return redact(public_url(self._url(path)), *self._secrets)
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, path: str, body: dict[str, Any]) -> _Posted:
+        """The server's JSON answer and what it said of the call's usage and its limits; an
+        error carries the limits the server stated with it."""
         if self._session is None:
             raise dg.BackendUnavailable("the backend is closed: use it inside 'async with'")
         where = self._where(path)
-        async with translated(where, self.timeout_s, self._secrets, reached_before=self._reached):
-            async with self._session.post(
-                self._url(path), json=body | {"model": self.model}, headers=self._headers()
-            ) as response:
-                text = await response.text()
-                headers = response.headers
-                dg.report(
-                    remaining_requests=_int(headers.get("x-ratelimit-remaining-requests")),
-                    remaining_tokens=_int(headers.get("x-ratelimit-remaining-tokens")),
-                    limit_requests=_int(headers.get("x-ratelimit-limit-requests")),
-                    limit_tokens=_int(headers.get("x-ratelimit-limit-tokens")),
-                )
-                if response.status != 200:
-                    raise status_error(response.status, text, headers, where, self._secrets)
-                data = json.loads(text)
+        limits = dg.CallUsage()
+        try:
+            async with translated(
+                where, self.timeout_s, self._secrets, reached_before=self._reached
+            ):
+                async with self._session.post(
+                    self._url(path), json=body | {"model": self.model}, headers=self._headers()
+                ) as response:
+                    text = await response.text()
+                    limits = _stated_limits(response.headers)
+                    if response.status != 200:
+                        raise status_error(
+                            response.status, text, response.headers, where, self._secrets
+                        )
+                    data = json.loads(text)
+        except dg.BackendError as error:
+            error.usage = limits
+            raise
         if not isinstance(data, dict):
-            raise dg.MalformedAnswer(f"{where}: the answer is not a JSON object")
+            raise dg.MalformedAnswer(f"{where}: the answer is not a JSON object", usage=limits)
         usage = data.get("usage")
         if isinstance(usage, dict):
-            dg.report(
+            limits = attrs.evolve(
+                limits,
                 prompt_tokens=_int(usage.get("prompt_tokens")),
                 completion_tokens=_int(usage.get("completion_tokens")),
             )
-        return data
+        return _Posted(data, limits)
 
     # -- generation --------------------------------------------------------------------------
 
@@ -216,47 +223,55 @@ class OpenAIBackend(dg.Backend):
         return body
 
     @_scrubbing
-    async def generate(self, request: dg.GenerateRequest) -> str:
+    async def generate(self, request: dg.GenerateRequest) -> dg.Answer[str]:
         if self.api == "chat":
             path = "/chat/completions"
-            data = await self._post(
+            posted = await self._post(
                 path, self._sampling(request) | {"messages": _messages(request.prompt)}
             )
-            with answers.reading(self._where(path)):
-                return answers.chat_text(
-                    answers.choices(data, 1, self._where(path))[0], self._where(path)
+            with posted.reading(self._where(path)) as data:
+                return posted.answer(
+                    answers.chat_text(
+                        answers.choices(data, 1, self._where(path))[0], self._where(path)
+                    )
                 )
-        return (await self.generate_batch([request]))[0]
+        batch = await self.generate_batch([request])
+        return dg.Answer(batch.value[0], usage=batch.usage)
 
     @_scrubbing
-    async def generate_batch(self, requests: Sequence[dg.GenerateRequest]) -> list[str]:
+    async def generate_batch(self, requests: Sequence[dg.GenerateRequest]) -> dg.Answer[list[str]]:
         prompts = [r.prompt for r in requests]
         body = self._sampling(requests[0]) | {"prompt": prompts if len(prompts) > 1 else prompts[0]}
-        data = await self._post("/completions", body)
+        posted = await self._post("/completions", body)
         where = self._where("/completions")
-        with answers.reading(where):
-            return [
-                answers.text(choice, where)
-                for choice in answers.choices(data, len(requests), where)
-            ]
+        with posted.reading(where) as data:
+            return posted.answer(
+                [
+                    answers.text(choice, where)
+                    for choice in answers.choices(data, len(requests), where)
+                ]
+            )
 
     # -- scoring -----------------------------------------------------------------------------
 
     @_scrubbing
-    async def logprob(self, request: dg.LogprobRequest) -> float:
+    async def logprob(self, request: dg.LogprobRequest) -> dg.Answer[float]:
         if self.api == "completions" and self.profile.echo_logprobs:
-            return (await self.logprob_batch([request]))[0]
+            batch = await self.logprob_batch([request])
+            return dg.Answer(batch.value[0], usage=batch.usage)
         if not request.context:
             raise dg.RequestRejected("a log-probability needs a non-empty context")
         text = request.context + request.target
         if self.api == "completions" and self.profile.prompt_logprobs:
             body = {"prompt": text, "max_tokens": 1, "prompt_logprobs": 0, "temperature": 0}
-            data = await self._post("/completions", body)
+            posted = await self._post("/completions", body)
             where = self._where("/completions")
-            with answers.reading(where):
+            with posted.reading(where) as data:
                 choice = answers.choices(data, 1, where)[0]
-                return answers.prompt_logprobs_sum(
-                    choice.get("prompt_logprobs"), len(request.context), len(text), where
+                return posted.answer(
+                    answers.prompt_logprobs_sum(
+                        choice.get("prompt_logprobs"), len(request.context), len(text), where
+                    )
                 )
         raise dg.RequestRejected(
             f"{self._where('')} ({self.profile.name}, {self.api}) gives no prompt log-probabilities "
@@ -265,7 +280,7 @@ class OpenAIBackend(dg.Backend):
         )
 
     @_scrubbing
-    async def logprob_batch(self, requests: Sequence[dg.LogprobRequest]) -> list[float]:
+    async def logprob_batch(self, requests: Sequence[dg.LogprobRequest]) -> dg.Answer[list[float]]:
         """Log-probabilities of several texts in one echo request, each aligned by offsets."""
         if not (self.api == "completions" and self.profile.echo_logprobs):
             raise dg.RequestRejected(
@@ -281,18 +296,20 @@ class OpenAIBackend(dg.Backend):
             "logprobs": 0,
             "temperature": 0,
         }
-        data = await self._post("/completions", body)
+        posted = await self._post("/completions", body)
         where = self._where("/completions")
-        with answers.reading(where):
-            return [
-                answers.echo_sum(choice.get("logprobs"), len(request.context), len(text), where)
-                for choice, request, text in zip(
-                    answers.choices(data, len(requests), where), requests, texts, strict=True
-                )
-            ]
+        with posted.reading(where) as data:
+            return posted.answer(
+                [
+                    answers.echo_sum(choice.get("logprobs"), len(request.context), len(text), where)
+                    for choice, request, text in zip(
+                        answers.choices(data, len(requests), where), requests, texts, strict=True
+                    )
+                ]
+            )
 
     @_scrubbing
-    async def top_logprobs(self, request: dg.TopLogprobsRequest) -> dict[str, float]:
+    async def top_logprobs(self, request: dg.TopLogprobsRequest) -> dg.Answer[dict[str, float]]:
         count = min(request.count, self.profile.top_logprobs)
         if self.api == "chat":
             body = {
@@ -303,15 +320,51 @@ class OpenAIBackend(dg.Backend):
                 "top_logprobs": count,
             }
             path = "/chat/completions"
-            data = await self._post(path, body)
-            with answers.reading(self._where(path)):
+            posted = await self._post(path, body)
+            with posted.reading(self._where(path)) as data:
                 choice = answers.choices(data, 1, self._where(path))[0]
-                return answers.first_token_alternatives(choice, self._where(path))
+                return posted.answer(answers.first_token_alternatives(choice, self._where(path)))
         body = {"prompt": request.context, "max_tokens": 1, "temperature": 0, "logprobs": count}
-        data = await self._post("/completions", body)
+        posted = await self._post("/completions", body)
         where = self._where("/completions")
-        with answers.reading(where):
-            return answers.first_token_alternatives(answers.choices(data, 1, where)[0], where)
+        with posted.reading(where) as data:
+            return posted.answer(
+                answers.first_token_alternatives(answers.choices(data, 1, where)[0], where)
+            )
+
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class _Posted:
+    """A server's JSON answer, and the usage and limits it stated with it."""
+
+    data: dict[str, Any]
+    usage: dg.CallUsage
+
+    @contextmanager
+    def reading(self, where: str) -> Iterator[dict[str, Any]]:
+        """Read the answer (`answers.reading`); a malformed one carries the usage stated."""
+        try:
+            with answers.reading(where):
+                yield self.data
+        except dg.BackendError as error:
+            error.usage = self.usage
+            raise
+
+    def answer(self, value: T) -> dg.Answer[T]:
+        return dg.Answer(value, usage=self.usage)
+
+
+def _stated_limits(headers: Mapping[str, str]) -> dg.CallUsage:
+    """What the server's x-ratelimit-* headers say of its limits."""
+    return dg.CallUsage(
+        remaining_requests=_int(headers.get("x-ratelimit-remaining-requests")),
+        remaining_tokens=_int(headers.get("x-ratelimit-remaining-tokens")),
+        limit_requests=_int(headers.get("x-ratelimit-limit-requests")),
+        limit_tokens=_int(headers.get("x-ratelimit-limit-tokens")),
+    )
 
 
 def _messages(prompt: str) -> list[dict[str, str]]:

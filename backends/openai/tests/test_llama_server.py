@@ -238,7 +238,7 @@ async def test_first_token_alternatives_are_the_models_own_log_probabilities(
     """Would fail if the reader took a probability for a log-probability, paired a token with
     another's value, or read the sampled token instead of its alternatives."""
     async with connect(served.url) as backend:
-        found = await backend.top_logprobs(dg.TopLogprobsRequest(CONTEXT, count=10))
+        found = (await backend.top_logprobs(dg.TopLogprobsRequest(CONTEXT, count=10))).value
     words = {token: value for token, value in found.items() if re.fullmatch(r" [A-Za-z]+", token)}
     assert len(found) == 10 and len(words) >= 5, found
     exact = [await embedded.logprob(CONTEXT, token) for token in words]
