@@ -308,6 +308,52 @@ async def test_limiter_spaces_calls_to_the_request_rate() -> None:
     assert starts == pytest.approx([0, 1, 2, 3, 4])
 
 
+async def test_limiter_adopts_the_limit_a_refusal_states_with_its_error() -> None:
+    """The server states its limits with a 429 too: the error carries them, so the next calls
+    keep to the server's rate, not to ours."""
+    clock = FakeClock()
+    starts: list[float] = []
+
+    async def inner(work):
+        starts.append(clock.time())
+        if len(starts) == 1:
+            stated = dg.CallUsage(limit_requests=60, remaining_requests=0)
+            raise dg.RateLimited("429", retry_after_s=0.0, usage=stated)
+        return "ok"
+
+    limiter = Limiter(
+        replying(inner),
+        dg.Backend(),
+        RateLimits(rpm=6000, pause_jitter=0),
+        clock=clock.time,
+        sleep=clock.sleep,
+    )
+
+    async def body() -> None:
+        with pytest.raises(dg.RateLimited):
+            await limiter(dg.GenerateRequest("first", max_tokens=1))
+        for i in range(2):
+            await limiter(dg.GenerateRequest(f"p{i}", max_tokens=1))
+
+    await run_with_clock(clock, body)
+    assert starts == pytest.approx([0, 1, 2])  # one a second, as the server said
+
+
+async def test_engine_charges_the_usage_a_backend_answer_carries() -> None:
+    class Counted(dg.Backend):
+        async def generate(self, request):
+            return dg.Answer("hi", usage=dg.CallUsage(prompt_tokens=11, completion_tokens=3))
+
+        async def logprob(self, request):
+            return -1.0  # a plain value: its tokens are estimated
+
+    async with dg.Engine(Counted()) as engine:
+        assert await engine.generate("a prompt that is long enough", max_tokens=4) == "hi"
+        assert await engine.logprob("x" * 40, "y" * 40) == -1.0
+    total = engine.statistics().total
+    assert (total.tokens_in, total.tokens_out) == (11 + 20, 3)
+
+
 async def test_limiter_charges_prompt_plus_max_tokens_to_the_token_bucket() -> None:
     clock = FakeClock()
     starts: list[float] = []
