@@ -2,7 +2,7 @@
 
 A backend answers two kinds of request: generate text, and give log p(target | context).
 Plugins are separate distributions that declare an entry point in the group
-``dlgraph.backends``; the core never imports them.
+``dlgraph.backends`` (read by `dlgraph._entry_points`); the core never imports them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Literal, Self, get_args
 
 import attrs
 
+from dlgraph._entry_points import BACKENDS
 from dlgraph._untrusted import excerpt
 from dlgraph._validate import MAX_TOKENS, integer, number, stop_strings, text
 from dlgraph.answer import Answer, as_answer
@@ -26,7 +27,6 @@ logger = logging.getLogger(__name__)
 Phase = Literal["forward", "posterior", "propose", "score", "eval"]
 """Which part of dlgraph asked for a call: the ledger counts by node and phase."""
 PHASES: tuple[Phase, ...] = get_args(Phase)
-ENTRY_POINT_GROUP = "dlgraph.backends"
 
 
 def _known_phase(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
@@ -265,8 +265,7 @@ class BackendRegistry:
 
     @classmethod
     def from_entry_points(cls) -> BackendRegistry:
-        found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-        return cls(factories={entry.name: entry for entry in found})
+        return cls(factories=dict(BACKENDS.entries()))
 
     def register(self, name: str, factory: BackendFactory) -> None:
         self._factories[name] = factory

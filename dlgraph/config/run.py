@@ -99,6 +99,14 @@ class RunConfig:
             output_dir=base / str(section["output"].file_path("dir", f"runs/{path.stem}")),
         )
 
+    def check(self) -> None:
+        """Every check that needs no backend connected nor shared limit joined: the data and
+        the network it describes, the engines' plugin names, options and limits."""
+        self.build_network(self.task())
+        for engine in (self.forward, self.backward):
+            if engine is not None:
+                engine.check()
+
     def task(self) -> Task:
         """The data: a generated task, a task of the DLN paper, or JSONL files."""
         return task_from(self.data)

@@ -22,6 +22,7 @@ import attrs
 from dlgraph._validate import check_number, integer, number
 from dlgraph.answer import CallUsage
 from dlgraph.backend import Backend
+from dlgraph.engine.bucket import TokenBucket
 from dlgraph.engine.shared import GrantPool
 from dlgraph.engine.stage import Batch, Outcome, ReplyCall, Work
 from dlgraph.engine.tokens import estimated_tokens
@@ -62,36 +63,6 @@ class RateLimits:
     """How long everyone waits after a 429 that does not say."""
     pause_jitter: float = attrs.field(default=0.1, validator=number(0))
     """A pause is stretched by up to this fraction, so waiting calls do not wake in lockstep."""
-
-
-@attrs.define
-class TokenBucket:
-    rate_per_s: float
-    capacity: float
-    level: float
-    updated: float
-
-    @classmethod
-    def per_minute(cls, limit: float, burst_s: float, now: float) -> TokenBucket:
-        capacity = max(1.0, limit / 60.0 * burst_s)
-        return cls(limit / 60.0, capacity, capacity, now)
-
-    def refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate_per_s)
-        self.updated = now
-
-    def wait_s(self, cost: float, now: float) -> float:
-        """Seconds until `cost` fits (a cost above capacity waits for a full bucket, then borrows)."""
-        self.refill(now)
-        needed = min(cost, self.capacity)
-        return 0.0 if self.level >= needed else (needed - self.level) / self.rate_per_s
-
-    def take(self, cost: float) -> None:
-        self.level -= cost
-
-    def empty(self, now: float) -> None:
-        self.refill(now)
-        self.level = min(self.level, 0.0)
 
 
 def concurrency_ceiling(limits: RateLimits, backend: Backend) -> int:
@@ -272,11 +243,10 @@ class Limiter:
             if limit and (bucket is None or limit / 60.0 < bucket.rate_per_s):
                 bucket = TokenBucket.per_minute(limit, self.limits.burst_s, now)
                 if remaining is not None:
-                    bucket.level = min(bucket.level, float(remaining))
+                    bucket.cap(float(remaining), now)
                 setattr(self, attribute, bucket)
             elif bucket is not None and remaining is not None:
-                bucket.refill(now)
-                bucket.level = min(bucket.level, float(remaining))
+                bucket.cap(float(remaining), now)
 
     def _on_success(self, latency_s: float, crowded: bool) -> None:
         """Track latency; grow the concurrency limit by about one per window of calls that
@@ -300,7 +270,7 @@ class Limiter:
         """Give back (or take) the difference between the estimate and the real usage."""
         if self._tokens and prompt_tokens is not None and completion_tokens is not None:
             unused = charged - prompt_tokens - completion_tokens
-            self._tokens.level = min(self._tokens.capacity, self._tokens.level + unused)
+            self._tokens.add(unused)
             if self.pool is not None:
                 self.pool.true_up(unused)
 

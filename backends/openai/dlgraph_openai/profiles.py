@@ -7,15 +7,20 @@ from typing import Any
 
 import attrs
 
+from dlgraph import plugin
+
 
 def _count(minimum: int) -> Callable[[Any, attrs.Attribute[int], int], None]:
-    """A validator: a whole number (not a bool) of at least `minimum`."""
+    """A validator: a whole number (not a bool) of at least `minimum`, by the core's check,
+    named as a profile's field."""
 
     def validate(instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        try:
+            plugin.check_int(attribute.name, value, minimum)
+        except (TypeError, ValueError):
             raise ValueError(
                 f"profile {attribute.name}: expected an integer >= {minimum}, got {value!r}"
-            )
+            ) from None
 
     return validate
 

@@ -62,10 +62,15 @@ class _Slot:
 
 
 def _positive(name: str, value: object, whole: bool = False) -> None:
-    kinds = (int,) if whole else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < (1 if whole else 0):
+    """A count of at least 1 (`whole`) or a number of at least 0, by the core's checks."""
+    try:
+        if whole:
+            plugin.check_int(name, value, 1)
+        else:
+            plugin.check_number(name, value, 0)
+    except (TypeError, ValueError):
         least = "an integer >= 1" if whole else "a number >= 0"
-        raise ValueError(f"{name}: expected {least}, got {value!r}")
+        raise ValueError(f"{name}: expected {least}, got {value!r}") from None
 
 
 def pool(
