@@ -26,7 +26,7 @@ DISTRIBUTIONS = {
 }
 
 
-OPTIONAL_MODULES = {"dlgraph_sim/server.py": "server"}
+OPTIONAL_MODULES = {"dlgraph_sim/server.py": "server", "dlgraph/engine/_otel.py": "otel"}
 """Modules only an extra makes usable: their imports may come from that extra."""
 
 

@@ -182,5 +182,8 @@ async def test_the_probe_sees_that_the_server_answers_one_call_at_a_time(server:
 
     async with dg.Engine(connect(server), cache=False) as engine:
         latency = (await measure(engine, {"generate": write})).latency["generate"]
-    assert latency.together_s > 2 * latency.alone_s  # four calls at once take about four times one
-    assert latency.slope_s > latency.alone_s / 2
+    # four calls at once take several times one (a parallel server: about one; measured here
+    # 2.5 to 4 times, less while other processes share the cores), and the projection of a
+    # wave of 16 grows with its size, as one call after another does
+    assert latency.together_s > 1.75 * latency.alone_s
+    assert latency.wave_s(16, ceiling=64) > 3 * latency.alone_s

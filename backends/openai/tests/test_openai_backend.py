@@ -101,7 +101,9 @@ async def test_every_fault_kind_is_survived_and_counted() -> None:
         api_key=KEY, error_rate=0.15, drop_rate=0.08, hang_rate=0.05, malformed_rate=0.08, seed=3
     )
     async with SimServer(config) as server:
-        async with dg.Engine(backend(server, timeout_s=0.5), retry=fast_retry()) as engine:
+        # a hang lasts an hour; the client's timeout must outlast any answer the server does
+        # give, however busy the machine (with 0.5 s, a slow answer was once taken for a hang)
+        async with dg.Engine(backend(server, timeout_s=3.0), retry=fast_retry()) as engine:
             texts = await gather(engine, [f"prompt {i}" for i in range(80)], max_tokens=4)
         total = engine.statistics().total
     assert len(texts) == 80 and all(texts)
