@@ -16,6 +16,7 @@ import aiohttp
 import attrs
 
 import dlgraph as dg
+from dlgraph import plugin
 from dlgraph_openai import answers
 from dlgraph_openai.errors import (
     public_url,
@@ -28,6 +29,10 @@ from dlgraph_openai.errors import (
 from dlgraph_openai.profiles import PROFILES, Profile
 
 logger = logging.getLogger(__name__)
+
+MODEL_INFO_TIMEOUT_S = 10.0
+"""How long entering the backend waits for /models (a server that does not answer it is
+still used; its context window is then unknown)."""
 
 
 P = ParamSpec("P")
@@ -74,6 +79,11 @@ class OpenAIBackend(dg.Backend):
     tokenizer: Callable[[str], int] | None = None
     """Counts tokens as the server does (e.g. with tiktoken), for rate limits and budgets;
     default: about four characters per token."""
+    context_window: int | None = attrs.field(default=None, validator=plugin.integer(1))
+    """The most tokens one call may hold, prompt and answer. Default: the profile's, else what
+    the server states in /models when the profile says it does (read on entering), else
+    unknown."""
+    _served_window: int | None = attrs.field(default=None, init=False, repr=False)
     _session: aiohttp.ClientSession | None = attrs.field(default=None, init=False, repr=False)
     _reached: bool = attrs.field(default=False, init=False, repr=False)
     """A connection to the server has been made: the address is right, so a connection refused
@@ -111,6 +121,9 @@ class OpenAIBackend(dg.Backend):
             and (self.profile.echo_logprobs or self.profile.prompt_logprobs),
             top_logprobs=self.profile.top_logprobs,
             max_batch=(self.max_batch or self.profile.max_batch) if completions else 1,
+            context_window=self.context_window
+            or self.profile.context_window
+            or self._served_window,
         )
 
     def count_tokens(self, text: str) -> int:
@@ -144,7 +157,33 @@ class OpenAIBackend(dg.Backend):
                 connector=aiohttp.TCPConnector(limit=self.connections),
                 trace_configs=[connected],
             )
+        if self.context_window is None and self.profile.context_window is None:
+            if self.profile.model_info and self._served_window is None:
+                self._served_window = await self._stated_window()
         return self
+
+    async def _stated_window(self) -> int | None:
+        """The context window the server states in /models; None, logged, when it states
+        none or cannot be asked (a server down now may be up by the first call)."""
+        assert self._session is not None
+        where = self._where("/models")
+        timeout = aiohttp.ClientTimeout(total=min(self.timeout_s, MODEL_INFO_TIMEOUT_S))
+        try:
+            async with self._session.get(
+                self._url("/models"), headers=self._headers(), timeout=timeout
+            ) as response:
+                if response.status != 200:
+                    logger.info(
+                        "%s: HTTP %d; the context window is unknown", where, response.status
+                    )
+                    return None
+                data = json.loads(await response.text())
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            logger.info("%s: %s; the context window is unknown", where, type(error).__name__)
+            return None
+        window = answers.context_window(data, self.model)
+        logger.info("%s: context window %s", where, window)
+        return window
 
     async def _on_connection(self, session: object, context: object, params: object) -> None:
         self._reached = True

@@ -47,6 +47,11 @@ class Profile:
     """First-token alternatives available (chat ``top_logprobs`` / completions ``logprobs``)."""
     max_batch: int = attrs.field(default=1, validator=_count(1))
     """Prompts per /v1/completions request."""
+    context_window: int | None = attrs.field(default=None, validator=plugin.integer(1))
+    """The most tokens one call may hold, prompt and answer, when the profile knows it."""
+    model_info: bool = False
+    """GET /models states the context window: vLLM's ``max_model_len``, llama-server's
+    ``meta.n_ctx`` (per slot: its ``--ctx-size`` split between its ``--parallel`` slots)."""
 
 
 PROFILES = {
@@ -82,6 +87,7 @@ PROFILES = {
             prompt_logprobs=True,
             top_logprobs=20,
             max_batch=64,
+            model_info=True,
         ),
         # llama-cpp-python's server (python -m llama_cpp.server --logits_all true): exact
         # log-probs by echo, one prompt per request (a list of prompts is a 500), one request at
@@ -106,6 +112,7 @@ PROFILES = {
             api_key_env="LLAMA_API_KEY",
             top_logprobs=100,
             max_batch=1,
+            model_info=True,
         ),
         Profile(
             name="ollama",
@@ -121,6 +128,7 @@ PROFILES = {
             prompt_logprobs=True,
             top_logprobs=10,
             max_batch=64,
+            model_info=True,
         ),
     )
 }

@@ -333,6 +333,15 @@ async def test_a_prompt_over_a_slots_context_is_refused_with_the_servers_message
     assert "node 'writer'" in message
 
 
+async def test_the_context_window_is_a_slots_share_as_the_server_states_it(
+    served: LlamaServer,
+) -> None:
+    """The server's --ctx-size split between its --parallel slots, not the model's trained
+    context (32,768 tokens): what one call may hold, so the trainer leaves out what would not."""
+    async with remote(served) as engine:
+        assert engine.backend.capabilities.context_window == SLOT_CONTEXT
+
+
 async def until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
     with anyio.fail_after(timeout_s):
         while not condition():
