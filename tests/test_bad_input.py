@@ -60,6 +60,11 @@ async def fit(**overrides: object) -> None:
         await trainer.fit(**settings)  # type: ignore[arg-type]
 
 
+async def classify(classes: object) -> None:
+    async with dg.Engine(MODEL.current) as engine:
+        await engine.classify("Is it?", classes)  # type: ignore[arg-type]
+
+
 async def forward(net: dg.Network, xs: object) -> None:
     async with dg.Engine(MODEL.current) as engine:
         await net.forward(engine, xs)  # type: ignore[arg-type]
@@ -285,6 +290,42 @@ CASES = [
         r"edge 'answer' -> 'anser': unknown node 'anser' \(known: answer\)",
     ),
     Case(
+        "an edge from an unknown node",
+        lambda t: one_node().add_edge("ghost", "answer"),
+        dg.GraphError,
+        r"edge 'ghost' -> 'answer': unknown node 'ghost' \(known: answer\)",
+    ),
+    Case(
+        "an edge into INPUT",
+        lambda t: one_node().add_edge("answer", dg.INPUT),
+        dg.GraphError,
+        r"edge 'answer' -> 'INPUT': nothing may feed INPUT",
+    ),
+    Case(
+        "an edge given twice",
+        lambda t: one_node().add_edge(dg.INPUT, "answer"),
+        dg.GraphError,
+        r"edge 'INPUT' -> 'answer': duplicate edge",
+    ),
+    Case(
+        "a network without nodes",
+        lambda t: dg.Network().validate(),
+        dg.GraphError,
+        r"the network has no nodes",
+    ),
+    Case(
+        "an empty node name",
+        lambda t: dg.Network().add_node(" ", "x"),
+        dg.GraphError,
+        r"node name must be a non-empty string, got ' '",
+    ),
+    Case(
+        "an empty class",
+        lambda t: dg.Network().add_node("c", "x", classes=["yes", "|"]),
+        dg.GraphError,
+        r"node 'c': empty class in \['yes', '\|'\]",
+    ),
+    Case(
         "a self edge",
         lambda t: (lambda n: (n.add_edge("answer", "answer"), n.validate()))(one_node()),
         dg.GraphError,
@@ -343,6 +384,24 @@ CASES = [
         lambda t: forward(_template('{{ "a" * 100000000 }}'), ["x"]),
         dg.GraphError,
         r"node 'x': template refused: the operator '\*' is not allowed",
+    ),
+    Case(
+        "a template building a huge string, the count first, and printing its length",
+        lambda t: forward(_template('{{ (100000000 * "a") | length }}'), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: the operator '\*' is not allowed in a prompt template",
+    ),
+    Case(
+        "a template building a huge number",
+        lambda t: forward(_template("{{ (10 ** 100000) | string | length }}"), ["x"]),
+        dg.GraphError,
+        r"node 'x': template refused: the operator '\*\*' is not allowed in a prompt template",
+    ),
+    Case(
+        "a retry deadline of zero",
+        lambda t: dg.RetryPolicy(deadline_s=0),
+        ValueError,
+        r"deadline_s must be > 0, got 0",
     ),
     Case(
         "forward on one string",
@@ -464,6 +523,60 @@ CASES = [
         lambda t: dg.Engine(MODEL.current, rpm=5, limits=dg.RateLimits(rpm=6)),
         ValueError,
         r"rpm, tpm and max_concurrency as keywords or in limits, not both",
+    ),
+    Case(
+        "an engine limited to zero requests a minute",
+        lambda t: dg.Engine(dg.Backend(), rpm=0),
+        ValueError,
+        r"rpm must be > 0, got 0",
+    ),
+    Case(
+        "an engine limited to zero tokens a minute",
+        lambda t: dg.Engine(dg.Backend(), tpm=0),
+        ValueError,
+        r"tpm must be > 0, got 0",
+    ),
+    Case(
+        "an engine allowed no call in flight",
+        lambda t: dg.Engine(dg.Backend(), max_concurrency=0),
+        ValueError,
+        r"max_concurrency must be > 0, got 0",
+    ),
+    Case(
+        "rate limits with a burst of no time",
+        lambda t: dg.RateLimits(rpm=60, burst_s=0),
+        ValueError,
+        r"burst_s must be > 0, got 0",
+    ),
+    Case(
+        "rate limits with a negative pause after a 429",
+        lambda t: dg.RateLimits(pause_without_retry_after_s=-1),
+        ValueError,
+        r"pause_without_retry_after_s must be >= 0, got -1",
+    ),
+    Case(
+        "rate limits with a negative jitter",
+        lambda t: dg.RateLimits(pause_jitter=-0.1),
+        ValueError,
+        r"pause_jitter must be >= 0, got -0.1",
+    ),
+    Case(
+        "rate limits of zero requests a minute",
+        lambda t: dg.RateLimits(rpm=0),
+        ValueError,
+        r"rpm must be > 0, got 0",
+    ),
+    Case(
+        "a shared limit that is not a grant source",
+        lambda t: dg.Engine(dg.Backend(), rpm=60, shared_limit=object()),  # type: ignore[arg-type]
+        TypeError,
+        r"shared_limit: expected a GrantSource, got <object",
+    ),
+    Case(
+        "classes as one string to classify",
+        lambda t: classify("yes|no"),
+        TypeError,
+        r"expected a list of strings, got the string 'yes\|no'",
     ),
     Case(
         "stop as one string in a request",

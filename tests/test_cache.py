@@ -260,3 +260,48 @@ async def test_a_cache_write_waiting_for_a_lock_is_cancelled_at_once(tmp_path) -
         holder.kill()
         holder.communicate()
     assert waited_s < 2.0  # not the 5 s the write would wait for the lock
+
+
+async def cache_on_disk_holding(path, request, stored: str) -> None:
+    """A cache file whose one row, the answer to `request`, holds `stored` (JSON text)."""
+    store = await SqliteStore.open(path)
+
+    async def model(work) -> float:
+        return -1.5
+
+    await Cache(model, key, Ledger(), store)(request)
+    await store.aclose()
+    connection = sqlite3.connect(path)
+    connection.execute("UPDATE answers SET value = ?", (stored,))
+    connection.commit()
+    connection.close()
+
+
+async def ask_cache_on_disk(path, request) -> tuple[object, int]:
+    """The answer to `request` through the cache on disk, and how many calls it cost."""
+    calls: list[object] = []
+
+    async def model(work) -> float:
+        calls.append(work)
+        return -1.5
+
+    store = await SqliteStore.open(path)
+    try:
+        result = await Cache(model, key, Ledger(), store)(request)
+    finally:
+        await store.aclose()
+    return result, len(calls)
+
+
+async def test_a_cached_log_probability_above_zero_is_a_miss_and_the_model_is_asked(
+    tmp_path,
+) -> None:
+    path, request = tmp_path / "cache.sqlite", dg.LogprobRequest("The sky is", " blue")
+    await cache_on_disk_holding(path, request, "0.5")  # no probability is above 1
+    assert await ask_cache_on_disk(path, request) == (-1.5, 1)
+
+
+async def test_a_cached_log_probability_of_zero_is_an_answer(tmp_path) -> None:
+    path, request = tmp_path / "cache.sqlite", dg.LogprobRequest("The sky is", " blue")
+    await cache_on_disk_holding(path, request, "0.0")  # a certain target
+    assert await ask_cache_on_disk(path, request) == (0.0, 0)

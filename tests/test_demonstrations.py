@@ -4,7 +4,9 @@ test can fail (see demo_world.py)."""
 from __future__ import annotations
 
 import json
+import math
 
+import pytest
 from demo_world import (
     FIRST_KEY,
     SECOND_KEY,
@@ -12,7 +14,10 @@ from demo_world import (
     SecretWorld,
     TwoHeads,
     colour,
+    follows,
     pair_task,
+    query,
+    secret,
     secret_task,
     shown,
 )
@@ -191,3 +196,27 @@ async def test_demonstrations_survive_save_load_and_resume(tmp_path) -> None:
             await trainer.fit(train_set, dev_set, 3, 10, checkpoint_dir=folder)
         runs.append(net.parameters())
     assert runs[0] == runs[1] and runs[0]["answer"].demonstrations
+
+
+async def test_a_candidate_is_not_scored_on_the_examples_its_demonstrations_show() -> None:
+    """Scoring a candidate on an example it shows would reward copying: those examples cost
+    no call and count for nothing in its ELBO. In this world a candidate whose demonstrations
+    reveal the rule gets p = 0.9 on every example, so its ELBO is exactly log 0.9."""
+    model = SecretWorld().model()
+    batch = secret_task(10, seed=3)
+    async with dg.Engine(model) as engine:
+        trainer = dg.VariationalTrainer(dln1(), engine, **OPTIONS)
+        outcome = await trainer.step(batch)
+    score_calls = [call.request.context for call in model.calls if call.request.phase == "score"]
+    assert any(shown(context) for context in score_calls)
+    for context in score_calls:
+        assert query(context) not in [word for word, _ in shown(context)]
+    revealing = [
+        elbo
+        for parameter, elbo in outcome.scored["answer"]
+        if follows(
+            [(d.input.removeprefix("Input: "), d.output) for d in parameter.demonstrations],
+            lambda word: "yes" if secret(word) else "no",
+        )
+    ]
+    assert revealing and revealing == pytest.approx([math.log(0.9)] * len(revealing))

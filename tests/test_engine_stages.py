@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import anyio
 import pytest
+from dlgraph_sim import ScriptedModel
 from fake_clock import FakeClock
 
 import dlgraph as dg
@@ -235,6 +239,140 @@ async def test_retry_raises_retries_exhausted_at_the_deadline() -> None:
     assert isinstance(caught.value.__cause__, dg.TransientError)
 
 
+class TopOfRange(random.Random):
+    """Jitter that draws the top of every range it is asked for, and remembers the ranges."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.ranges: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.ranges.append((a, b))
+        return b
+
+
+async def test_retry_gives_up_at_the_deadline_counted_from_the_first_failure() -> None:
+    clock = FakeClock()
+    attempts: list[float] = []
+
+    async def down(request):
+        if not attempts:
+            await clock.sleep(5.0)  # the first attempt fails after 5 s: the deadline starts then
+        attempts.append(clock.time())
+        raise dg.TransientError("502 bad gateway")
+
+    jitter = TopOfRange()
+    retry = Retry(
+        down,
+        Ledger(),
+        RetryPolicy(deadline_s=30, initial_wait_s=1, max_wait_s=10),
+        sleep=clock.sleep,
+        clock=clock.time,
+        jitter=jitter,
+    )
+    gave_up_at: list[float] = []
+
+    async def body() -> None:
+        with pytest.raises(dg.RetriesExhausted, match="deadline of 30 s"):
+            await retry(dg.GenerateRequest("x"))
+        gave_up_at.append(clock.time())
+
+    await run_with_clock(clock, body)
+    assert attempts == [5, 6, 8, 12, 20, 30]  # waits of 1, 2, 4, 8, then 10 at most
+    assert gave_up_at == [35]  # the last wait is cut at the deadline; no attempt after it
+    assert jitter.ranges == [(0, 1), (0, 2), (0, 4), (0, 8), (0, 10), (0, 10)]  # full jitter
+
+
+async def test_retry_tries_no_more_after_an_attempt_that_outlasts_the_deadline() -> None:
+    clock = FakeClock()
+    attempts: list[float] = []
+
+    async def slow_then_down(request):
+        attempts.append(clock.time())
+        if len(attempts) == 2:
+            await clock.sleep(100.0)  # the first retry hangs past the deadline, then fails
+        raise dg.TransientError("504 gateway timeout")
+
+    ledger = Ledger()
+    retry = Retry(
+        slow_then_down,
+        ledger,
+        RetryPolicy(deadline_s=30, initial_wait_s=1, max_wait_s=1),
+        sleep=clock.sleep,
+        clock=clock.time,
+        jitter=TopOfRange(),
+    )
+
+    async def body() -> None:
+        with pytest.raises(dg.RetriesExhausted, match="504"):
+            await retry(dg.GenerateRequest("x"))
+
+    await run_with_clock(clock, body)
+    assert attempts == [0, 1] and ledger.statistics().total.retries == 1
+
+
+async def test_retry_gives_up_when_an_attempt_fails_exactly_at_the_deadline() -> None:
+    """No wait is taken (nor its jitter drawn, nor a retry counted) once no time is left."""
+    clock = FakeClock()
+    attempts: list[float] = []
+
+    async def down(request):
+        attempts.append(clock.time())
+        if len(attempts) == 3:
+            await clock.sleep(10.0)  # the second retry fails exactly at the deadline
+        raise dg.TransientError("503")
+
+    ledger = Ledger()
+    jitter = TopOfRange()
+    retry = Retry(
+        down,
+        ledger,
+        RetryPolicy(deadline_s=30, initial_wait_s=10, max_wait_s=10),
+        sleep=clock.sleep,
+        clock=clock.time,
+        jitter=jitter,
+    )
+    gave_up_at: list[float] = []
+
+    async def body() -> None:
+        with pytest.raises(dg.RetriesExhausted, match="503"):
+            await retry(dg.GenerateRequest("x"))
+        gave_up_at.append(clock.time())
+
+    await run_with_clock(clock, body)
+    assert attempts == [0, 10, 20] and gave_up_at == [30]
+    assert ledger.statistics().total.retries == 2 and jitter.ranges == [(0, 10), (0, 10)]
+
+
+async def test_retry_ends_in_retries_exhausted_after_thousands_of_instant_failures() -> None:
+    """A server failing at once, short waits, a long deadline: more than 1024 retries, where
+    the doubling of the backoff's ceiling once overflowed a float."""
+    clock = FakeClock()
+
+    async def down(request):
+        raise dg.TransientError("503")
+
+    ledger = Ledger()
+    retry = Retry(
+        down,
+        ledger,
+        RetryPolicy(deadline_s=2, initial_wait_s=0.001, max_wait_s=0.001),
+        sleep=clock.sleep,
+        clock=clock.time,
+        jitter=TopOfRange(),
+    )
+    gave_up_at: list[float] = []
+
+    async def body() -> None:
+        with pytest.raises(dg.RetriesExhausted, match="503"):
+            await retry(dg.GenerateRequest("x"))
+        gave_up_at.append(clock.time())
+
+    await run_with_clock(clock, body)
+    assert gave_up_at == [pytest.approx(2.0)]
+    assert ledger.statistics().total.retries == pytest.approx(2000, abs=2)
+
+
 # -- ledger ----------------------------------------------------------------------------------
 
 
@@ -247,6 +385,19 @@ async def test_metered_refuses_calls_past_the_budget() -> None:
     with pytest.raises(dg.BudgetExhausted, match="call budget of 2 spent"):
         await metered(dg.GenerateRequest("c"))
     assert inner.calls == 2
+
+
+async def test_metered_refuses_calls_once_the_token_budget_is_spent() -> None:
+    async def reporting(work):
+        return dg.Answer("x", usage=dg.CallUsage(prompt_tokens=60, completion_tokens=40))
+
+    ledger = Ledger(Budget(max_tokens=200))
+    metered = Metered(replying(reporting), ledger, dg.Backend())
+    await metered(dg.GenerateRequest("a"))
+    await metered(dg.GenerateRequest("b"))  # 100 tokens spent before it: it may go
+    with pytest.raises(dg.BudgetExhausted, match=r"token budget of 200 spent \(200 tokens\)"):
+        await metered(dg.GenerateRequest("c"))
+    assert ledger.statistics().total.calls == 2
 
 
 async def test_ledger_counts_by_node_and_phase_and_prices_tokens() -> None:
@@ -266,6 +417,13 @@ async def test_ledger_counts_by_node_and_phase_and_prices_tokens() -> None:
     assert stats.by_phase()["propose"].calls == 2 and stats.by_phase()["propose"].http_requests == 1
     total = stats.total
     assert total.cost == pytest.approx(total.tokens_in * 1 + total.tokens_out * 2)
+
+
+async def test_metered_counts_estimated_prompt_tokens_when_the_backend_reports_none() -> None:
+    ledger = Ledger()
+    metered = Metered(replying(Counting()), ledger, dg.Backend())
+    await metered(dg.GenerateRequest("x" * 400, max_tokens=50))  # 100 tokens by estimate
+    assert ledger.statistics().total.tokens_in == 100
 
 
 async def test_metered_uses_token_counts_the_backend_reports() -> None:
@@ -459,14 +617,157 @@ async def test_limiter_cancelled_waiter_leaves_the_queue() -> None:
 
 
 async def test_limiter_shrinks_concurrency_after_a_429_and_grows_under_load() -> None:
-    async def limited(work):
-        raise dg.RateLimited("429", retry_after_s=0)
+    failures = [dg.RateLimited("429", retry_after_s=0)]
+    release = anyio.Event()
 
-    limiter = Limiter(replying(limited), dg.Backend(), RateLimits(rpm=60_000, max_concurrency=40))
+    async def server(work):
+        if failures:
+            raise failures.pop()
+        await release.wait()
+        return "ok"
+
+    limiter = Limiter(replying(server), dg.Backend(), RateLimits(max_concurrency=40))
     before = limiter.statistics().concurrency_limit
     with pytest.raises(dg.RateLimited):
         await limiter(dg.GenerateRequest("x"))
-    assert limiter.statistics().concurrency_limit < before
+    shrunk = limiter.statistics().concurrency_limit
+    async with anyio.create_task_group() as group:
+        for i in range(90):
+            group.start_soon(limiter, dg.GenerateRequest(f"p{i}"))
+        await anyio.wait_all_tasks_blocked()  # 28 in flight, 62 crowded out, waiting
+        assert limiter.statistics().in_flight == shrunk
+        release.set()
+    grown = limiter.statistics().concurrency_limit
+    assert (before, shrunk) == (40, 28)  # multiplicative decrease: x 0.7
+    assert grown == shrunk + 2  # additive increase: about one per window of crowded calls
+
+
+async def test_limiter_lets_a_burst_of_calls_go_at_once_then_keeps_to_the_rate() -> None:
+    starts = await starts_of_calls_reporting(RateLimits(rpm=60, burst_s=3), 5)
+    assert starts == pytest.approx([0, 0, 0, 1, 2])
+
+
+async def test_limiter_under_a_request_rate_follows_littles_law_as_latency_grows() -> None:
+    """Calls in flight = arrival rate x latency, twice over: 10 calls/s at a latency that
+    moves from 1 s towards 3.7 s by a tenth per call (1.27 s, then 1.513 s)."""
+    clock = FakeClock()
+
+    async def slow(work):
+        await clock.sleep(3.7)
+        return "ok"
+
+    limiter = Limiter(
+        replying(slow), dg.Backend(), RateLimits(rpm=600), clock=clock.time, sleep=clock.sleep
+    )
+    limits = [limiter.statistics().concurrency_limit]
+
+    async def body() -> None:
+        for i in range(2):
+            await limiter(dg.GenerateRequest(f"p{i}"))
+            limits.append(limiter.statistics().concurrency_limit)
+
+    await run_with_clock(clock, body)
+    assert limits == [20, 26, 31]
+
+
+async def test_limiter_empties_its_buckets_on_a_429_so_calls_resume_at_the_rate() -> None:
+    """The server's count is spent even if ours is not: after the pause, calls are spaced at
+    the rate, not sent as one burst from a bucket that still looks full."""
+    clock = FakeClock()
+    starts: list[float] = []
+
+    async def inner(work):
+        starts.append(clock.time())
+        if len(starts) == 1:
+            raise dg.RateLimited("429", retry_after_s=0.5)
+        return "ok"
+
+    limiter = Limiter(
+        replying(inner),
+        dg.Backend(),
+        RateLimits(rpm=60, burst_s=5, pause_jitter=0),
+        clock=clock.time,
+        sleep=clock.sleep,
+    )
+
+    async def body() -> None:
+        with pytest.raises(dg.RateLimited):
+            await limiter(dg.GenerateRequest("first"))
+        async with anyio.create_task_group() as group:
+            for i in range(3):
+                group.start_soon(limiter, dg.GenerateRequest(f"after{i}"))
+
+    await run_with_clock(clock, body)
+    assert starts == pytest.approx([0, 1, 2, 3])  # not [0, 0.5, 0.5, 0.5]
+
+
+async def test_limiter_trues_up_the_token_bucket_with_the_usage_the_server_reports() -> None:
+    clock = FakeClock()
+    starts: list[float] = []
+
+    async def inner(work):
+        starts.append(clock.time())
+        usage = dg.CallUsage(prompt_tokens=100, completion_tokens=10)  # 90 of 100 unused
+        return dg.Answer("ok", usage=usage)
+
+    limiter = Limiter(
+        replying(inner), dg.Backend(), RateLimits(tpm=6000), clock=clock.time, sleep=clock.sleep
+    )  # 100 tokens/s, a bucket of 100
+
+    async def body() -> None:
+        for _ in range(2):
+            await limiter(dg.GenerateRequest("x" * 400, max_tokens=100))  # 200 charged
+
+    await run_with_clock(clock, body)
+    assert starts == pytest.approx([0, 1.1])  # the debt is 10 tokens, not 100 (nor 190)
+
+
+async def starts_of_calls_reporting(limits: RateLimits, calls: int, **facts: int) -> list[float]:
+    """When each of `calls` sequential calls reached the server, which reports `facts` (its
+    x-ratelimit-* headers) with every answer."""
+    clock = FakeClock()
+    starts: list[float] = []
+
+    async def inner(work):
+        starts.append(clock.time())
+        return dg.Answer("ok", usage=dg.CallUsage(**facts))
+
+    limiter = Limiter(replying(inner), dg.Backend(), limits, clock=clock.time, sleep=clock.sleep)
+
+    async def body() -> None:
+        for i in range(calls):
+            await limiter(dg.GenerateRequest(f"p{i}", max_tokens=1))
+
+    await run_with_clock(clock, body)
+    return starts
+
+
+async def test_limiter_adopts_a_lower_request_limit_the_server_states() -> None:
+    starts = await starts_of_calls_reporting(RateLimits(rpm=600), 3, limit_requests=60)
+    assert starts == pytest.approx([0, 0, 1])  # a bucket of one second at one call a second
+
+
+async def test_limiter_keeps_its_own_limit_when_the_server_states_a_higher_one() -> None:
+    starts = await starts_of_calls_reporting(RateLimits(rpm=60), 3, limit_requests=6000)
+    assert starts == pytest.approx([0, 1, 2])
+
+
+async def test_limiter_never_holds_more_requests_than_the_server_says_remain() -> None:
+    limits = RateLimits(rpm=60, burst_s=5)  # five calls at once, by our count
+    starts = await starts_of_calls_reporting(limits, 3, remaining_requests=0)
+    assert starts == pytest.approx([0, 1, 2])
+
+
+async def test_limiter_never_holds_more_tokens_than_the_server_says_remain() -> None:
+    limits = RateLimits(tpm=60_000, burst_s=5)  # 1000 tokens a second, 5000 at once
+    starts = await starts_of_calls_reporting(limits, 2, remaining_tokens=0)
+    assert starts == pytest.approx([0, 0.002])  # the next call's 2 tokens, at 1000 a second
+
+
+async def test_limiter_adopts_a_lower_token_limit_the_server_states() -> None:
+    limits = RateLimits(tpm=60_000)
+    starts = await starts_of_calls_reporting(limits, 3, limit_tokens=120, remaining_tokens=0)
+    assert starts == pytest.approx([0, 1, 2])  # 2 tokens a call at 2 tokens a second
 
 
 # -- coalescer and split ---------------------------------------------------------------------
@@ -548,6 +849,44 @@ async def test_split_isolates_the_refused_prompt_of_a_batch() -> None:
     assert outcome[:2] == ["ok a", "ok b"] and outcome[3:] == ["ok d", "ok e"]
     assert isinstance(outcome[2], dg.RequestRejected) and "violates the policy" in str(outcome[2])
     assert sent[0] == 5 and len(sent) < 2 * len(prompts)
+
+
+class SilentSource:
+    """A grant source that is never asked (the engine is only built, not entered)."""
+
+    async def configure(self, rpm, tpm, burst_s) -> None: ...
+
+    async def borrow(self, requests, tokens): ...
+
+    async def give_back(self, requests, tokens) -> None: ...
+
+    async def pause(self, seconds) -> None: ...
+
+
+def test_engine_takes_its_limits_as_keywords_or_as_one_record_or_both_if_they_agree() -> None:
+    limits = RateLimits(rpm=1.5, tpm=100, max_concurrency=1)
+    assert dg.Engine(dg.Backend(), limits=limits).limits == limits
+    assert dg.Engine(dg.Backend(), rpm=1.5, tpm=100, max_concurrency=1).limits == limits
+    same = dg.Engine(dg.Backend(), rpm=1.5, tpm=100, max_concurrency=1, limits=limits)
+    assert (same.rpm, same.tpm, same.max_concurrency) == (1.5, 100, 1)
+    with pytest.raises(ValueError, match="as keywords or in limits, not both"):
+        dg.Engine(dg.Backend(), rpm=60, limits=limits)
+
+
+def test_engine_shares_a_limit_of_requests_or_of_tokens_alone() -> None:
+    dg.Engine(dg.Backend(), rpm=60, shared_limit=SilentSource())
+    dg.Engine(dg.Backend(), tpm=6000, shared_limit=SilentSource())
+    with pytest.raises(ValueError, match="give the endpoint's rpm or tpm to share"):
+        dg.Engine(dg.Backend(), max_concurrency=4, shared_limit=SilentSource())
+
+
+async def test_engine_without_a_coalescing_window_sends_each_request_alone() -> None:
+    inner = Counting()
+    async with dg.Engine(Plain(inner), rpm=60_000, coalesce_ms=0) as engine:
+        async with anyio.create_task_group() as callers:
+            for i in range(4):
+                callers.start_soon(engine.generate, f"p{i}")
+    assert inner.calls == 4 and not any(isinstance(work, Batch) for work in inner.seen)
 
 
 async def test_engine_is_usable_only_inside_its_context() -> None:
@@ -637,3 +976,25 @@ async def test_the_halves_of_a_refused_batch_keep_its_place_in_the_limiters_queu
     halves = [i for i, prompts in enumerate(sent[1:], 1) if not prompts[0].startswith("later")]
     assert max(halves) < min(later)  # every part of the batch went before the later calls
     assert outcome[1:] == ["ok a", "ok b", "ok c"] and isinstance(outcome[0], dg.RequestRejected)
+
+
+# -- classification --------------------------------------------------------------------------
+
+
+def verbalizer_model(probability: dict[str, float]) -> ScriptedModel:
+    """Exact log-probabilities: each verbalizer (after a space) has its given probability."""
+    return ScriptedModel(logprob=lambda request: math.log(probability[request.target]))
+
+
+async def test_classify_gives_a_class_the_summed_probability_of_its_verbalizers() -> None:
+    model = verbalizer_model({" yes": 0.35, " Yes": 0.05, " no": 0.3, " No": 0.3})
+    async with dg.Engine(model) as engine:
+        distribution = await engine.classify("Is it?", ["yes|Yes", "no|No"])
+    assert distribution == pytest.approx([0.4, 0.6])  # the likelier verbalizer alone: 0.35 : 0.3
+
+
+async def test_classify_returns_a_distribution_when_the_verbalizers_cover_little_mass() -> None:
+    model = verbalizer_model({" yes": 0.01, " Yes": 0.01, " no": 0.03, " No": 0.03})
+    async with dg.Engine(model) as engine:
+        distribution = await engine.classify("Is it?", ["yes|Yes", "no|No"])
+    assert distribution == pytest.approx([0.25, 0.75])

@@ -7,6 +7,7 @@ import math
 import anyio
 import pytest
 from dlgraph_sim import ScriptedModel
+from fake_clock import FakeClock
 
 import dlgraph as dg
 
@@ -156,3 +157,27 @@ async def test_calibrated_class_node_removes_the_prompts_bias() -> None:
 def test_calibrate_is_refused_on_a_generation_node() -> None:
     with pytest.raises(dg.GraphError, match="node 'a': calibrate applies to class nodes only"):
         dg.Network().add_node("a", prompt="x", calibrate=True)
+
+
+async def test_forward_under_a_rate_limit_sends_an_examples_next_node_before_other_examples() -> (
+    None
+):
+    """Deeper nodes go first when calls queue for the rate limit, so examples finish as the
+    batch goes rather than all at the end."""
+    clock = FakeClock()
+    net = dg.Network()
+    net.add_node("a", prompt="Say A.")
+    net.add_node("b", prompt="Say B.")
+    net.add_edge(dg.INPUT, "a")
+    net.add_edge("a", "b")
+    model = ScriptedModel(generate=lambda request: request.prompt)  # every input its own output
+
+    async def body() -> None:
+        async with dg.Engine(model, rpm=60, clock=clock.time, sleep=clock.sleep) as engine:
+            await net.forward(engine, ["x1", "x2", "x3"])
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(clock.drive)
+        await body()
+        group.cancel_scope.cancel()
+    assert [call.request.node for call in model.calls] == ["a", "b", "a", "b", "a", "b"]

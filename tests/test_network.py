@@ -109,6 +109,18 @@ def test_validate_accepts_template_naming_parents_directly() -> None:
     assert net.render("c", {dg.INPUT: "x", "a": "from a"}) == "C.\nx\nfrom a\nOutput:"
 
 
+def test_a_template_may_loop_test_and_filter_as_prompts_need() -> None:
+    net = dg.Network()
+    template = (
+        "{{ prompt | upper }}{% for d in demonstrations %} [{{ loop.index }}: {{ d.output }}]"
+        "{% endfor %}{% if input.startswith('x') %} starts with x{% endif %} {{ input | length }}"
+    )
+    net.add_node("a", prompt="A.", template=template)
+    net.add_edge(dg.INPUT, "a")
+    net.set_parameter("a", dg.Parameter("A.", [dg.Demonstration("q", "yes")]))
+    assert net.render("a", {dg.INPUT: "xyz"}) == "A. [1: yes] starts with x 3"
+
+
 def test_duplicate_class_names_are_refused() -> None:
     with pytest.raises(dg.GraphError, match="node 'answer': duplicate class names"):
         dg.Network().add_node("answer", prompt="A.", classes=["yes|Yes", "yes"])

@@ -44,6 +44,9 @@ def test_token_bucket_holds_no_more_than_the_server_says_remains() -> None:
     assert bucket.level == 1.0
     bucket.empty(now=0.0)
     assert bucket.level == 0.0
+    bucket.cap(3.0, now=10.0)  # what refilled in the meantime is capped too
+    bucket.refill(now=10.0)
+    assert bucket.level == 3.0
 
 
 def test_token_bucket_level_is_not_set_from_outside() -> None:

@@ -17,6 +17,7 @@ from letter_world import (
 )
 
 import dlgraph as dg
+from dlgraph.train.pace import Wave
 
 YES_NO = ["yes|Yes", "no|No"]
 
@@ -181,6 +182,47 @@ async def test_corrupt_checkpoint_is_refused(tmp_path) -> None:
         await run_counting(dln2(), world, train, dev, steps=2, checkpoint_dir=tmp_path)
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d | {"format": "other.tool"}, "not a dlgraph checkpoint"),
+        (lambda d: [d], "not a dlgraph checkpoint"),
+        (lambda d: d | {"version": 1}, "checkpoint version 1, expected 2"),
+    ],
+    ids=["another format", "not an object", "another version"],
+)
+async def test_a_checkpoint_of_another_format_or_version_is_refused(
+    tmp_path, edit, message
+) -> None:
+    world = LetterWorld()
+    train, dev = single_word_task(20, seed=1), single_word_task(20, seed=2)
+    await run_counting(dln2(), world, train, dev, steps=1, checkpoint_dir=tmp_path)
+    path = tmp_path / "checkpoint.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(dg.CheckpointError, match=message):
+        await run_counting(dln2(), world, train, dev, steps=2, checkpoint_dir=tmp_path)
+
+
+async def test_a_checkpoint_after_a_perfect_dev_accuracy_resumes(tmp_path) -> None:
+    from dlgraph.train.checkpoint import _digest
+
+    await checkpoint_after_two_steps(tmp_path)
+    path = tmp_path / "checkpoint.json"
+    document = json.loads(path.read_text())
+    payload = document["payload"] | {"best_score": 1.0, "initial_score": 0.0}
+    path.write_text(json.dumps(document | {"payload": payload, "sha256": _digest(payload)}))
+    result, _ = await run_counting(
+        dln2(),
+        LetterWorld(),
+        single_word_task(20, seed=1),
+        single_word_task(20, seed=2),
+        3,
+        checkpoint_dir=tmp_path,
+    )
+    assert [r.step for r in result.history] == [1, 2, 3]
+    assert result.initial_dev_accuracy == 0.0 and result.best_dev_accuracy == 1.0
+
+
 async def test_checkpoint_of_another_setup_is_refused(tmp_path) -> None:
     world = LetterWorld()
     train, dev = single_word_task(20, seed=1), single_word_task(20, seed=2)
@@ -237,6 +279,33 @@ async def test_estimate_bounds_the_calls_a_run_makes() -> None:
         await trainer.fit(train, dev, steps=3, batch_size=10)
     assert len(model.calls) <= estimate.calls <= 6 * len(model.calls)
     assert estimate.tokens > estimate.calls
+
+
+async def test_estimate_lays_out_a_dln2_run_in_the_waves_the_trainer_sends() -> None:
+    """Written out by hand for DLN-2 (a text node, then a yes/no node: 4 verbalizers), batch
+    10, 6 proposals, 5 hidden samples, memory 5, no demonstrations, dev 20, two steps."""
+    train = single_word_task(40, seed=1)
+    async with dg.Engine(LetterWorld().model()) as engine:
+        trainer = dg.VariationalTrainer(dln2(), engine, **TRAIN_OPTIONS)
+        estimate = trainer.estimate(2, 10, train, dev_size=20)
+    dev = [Wave(False, "generate", 20), Wave(False, "score", 20 * 4)]
+    forward = [Wave(False, "generate", 10), Wave(False, "score", 10 * 4)]
+    posterior = [
+        Wave(True, "generate", 10 * 5),  # 5 samples besides the forward output
+        Wave(False, "score", 10 * 6 * (4 + 1)),  # the child's likelihood and the prior
+    ]
+    propose = [Wave(True, "propose", 6 * 2)]
+    candidates = 2 + 5 + 6  # current (and it without demonstrations), memory, proposals
+    per_candidate = 10 * 6 * 1 + 10 * 6 * 4  # reason over its 6 samples, answer over reason's
+
+    def scores(remembered: int) -> list[Wave]:
+        expected = (6 + remembered + 1) * per_candidate  # new, remembered, current (not cached)
+        return [Wave(False, "score", candidates * per_candidate, expected)]
+
+    first = forward + posterior + propose + scores(0)
+    second = forward + posterior + propose + scores(5)
+    assert list(estimate.waves) == dev + first + dev + second + dev
+    assert estimate.calls == sum(wave.calls for wave in estimate.waves)
 
 
 async def test_progress_reaches_callback_and_jsonl_log(tmp_path) -> None:
@@ -311,6 +380,40 @@ async def test_generic_step_on_one_node_matches_a_hand_written_dln1_step() -> No
         assert elbo == pytest.approx(expected, abs=1e-9)
     best = max(range(len(scored)), key=lambda i: (scored[i][1], -i))
     assert outcome.parameters["answer"].prompt == scored[best][0]
+
+
+async def test_trust_region_charges_a_candidate_what_it_loses_against_the_current_prompt() -> None:
+    """ELBO with a trust region λ: the mean log-likelihood, minus λ times the mean of what the
+    candidate loses against the current prompt example by example (gains are not paid)."""
+    world = LetterWorld(direct=True)
+    batch = single_word_task(8, seed=3)
+    async with dg.Engine(world.model()) as engine:
+        trainer = dg.VariationalTrainer(dln1(), engine, **TRAIN_OPTIONS, trust_region=2.0)
+        outcome = await trainer.step(batch)
+
+    def logliks(prompt: str) -> list[float]:
+        return [reference_class_loglik(world, prompt, f"Input: {e.input}", e.target) for e in batch]
+
+    current = logliks("Answer the question.")
+    penalties = []
+    for prompt, elbo in outcome.elbo["answer"]:
+        own = logliks(prompt)
+        penalty = 2.0 * sum(max(0.0, c - o) for c, o in zip(current, own, strict=True)) / 8
+        assert elbo == pytest.approx(sum(own) / 8 - penalty, abs=1e-9)
+        penalties.append(penalty)
+    assert any(p > 0 for p in penalties)  # some candidate lost somewhere, and paid for it
+
+
+async def test_the_memory_keeps_the_best_candidates_a_step_scored() -> None:
+    world = LetterWorld(direct=True)
+    async with dg.Engine(world.model()) as engine:
+        trainer = dg.VariationalTrainer(dln1(), engine, **TRAIN_OPTIONS, memory_size=2)
+        outcome = await trainer.step(single_word_task(8, seed=3))
+        trainer.apply(outcome)
+    scored = outcome.scored["answer"]
+    best = sorted(scored, key=lambda pair: pair[1], reverse=True)
+    assert len(scored) > 2 and best[1][1] > best[2][1]
+    assert trainer.memory.parameters("answer") == [best[0][0], best[1][0]]
 
 
 async def test_generic_step_on_two_nodes_matches_a_hand_written_dln2_step() -> None:
@@ -423,6 +526,11 @@ CHECKPOINT_EDITS = [
         r"best_score: an accuracy must be in \[0, 1\]",
     ),
     (
+        "initial_score",
+        lambda p: p | {"initial_score": -0.5},
+        r"initial_score: score must be >= 0",
+    ),
+    (
         "memory",
         lambda p: p | {"memory": {"answer": {"x": "high"}}},
         r"memory: answer: expected a list",
@@ -441,6 +549,13 @@ CHECKPOINT_EDITS = [
         "fields",
         lambda p: {k: v for k, v in p.items() if k != "ledger"},
         r"missing or unknown: ledger",
+    ),
+    ("history", lambda p: p | {"history": {"1": 1}}, r"history: expected a list of step records"),
+    ("ledger", lambda p: p | {"ledger": [1]}, r"ledger: expected a list of objects"),
+    (
+        "rng_state",
+        lambda p: p | {"rng_state": p["rng_state"][:2]},
+        r"rng_state: expected \[version",
     ),
 ]
 
@@ -500,3 +615,43 @@ async def test_a_step_committed_but_not_logged_is_logged_and_reported_on_resume(
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3]
     assert reported == [1, 2, 3] and [r.step for r in result.history] == [1, 2, 3]
     assert not leftover.exists()
+
+
+def test_trainer_options_take_every_value_down_to_their_bounds() -> None:
+    options = dg.TrainerOptions(
+        num_prompt_samples=1,
+        num_hidden_samples=0,
+        posterior_temperature=0.01,
+        sample_temperature=0.0,
+        trust_region=0.0,
+        memory_size=0,
+        max_demonstrations=0,
+        num_demonstration_samples=0,
+        proposal_max_tokens=1,
+        min_weight=0.0,
+        seed=-1,
+    )
+    assert (options.num_hidden_samples, options.memory_size, options.seed) == (0, 0, -1)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("num_prompt_samples", 0, "must be > 0"),
+        ("num_hidden_samples", -1, "must be >= 0"),
+        ("posterior_temperature", 0.0, "must be > 0"),
+        ("sample_temperature", -0.5, "must be >= 0"),
+        ("trust_region", -1.0, "must be >= 0"),
+        ("memory_size", -1, "must be >= 0"),
+        ("max_demonstrations", -1, "must be >= 0"),
+        ("num_demonstration_samples", -1, "must be >= 0"),
+        ("proposal_max_tokens", 0, "must be > 0"),
+        ("min_weight", -0.01, "must be >= 0"),
+        ("use_posterior", "yes", "expected bool"),
+        ("seed", 1.5, "expected int"),
+        ("scoring", "best", "must be in"),
+    ],
+)
+def test_trainer_options_refuse_a_value_outside_their_bounds(field, value, message) -> None:
+    with pytest.raises((TypeError, ValueError), match=f"{field}.*{message}"):
+        dg.TrainerOptions(**{field: value})
