@@ -99,6 +99,10 @@ def _estimate(trainer: dg.VariationalTrainer, config: RunConfig, task: dg.data.T
 
 def _estimate_line(estimate: dg.Estimate) -> str:
     line = f"at most {estimate.calls:,} calls and {estimate.tokens:,} tokens"
+    if estimate.expected_calls < estimate.calls:
+        line += (
+            f" (expected {estimate.expected_calls:,} calls and {estimate.expected_tokens:,} tokens)"
+        )
     if estimate.backward_calls:
         line += (
             f" on the forward model, {estimate.backward_calls:,} calls and "

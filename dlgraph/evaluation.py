@@ -33,14 +33,32 @@ async def evaluate(net: Network, engine: Engine, data: Sequence[Example]) -> Acc
     dataset or a target an output node cannot give.
     """
     examples = check_dataset(data, "evaluation data")
-    targets = net.targets(examples, "evaluation data")
     with engine.tracer.span("evaluate", examples=len(examples)) as span:
-        trace = await forward(net, engine, [example.input for example in examples], phase="eval")
-        accuracy = Accuracy(
-            {
-                output: net.node(output).accuracy(trace.outputs[output], expected)
-                for output, expected in targets.items()
-            }
-        )
+        hits = await output_hits(net, engine, examples)
+        accuracy = Accuracy({output: sum(row) / len(row) for output, row in hits.items()})
         span.set("accuracy", float(accuracy))
     return accuracy
+
+
+async def example_scores(net: Network, engine: Engine, examples: Sequence[Example]) -> list[float]:
+    """Each example's score in [0, 1]: the share of output nodes right on it (their mean
+    over a dataset is its accuracy). Raises as `evaluate`."""
+    hits = await output_hits(net, engine, examples)
+    rows = list(hits.values())
+    return [sum(row[i] for row in rows) / len(rows) for i in range(len(examples))]
+
+
+async def output_hits(
+    net: Network, engine: Engine, examples: Sequence[Example]
+) -> dict[str, list[float]]:
+    """Per output node, 1.0 where its prediction on an example is right, else 0.0; one
+    forward pass at phase ``eval``."""
+    targets = net.targets(examples, "evaluation data")
+    trace = await forward(net, engine, [example.input for example in examples], phase="eval")
+    return {
+        output: [
+            net.node(output).accuracy([predicted], [target])
+            for predicted, target in zip(trace.outputs[output], expected, strict=True)
+        ]
+        for output, expected in targets.items()
+    }

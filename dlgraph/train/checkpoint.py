@@ -28,7 +28,7 @@ from dlgraph.train.options import TrainerOptions
 from dlgraph.train.records import StepRecord
 
 FORMAT = "dlgraph.checkpoint"
-VERSION = 2
+VERSION = 3
 FILENAME = "checkpoint.json"
 BEST_FILENAME = "best.json"
 """The best network so far, beside the checkpoint."""
@@ -53,6 +53,8 @@ class Checkpoint:
     best_score: float | None
     initial_score: float | None
     evaluations_since_best: int
+    best_results: list[float]
+    """The best network's score on each dev example (what a step's comparison is against)."""
     memory: Memory
     rng_state: tuple[Any, ...]
     history: list[StepRecord]
@@ -69,6 +71,7 @@ class Checkpoint:
             "best_score": self.best_score,
             "initial_score": self.initial_score,
             "evaluations_since_best": self.evaluations_since_best,
+            "best_results": self.best_results,
             "memory": self.memory.to_json(),
             "rng_state": [version, list(internal), gauss],
             "history": [record.to_json() for record in self.history],
@@ -135,15 +138,17 @@ class Checkpoint:
                 "evaluations_since_best",
                 lambda: check_int("evaluations_since_best", payload["evaluations_since_best"], 0),
             ),
+            best_results=_field(path, "best_results", lambda: _results(payload["best_results"])),
             memory=_field(path, "memory", lambda: Memory.from_json(MEMORY_SIZE, payload["memory"])),
             rng_state=_field(path, "rng_state", lambda: _rng_state(payload["rng_state"])),
             history=history,
             ledger=_field(path, "ledger", lambda: _ledger(payload["ledger"])),
         )
 
-    def check_fits(self, net: Network, options: TrainerOptions, path: Path) -> None:
+    def check_fits(self, net: Network, options: TrainerOptions, dev_size: int, path: Path) -> None:
         """CheckpointError unless this checkpoint could have been written by a run of `net`
-        under `options`: its networks have the run's structure, and what it counts stays
+        under `options` on a dev set of `dev_size` examples: its networks have the run's
+        structure, the best network's results cover the dev set, and what it counts stays
         within the run's settings (a crafted checkpoint could otherwise hold thousands of
         remembered parameters, each scored again at every step). The checksum proves
         nothing here: whoever edits a checkpoint can recompute it."""
@@ -170,6 +175,11 @@ class Checkpoint:
                     f"{path}: memory: node {excerpt(node_name)} remembers {count:,} parameters; "
                     f"this run remembers at most {options.memory_size} (memory_size)"
                 )
+        if len(self.best_results) != dev_size:
+            raise CheckpointError(
+                f"{path}: best_results: {len(self.best_results):,} results for "
+                f"{dev_size:,} dev examples"
+            )
         if self.evaluations_since_best > self.step:
             raise CheckpointError(
                 f"{path}: evaluations_since_best: {self.evaluations_since_best:,} evaluations "
@@ -201,6 +211,15 @@ def _score(value: object) -> float | None:
     if score > 1:
         raise ValueError(f"an accuracy must be in [0, 1], got {score}")
     return score
+
+
+def _results(value: object) -> list[float]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list of per-example scores, got {excerpt(value)}")
+    scores = [check_number("score", each, 0) for each in value]
+    if any(score > 1 for score in scores):
+        raise ValueError("a per-example score must be in [0, 1]")
+    return scores
 
 
 def _rng_state(value: object) -> tuple[Any, ...]:

@@ -27,14 +27,15 @@ def forward_pass(net: Graph, examples: int) -> list[Wave]:
 def run_waves(
     phases: Sequence[StepPhase], setup: StepSetup, schedule: Schedule, batch: int, dev_size: int
 ) -> list[Wave]:
-    """Every step's phases over its plan, between the dev evaluations."""
-    evaluation = forward_pass(setup.net, dev_size)
-    waves = list(evaluation)
+    """Every step's phases over its plan, between the dev evaluations: the first one whole,
+    then each step's comparison with the best network."""
+    waves = forward_pass(setup.net, dev_size)
+    comparison = forward_waves(setup.net, dev_size, "eval", setup.expectation.compared)
     for step in range(1, schedule.steps + 1):
         plan = Plan(setup, batch, step)
         waves += [each for phase in phases for each in phase.waves(plan)]
         if schedule.evaluates_after(step):
-            waves += evaluation
+            waves += comparison
     return waves
 
 
@@ -45,21 +46,24 @@ def estimate(
     train: Sequence[Example],
     dev_size: int,
 ) -> Estimate:
-    """Upper bounds on calls and tokens (no cache hits, no pruning of light candidates); with
-    a separate backward engine its share is counted apart."""
+    """Upper bounds on calls and tokens (no cache hits, no pruning of light candidates, no
+    race or comparison stopped early), and the calls and tokens expected (races and
+    comparisons stopping as the run so far did, or as the prior says); with a separate
+    backward engine its share is counted apart."""
     batch = schedule.batch_size if not train else min(schedule.batch_size, len(train))
     waves = tuple(run_waves(phases, setup, schedule, batch, dev_size))
-    forward = sum(w.calls for w in waves if not w.backward)
-    backward = sum(w.calls for w in waves if w.backward)
     per_call, per_proposal = _tokens_per_call(setup, train, batch)
-    if setup.backward is setup.engine:
-        calls = forward + backward
-        return Estimate(calls=calls, tokens=calls * per_call, waves=waves)
+    one_engine = setup.backward is setup.engine
+    forward = [w for w in waves if one_engine or not w.backward]
+    backward = [w for w in waves if not one_engine and w.backward]
+    calls, expected = sum(w.calls for w in forward), sum(w.expected for w in forward)
     return Estimate(
-        calls=forward,
-        tokens=forward * per_call,
-        backward_calls=backward,
-        backward_tokens=backward * per_proposal,
+        calls=calls,
+        tokens=calls * per_call,
+        expected_calls=expected,
+        expected_tokens=expected * per_call,
+        backward_calls=sum(w.calls for w in backward),
+        backward_tokens=sum(w.calls for w in backward) * per_proposal,
         waves=waves,
     )
 

@@ -20,11 +20,13 @@ from dlgraph._validate import integer
 from dlgraph.data.example import Example, check_dataset
 from dlgraph.engine import Engine, Usage
 from dlgraph.errors import BudgetExhausted, CheckpointError
-from dlgraph.evaluation import evaluate
+from dlgraph.evaluation import example_scores
 from dlgraph.network import Network
 from dlgraph.train.candidates import Memory
 from dlgraph.train.checkpoint import BEST_FILENAME, FILENAME, Checkpoint
+from dlgraph.train.compare import Comparison, Key, Referee, Results, network_key
 from dlgraph.train.options import TrainerOptions
+from dlgraph.train.race import Tally
 from dlgraph.train.records import FitResult, StepOutcome, StepRecord
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class Learner(Protocol):
     rng: random.Random
     memory: Memory
     steps_done: int
+    tally: Tally
 
     @property
     def engines(self) -> list[Engine]: ...
@@ -96,6 +99,10 @@ class Training:
     best_score: float | None = attrs.field(default=None, init=False)
     initial_score: float | None = attrs.field(default=None, init=False)
     evaluations_since_best: int = attrs.field(default=0, init=False)
+    incumbent: list[float] = attrs.field(factory=list, init=False)
+    """The best network's score on each dev example."""
+    known: dict[Key, Results] = attrs.field(factory=dict, init=False)
+    """Every network's dev results this process scored, so that none is scored twice."""
 
     def fingerprint(self) -> str:
         """Identifies a run's setup: structure (not prompts), options, data and batch size."""
@@ -121,7 +128,10 @@ class Training:
         try:
             if not await self._resume(fingerprint):
                 self.best = trainer.net.copy()  # kept even if the budget ends the first evaluation
-                self.initial_score = await evaluate(trainer.net, trainer.engine, self.dev)
+                with trainer.engine.tracer.span("evaluate", examples=len(self.dev)):
+                    self.incumbent = await example_scores(trainer.net, trainer.engine, self.dev)
+                self.known[network_key(trainer.net)] = dict(enumerate(self.incumbent))
+                self.initial_score = sum(self.incumbent) / len(self.incumbent)
                 self.best_score = self.initial_score
             while trainer.steps_done < self.schedule.steps:
                 patience = self.schedule.patience
@@ -167,19 +177,21 @@ class Training:
             batch = trainer.rng.sample(self.train, min(self.schedule.batch_size, len(self.train)))
             outcome = await trainer.step(batch)
             number = trainer.steps_done + 1
-            dev_accuracy = None
+            comparison = None
             if self.schedule.evaluates_after(number):
                 candidate = trainer.net.copy()
                 for name, parameter in outcome.parameters.items():
                     candidate.set_parameter(name, parameter)
-                dev_accuracy = await evaluate(candidate, trainer.engine, self.dev)
+                comparison = await self._compare(candidate)
         except BaseException:
             trainer.rng.setstate(rng_state)
             raise
         trainer.apply(outcome)
         trainer.steps_done = number
-        if dev_accuracy is not None:
-            self._consider(dev_accuracy)
+        dev_accuracy = None
+        if comparison is not None:
+            self._consider(comparison)
+            dev_accuracy = comparison.accuracy
         spent = _spent(trainer)
         record = StepRecord(
             step=number,
@@ -198,9 +210,39 @@ class Training:
         self.history.append(record)
         return record
 
-    def _consider(self, dev_accuracy: float) -> None:
-        if self.best_score is None or dev_accuracy > self.best_score:
-            self.best, self.best_score = self.trainer.net.copy(), dev_accuracy
+    async def _compare(self, candidate: Network) -> Comparison:
+        """The step's dev evaluation: `candidate` against the best network so far, stopped
+        once settled (`dlgraph.train.compare`); what it scored is kept and tallied."""
+        trainer = self.trainer
+        key = network_key(candidate)
+        with trainer.engine.tracer.span("evaluate", examples=len(self.dev)) as span:
+            comparison = await Referee.of(trainer.options).compare(
+                candidate,
+                trainer.engine,
+                self.dev,
+                self.order,
+                self.incumbent,
+                self.known.get(key, {}),
+            )
+            span.set("accuracy", comparison.accuracy)
+            span.set("scored", comparison.scored)
+        self.known[key] = comparison.results
+        trainer.tally.compared += comparison.scored
+        trainer.tally.compare_full += len(self.dev)
+        return comparison
+
+    @property
+    def order(self) -> list[int]:
+        """The dev examples in the order comparisons score them: shuffled once per run (a
+        dev file sorted by class would otherwise settle nothing until its end)."""
+        order = list(range(len(self.dev)))
+        random.Random(self.trainer.options.seed).shuffle(order)
+        return order
+
+    def _consider(self, comparison: Comparison) -> None:
+        if comparison.is_better:
+            self.best, self.best_score = self.trainer.net.copy(), comparison.accuracy
+            self.incumbent = [comparison.results[i] for i in range(len(self.dev))]
             self.evaluations_since_best = 0
         else:
             self.evaluations_since_best += 1
@@ -251,6 +293,7 @@ class Training:
             best_score=self.best_score,
             initial_score=self.initial_score,
             evaluations_since_best=self.evaluations_since_best,
+            best_results=list(self.incumbent),
             memory=trainer.memory,
             rng_state=trainer.rng.getstate(),
             history=list(self.history),
@@ -272,7 +315,9 @@ class Training:
                 "use a new checkpoint_dir or the original setup"
             )
         trainer = self.trainer
-        checkpoint.check_fits(trainer.net, trainer.options, Path(self.checkpoint_dir) / FILENAME)
+        checkpoint.check_fits(
+            trainer.net, trainer.options, len(self.dev), Path(self.checkpoint_dir) / FILENAME
+        )
         for name, parameter in checkpoint.network.parameters().items():
             trainer.net.set_parameter(name, parameter)
         trainer.memory = checkpoint.memory
@@ -283,6 +328,8 @@ class Training:
         self.best, self.best_score = checkpoint.best_network, checkpoint.best_score
         self.initial_score = checkpoint.initial_score
         self.evaluations_since_best = checkpoint.evaluations_since_best
+        self.incumbent = list(checkpoint.best_results)
+        self.known[network_key(checkpoint.best_network)] = dict(enumerate(self.incumbent))
         logger.info("resumed from step %d", checkpoint.step)
         await self._replay_log()
         return True

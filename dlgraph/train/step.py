@@ -20,6 +20,7 @@ from dlgraph.graph import Graph
 from dlgraph.nodes import Parameter
 from dlgraph.scoring import entropy
 from dlgraph.train.options import TrainerOptions
+from dlgraph.train.race import Expectation
 from dlgraph.train.scorers import Scorer
 from dlgraph.train.waves import Count, Wave
 
@@ -37,6 +38,8 @@ class StepSetup:
     scorer: Scorer
     trainable: tuple[str, ...]
     """The nodes the step trains, in topological order."""
+    expectation: Expectation = Expectation()
+    """The shares of full scoring that races and dev comparisons are expected to send."""
 
     def engine_for(self, wave: Wave) -> Engine:
         return self.backward if wave.backward else self.engine
@@ -85,7 +88,9 @@ class StepState:
     scored: dict[str, list[tuple[Parameter, float]]] = attrs.field(factory=dict)
     """Per trained node, every candidate with its ELBO (the current one first)."""
     score_counts: dict[str, list[int]] = attrs.field(factory=dict)
-    """Per trained node, the (example, term) pairs scored for each candidate."""
+    """Per trained node, the (example, term) pairs each candidate could be scored on."""
+    score_sent: dict[str, list[int]] = attrs.field(factory=dict)
+    """Per trained node, those each candidate was scored on (fewer once a race drops it)."""
 
     @property
     def examples(self) -> int:
@@ -93,7 +98,8 @@ class StepState:
 
     def scores(self, name: str) -> Scores:
         current, *others = self.score_counts[name] or [0]  # none: no candidate fitted
-        return Scores(Count(current), Count(sum(others)))
+        _, *others_sent = self.score_sent[name] or [0]
+        return Scores(Count(current), Count(sum(others), sum(others_sent)))
 
 
 @attrs.frozen

@@ -30,6 +30,7 @@ from dlgraph.train.estimate import estimate
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.pace import Pace, measure_pace
 from dlgraph.train.plan import step_phases
+from dlgraph.train.race import Tally
 from dlgraph.train.records import Estimate, FitResult, StepOutcome
 from dlgraph.train.run import Schedule, StepCallback, Training
 from dlgraph.train.scorers import AccuracyScorer, LogprobScorer, Scorer
@@ -70,6 +71,7 @@ class VariationalTrainer:
         self.rng = random.Random(self.options.seed)
         self.memory = Memory(self.options.memory_size)
         self.steps_done = 0
+        self.tally = Tally()
 
     @property
     def engines(self) -> list[Engine]:
@@ -106,6 +108,7 @@ class VariationalTrainer:
             self.options,
             self._scorer(),
             tuple(self.trainable_nodes),
+            self.tally.expectation(self.options),
         )
 
     def _phases(self, setup: StepSetup) -> list[StepPhase]:
@@ -125,6 +128,10 @@ class VariationalTrainer:
         state = StepState(tuple(batch), self.net.targets(batch, "batch"))
         for phase in phases:
             await phase.run(state)
+        for name in state.score_sent:
+            others = state.scores(name).others
+            self.tally.raced += others.expected
+            self.tally.race_full += others.calls
         return self._outcome(state, [wave for phase in phases for wave in phase.waves(state)])
 
     def _outcome(self, state: StepState, waves: Sequence[Wave]) -> StepOutcome:
@@ -217,7 +224,9 @@ class VariationalTrainer:
         dev_size: int = 0,
         eval_every: int = 1,
     ) -> Estimate:
-        """Upper bounds on calls and tokens for a run (no cache hits, no pruning)."""
+        """Upper bounds on calls and tokens for a run (no cache hits, no pruning, no early
+        stops), and the calls and tokens expected (races and dev comparisons stopping as
+        this trainer's steps so far did, or as the prior says before any)."""
         schedule = Schedule(steps=steps, batch_size=batch_size, eval_every=eval_every)
         setup = self._setup()
         return estimate(self._phases(setup), setup, schedule, train, dev_size)

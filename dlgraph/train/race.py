@@ -1,0 +1,143 @@
+"""Stopping a comparison once it is decided: candidates raced over a batch's examples, and a
+step's dev evaluation as a paired sequential comparison with the best network.
+
+Both compare per-example results paired on the same examples, which removes what the
+examples themselves contribute (an easy example is easy for every prompt): a candidate is
+dropped when the one-sided upper confidence bound of its mean difference to the leader is
+below zero. The bound is a normal one on the sample standard deviation, so it is trusted
+only from `MIN_EXAMPLES` paired examples on. A difference that is the same on every example
+has no spread, so a candidate worse by the same amount everywhere is dropped at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from statistics import NormalDist
+
+import attrs
+
+from dlgraph.train.options import TrainerOptions
+
+MIN_EXAMPLES = 5
+"""Paired examples before any bound is trusted."""
+FIRST_SHARE = 4
+"""A race's first round scores a quarter of the batch (at least `MIN_EXAMPLES`); every
+later round doubles the examples scored so far."""
+EXPECTED_SURVIVORS = 0.25
+"""Before a run has raced: the share of candidates expected to outlive the first round
+(measured on the benchmark tasks, where most proposals are clearly worse)."""
+EXPECTED_DEV_SHARE = 0.6
+"""Before a run has compared: the share of the dev set a step's comparison is expected to
+score (a loser stops early, a winner or a tie runs to the end)."""
+
+
+def paired_upper_bound(differences: Sequence[float], z: float) -> float:
+    """One-sided upper confidence bound on the mean of `differences` (at least one)."""
+    n = len(differences)
+    mean = sum(differences) / n
+    if n < 2:
+        return math.inf
+    variance = sum((d - mean) ** 2 for d in differences) / (n - 1)
+    return mean + z * math.sqrt(variance / n)
+
+
+def is_settled_worse(differences: Sequence[float], z: float) -> bool:
+    """Whether paired differences (candidate minus leader) show a loser at the bound's
+    confidence: enough of them, and an upper bound below zero."""
+    return len(differences) >= MIN_EXAMPLES and paired_upper_bound(differences, z) < 0
+
+
+@attrs.frozen
+class Race:
+    """Candidates scored in rounds over a batch's examples, the losers dropped after each;
+    `z` None scores every candidate on every example (full scoring)."""
+
+    z: float | None
+
+    @classmethod
+    def of(cls, options: TrainerOptions) -> Race:
+        if not options.stop_when_decided:
+            return cls(None)
+        return cls(NormalDist().inv_cdf(options.decision_confidence))
+
+    def rounds(self, examples: int) -> list[range]:
+        """The batch's examples in the rounds they are scored in."""
+        if self.z is None:
+            return [range(examples)]
+        end = min(examples, max(MIN_EXAMPLES, math.ceil(examples / FIRST_SHARE)))
+        rounds, start = [], 0
+        while start < examples:
+            rounds.append(range(start, end))
+            start, end = end, min(examples, 2 * end)
+        return rounds
+
+    def survivors(self, utilities: Sequence[Sequence[float | None]], alive: list[int]) -> list[int]:
+        """The candidates still in the race: the current one (0) always, the leader, and
+        every other whose paired difference to the leader is not settled below zero.
+        `utilities[c][i]` is candidate c's score on example i, None where not scored."""
+        if self.z is None:
+            return alive
+        current = utilities[0]
+
+        def advantage(c: int) -> float:
+            pairs = _paired(utilities[c], current)
+            return sum(pairs) / len(pairs) if pairs else -math.inf
+
+        leader = max(alive, key=lambda c: 0.0 if c == 0 else advantage(c))
+        z = self.z
+        return [
+            c
+            for c in alive
+            if c in (0, leader) or not is_settled_worse(_paired(utilities[c], utilities[leader]), z)
+        ]
+
+    def expected_share(self, examples: int, survivors: float) -> float:
+        """The share of a candidate's full scoring a race is expected to send, when a share
+        `survivors` of the candidates outlive the first round."""
+        first = self.rounds(examples)[0]
+        if self.z is None or not examples:
+            return 1.0
+        opening = len(first) / examples
+        return opening + survivors * (1 - opening)
+
+
+def _paired(candidate: Sequence[float | None], other: Sequence[float | None]) -> list[float]:
+    return [c - o for c, o in zip(candidate, other, strict=True) if c is not None and o is not None]
+
+
+@attrs.define
+class Tally:
+    """What a run's races and dev comparisons sent so far against what full scoring would
+    have sent: the expected-calls figure of the rest of the run comes from it."""
+
+    raced: int = 0
+    """(example, term) pairs of candidates other than the current one scored..."""
+    race_full: int = 0
+    """...and those full scoring would have scored."""
+    compared: int = 0
+    """Dev examples a step's comparison scored..."""
+    compare_full: int = 0
+    """...and those full scoring would have scored."""
+
+    def expectation(self, options: TrainerOptions) -> Expectation:
+        if not options.stop_when_decided:
+            return Expectation(1.0, 1.0)
+        raced = self.raced / self.race_full if self.race_full else None
+        compared = self.compared / self.compare_full if self.compare_full else EXPECTED_DEV_SHARE
+        return Expectation(raced, compared)
+
+
+@attrs.frozen
+class Expectation:
+    """The shares of full scoring a run is expected to send: of the candidates' scores
+    (other than the current parameter's; None: a race's prior), and of a step's dev
+    evaluation."""
+
+    raced: float | None = None
+    compared: float = EXPECTED_DEV_SHARE
+
+    def race_share(self, race: Race, examples: int) -> float:
+        if self.raced is not None:
+            return self.raced
+        return race.expected_share(examples, EXPECTED_SURVIVORS)
