@@ -1116,6 +1116,30 @@ CASES = [
         r"^steps must be <= 10,000, got 10000000$",
     ),
     Case(
+        "stop_when_decided as text",
+        lambda t: dg.TrainerOptions(stop_when_decided="no"),
+        TypeError,
+        r"^stop_when_decided: expected bool \(true or false\), got 'no'$",
+    ),
+    Case(
+        "a decision confidence of one",
+        lambda t: dg.TrainerOptions(decision_confidence=1.0),
+        ValueError,
+        r"^decision_confidence: must be below 1 \(certainty needs every call\), got 1.0$",
+    ),
+    Case(
+        "a decision confidence of a coin toss",
+        lambda t: dg.TrainerOptions(decision_confidence=0.5),
+        ValueError,
+        r"^decision_confidence must be > 0.5, got 0.5$",
+    ),
+    Case(
+        "a decision confidence that is not a number",
+        lambda t: dg.TrainerOptions(decision_confidence=float("nan")),
+        ValueError,
+        r"^decision_confidence: expected a number, got NaN$",
+    ),
+    Case(
         "a billion prompt samples",
         lambda t: dg.TrainerOptions(num_prompt_samples=10**9),
         ValueError,
@@ -1466,6 +1490,16 @@ CLI_CASES = [
         "an option as text",
         ("num_prompt_samples = 1", 'num_prompt_samples = "4"'),
         r"run.toml: \[train\] num_prompt_samples: expected int, got '4'",
+    ),
+    CliCase(
+        "stop_when_decided as a number",
+        ("num_prompt_samples = 1", "num_prompt_samples = 1\nstop_when_decided = 0"),
+        r"run.toml: \[train\] stop_when_decided: expected bool \(true or false\), got 0",
+    ),
+    CliCase(
+        "a decision confidence above one",
+        ("num_prompt_samples = 1", "num_prompt_samples = 1\ndecision_confidence = 1.5"),
+        r"run.toml: \[train\] decision_confidence: must be below 1",
     ),
     CliCase(
         "an unknown key", ("steps = 1", "stepz = 1"), r"run.toml: \[train\] unknown key 'stepz'"

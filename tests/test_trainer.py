@@ -656,6 +656,9 @@ def test_trainer_options_take_every_value_down_to_their_bounds() -> None:
         ("use_posterior", "yes", "expected bool"),
         ("seed", 1.5, "expected int"),
         ("scoring", "best", "must be in"),
+        ("stop_when_decided", 1, "expected bool"),
+        ("decision_confidence", 0.5, "must be > 0.5"),
+        ("decision_confidence", 1.0, "must be below 1"),
     ],
 )
 def test_trainer_options_refuse_a_value_outside_their_bounds(field, value, message) -> None:
