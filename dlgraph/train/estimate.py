@@ -8,15 +8,16 @@ step that evaluates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from dlgraph.data.example import Example
 from dlgraph.graph import Graph
 from dlgraph.train.plan import Plan, forward_waves
+from dlgraph.train.race import Race
 from dlgraph.train.records import Estimate
 from dlgraph.train.run import Schedule
 from dlgraph.train.step import StepPhase, StepSetup
-from dlgraph.train.waves import Wave
+from dlgraph.train.waves import Wave, scaled
 
 
 def forward_pass(net: Graph, examples: int) -> list[Wave]:
@@ -24,18 +25,36 @@ def forward_pass(net: Graph, examples: int) -> list[Wave]:
     return forward_waves(net, examples, "eval")
 
 
-def run_waves(
-    phases: Sequence[StepPhase], setup: StepSetup, schedule: Schedule, batch: int, dev_size: int
+def step_waves(
+    phases: Sequence[StepPhase],
+    setup: StepSetup,
+    batch: int,
+    step: int,
+    dev_size: int,
+    evaluates: bool,
 ) -> list[Wave]:
-    """Every step's phases over its plan, between the dev evaluations: the first one whole,
-    then each step's comparison with the best network."""
+    """Step `step`'s phases over its plan, and the comparison with the best network on dev
+    after it when it `evaluates`, as the prior expects them."""
+    waves = [each for phase in phases for each in phase.waves(Plan(setup, batch, step))]
+    if evaluates:
+        waves += forward_waves(setup.net, dev_size, "eval", Race.of(setup.options).dev_share)
+    return waves
+
+
+def run_waves(
+    phases: Sequence[StepPhase],
+    setup: StepSetup,
+    schedule: Schedule,
+    batch: int,
+    dev_size: int,
+    factors: Mapping[str, float],
+) -> list[Wave]:
+    """The first dev evaluation, whole, then every step's waves, their expected calls scaled
+    by phase as the run so far went (`factors`; none before the run)."""
     waves = forward_pass(setup.net, dev_size)
-    comparison = forward_waves(setup.net, dev_size, "eval", setup.expectation.compared)
     for step in range(1, schedule.steps + 1):
-        plan = Plan(setup, batch, step)
-        waves += [each for phase in phases for each in phase.waves(plan)]
-        if schedule.evaluates_after(step):
-            waves += comparison
+        evaluates = schedule.evaluates_after(step)
+        waves += scaled(step_waves(phases, setup, batch, step, dev_size, evaluates), factors)
     return waves
 
 
@@ -45,13 +64,15 @@ def estimate(
     schedule: Schedule,
     train: Sequence[Example],
     dev_size: int,
+    factors: Mapping[str, float] | None = None,
 ) -> Estimate:
     """Upper bounds on calls and tokens (no cache hits, no pruning of light candidates, no
-    race or comparison stopped early), and the calls and tokens expected (races and
-    comparisons stopping as the run so far did, or as the prior says); with a separate
+    race or comparison stopped early), and the calls and tokens expected: the prior's (races
+    and comparisons stopping at the shares `dlgraph.train.race` states), scaled by phase by
+    `factors` (what a run sent so far over the prior, `Tally.factors`); with a separate
     backward engine its share is counted apart."""
     batch = schedule.batch_size if not train else min(schedule.batch_size, len(train))
-    waves = tuple(run_waves(phases, setup, schedule, batch, dev_size))
+    waves = tuple(run_waves(phases, setup, schedule, batch, dev_size, factors or {}))
     per_call, per_proposal = _tokens_per_call(setup, train, batch)
     one_engine = setup.backward is setup.engine
     forward = [w for w in waves if one_engine or not w.backward]

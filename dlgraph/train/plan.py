@@ -96,6 +96,6 @@ class Plan:
         terms = term_count(setup.net, name, setup.options)
         has_demonstrations = bool(setup.net.node(name).demonstrations)
         others = other_candidates(setup.options, self.step, self.examples, has_demonstrations)
-        share = setup.expectation.race_share(Race.of(setup.options), self.examples)
+        share = Race.of(setup.options).expected_share(self.examples)
         raced = Count(others.calls, round(others.expected * share))
         return Scores(Count(self.examples) * terms, raced * terms)

@@ -12,7 +12,7 @@ has no spread, so a candidate worse by the same amount everywhere is dropped at 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 
 import attrs
@@ -25,11 +25,11 @@ FIRST_SHARE = 4
 """A race's first round scores a quarter of the batch (at least `MIN_EXAMPLES`); every
 later round doubles the examples scored so far."""
 EXPECTED_SURVIVORS = 0.25
-"""Before a run has raced: the share of candidates expected to outlive the first round
-(measured on the benchmark tasks, where most proposals are clearly worse)."""
+"""The share of candidates expected to outlive a race's first round (most proposals are
+clearly worse)."""
 EXPECTED_DEV_SHARE = 0.6
-"""Before a run has compared: the share of the dev set a step's comparison is expected to
-score (a loser stops early, a winner or a tie runs to the end)."""
+"""The share of the dev set a step's comparison is expected to score (a loser stops early,
+a winner or a tie runs to the end)."""
 
 
 def paired_upper_bound(differences: Sequence[float], z: float) -> float:
@@ -92,14 +92,18 @@ class Race:
             if c in (0, leader) or not is_settled_worse(_paired(utilities[c], utilities[leader]), z)
         ]
 
-    def expected_share(self, examples: int, survivors: float) -> float:
-        """The share of a candidate's full scoring a race is expected to send, when a share
-        `survivors` of the candidates outlive the first round."""
-        first = self.rounds(examples)[0]
+    def expected_share(self, examples: int) -> float:
+        """The share of a candidate's full scoring a race is expected to send, when
+        `EXPECTED_SURVIVORS` of the candidates outlive the first round."""
         if self.z is None or not examples:
             return 1.0
-        opening = len(first) / examples
-        return opening + survivors * (1 - opening)
+        opening = len(self.rounds(examples)[0]) / examples
+        return opening + EXPECTED_SURVIVORS * (1 - opening)
+
+    @property
+    def dev_share(self) -> float:
+        """The share of the dev set a step's comparison is expected to score."""
+        return 1.0 if self.z is None else EXPECTED_DEV_SHARE
 
 
 def _paired(candidate: Sequence[float | None], other: Sequence[float | None]) -> list[float]:
@@ -108,36 +112,22 @@ def _paired(candidate: Sequence[float | None], other: Sequence[float | None]) ->
 
 @attrs.define
 class Tally:
-    """What a run's races and dev comparisons sent so far against what full scoring would
-    have sent: the expected-calls figure of the rest of the run comes from it."""
+    """What a run's steps sent, by phase, against what the prior expected of them: the
+    expected-calls figure of a run is the prior's, scaled by phase as the run so far went
+    (races and comparisons stopping early or late, pruned posterior terms, cache hits)."""
 
-    raced: int = 0
-    """(example, term) pairs of candidates other than the current one scored..."""
-    race_full: int = 0
-    """...and those full scoring would have scored."""
-    compared: int = 0
-    """Dev examples a step's comparison scored..."""
-    compare_full: int = 0
-    """...and those full scoring would have scored."""
+    sent: dict[str, int] = attrs.field(factory=dict)
+    expected: dict[str, int] = attrs.field(factory=dict)
 
-    def expectation(self, options: TrainerOptions) -> Expectation:
-        if not options.stop_when_decided:
-            return Expectation(1.0, 1.0)
-        raced = self.raced / self.race_full if self.race_full else None
-        compared = self.compared / self.compare_full if self.compare_full else EXPECTED_DEV_SHARE
-        return Expectation(raced, compared)
+    def add(self, sent: Mapping[str, int], expected: Mapping[str, int]) -> None:
+        for phase in sent.keys() | expected.keys():
+            self.sent[phase] = self.sent.get(phase, 0) + sent.get(phase, 0)
+            self.expected[phase] = self.expected.get(phase, 0) + expected.get(phase, 0)
 
-
-@attrs.frozen
-class Expectation:
-    """The shares of full scoring a run is expected to send: of the candidates' scores
-    (other than the current parameter's; None: a race's prior), and of a step's dev
-    evaluation."""
-
-    raced: float | None = None
-    compared: float = EXPECTED_DEV_SHARE
-
-    def race_share(self, race: Race, examples: int) -> float:
-        if self.raced is not None:
-            return self.raced
-        return race.expected_share(examples, EXPECTED_SURVIVORS)
+    def factors(self) -> dict[str, float]:
+        """By phase, what the run sent over what the prior expected of it."""
+        return {
+            phase: self.sent.get(phase, 0) / count
+            for phase, count in self.expected.items()
+            if count
+        }

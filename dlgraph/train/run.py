@@ -28,6 +28,7 @@ from dlgraph.train.compare import Comparison, Key, Referee, Results, network_key
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.race import Tally
 from dlgraph.train.records import FitResult, StepOutcome, StepRecord
+from dlgraph.train.waves import Wave, by_phase
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class Learner(Protocol):
     def engines(self) -> list[Engine]: ...
 
     def check_data(self, train: Sequence[Example], dev: Sequence[Example]) -> None: ...
+    def planned(self, step: int, batch: int, dev_size: int, evaluates: bool) -> list[Wave]: ...
     async def step(self, batch: Sequence[Example]) -> StepOutcome: ...
     def apply(self, outcome: StepOutcome) -> None: ...
 
@@ -171,14 +173,16 @@ class Training:
     async def _one_step(self) -> StepRecord:
         """Run, apply and evaluate one step; on any error nothing of it is kept."""
         trainer = self.trainer
-        before = _spent(trainer)
+        before, phases_before = _spent(trainer), _by_phase(trainer)
         rng_state = trainer.rng.getstate()
         try:
             batch = trainer.rng.sample(self.train, min(self.schedule.batch_size, len(self.train)))
-            outcome = await trainer.step(batch)
             number = trainer.steps_done + 1
+            evaluates = self.schedule.evaluates_after(number)
+            planned = trainer.planned(number, len(batch), len(self.dev), evaluates)
+            outcome = await trainer.step(batch)
             comparison = None
-            if self.schedule.evaluates_after(number):
+            if evaluates:
                 candidate = trainer.net.copy()
                 for name, parameter in outcome.parameters.items():
                     candidate.set_parameter(name, parameter)
@@ -188,6 +192,11 @@ class Training:
             raise
         trainer.apply(outcome)
         trainer.steps_done = number
+        sent = _by_phase(trainer)
+        trainer.tally.add(
+            {phase: calls - phases_before.get(phase, 0) for phase, calls in sent.items()},
+            {phase: count.expected for phase, count in by_phase(planned).items()},
+        )
         dev_accuracy = None
         if comparison is not None:
             self._consider(comparison)
@@ -227,8 +236,6 @@ class Training:
             span.set("accuracy", comparison.accuracy)
             span.set("scored", comparison.scored)
         self.known[key] = comparison.results
-        trainer.tally.compared += comparison.scored
-        trainer.tally.compare_full += len(self.dev)
         return comparison
 
     @property
@@ -354,6 +361,15 @@ def _make_folder(what: str, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CheckpointError(f"{what} {folder}: cannot be made ({error.strerror})") from None
+
+
+def _by_phase(trainer: Learner) -> dict[str, int]:
+    """The calls the trainer's engines made so far, by phase."""
+    calls: dict[str, int] = {}
+    for engine in trainer.engines:
+        for phase, usage in engine.statistics().by_phase().items():
+            calls[phase] = calls.get(phase, 0) + usage.calls
+    return calls
 
 
 def _spent(trainer: Learner) -> Usage:

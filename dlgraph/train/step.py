@@ -20,7 +20,6 @@ from dlgraph.graph import Graph
 from dlgraph.nodes import Parameter
 from dlgraph.scoring import entropy
 from dlgraph.train.options import TrainerOptions
-from dlgraph.train.race import Expectation
 from dlgraph.train.scorers import Scorer
 from dlgraph.train.waves import Count, Wave
 
@@ -38,8 +37,6 @@ class StepSetup:
     scorer: Scorer
     trainable: tuple[str, ...]
     """The nodes the step trains, in topological order."""
-    expectation: Expectation = Expectation()
-    """The shares of full scoring that races and dev comparisons are expected to send."""
 
     def engine_for(self, wave: Wave) -> Engine:
         return self.backward if wave.backward else self.engine

@@ -26,7 +26,7 @@ from dlgraph.forward import Trace
 from dlgraph.network import Network
 from dlgraph.nodes import Parameter
 from dlgraph.train.candidates import Memory
-from dlgraph.train.estimate import estimate
+from dlgraph.train.estimate import estimate, step_waves
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.pace import Pace, measure_pace
 from dlgraph.train.plan import step_phases
@@ -108,7 +108,6 @@ class VariationalTrainer:
             self.options,
             self._scorer(),
             tuple(self.trainable_nodes),
-            self.tally.expectation(self.options),
         )
 
     def _phases(self, setup: StepSetup) -> list[StepPhase]:
@@ -128,10 +127,6 @@ class VariationalTrainer:
         state = StepState(tuple(batch), self.net.targets(batch, "batch"))
         for phase in phases:
             await phase.run(state)
-        for name in state.score_sent:
-            others = state.scores(name).others
-            self.tally.raced += others.expected
-            self.tally.race_full += others.calls
         return self._outcome(state, [wave for phase in phases for wave in phase.waves(state)])
 
     def _outcome(self, state: StepState, waves: Sequence[Wave]) -> StepOutcome:
@@ -225,11 +220,18 @@ class VariationalTrainer:
         eval_every: int = 1,
     ) -> Estimate:
         """Upper bounds on calls and tokens for a run (no cache hits, no pruning, no early
-        stops), and the calls and tokens expected (races and dev comparisons stopping as
-        this trainer's steps so far did, or as the prior says before any)."""
+        stops), and the calls and tokens expected: the prior's, scaled by phase as this
+        trainer's steps so far went (`tally`)."""
         schedule = Schedule(steps=steps, batch_size=batch_size, eval_every=eval_every)
         setup = self._setup()
-        return estimate(self._phases(setup), setup, schedule, train, dev_size)
+        factors = self.tally.factors()
+        return estimate(self._phases(setup), setup, schedule, train, dev_size, factors)
+
+    def planned(self, step: int, batch: int, dev_size: int, evaluates: bool) -> list[Wave]:
+        """What the prior expects step `step` (from 1) and its dev comparison to send, which
+        the run's `tally` holds its calls against."""
+        setup = self._setup()
+        return step_waves(self._phases(setup), setup, batch, step, dev_size, evaluates)
 
     async def pace(self, examples: Sequence[Example], batch_size: int = 20) -> Pace:
         """Time a few calls of each action the run's waves hold, on each engine, so that
