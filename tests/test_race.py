@@ -184,3 +184,24 @@ async def test_resuming_a_run_interrupted_mid_race_repeats_no_call(tmp_path) -> 
     resumed = await train(world, tmp_path / "b.sqlite", tmp_path / "b", answered)
     assert answered[0] == whole[0]
     assert resumed.network.prompts() == reference.network.prompts()
+
+
+async def test_expected_calls_lie_below_the_upper_bound_and_the_run_so_far_reproduces_its_calls() -> (
+    None
+):
+    """Before the run, the expected figure is below the bound and above what a race can
+    save at best; after it, scaling each phase by what the run sent makes the figure the
+    run's own calls (up to rounding)."""
+    world, _ = clear_winner_world(1)
+    model = world.model()
+    train_set, dev = items(60), items(20, start=500)
+    async with dg.Engine(model, cache=False) as engine:
+        trainer = dg.VariationalTrainer(
+            network(), engine, num_prompt_samples=4, max_demonstrations=0, seed=1
+        )
+        before = trainer.estimate(3, 20, train_set, len(dev))
+        await trainer.fit(train_set, dev, steps=3, batch_size=20)
+        after = trainer.estimate(3, 20, train_set, len(dev))
+    assert before.expected_calls < before.calls
+    assert after.calls == before.calls
+    assert after.expected_calls == pytest.approx(len(model.calls), rel=0.01)
