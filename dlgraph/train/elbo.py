@@ -196,12 +196,14 @@ class ScorePhase:
             )
             return term.weight * loglik
 
-        for examples in race.rounds(state.examples):
+        rounds = race.rounds(state.examples)
+        for number, examples in enumerate(rounds, 1):
             jobs = score_jobs(terms, excluded, alive, examples)
             add_scores(scores, jobs, await map_concurrently(score, jobs))
             for job in jobs:
                 sent[job.candidate] += 1
-            alive = race.survivors(utilities(scores, trust), alive)
+            halve = number < len(rounds)
+            alive = race.survivors(utilities(scores, trust), alive, halve=halve)
         state.score_counts[name] = [0] * len(candidates)
         for job in score_jobs(terms, excluded, range(len(candidates)), range(state.examples)):
             state.score_counts[name][job.candidate] += 1

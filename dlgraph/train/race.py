@@ -1,9 +1,12 @@
 """Stopping a comparison once it is decided: candidates raced over a batch's examples, and a
 step's dev evaluation as a paired sequential comparison with the best network.
 
+A race scores the candidates in rounds of examples and halves the field after every round
+but the last (successive halving: the better half by mean per-example difference to the
+current parameter goes on), which decides as full scoring does wherever the margins are wide.
 Both compare per-example results paired on the same examples, which removes what the
 examples themselves contribute (an easy example is easy for every prompt): a candidate is
-dropped when the one-sided upper confidence bound of its mean difference to the leader is
+also dropped when the one-sided upper confidence bound of its mean difference to the leader is
 below zero. The bound is a normal one on the sample standard deviation, so it is trusted
 only from `MIN_EXAMPLES` paired examples on. A difference that is the same on every example
 has no spread, so a candidate worse by the same amount everywhere is dropped at once.
@@ -22,11 +25,10 @@ from dlgraph.train.options import TrainerOptions
 MIN_EXAMPLES = 5
 """Paired examples before any bound is trusted."""
 FIRST_SHARE = 4
-"""A race's first round scores a quarter of the batch (at least `MIN_EXAMPLES`); every
+"""A race's first round scores a quarter of the batch (at least `FIRST_ROUND`); every
 later round doubles the examples scored so far."""
-EXPECTED_SURVIVORS = 0.25
-"""The share of candidates expected to outlive a race's first round (most proposals are
-clearly worse)."""
+FIRST_ROUND = 3
+"""The fewest examples a race's first round scores."""
 EXPECTED_DEV_SHARE = 0.6
 """The share of the dev set a step's comparison is expected to score (a loser stops early,
 a winner or a tie runs to the end)."""
@@ -65,17 +67,20 @@ class Race:
         """The batch's examples in the rounds they are scored in."""
         if self.z is None:
             return [range(examples)]
-        end = min(examples, max(MIN_EXAMPLES, math.ceil(examples / FIRST_SHARE)))
+        end = min(examples, max(FIRST_ROUND, math.ceil(examples / FIRST_SHARE)))
         rounds, start = [], 0
         while start < examples:
             rounds.append(range(start, end))
             start, end = end, min(examples, 2 * end)
         return rounds
 
-    def survivors(self, utilities: Sequence[Sequence[float | None]], alive: list[int]) -> list[int]:
-        """The candidates still in the race: the current one (0) always, the leader, and
-        every other whose paired difference to the leader is not settled below zero.
-        `utilities[c][i]` is candidate c's score on example i, None where not scored."""
+    def survivors(
+        self, utilities: Sequence[Sequence[float | None]], alive: list[int], *, halve: bool
+    ) -> list[int]:
+        """The candidates still in the race: the current one (0) always, the leader, and of
+        the others the better half when `halve` (more rounds follow), each unless its paired
+        difference to the leader is settled below zero. `utilities[c][i]` is candidate c's
+        score on example i, None where not scored."""
         if self.z is None:
             return alive
         current = utilities[0]
@@ -84,21 +89,23 @@ class Race:
             pairs = _paired(utilities[c], current)
             return sum(pairs) / len(pairs) if pairs else -math.inf
 
+        others = sorted((c for c in alive if c != 0), key=advantage, reverse=True)
+        kept = set(others[: math.ceil(len(others) / 2)] if halve else others)
         leader = max(alive, key=lambda c: 0.0 if c == 0 else advantage(c))
         z = self.z
         return [
             c
             for c in alive
-            if c in (0, leader) or not is_settled_worse(_paired(utilities[c], utilities[leader]), z)
+            if c in (0, leader)
+            or (c in kept and not is_settled_worse(_paired(utilities[c], utilities[leader]), z))
         ]
 
     def expected_share(self, examples: int) -> float:
-        """The share of a candidate's full scoring a race is expected to send, when
-        `EXPECTED_SURVIVORS` of the candidates outlive the first round."""
+        """The share of a candidate's full scoring a race sends, the field halved after
+        every round (the confidence bound's drops, which depend on the data, left out)."""
         if self.z is None or not examples:
             return 1.0
-        opening = len(self.rounds(examples)[0]) / examples
-        return opening + EXPECTED_SURVIVORS * (1 - opening)
+        return sum(len(r) / examples * 0.5**k for k, r in enumerate(self.rounds(examples)))
 
     @property
     def dev_share(self) -> float:
