@@ -27,7 +27,9 @@ async def run(config: RunConfig, seed: int) -> dict[str, float]:
         before = await dg.evaluate(net, engine, task.test)
         options = attrs.evolve(config.options, seed=seed)
         trainer = dg.VariationalTrainer(net, engine, options)
-        result = await trainer.fit(task.train, task.dev, config.run.steps, config.run.batch_size)
+        result = await trainer.fit(
+            task.train, task.dev, config.schedule.steps, config.schedule.batch_size
+        )
         after = await dg.evaluate(net, engine, task.test)
         calls = engine.statistics().total.calls
     return {

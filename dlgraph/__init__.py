@@ -1,5 +1,6 @@
 """dlgraph: trainable graphs of LLM calls (deep language networks on any DAG)."""
 
+from dlgraph.answer import Answer, CallUsage
 from dlgraph.backend import (
     Backend,
     BackendRegistry,
@@ -8,7 +9,6 @@ from dlgraph.backend import (
     LogprobRequest,
     TopLogprobsRequest,
     connect,
-    report,
 )
 from dlgraph.data import Example
 from dlgraph.engine import (
@@ -49,6 +49,7 @@ from dlgraph.train import Estimate, FitResult, StepRecord, TrainerOptions, Varia
 __all__ = [
     "INPUT",
     "Accuracy",
+    "Answer",
     "Backend",
     "BackendError",
     "BackendRegistry",
@@ -56,6 +57,7 @@ __all__ = [
     "Budget",
     "BudgetExhausted",
     "CacheError",
+    "CallUsage",
     "Capabilities",
     "CheckpointError",
     "ConfigError",
@@ -93,5 +95,4 @@ __all__ = [
     "VariationalTrainer",
     "connect",
     "evaluate",
-    "report",
 ]

@@ -38,24 +38,24 @@ class UnreadableFile(ValueError):
     """A file that cannot be read as text; the message says why, not where (callers do)."""
 
 
-def read_text(path: str | os.PathLike[str], kind: str = "file") -> str:
+def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
     """The UTF-8 text of the file at `path`; UnreadableFile says what is wrong with it (a
     missing file, a folder, a NUL byte in the path, bytes that are not UTF-8), naming the
-    file as a `kind` ("config file", "network file")."""
+    file as `what` it is ("config file", "network file")."""
     try:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UnreadableFile(f"no such {kind}") from None
+        raise UnreadableFile(f"no such {what}") from None
     except IsADirectoryError:
-        raise UnreadableFile(f"is a folder, not a {kind}") from None
+        raise UnreadableFile(f"is a folder, not a {what}") from None
     except NotADirectoryError:
-        raise UnreadableFile(f"no such {kind} (a folder on its path is a file)") from None
+        raise UnreadableFile(f"no such {what} (a folder on its path is a file)") from None
     except PermissionError:
-        raise UnreadableFile(f"permission denied: cannot read this {kind}") from None
+        raise UnreadableFile(f"permission denied: cannot read this {what}") from None
     except UnicodeDecodeError as error:
         raise UnreadableFile(f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     except OSError as error:
-        raise UnreadableFile(f"cannot read this {kind}: {error.strerror}") from None
+        raise UnreadableFile(f"cannot read this {what}: {error.strerror}") from None
     except ValueError:  # Python refuses a path holding a NUL byte before asking the system
         raise UnreadableFile("the path holds a NUL byte") from None
 

@@ -92,8 +92,8 @@ def strings(values: Iterable[str], name: str = "value") -> tuple[str, ...]:
     if isinstance(values, str | bytes):
         raise TypeError(f"{name}: expected a list of strings, got the string {excerpt(values)}")
     if isinstance(values, Mapping | set | frozenset):
-        kind = "a mapping" if isinstance(values, Mapping) else "a set, which has no order"
-        raise TypeError(f"{name}: expected a list of strings, got {kind}: {excerpt(values)}")
+        given = "a mapping" if isinstance(values, Mapping) else "a set, which has no order"
+        raise TypeError(f"{name}: expected a list of strings, got {given}: {excerpt(values)}")
     try:
         items = tuple(values)
     except TypeError:
@@ -139,12 +139,12 @@ def number(minimum: float | None = None, *, above: bool = False) -> Validator:
     return validate
 
 
-def instance_of(kind: type, described: str) -> Validator:
-    """An attrs validator: an instance of `kind` (a record such as dg.Budget), named as
+def instance_of(record: type, described: str) -> Validator:
+    """An attrs validator: an instance of `record` (a class such as dg.Budget), named as
     `described` when refused."""
 
     def validate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not isinstance(value, kind):
+        if not isinstance(value, record):
             raise TypeError(f"{attribute.name}: expected {described}, got {excerpt(value)}")
 
     return validate

@@ -2,24 +2,24 @@
 
 A backend answers two kinds of request: generate text, and give log p(target | context).
 Plugins are separate distributions that declare an entry point in the group
-``dlgraph.backends``; the core never imports them.
+``dlgraph.backends`` (read by `dlgraph._entry_points`); the core never imports them.
 """
 
 from __future__ import annotations
 
-import contextvars
 import importlib.metadata
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, get_args
 
 import attrs
 
+from dlgraph._entry_points import BACKENDS
 from dlgraph._untrusted import excerpt
 from dlgraph._validate import MAX_TOKENS, integer, number, stop_strings, text
+from dlgraph.answer import Answer, as_answer
 from dlgraph.errors import BackendError, MalformedAnswer, UnknownBackend
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 Phase = Literal["forward", "posterior", "propose", "score", "eval"]
 """Which part of dlgraph asked for a call: the ledger counts by node and phase."""
 PHASES: tuple[Phase, ...] = get_args(Phase)
-ENTRY_POINT_GROUP = "dlgraph.backends"
 
 
 def _known_phase(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
@@ -53,7 +52,7 @@ class GenerateRequest:
         """Every field that decides the answer (not node, phase or priority)."""
         return ("generate", self.prompt, self.max_tokens, self.temperature, self.stop, self.seed)
 
-    def ask(self, backend: Backend) -> Awaitable[str]:
+    def ask(self, backend: Backend) -> Awaitable[str | Answer[str]]:
         return backend.generate(self)
 
 
@@ -70,7 +69,7 @@ class LogprobRequest:
     def key(self) -> tuple[object, ...]:
         return ("logprob", self.context, self.target)
 
-    def ask(self, backend: Backend) -> Awaitable[float]:
+    def ask(self, backend: Backend) -> Awaitable[float | Answer[float]]:
         return backend.logprob(self)
 
 
@@ -87,16 +86,22 @@ class TopLogprobsRequest:
     def key(self) -> tuple[object, ...]:
         return ("top_logprobs", self.context, self.count)
 
-    async def ask(self, backend: Backend) -> dict[str, float]:
+    async def ask(self, backend: Backend) -> Answer[dict[str, float]]:
         """The backend's alternatives. None at all (a shape the backend could not read) or a
         NaN is a malformed answer, retried: with no alternative every class would fall to the
         same floor, a uniform distribution that looks like an answer."""
-        alternatives = await backend.top_logprobs(self)
+        answer = as_answer(await backend.top_logprobs(self))
+        alternatives = answer.value
         if not alternatives:
-            raise MalformedAnswer(f"{backend.identity}: no first-token alternatives in the answer")
+            raise MalformedAnswer(
+                f"{backend.identity}: no first-token alternatives in the answer",
+                usage=answer.usage,
+            )
         if any(math.isnan(value) for value in alternatives.values()):
-            raise MalformedAnswer(f"{backend.identity}: a first-token log-probability is NaN")
-        return alternatives
+            raise MalformedAnswer(
+                f"{backend.identity}: a first-token log-probability is NaN", usage=answer.usage
+            )
+        return answer
 
 
 Request = GenerateRequest | LogprobRequest | TopLogprobsRequest
@@ -105,46 +110,29 @@ UNKEYED_FIELDS = ("node", "phase", "priority")
 """Fields that do not change an answer: left out of `key()`, cache and single-flight keys."""
 
 
-@attrs.define
-class CallReport:
-    """What a backend learnt during one call: exact token usage and the server's limits.
+@attrs.frozen
+class Batch:
+    """Requests of one kind sharing every field but their text (and their node and phase);
+    answered by one backend call (a multi-prompt /v1/completions request)."""
 
-    A plugin fills it with `report()`; the engine's innermost stage hands it up with the
-    call's outcome (see `dlgraph.engine.stage.Reply`)."""
+    requests: tuple[GenerateRequest, ...] | tuple[LogprobRequest, ...]
+    since: float | None = attrs.field(default=None, kw_only=True, eq=False)
+    """When the engine formed the batch (its clock): the parts of a split batch keep the
+    place in the limiter's queue that the whole batch had. Backends ignore it."""
 
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    remaining_requests: int | None = None
-    remaining_tokens: int | None = None
-    limit_requests: int | None = None
-    """The server's own requests-per-minute limit, from its x-ratelimit headers."""
-    limit_tokens: int | None = None
+    @property
+    def priority(self) -> int:
+        return max(request.priority for request in self.requests)
 
-
-_REPORT: contextvars.ContextVar[CallReport | None] = contextvars.ContextVar(
-    "dlgraph_call_report", default=None
-)
-
-
-def report(**facts: int | None) -> None:
-    """Called by a backend during a call to tell the engine exact usage or server limits
-    (``report(prompt_tokens=12, completion_tokens=3)``); ignored outside an engine call."""
-    current = _REPORT.get()
-    if current is not None:
-        for name, value in facts.items():
-            if value is not None:
-                setattr(current, name, value)
+    def ask(self, backend: Backend) -> Awaitable[Sequence[Result] | Answer[Sequence[Result]]]:
+        generate = [r for r in self.requests if isinstance(r, GenerateRequest)]
+        if generate:
+            return backend.generate_batch(generate)
+        return backend.logprob_batch([r for r in self.requests if isinstance(r, LogprobRequest)])
 
 
-@contextmanager
-def collecting_report() -> Iterator[CallReport]:
-    """Collect what the backend reports with `report()` during the block (one call)."""
-    box = CallReport()
-    token = _REPORT.set(box)
-    try:
-        yield box
-    finally:
-        _REPORT.reset(token)
+Work = Request | Batch
+"""One unit of work for a backend: a request, or several sent as one multi-prompt request."""
 
 
 @attrs.frozen
@@ -174,6 +162,12 @@ class Capabilities:
 class Backend:
     """Base class of every model. Subclasses implement `generate` and `logprob`.
 
+    Each method returns its plain value, or an `Answer` of it carrying the call's `CallUsage`
+    when the backend knows it (tokens counted by the server, its stated limits); a failure is
+    a `BackendError`, which may carry the usage too. The engine calls only `handle`, which
+    asks the method a unit of work names; a backend that sends work elsewhere whole (a pool
+    of replicas) overrides `handle` instead.
+
     A backend is an async context manager; `aclose` releases what it holds (sessions, models).
     """
 
@@ -202,26 +196,37 @@ class Backend:
         (a prompt continued, or scored, as by a completions endpoint), ``chat`` for a chat API."""
         return "text_completion"
 
-    async def generate(self, request: GenerateRequest) -> str:
+    async def handle(self, work: Work) -> Answer[Result | Sequence[Result]]:
+        """One unit of work answered, with its usage: the one method the engine calls."""
+        value = await work.ask(self)
+        return value if isinstance(value, Answer) else Answer(value)
+
+    async def generate(self, request: GenerateRequest) -> str | Answer[str]:
         raise NotImplementedError(f"{type(self).__qualname__} does not implement generate")
 
-    async def logprob(self, request: LogprobRequest) -> float:
+    async def logprob(self, request: LogprobRequest) -> float | Answer[float]:
         raise NotImplementedError(f"{type(self).__qualname__} does not implement logprob")
 
-    async def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[str]:
+    async def generate_batch(
+        self, requests: Sequence[GenerateRequest]
+    ) -> list[str] | Answer[list[str]]:
         """Several prompts in one request (when `capabilities.max_batch` > 1); requests share
         every field but the prompt. A prompt the server refuses fails the whole call."""
         raise NotImplementedError(
             f"{type(self).__qualname__} does not take several prompts per request"
         )
 
-    async def logprob_batch(self, requests: Sequence[LogprobRequest]) -> list[float]:
+    async def logprob_batch(
+        self, requests: Sequence[LogprobRequest]
+    ) -> list[float] | Answer[list[float]]:
         """Several log-probabilities in one request (when `capabilities.max_batch` > 1)."""
         raise NotImplementedError(
             f"{type(self).__qualname__} does not take several prompts per request"
         )
 
-    async def top_logprobs(self, request: TopLogprobsRequest) -> dict[str, float]:
+    async def top_logprobs(
+        self, request: TopLogprobsRequest
+    ) -> dict[str, float] | Answer[dict[str, float]]:
         """First-token alternatives (when `capabilities.top_logprobs` > 0)."""
         raise NotImplementedError(
             f"{type(self).__qualname__} does not report top log-probabilities"
@@ -260,8 +265,7 @@ class BackendRegistry:
 
     @classmethod
     def from_entry_points(cls) -> BackendRegistry:
-        found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-        return cls(factories={entry.name: entry for entry in found})
+        return cls(factories=dict(BACKENDS.entries()))
 
     def register(self, name: str, factory: BackendFactory) -> None:
         self._factories[name] = factory

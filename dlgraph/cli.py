@@ -6,14 +6,11 @@ The only place that starts an event loop, prints, or configures logging.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import json
 import logging
 import re
 import sys
-import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +22,20 @@ from rich.table import Table
 from rich.text import Text
 
 import dlgraph as dg
-from dlgraph._files import write_atomic
+from dlgraph._entry_points import COMMANDS
 from dlgraph._untrusted import parse_json
 from dlgraph.config import RunConfig
+from dlgraph.runs import (
+    EVALUATION_CHUNK,
+    RunHooks,
+    TrainedRun,
+    check_run,
+    evaluate_in_chunks,
+    train_run,
+)
 from dlgraph.templates import BUILTIN
 from dlgraph.train.estimate import forward_pass
-from dlgraph.train.folder import RunFolder
 from dlgraph.train.pace import Pace, duration
-
-EVALUATION_CHUNK = 16
-"""Examples per progress-bar update when the CLI evaluates a split."""
 
 console = Console(soft_wrap=True)
 
@@ -50,56 +51,50 @@ def _progress() -> Progress:
     )
 
 
-async def _evaluate(
-    net: dg.Network, engine: dg.Engine, data: Sequence[dg.Example], label: str
-) -> float:
-    """Accuracy, evaluated in chunks so that a progress bar can follow."""
-    with _progress() as progress:
-        bar = progress.add_task(label, total=len(data))
-        correct = 0.0
-        for start in range(0, len(data), EVALUATION_CHUNK):
-            chunk = data[start : start + EVALUATION_CHUNK]
-            correct += await dg.evaluate(net, engine, chunk) * len(chunk)
-            progress.advance(bar, len(chunk))
-    return correct / len(data)
+@attrs.define
+class _Shown(RunHooks):
+    """A run as the command shows it: the estimate (and the projected wall time, unless
+    `probe` is off) before it starts, progress bars, a line per step."""
+
+    config: RunConfig
+    probe: bool
+
+    async def started(self, trainer: dg.VariationalTrainer, task: dg.data.Task) -> None:
+        estimate = _estimate(trainer, self.config, task)
+        console.print(
+            f"[bold]{task.name}[/]: {len(task.train)} train, {len(task.dev)} dev, "
+            f"{len(task.test)} test; {_estimate_line(estimate)}"
+        )
+        if self.probe:
+            batch_size = self.config.schedule.batch_size
+            console.print(
+                await _projection(trainer, task, estimate, batch_size, cli_evaluations=True)
+            )
+
+    @contextmanager
+    def evaluating(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
+        with _progress() as progress:
+            bar = progress.add_task(label, total=total)
+            yield lambda done: progress.advance(bar, done)
+
+    @contextmanager
+    def training(self, steps: int) -> Iterator[Callable[[dg.StepRecord], None]]:
+        with _progress() as progress:
+            bar = progress.add_task("training", total=steps)
+
+            def on_step(record: dg.StepRecord) -> None:
+                progress.update(bar, completed=record.step)
+                dev = "" if record.dev_accuracy is None else f", dev {record.dev_accuracy:.3f}"
+                progress.console.print(
+                    f"step {record.step}: batch loss {record.batch_loss:.3f}{dev}", markup=False
+                )
+
+            yield on_step
 
 
 def _estimate(trainer: dg.VariationalTrainer, config: RunConfig, task: dg.data.Task) -> dg.Estimate:
-    run = config.run
+    run = config.schedule
     return trainer.estimate(run.steps, run.batch_size, task.train, len(task.dev), run.eval_every)
-
-
-@attrs.frozen
-class _Checked:
-    """A run whose config, data, network and engine options passed every check."""
-
-    task: dg.data.Task
-    net: dg.Network
-    engine: dg.Engine
-    backward: dg.Engine | None
-
-    def trainer(self, config: RunConfig) -> dg.VariationalTrainer:
-        return dg.VariationalTrainer(self.net, self.engine, config.options, backward=self.backward)
-
-    @asynccontextmanager
-    async def opened(self) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            for engine in (self.engine, self.backward):
-                if engine is not None:
-                    await stack.enter_async_context(engine)
-            yield
-
-
-def _checked(config: RunConfig) -> _Checked:
-    """Everything that can be checked before a call or a deleted file: the config, the data
-    (every target against the output nodes), the network, the backends and engine options."""
-    task = config.task()
-    net = config.build_network(task)
-    checked = _Checked(task, net, config.engine(), config.backward_engine())
-    checked.trainer(config).check_data(task.train, task.dev)
-    if task.test:
-        net.targets(task.test, "test")
-    return checked
 
 
 def _estimate_line(estimate: dg.Estimate) -> str:
@@ -116,123 +111,34 @@ async def _train(args: argparse.Namespace) -> None:
     if args.plot and Path(args.plot).is_dir():
         raise dg.ConfigError(f"--plot {args.plot}: is a folder; give the path of a PNG file")
     config = RunConfig.read(args.config, args.set)
-    checked = _checked(config)
-    task, net, engine = checked.task, checked.net, checked.engine
-    folder = RunFolder.open(Path(args.out) if args.out else config.output_dir, resume=args.resume)
-    engine.journal = folder.journal("forward")
-    if checked.backward is not None:
-        checked.backward.journal = folder.journal("backward")
-    started = time.monotonic()
-    async with checked.opened():
-        trainer = checked.trainer(config)
-        estimate = _estimate(trainer, config, task)
-        console.print(
-            f"[bold]{task.name}[/]: {len(task.train)} train, {len(task.dev)} dev, "
-            f"{len(task.test)} test; {_estimate_line(estimate)}"
-        )
-        if not args.no_probe:
-            console.print(
-                await _projection(
-                    trainer, task, estimate, config.run.batch_size, cli_evaluations=True
-                )
-            )
-        before = await _scores(net, engine, task, "before")
-        with _progress() as progress:
-            bar = progress.add_task("training", total=config.run.steps)
-
-            def on_step(record: dg.StepRecord) -> None:
-                progress.update(bar, completed=record.step)
-                dev = "" if record.dev_accuracy is None else f", dev {record.dev_accuracy:.3f}"
-                progress.console.print(
-                    f"step {record.step}: batch loss {record.batch_loss:.3f}{dev}", markup=False
-                )
-
-            result = await trainer.fit(
-                task.train,
-                task.dev,
-                config.run.steps,
-                config.run.batch_size,
-                eval_every=config.run.eval_every,
-                patience=config.run.patience,
-                checkpoint_dir=folder.checkpoint_dir,
-                log_path=folder.steps,
-                on_step=on_step,
-            )
-        after = await _scores(net, engine, task, "after")
-        ledgers = {"forward": engine.statistics()}
-        if checked.backward is not None:
-            ledgers["backward"] = checked.backward.statistics()
-    net.save(folder.network)
-    finished = _Finished(task, before, after, ledgers, time.monotonic() - started, result)
-    finished.write(folder.result)
-    _report(finished, folder.network)
+    hooks = _Shown(config, probe=not args.no_probe)
+    trained = await train_run(config, out=args.out, resume=args.resume, hooks=hooks)
+    _report(trained)
     if args.plot:
-        _plot(result, before, Path(args.plot))
+        _plot(trained.fit, dict(trained.result.before), Path(args.plot))
 
 
-async def _scores(
-    net: dg.Network, engine: dg.Engine, task: dg.data.Task, when: str
-) -> dict[str, float]:
-    return {
-        split: await _evaluate(net, engine, getattr(task, split), f"{split} ({when})")
-        for split in ("dev", "test")
-        if getattr(task, split)
-    }
-
-
-@attrs.frozen
-class _Finished:
-    """What a finished training run measured."""
-
-    task: dg.data.Task
-    before: dict[str, float]
-    after: dict[str, float]
-    ledgers: dict[str, dg.LedgerSnapshot]
-    seconds: float
-    result: dg.FitResult
-
-    def write(self, path: Path) -> None:
-        """result.json, for scripts and sweeps; written last, atomically, so that its
-        presence means the run finished. Its counts are the whole run's: the engines'
-        ledgers continue from their journals, which hold the calls of killed processes."""
-        totals = [ledger.total for ledger in self.ledgers.values()]
-        record = {
-            "task": self.task.name,
-            "before": self.before,
-            "after": self.after,
-            "best_dev": self.result.best_dev_accuracy,
-            "steps": len(self.result.history),
-            "stopped": self.result.stopped,
-            "calls": sum(usage.calls for usage in totals),
-            "tokens": sum(usage.tokens for usage in totals),
-            "cost": sum(usage.cost for usage in totals),
-            "seconds": round(self.seconds, 3),
-            "by_model": {name: attrs.asdict(ledger.total) for name, ledger in self.ledgers.items()},
-        }
-        write_atomic(path, json.dumps(record, indent=2) + "\n")
-
-
-def _report(finished: _Finished, network: Path) -> None:
-    task, before, after, result = finished.task, finished.before, finished.after, finished.result
-    table = Table(title=f"{task.name}: accuracy before and after training")
+def _report(trained: TrainedRun) -> None:
+    result, fit = trained.result, trained.fit
+    table = Table(title=f"{result.task}: accuracy before and after training")
     table.add_column("split")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
-    for split in before:
-        table.add_row(split, f"{before[split]:.3f}", f"{after[split]:.3f}")
+    for split in result.before:
+        table.add_row(split, f"{result.before[split]:.3f}", f"{result.after[split]:.3f}")
     console.print(table)
     spent = Table(title="calls by model and phase")
     for column in ("model", "phase", "calls", "cache hits", "tokens"):
         spent.add_column(column, justify="left" if column in ("model", "phase") else "right")
-    for model, ledger in finished.ledgers.items():
+    for model, ledger in trained.ledgers.items():
         for phase, usage in sorted(ledger.by_phase().items()):
             spent.add_row(
                 model, phase, f"{usage.calls:,}", f"{usage.cache_hits:,}", f"{usage.tokens:,}"
             )
     console.print(spent)
-    console.print(f"time {finished.seconds:.0f} s, stopped: {result.stopped}")
-    console.print(_plain(f"learnt network: {network}"))
-    for name, parameter in result.network.parameters().items():
+    console.print(f"time {result.seconds:.0f} s, stopped: {fit.stopped}")
+    console.print(_plain(f"learnt network: {trained.network}"))
+    for name, parameter in fit.network.parameters().items():
         console.print(_plain(f"  {name}: {parameter.describe()}"), highlight=False)
 
 
@@ -272,8 +178,9 @@ async def _eval(args: argparse.Namespace) -> None:
     net = _loaded(args.net) if args.net else config.build_network(task)
     data = getattr(task, args.split)
     net.node(net.output_nodes()[0]).targets(data, args.split)
+    hooks = _Shown(config, probe=False)
     async with config.engine() as engine:
-        accuracy = await _evaluate(net, engine, getattr(task, args.split), args.split)
+        accuracy = await evaluate_in_chunks(net, engine, data, args.split, hooks)
     console.print(
         f"{task.name} {args.split} accuracy: {accuracy:.3f} ({len(getattr(task, args.split))} examples)"
     )
@@ -291,15 +198,17 @@ def _loaded(path: str) -> dg.Network:
 
 async def _estimate_command(args: argparse.Namespace) -> None:
     config = RunConfig.read(args.config, args.set)
-    checked = _checked(config)
+    checked = check_run(config)
     trainer = checked.trainer(config)
     estimate = _estimate(trainer, config, checked.task)
     console.print(
-        f"{config.run.steps} steps of batch {config.run.batch_size}: {_estimate_line(estimate)}"
+        f"{config.schedule.steps} steps of batch {config.schedule.batch_size}: {_estimate_line(estimate)}"
     )
     if not args.no_probe:
         async with checked.opened():
-            console.print(await _projection(trainer, checked.task, estimate, config.run.batch_size))
+            console.print(
+                await _projection(trainer, checked.task, estimate, config.schedule.batch_size)
+            )
 
 
 async def _projection(
@@ -410,9 +319,6 @@ def _history_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-COMMANDS_GROUP = "dlgraph.commands"
-"""Plugins add commands: an entry point is a function that adds a parser to the subparsers
-and sets ``handler``, a function of the parsed arguments (it starts its own event loop)."""
 NO_PROBE = "do not time a few calls to project the wall time (about 20 calls per engine)"
 
 
@@ -455,8 +361,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     estimate.add_argument("config")
     estimate.add_argument("--no-probe", action="store_true", help=NO_PROBE)
-    for entry in importlib.metadata.entry_points(group=COMMANDS_GROUP):
-        entry.load()(commands)
+    for add_command in COMMANDS.load_all():  # `dlgraph.plugin.Commands` says what they get
+        add_command(commands)
     return parser
 
 

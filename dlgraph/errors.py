@@ -8,7 +8,7 @@ DlgraphError
 ├── CheckpointError           corrupt, truncated or incompatible; never half-loaded
 ├── CacheError                an answer cache on disk that is corrupt or not dlgraph's
 ├── BudgetExhausted           call or token budget reached; fit() stops cleanly, best net saved
-└── BackendError              .node and .phase when known
+└── BackendError              .node and .phase when known; .usage: what the server said
     ├── UnknownBackend (LookupError)
     ├── BackendUnavailable    unreachable server, missing model file
     ├── RequestRejected       non-retryable 4xx: context length, bad request
@@ -20,6 +20,8 @@ DlgraphError
 """
 
 from __future__ import annotations
+
+from dlgraph.answer import NO_USAGE, CallUsage
 
 
 class DlgraphError(Exception):
@@ -51,13 +53,23 @@ class BudgetExhausted(DlgraphError):
 
 
 class BackendError(DlgraphError):
-    """A model call failed. `node` and `phase` say which part of the network asked."""
+    """A model call failed. `node` and `phase` say which part of the network asked; `usage`
+    is what the call cost and what the server said of its limits with its refusal (a 429
+    states them too), as the backend read it."""
 
-    def __init__(self, message: str, *, node: str | None = None, phase: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: str | None = None,
+        phase: str | None = None,
+        usage: CallUsage = NO_USAGE,
+    ):
         super().__init__(message)
         self.message = message
         self.node = node
         self.phase = phase
+        self.usage = usage
 
     def __str__(self) -> str:
         where = ", ".join(
@@ -94,8 +106,9 @@ class RateLimited(TransientError):
         retry_after_s: float | None = None,
         node: str | None = None,
         phase: str | None = None,
+        usage: CallUsage = NO_USAGE,
     ):
-        super().__init__(message, node=node, phase=phase)
+        super().__init__(message, node=node, phase=phase, usage=usage)
         self.retry_after_s = retry_after_s
 
 

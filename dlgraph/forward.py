@@ -13,7 +13,7 @@ from dlgraph.backend import Phase
 from dlgraph.engine import Engine
 from dlgraph.errors import DataError
 from dlgraph.graph import Graph
-from dlgraph.nodes import INPUT
+from dlgraph.nodes import INPUT, NodeCall, NodeOutput
 
 
 @attrs.frozen
@@ -62,12 +62,7 @@ async def forward(
                 await finished[parent, index].wait()
         values = {p: outputs[p][index] for p in graph.parents(name)}
         with tracer.span("node", name, node=name, example=index, phase=phase):
-            result = await graph.node(name).run(
-                engine,
-                graph.parent_values(name, values),
-                phase=phase,
-                priority=graph.depth(name),
-            )
+            result = await run_node(graph, engine, name, values, phase=phase)
         rendered[name][index] = result.rendered
         outputs[name][index] = result.text
         finished[name, index].set()
@@ -82,6 +77,17 @@ async def forward(
         {name: tuple(values) for name, values in outputs.items()},
         {name: tuple(values) for name, values in rendered.items()},
     )
+
+
+async def run_node(
+    graph: Graph, engine: Engine, name: str, values: Mapping[str, str], *, phase: Phase
+) -> NodeOutput:
+    """Node `name` on one example (`values` holds its parents' outputs), as a forward pass
+    runs it: at its own temperature, with priority its depth, so that under a rate limit
+    deeper nodes go first and examples finish. The forward pass sends the calls of one depth
+    together, which is how the estimate lays them out."""
+    call = NodeCall(engine=engine, phase=phase, priority=graph.depth(name))
+    return await graph.node(name).run(graph.parent_values(name, values), call)
 
 
 def _inputs(xs: Sequence[str]) -> tuple[str, ...]:

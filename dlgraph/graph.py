@@ -11,7 +11,7 @@ import json
 import os
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 import attrs
 import networkx as nx
@@ -20,24 +20,12 @@ from dlgraph._files import write_atomic
 from dlgraph._untrusted import UnreadableFile, excerpt, parse_json, read_text
 from dlgraph.data.example import Example
 from dlgraph.errors import DataError, GraphError
-from dlgraph.nodes import INPUT, Demonstration, LanguageNode, Parameter, Parent, make_node
+from dlgraph.nodes import INPUT, LanguageNode, NodeSettings, Parameter, Parent, make_node
 from dlgraph.templates import TemplateFailed
 
 FORMAT = "dlgraph.network"
 VERSION = 2
-NODE_KEYS = (
-    "name",
-    "prompt",
-    "demonstrations",
-    "template",
-    "classes",
-    "calibrate",
-    "max_tokens",
-    "temperature",
-    "stop",
-    "trainable",
-    "output",
-)
+NODE_KEYS = ("name", "prompt", *NodeSettings.__annotations__)
 
 
 def _known(names: Sequence[str] | Mapping[str, object]) -> str:
@@ -67,39 +55,17 @@ class Graph:
     # -- building ----------------------------------------------------------------------------
 
     def add_node(
-        self,
-        name: str,
-        prompt: str = "",
-        *,
-        template: str | None = None,
-        classes: Sequence[str] | None = None,
-        calibrate: bool | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        stop: Sequence[str] | None = None,
-        trainable: bool = True,
-        output: bool = False,
-        demonstrations: Sequence[Demonstration | dict[str, str]] = (),
+        self, name: str, prompt: str = "", **settings: Unpack[NodeSettings]
     ) -> LanguageNode:
         """Add a node: a class node with ``classes=["yes|Yes", "no|No"]`` (and optionally
         ``calibrate``), else a generation node (``max_tokens`` 128, ``temperature`` 0 and
-        ``stop`` by default). ``demonstrations`` start the node with worked examples (training
-        learns them too). Raises GraphError naming the node."""
+        ``stop`` by default). ``template`` names a built-in template or gives its text;
+        ``trainable`` (true) and ``output`` (false) mark the node's role; ``demonstrations``
+        start the node with worked examples (training learns them too). Raises GraphError
+        naming the node."""
         if isinstance(name, str) and (name == INPUT or name in self._nodes):
             raise GraphError(f"node {excerpt(name)}: duplicate name")
-        node = make_node(
-            name,
-            prompt,
-            template=template,
-            classes=classes,
-            calibrate=calibrate,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            stop=stop,
-            trainable=trainable,
-            output=output,
-            demonstrations=demonstrations,
-        )
+        node = make_node(name, prompt, **settings)
         self._nodes[name] = node
         self._parents[name], self._children[name] = [], []
         self._structure = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, Unpack
 
 import attrs
 import jinja2
@@ -136,12 +136,39 @@ class NodeOutput:
     text: str
 
 
+@attrs.frozen(kw_only=True)
+class NodeCall:
+    """How one call of a node is made: on which engine, for which phase (the ledger's tag),
+    under which parameter (None: the node's own), with which sample seed and temperature
+    (None: the node's own) and at which priority (higher goes first under a rate limit)."""
+
+    engine: Engine
+    phase: Phase
+    parameter: Parameter | None = None
+    seed: int = 0
+    temperature: float | None = None
+    priority: int = 0
+
+
+@attrs.frozen
+class Cost:
+    """What one run or one score of a node sends: how many backend calls (at most: a backend
+    without exact log-probabilities asks for fewer), and whether they write text, which takes
+    longer than scoring a given one."""
+
+    calls: int
+    writes: bool
+
+
 class NodeKind(Protocol):
     """What a kind of node must say; `ClassKind` and `TextKind` are the two there are."""
 
     default_template: ClassVar[str]
     shape: ClassVar[tuple[str, str]]
     """Mermaid brackets around the node's name."""
+    score_repeats_run: ClassVar[bool]
+    """Whether scoring a target sends exactly the requests of running the node on the same
+    inputs, so that an engine's cache answers a score of what a forward pass ran."""
 
     def describe(self) -> str: ...
     def to_json(self) -> dict[str, Any]: ...
@@ -156,46 +183,36 @@ class NodeKind(Protocol):
         """Every output the node can give, when they are few; None when it writes text."""
         ...
 
-    def calls_per_score(self) -> int:
-        """Backend calls that one log-likelihood of a target costs (at most)."""
+    def run_cost(self) -> Cost:
+        """What one run of the node sends."""
+        ...
+
+    def score_cost(self) -> Cost:
+        """What one log-likelihood of a target sends."""
+        ...
+
+    def posterior_size(self, samples: int) -> int:
+        """Outputs a posterior weighs per example, given `samples` posterior samples."""
+        ...
+
+    def posterior_draws(self, samples: int) -> int:
+        """Calls a posterior makes per example to draw them (on the backward engine)."""
         ...
 
     async def posterior_candidates(
-        self,
-        node: LanguageNode,
-        engine: Engine,
-        output: str,
-        prompt: str,
-        *,
-        samples: int,
-        temperature: float,
+        self, node: LanguageNode, output: str, prompt: str, samples: int, call: NodeCall
     ) -> list[str]:
         """Outputs a posterior weighs for one example: the forward `output` first, then every
-        other output the node can give, or `samples` continuations of the posterior `prompt`."""
+        other output the node can give, or `samples` continuations of the posterior `prompt`
+        (seeds 0 to samples - 1, at the call's temperature)."""
         ...
 
     async def run(
-        self,
-        node: LanguageNode,
-        engine: Engine,
-        parents: Sequence[Parent],
-        *,
-        phase: Phase,
-        parameter: Parameter | None,
-        seed: int,
-        temperature: float | None,
-        priority: int,
+        self, node: LanguageNode, parents: Sequence[Parent], call: NodeCall
     ) -> NodeOutput: ...
 
     async def loglik(
-        self,
-        node: LanguageNode,
-        engine: Engine,
-        parents: Sequence[Parent],
-        target: str,
-        *,
-        phase: Phase,
-        parameter: Parameter | None,
+        self, node: LanguageNode, parents: Sequence[Parent], target: str, call: NodeCall
     ) -> float: ...
 
 
@@ -227,8 +244,14 @@ class ClassKind:
 
     classes: tuple[str, ...] = attrs.field(converter=class_strings, validator=_classes)
     calibrate: bool = attrs.field(default=False, kw_only=True, validator=boolean)
+    _verbalizers: int = attrs.field(init=False, eq=False, repr=False)
     default_template: ClassVar[str] = "classify"
     shape: ClassVar[tuple[str, str]] = ("{", "}")
+    score_repeats_run: ClassVar[bool] = True
+
+    def __attrs_post_init__(self) -> None:
+        count = sum(len(verbalizers(spec)) for spec in self.classes)
+        object.__setattr__(self, "_verbalizers", count)  # counted once: the estimate asks often
 
     @property
     def names(self) -> list[str]:
@@ -249,79 +272,57 @@ class ClassKind:
     def outputs(self) -> tuple[str, ...]:
         return tuple(self.names)
 
-    def calls_per_score(self) -> int:
-        calls = sum(len(verbalizers(spec)) for spec in self.classes)
-        return 2 * calls if self.calibrate else calls
+    def run_cost(self) -> Cost:
+        """A run is a score: the distribution over the classes."""
+        return self.score_cost()
+
+    def score_cost(self) -> Cost:
+        """One call per verbalizer, twice when calibrated (the content-free input too)."""
+        calls = self._verbalizers
+        return Cost(2 * calls if self.calibrate else calls, writes=False)
+
+    def posterior_size(self, samples: int) -> int:
+        return len(self.classes)
+
+    def posterior_draws(self, samples: int) -> int:
+        return 0
 
     async def posterior_candidates(
-        self,
-        node: LanguageNode,
-        engine: Engine,
-        output: str,
-        prompt: str,
-        *,
-        samples: int,
-        temperature: float,
+        self, node: LanguageNode, output: str, prompt: str, samples: int, call: NodeCall
     ) -> list[str]:
         return [output] + [name for name in self.names if name != output]
 
     async def distribution(
-        self,
-        node: LanguageNode,
-        engine: Engine,
-        parents: Sequence[Parent],
-        *,
-        phase: Phase,
-        parameter: Parameter | None,
-        priority: int = 0,
+        self, node: LanguageNode, parents: Sequence[Parent], call: NodeCall
     ) -> tuple[str, list[float]]:
         """The rendered input and P(class | it), in class order."""
-        rendered = node.render(parents, parameter=parameter)
-        distribution = await engine.classify(
-            rendered, self.classes, node=node.name, phase=phase, priority=priority
-        )
+        rendered = node.render(parents, parameter=call.parameter)
+        distribution = await self._classify(node, rendered, call)
         if not self.calibrate:
             return rendered, distribution
         blank = node.render(
-            [attrs.evolve(p, text=CONTENT_FREE) for p in parents], parameter=parameter
+            [attrs.evolve(p, text=CONTENT_FREE) for p in parents], parameter=call.parameter
         )
-        bias = await engine.classify(
-            blank, self.classes, node=node.name, phase=phase, priority=priority
-        )
+        bias = await self._classify(node, blank, call)
         ratios = [p / max(b, 1e-9) for p, b in zip(distribution, bias, strict=True)]
         return rendered, [r / sum(ratios) for r in ratios]
 
-    async def run(
-        self,
-        node: LanguageNode,
-        engine: Engine,
-        parents: Sequence[Parent],
-        *,
-        phase: Phase,
-        parameter: Parameter | None = None,
-        seed: int = 0,
-        temperature: float | None = None,
-        priority: int = 0,
-    ) -> NodeOutput:
-        rendered, distribution = await self.distribution(
-            node, engine, parents, phase=phase, parameter=parameter, priority=priority
+    async def _classify(self, node: LanguageNode, rendered: str, call: NodeCall) -> list[float]:
+        return await call.engine.classify(
+            rendered, self.classes, node=node.name, phase=call.phase, priority=call.priority
         )
+
+    async def run(
+        self, node: LanguageNode, parents: Sequence[Parent], call: NodeCall
+    ) -> NodeOutput:
+        rendered, distribution = await self.distribution(node, parents, call)
         best = max(range(len(distribution)), key=distribution.__getitem__)
         return NodeOutput(rendered, self.names[best])
 
     async def loglik(
-        self,
-        node: LanguageNode,
-        engine: Engine,
-        parents: Sequence[Parent],
-        target: str,
-        *,
-        phase: Phase,
-        parameter: Parameter | None = None,
+        self, node: LanguageNode, parents: Sequence[Parent], target: str, call: NodeCall
     ) -> float:
-        _, distribution = await self.distribution(
-            node, engine, parents, phase=phase, parameter=parameter
-        )
+        _, distribution = await self.distribution(node, parents, call)
         names = self.names
         p = distribution[names.index(target)] if target in names else 0.0
         return max(math.log(p), LOG_FLOOR) if p > 0 else LOG_FLOOR
@@ -336,6 +337,7 @@ class TextKind:
     stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=stop_strings)
     default_template: ClassVar[str] = "reason"
     shape: ClassVar[tuple[str, str]] = ("[", "]")
+    score_repeats_run: ClassVar[bool] = False
 
     def describe(self) -> str:
         return f"text, {self.max_tokens} tokens"
@@ -356,70 +358,50 @@ class TextKind:
     def outputs(self) -> None:
         return None
 
-    def calls_per_score(self) -> int:
-        return 1
+    def run_cost(self) -> Cost:
+        return Cost(1, writes=True)
+
+    def score_cost(self) -> Cost:
+        return Cost(1, writes=False)
+
+    def posterior_size(self, samples: int) -> int:
+        return samples + 1
+
+    def posterior_draws(self, samples: int) -> int:
+        return samples
 
     async def posterior_candidates(
-        self,
-        node: LanguageNode,
-        engine: Engine,
-        output: str,
-        prompt: str,
-        *,
-        samples: int,
-        temperature: float,
+        self, node: LanguageNode, output: str, prompt: str, samples: int, call: NodeCall
     ) -> list[str]:
         async def sample(seed: int) -> str:
-            text = await engine.generate(
-                prompt,
-                max_tokens=self.max_tokens,
-                temperature=temperature,
-                stop=self.stop,
-                seed=seed,
-                node=node.name,
-                phase="posterior",
-            )
-            return text.strip()
+            return await self._generate(node, prompt, attrs.evolve(call, seed=seed))
 
         return [output, *await map_concurrently(sample, range(samples))]
 
     async def run(
-        self,
-        node: LanguageNode,
-        engine: Engine,
-        parents: Sequence[Parent],
-        *,
-        phase: Phase,
-        parameter: Parameter | None = None,
-        seed: int = 0,
-        temperature: float | None = None,
-        priority: int = 0,
+        self, node: LanguageNode, parents: Sequence[Parent], call: NodeCall
     ) -> NodeOutput:
-        rendered = node.render(parents, parameter=parameter)
-        output = await engine.generate(
-            rendered,
+        rendered = node.render(parents, parameter=call.parameter)
+        return NodeOutput(rendered, await self._generate(node, rendered, call))
+
+    async def _generate(self, node: LanguageNode, prompt: str, call: NodeCall) -> str:
+        output = await call.engine.generate(
+            prompt,
             max_tokens=self.max_tokens,
-            temperature=self.temperature if temperature is None else temperature,
+            temperature=self.temperature if call.temperature is None else call.temperature,
             stop=self.stop,
-            seed=seed,
+            seed=call.seed,
             node=node.name,
-            phase=phase,
-            priority=priority,
+            phase=call.phase,
+            priority=call.priority,
         )
-        return NodeOutput(rendered, output.strip())
+        return output.strip()
 
     async def loglik(
-        self,
-        node: LanguageNode,
-        engine: Engine,
-        parents: Sequence[Parent],
-        target: str,
-        *,
-        phase: Phase,
-        parameter: Parameter | None = None,
+        self, node: LanguageNode, parents: Sequence[Parent], target: str, call: NodeCall
     ) -> float:
-        rendered = node.render(parents, parameter=parameter)
-        return await engine.logprob(rendered, " " + target, node=node.name, phase=phase)
+        rendered = node.render(parents, parameter=call.parameter)
+        return await call.engine.logprob(rendered, " " + target, node=node.name, phase=call.phase)
 
 
 Kind = ClassKind | TextKind
@@ -497,42 +479,13 @@ class LanguageNode:
         except (TemplateRefused, TemplateFailed, jinja2.UndefinedError) as error:
             raise GraphError(f"node {excerpt(self.name)}: {error}") from error
 
-    async def run(
-        self,
-        engine: Engine,
-        parents: Sequence[Parent],
-        *,
-        phase: Phase,
-        parameter: Parameter | None = None,
-        seed: int = 0,
-        temperature: float | None = None,
-        priority: int = 0,
-    ) -> NodeOutput:
+    async def run(self, parents: Sequence[Parent], call: NodeCall) -> NodeOutput:
         """One call of this node on its parents' outputs."""
-        return await self.kind.run(
-            self,
-            engine,
-            parents,
-            phase=phase,
-            parameter=parameter,
-            seed=seed,
-            temperature=temperature,
-            priority=priority,
-        )
+        return await self.kind.run(self, parents, call)
 
-    async def loglik(
-        self,
-        engine: Engine,
-        parents: Sequence[Parent],
-        target: str,
-        *,
-        phase: Phase,
-        parameter: Parameter | None = None,
-    ) -> float:
-        """log p(target | this node reading `parents`, under `parameter` or its own)."""
-        return await self.kind.loglik(
-            self, engine, parents, target, phase=phase, parameter=parameter
-        )
+    async def loglik(self, parents: Sequence[Parent], target: str, call: NodeCall) -> float:
+        """log p(target | this node reading `parents`, under the call's parameter)."""
+        return await self.kind.loglik(self, parents, target, call)
 
     def targets(self, examples: Sequence[Example], name: str) -> list[str]:
         """The examples' targets as this node names answers; DataError naming the example
@@ -568,40 +521,30 @@ class LanguageNode:
         }
 
 
-def make_node(
-    name: str,
-    prompt: str,
-    *,
-    template: str | None = None,
-    classes: Sequence[str] | None = None,
-    calibrate: bool | None = None,
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-    stop: Sequence[str] | None = None,
-    trainable: bool = True,
-    output: bool = False,
-    demonstrations: Sequence[Demonstration | dict[str, str]] = (),
-) -> LanguageNode:
+class NodeSettings(TypedDict, total=False):
+    """The keywords of `Network.add_node` after the name and the prompt, which are also the
+    keys of a node in a saved network: the node's kind, its template and its role."""
+
+    demonstrations: Sequence[Demonstration | dict[str, str]]
+    template: str | None
+    classes: Sequence[str] | None
+    calibrate: bool | None
+    max_tokens: int | None
+    temperature: float | None
+    stop: Sequence[str] | None
+    trainable: bool
+    output: bool
+
+
+def make_node(name: str, prompt: str, **settings: Unpack[NodeSettings]) -> LanguageNode:
     """A node from the keywords of `Network.add_node`; the one path every node takes, built in
     code or loaded from a file. Raises GraphError naming the node and what is wrong."""
     try:
+        trainable, output = settings.get("trainable", True), settings.get("output", False)
         check_bool("trainable", trainable)
         check_bool("output", output)
-        kind: Kind
-        if classes is not None:
-            given = {"max_tokens": max_tokens, "temperature": temperature, "stop": stop}
-            for key, value in given.items():
-                if value is not None:
-                    raise ValueError(f"{key} applies to generation nodes only, not class nodes")
-            kind = ClassKind(classes, calibrate=False if calibrate is None else calibrate)
-        else:
-            if calibrate:
-                raise ValueError("calibrate applies to class nodes only")
-            kind = TextKind(
-                max_tokens=128 if max_tokens is None else max_tokens,
-                temperature=0.0 if temperature is None else temperature,
-                stop=() if stop is None else stop,
-            )
+        kind = _kind(settings)
+        template = settings.get("template")
         return LanguageNode(
             name,
             prompt,
@@ -609,7 +552,28 @@ def make_node(
             template=kind.default_template if template is None else template,
             is_trainable=trainable,
             is_output=output,
-            demonstrations=demonstrations,
+            demonstrations=settings.get("demonstrations", ()),
         )
     except (TypeError, ValueError) as error:
         raise GraphError(f"node {excerpt(name)}: {error}") from error
+
+
+def _kind(settings: NodeSettings) -> Kind:
+    """A class node when `classes` are given, else a text node; the settings of the other
+    kind are refused (ValueError)."""
+    classes, calibrate = settings.get("classes"), settings.get("calibrate")
+    max_tokens, temperature = settings.get("max_tokens"), settings.get("temperature")
+    stop = settings.get("stop")
+    if classes is not None:
+        given = {"max_tokens": max_tokens, "temperature": temperature, "stop": stop}
+        for key, value in given.items():
+            if value is not None:
+                raise ValueError(f"{key} applies to generation nodes only, not class nodes")
+        return ClassKind(classes, calibrate=False if calibrate is None else calibrate)
+    if calibrate:
+        raise ValueError("calibrate applies to class nodes only")
+    return TextKind(
+        max_tokens=128 if max_tokens is None else max_tokens,
+        temperature=0.0 if temperature is None else temperature,
+        stop=() if stop is None else stop,
+    )

@@ -15,7 +15,16 @@ import pytest
 PACKAGE = Path(__file__).parents[1] / "dlgraph"
 
 LAYERS = [
-    {"errors", "_validate", "_untrusted", "_files", "scoring", "templates"},
+    {
+        "answer",
+        "errors",
+        "_validate",
+        "_untrusted",
+        "_files",
+        "_entry_points",
+        "scoring",
+        "templates",
+    },
     {"_tasks", "backend", "data"},
     {"engine"},
     {"nodes"},
@@ -25,7 +34,8 @@ LAYERS = [
     {"evaluation"},
     {"train"},
     {"config"},
-    {""},  # the package itself: dlgraph/__init__.py re-exports the public API
+    {"runs"},  # a training run from a config, for the command and plugin commands
+    {"", "plugin"},  # the package itself re-exports the public API; plugin: what plugins use
     {"cli"},  # the command uses the public API as a user would
 ]
 """Lower layers first: a module imports only from its own layer or the ones above it here."""
@@ -116,3 +126,54 @@ def test_opentelemetry_is_imported_by_one_module_which_only_the_tracing_switch_i
     assert {m for m in MODULES if "opentelemetry" in foreign_imports(m)} == {"dlgraph.engine._otel"}
     importers = {m for m in MODULES if "dlgraph.engine._otel" in imported_modules(m)}
     assert importers == {"dlgraph.engine.tracing"}
+
+
+PLUGINS = sorted((PACKAGE.parent / "backends").glob("*/dlgraph_*"))
+PUBLIC = {"dlgraph", "dlgraph.plugin"}
+"""What a plugin may import of the core: the user's API and the plugin surface."""
+
+
+def core_imports(source: str) -> set[str]:
+    """The modules of the core that `source`'s import statements name (``from dlgraph import
+    cli`` names the module ``dlgraph.cli``; ``from dlgraph import Grant``, the package)."""
+    found: set[str] = set()
+    for statement in ast.walk(ast.parse(source)):
+        if isinstance(statement, ast.Import):
+            found.update(alias.name for alias in statement.names)
+        elif isinstance(statement, ast.ImportFrom) and not statement.level and statement.module:
+            for alias in statement.names:
+                child = f"{statement.module}.{alias.name}"
+                found.add(child if child in MODULES else statement.module)
+    return {name for name in found if name == "dlgraph" or name.startswith("dlgraph.")}
+
+
+def test_the_plugin_check_reads_every_plugin_package() -> None:
+    names = {path.name for path in PLUGINS}
+    assert names == {"dlgraph_sim", "dlgraph_openai", "dlgraph_llamacpp", "dlgraph_ray"}
+    assert all(list(path.rglob("*.py")) for path in PLUGINS)
+
+
+def test_the_plugin_check_sees_a_reach_inside_the_core_however_it_is_written() -> None:
+    reaching = (
+        "import dlgraph.engine.limiter\n"
+        "from dlgraph.backend import CallReport\n"
+        "from dlgraph import cli\n"
+        "def later():\n    from dlgraph._files import write_atomic\n"
+        "import dlgraph as dg\nfrom dlgraph import plugin, Grant\nfrom dlgraph.plugin import Backend\n"
+    )
+    assert core_imports(reaching) - PUBLIC == {
+        "dlgraph.engine.limiter",
+        "dlgraph.backend",
+        "dlgraph.cli",
+        "dlgraph._files",
+    }
+
+
+def test_plugins_import_only_the_public_surface_of_the_core() -> None:
+    reaching = sorted(
+        f"{path.relative_to(PACKAGE.parent)}: {module}"
+        for package in PLUGINS
+        for path in package.rglob("*.py")
+        for module in core_imports(path.read_text(encoding="utf-8")) - PUBLIC
+    )
+    assert reaching == []

@@ -74,6 +74,19 @@ async def test_without_demonstrations_the_rule_cannot_be_learnt() -> None:
     assert net.node("answer").demonstrations == ()
 
 
+async def test_candidates_whose_demonstrations_exceed_the_context_window_are_left_out() -> None:
+    """A window (79 tokens, four characters each to the scripted model) with room for the
+    prompt and the 64 tokens the trainer keeps free, not for one demonstration: no call
+    carries one, and the rule only demonstrations show is not learnt. Would fail if the
+    trainer ignored the backend's stated window."""
+    net = dln1()
+    model = SecretWorld().model(capabilities=dg.Capabilities(context_window=79))
+    result = await train(net, model)
+    scored = [r.request.context for r in model.calls if isinstance(r.request, dg.LogprobRequest)]
+    assert scored and not any(shown(context) for context in scored)
+    assert result.best_dev_accuracy <= 0.6 and net.node("answer").demonstrations == ()
+
+
 async def test_a_hidden_node_learns_demonstrations_of_outputs_only_the_posterior_reveals() -> None:
     net = relay()
     result = await train(net, RelayWorld().model(), steps=5)

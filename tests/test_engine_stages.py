@@ -311,6 +311,39 @@ async def test_retry_tries_no_more_after_an_attempt_that_outlasts_the_deadline()
     assert attempts == [0, 1] and ledger.statistics().total.retries == 1
 
 
+async def test_retry_gives_up_when_an_attempt_fails_exactly_at_the_deadline() -> None:
+    """No wait is taken (nor its jitter drawn, nor a retry counted) once no time is left."""
+    clock = FakeClock()
+    attempts: list[float] = []
+
+    async def down(request):
+        attempts.append(clock.time())
+        if len(attempts) == 3:
+            await clock.sleep(10.0)  # the second retry fails exactly at the deadline
+        raise dg.TransientError("503")
+
+    ledger = Ledger()
+    jitter = TopOfRange()
+    retry = Retry(
+        down,
+        ledger,
+        RetryPolicy(deadline_s=30, initial_wait_s=10, max_wait_s=10),
+        sleep=clock.sleep,
+        clock=clock.time,
+        jitter=jitter,
+    )
+    gave_up_at: list[float] = []
+
+    async def body() -> None:
+        with pytest.raises(dg.RetriesExhausted, match="503"):
+            await retry(dg.GenerateRequest("x"))
+        gave_up_at.append(clock.time())
+
+    await run_with_clock(clock, body)
+    assert attempts == [0, 10, 20] and gave_up_at == [30]
+    assert ledger.statistics().total.retries == 2 and jitter.ranges == [(0, 10), (0, 10)]
+
+
 async def test_retry_ends_in_retries_exhausted_after_thousands_of_instant_failures() -> None:
     """A server failing at once, short waits, a long deadline: more than 1024 retries, where
     the doubling of the backoff's ceiling once overflowed a float."""
@@ -356,8 +389,7 @@ async def test_metered_refuses_calls_past_the_budget() -> None:
 
 async def test_metered_refuses_calls_once_the_token_budget_is_spent() -> None:
     async def reporting(work):
-        dg.report(prompt_tokens=60, completion_tokens=40)
-        return "x"
+        return dg.Answer("x", usage=dg.CallUsage(prompt_tokens=60, completion_tokens=40))
 
     ledger = Ledger(Budget(max_tokens=200))
     metered = Metered(replying(reporting), ledger, dg.Backend())
@@ -396,8 +428,7 @@ async def test_metered_counts_estimated_prompt_tokens_when_the_backend_reports_n
 
 async def test_metered_uses_token_counts_the_backend_reports() -> None:
     async def reporting(work):
-        dg.report(prompt_tokens=100, completion_tokens=7)
-        return "x"
+        return dg.Answer("x", usage=dg.CallUsage(prompt_tokens=100, completion_tokens=7))
 
     ledger = Ledger()
     await Metered(replying(reporting), ledger, dg.Backend())(dg.GenerateRequest("short"))
@@ -433,6 +464,52 @@ async def test_limiter_spaces_calls_to_the_request_rate() -> None:
 
     await run_with_clock(clock, body)
     assert starts == pytest.approx([0, 1, 2, 3, 4])
+
+
+async def test_limiter_adopts_the_limit_a_refusal_states_with_its_error() -> None:
+    """The server states its limits with a 429 too: the error carries them, so the next calls
+    keep to the server's rate, not to ours."""
+    clock = FakeClock()
+    starts: list[float] = []
+
+    async def inner(work):
+        starts.append(clock.time())
+        if len(starts) == 1:
+            stated = dg.CallUsage(limit_requests=60, remaining_requests=0)
+            raise dg.RateLimited("429", retry_after_s=0.0, usage=stated)
+        return "ok"
+
+    limiter = Limiter(
+        replying(inner),
+        dg.Backend(),
+        RateLimits(rpm=6000, pause_jitter=0),
+        clock=clock.time,
+        sleep=clock.sleep,
+    )
+
+    async def body() -> None:
+        with pytest.raises(dg.RateLimited):
+            await limiter(dg.GenerateRequest("first", max_tokens=1))
+        for i in range(2):
+            await limiter(dg.GenerateRequest(f"p{i}", max_tokens=1))
+
+    await run_with_clock(clock, body)
+    assert starts == pytest.approx([0, 1, 2])  # one a second, as the server said
+
+
+async def test_engine_charges_the_usage_a_backend_answer_carries() -> None:
+    class Counted(dg.Backend):
+        async def generate(self, request):
+            return dg.Answer("hi", usage=dg.CallUsage(prompt_tokens=11, completion_tokens=3))
+
+        async def logprob(self, request):
+            return -1.0  # a plain value: its tokens are estimated
+
+    async with dg.Engine(Counted()) as engine:
+        assert await engine.generate("a prompt that is long enough", max_tokens=4) == "hi"
+        assert await engine.logprob("x" * 40, "y" * 40) == -1.0
+    total = engine.statistics().total
+    assert (total.tokens_in, total.tokens_out) == (11 + 20, 3)
 
 
 async def test_limiter_charges_prompt_plus_max_tokens_to_the_token_bucket() -> None:
@@ -630,8 +707,8 @@ async def test_limiter_trues_up_the_token_bucket_with_the_usage_the_server_repor
 
     async def inner(work):
         starts.append(clock.time())
-        dg.report(prompt_tokens=100, completion_tokens=10)  # 90 of the 100 reserved unused
-        return "ok"
+        usage = dg.CallUsage(prompt_tokens=100, completion_tokens=10)  # 90 of 100 unused
+        return dg.Answer("ok", usage=usage)
 
     limiter = Limiter(
         replying(inner), dg.Backend(), RateLimits(tpm=6000), clock=clock.time, sleep=clock.sleep
@@ -653,8 +730,7 @@ async def starts_of_calls_reporting(limits: RateLimits, calls: int, **facts: int
 
     async def inner(work):
         starts.append(clock.time())
-        dg.report(**facts)
-        return "ok"
+        return dg.Answer("ok", usage=dg.CallUsage(**facts))
 
     limiter = Limiter(replying(inner), dg.Backend(), limits, clock=clock.time, sleep=clock.sleep)
 

@@ -150,10 +150,47 @@ def test_the_estimates_waves_hold_exactly_its_calls() -> None:
             assert (forward, writes) == (estimate.calls, estimate.backward_calls)
         else:
             assert forward + writes == estimate.calls
-        assert sum(w.kind == "propose" for w in estimate.waves) == 3
+        assert sum(w.action == "propose" for w in estimate.waves) == 3
 
 
 async def test_measuring_the_pace_without_examples_is_a_data_error() -> None:
     async with dg.Engine(LetterWorld().model()) as engine:
         with pytest.raises(dg.DataError, match="at least one training example"):
             await dg.VariationalTrainer(dln1(), engine).pace([])
+
+
+def writers(depth: int) -> dg.Network:
+    """A chain of `depth` text nodes, each reading the input too: a network that only writes."""
+    net = dg.Network()
+    names = ["reason", "say"][-depth:]
+    for name in names:
+        net.add_node(name, prompt=f"Write ({name}).", max_tokens=8)
+        net.add_edge(dg.INPUT, name)
+    if depth == 2:
+        net.add_edge("reason", "say")
+    return net
+
+
+@pytest.mark.parametrize(("depth", "phase"), [(2, "posterior"), (1, "score")])
+async def test_a_score_is_probed_by_the_first_phase_of_the_step_that_scores(
+    depth: int, phase: str
+) -> None:
+    """In a network that only writes, the forward pass scores nothing: a hidden node's
+    posterior scores first (its evidence), else the candidates' scores do. Two probes alone
+    and four together, each one log-likelihood of a tagged input."""
+    model = LetterWorld().model()
+    async with dg.Engine(model) as engine:
+        pace = await dg.VariationalTrainer(writers(depth), engine).pace(single_word_task(10, 1))
+    scores = [c.request for c in model.calls if isinstance(c.request, dg.LogprobRequest)]
+    assert len(scores) == 6 and {r.phase for r in scores} == {phase}
+    assert len({r.context for r in scores}) == 6  # tagged: none answered from the cache
+    assert pace.forward.latency["score"].calls == 1
+
+
+async def test_a_backward_engine_is_timed_drawing_posterior_samples_as_the_step_does() -> None:
+    forward, backward = LetterWorld().model(), LetterWorld().model()
+    async with dg.Engine(forward) as f, dg.Engine(backward) as b:
+        pace = await dg.VariationalTrainer(dln2(), f, backward=b).pace(single_word_task(10, 1))
+    samples = [c.request for c in backward.calls if c.request.phase == "posterior"]
+    assert len(samples) == 6 and pace.backward.latency["generate"].calls == 1
+    assert all("Better output:" in r.prompt and r.node == "reason" for r in samples)

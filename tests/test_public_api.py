@@ -75,3 +75,30 @@ async def test_error_inside_engine_block_propagates_as_itself() -> None:
     with pytest.raises(dg.DataError, match="boom"):
         async with dg.Engine(ScriptedModel()):
             raise dg.DataError("boom")
+
+
+def test_the_plugin_surface_exports_every_name_it_lists() -> None:
+    from dlgraph import plugin
+
+    assert len(set(plugin.__all__)) == len(plugin.__all__)
+    missing = [name for name in plugin.__all__ if getattr(plugin, name, None) is None]
+    assert missing == []
+
+
+def test_plugins_use_only_names_the_plugin_surface_lists() -> None:
+    """A plugin reaching for a name the surface merely happens to import (``plugin.attrs``,
+    ``from dlgraph.plugin import Path``) would depend on something nobody promised."""
+    import ast
+    from pathlib import Path
+
+    from dlgraph import plugin
+
+    used: set[str] = set()
+    for path in (Path(__file__).parents[1] / "backends").glob("*/dlgraph_*/**/*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "dlgraph.plugin":
+                used.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if node.value.id == "plugin":
+                    used.add(node.attr)
+    assert used and used <= set(plugin.__all__), used - set(plugin.__all__)

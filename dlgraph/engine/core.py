@@ -14,7 +14,8 @@ Per backend a call passes these stages, outermost first::
 * limiter: request and token buckets, one shared pause on 429, adaptive concurrency;
 * metered: the budget check, and the ledger of calls, tokens, retries and errors (a call is
   charged when sent; with a `journal`, every charge is also appended to a file at once);
-* backend: the plugin, asked by `BackendCall`, whose `Reply` carries what it reported.
+* backend: the plugin, asked by `BackendCall` to handle the work; its `Reply` carries the
+  usage the plugin's answer (or error) carried.
 
 When the engine traces, one more stage sits on top of the cache: one span per call, opened in
 the caller's task (so under the caller's span), told by the ledger what happened below

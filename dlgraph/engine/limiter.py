@@ -20,7 +20,9 @@ import anyio
 import attrs
 
 from dlgraph._validate import check_number, integer, number
-from dlgraph.backend import Backend, CallReport
+from dlgraph.answer import CallUsage
+from dlgraph.backend import Backend
+from dlgraph.engine.bucket import TokenBucket
 from dlgraph.engine.shared import GrantPool
 from dlgraph.engine.stage import Batch, Outcome, ReplyCall, Work
 from dlgraph.engine.tokens import estimated_tokens
@@ -61,36 +63,6 @@ class RateLimits:
     """How long everyone waits after a 429 that does not say."""
     pause_jitter: float = attrs.field(default=0.1, validator=number(0))
     """A pause is stretched by up to this fraction, so waiting calls do not wake in lockstep."""
-
-
-@attrs.define
-class TokenBucket:
-    rate_per_s: float
-    capacity: float
-    level: float
-    updated: float
-
-    @classmethod
-    def per_minute(cls, limit: float, burst_s: float, now: float) -> TokenBucket:
-        capacity = max(1.0, limit / 60.0 * burst_s)
-        return cls(limit / 60.0, capacity, capacity, now)
-
-    def refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate_per_s)
-        self.updated = now
-
-    def wait_s(self, cost: float, now: float) -> float:
-        """Seconds until `cost` fits (a cost above capacity waits for a full bucket, then borrows)."""
-        self.refill(now)
-        needed = min(cost, self.capacity)
-        return 0.0 if self.level >= needed else (needed - self.level) / self.rate_per_s
-
-    def take(self, cost: float) -> None:
-        self.level -= cost
-
-    def empty(self, now: float) -> None:
-        self.refill(now)
-        self.level = min(self.level, 0.0)
 
 
 def concurrency_ceiling(limits: RateLimits, backend: Backend) -> int:
@@ -165,7 +137,7 @@ class Limiter:
         async with self.capacity:
             started = self.clock()
             reply = await self.inner(work)
-        self._calibrate(reply.report)
+        self._calibrate(reply.usage)
         if isinstance(reply.error, RateLimited):
             pause_s = self._on_rate_limited(reply.error)
             if self.pool is not None:
@@ -173,7 +145,7 @@ class Limiter:
                     await self.pool.rate_limited(pause_s)
         elif reply.error is None:
             self._on_success(self.clock() - started, crowded)
-            self._true_up(charged, reply.report.prompt_tokens, reply.report.completion_tokens)
+            self._true_up(charged, reply.usage.prompt_tokens, reply.usage.completion_tokens)
         return reply.result()
 
     # -- admission -------------------------------------------------------------------------
@@ -257,15 +229,10 @@ class Limiter:
         self._set_limit(self._limit * 0.7)
         return pause
 
-    def _calibrate(self, box: CallReport) -> None:
+    def _calibrate(self, box: CallUsage) -> None:
         """Adopt the server's limits when it states them (x-ratelimit-*), never exceeding ours,
         and never hold more allowance than the server says remains."""
-        if (
-            box.limit_requests is None
-            and box.limit_tokens is None
-            and box.remaining_requests is None
-            and box.remaining_tokens is None
-        ):
+        if not box.states_limits:
             return
         now = self.clock()
         for attribute, limit, remaining in (
@@ -276,11 +243,10 @@ class Limiter:
             if limit and (bucket is None or limit / 60.0 < bucket.rate_per_s):
                 bucket = TokenBucket.per_minute(limit, self.limits.burst_s, now)
                 if remaining is not None:
-                    bucket.level = min(bucket.level, float(remaining))
+                    bucket.cap(float(remaining), now)
                 setattr(self, attribute, bucket)
             elif bucket is not None and remaining is not None:
-                bucket.refill(now)
-                bucket.level = min(bucket.level, float(remaining))
+                bucket.cap(float(remaining), now)
 
     def _on_success(self, latency_s: float, crowded: bool) -> None:
         """Track latency; grow the concurrency limit by about one per window of calls that
@@ -304,7 +270,7 @@ class Limiter:
         """Give back (or take) the difference between the estimate and the real usage."""
         if self._tokens and prompt_tokens is not None and completion_tokens is not None:
             unused = charged - prompt_tokens - completion_tokens
-            self._tokens.level = min(self._tokens.capacity, self._tokens.level + unused)
+            self._tokens.add(unused)
             if self.pool is not None:
                 self.pool.true_up(unused)
 

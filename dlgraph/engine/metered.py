@@ -1,6 +1,6 @@
 """The stage that counts: checks the budget and charges each call before it is sent, then
-charges what it used when the backend answers: the token usage the backend reported, else
-an estimate, and whether it failed."""
+charges what it used when the backend answers: the token usage its answer carried, else an
+estimate, and whether it failed."""
 
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ class Metered:
     def _count(self, work: Work, reply: Reply) -> None:
         """Charge each request its share of the tokens."""
         requests = requests_of(work)
-        prompt_tokens = reply.report.prompt_tokens
+        prompt_tokens = reply.usage.prompt_tokens
         if prompt_tokens is None:
             prompt_tokens = estimated_tokens(self.backend, work)[0]
-        completion_tokens = reply.report.completion_tokens
+        completion_tokens = reply.usage.completion_tokens
         if completion_tokens is None:
             texts = reply.outcome if isinstance(reply.outcome, list) else [reply.outcome]
             completion_tokens = sum(

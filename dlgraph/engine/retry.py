@@ -1,21 +1,26 @@
-"""Retry transient failures with jittered backoff, under one deadline per call.
+"""Retry transient failures with jittered backoff, under one deadline per call (tenacity).
 
-The first attempt runs bare: the common case pays for no retry machinery. After a failure the
-retries run under one deadline that starts at that failure, measured on the engine's clock: a
-wait ends at the deadline at the latest and no attempt starts after it, and a scope of the same
-length cuts an attempt that hangs past it. Retry n waits a full-jitter backoff under an
-exponential ceiling, except after a 429, where the limiter's one shared pause does the waiting
-for every call at once. Only TransientError is retried.
+The first attempt runs bare: the common case pays for no retry machinery. After a failure,
+tenacity's `AsyncRetrying` runs the retries under one deadline that starts at that failure,
+measured on the engine's clock: a wait ends at the deadline at the latest, no attempt starts
+after it, and a scope of the same length cuts an attempt that hangs past it. Retry n waits a
+full-jitter backoff under an exponential ceiling, except after a 429, where the limiter's one
+shared pause does the waiting for every call at once. Only TransientError is retried; every
+retry is counted in the ledger before its wait.
+
+Tenacity is given the engine's `sleep`, so tests run it on a fake clock, and the failure of
+the bare attempt as its first attempt (replayed, not sent again), so that its attempt numbers
+are ours: attempt n + 1 is retry n.
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Awaitable, Callable
 
 import anyio
 import attrs
+from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type
 
 from dlgraph._validate import number
 from dlgraph.engine.ledger import Ledger
@@ -34,6 +39,45 @@ class RetryPolicy:
     max_wait_s: float = attrs.field(default=10.0, validator=number(0))
 
 
+class _DeadlinePassed(Exception):
+    """A wait ended at the deadline: no attempt starts after it (never retried)."""
+
+
+@attrs.define(eq=False)
+class _Retries:
+    """One call's retries: what tenacity is told to do, and the last failure seen."""
+
+    retry: Retry
+    work: Work
+    last: TransientError
+    deadline: float
+    replayed: bool = False
+
+    async def attempt(self) -> Outcome:
+        if not self.replayed:  # tenacity's first attempt is the bare one, which failed
+            self.replayed = True
+            raise self.last
+        if self.retry.clock() >= self.deadline:
+            raise _DeadlinePassed
+        try:
+            return await self.retry.inner(self.work)
+        except TransientError as error:
+            self.last = error
+            raise
+
+    def wait_s(self, state: RetryCallState) -> float:
+        remaining_s = self.deadline - self.retry.clock()
+        if remaining_s <= 0:
+            return 0.0  # the stop condition holds: no jitter is drawn for a wait never taken
+        return min(self.retry.backoff_s(self.last, state.attempt_number), remaining_s)
+
+    def past_deadline(self, state: RetryCallState) -> bool:
+        return self.retry.clock() >= self.deadline
+
+    def count(self, state: RetryCallState) -> None:
+        self.retry.ledger.add(self.work, retries=1)
+
+
 @attrs.define(eq=False)
 class Retry:
     inner: Call
@@ -50,25 +94,24 @@ class Retry:
             return await self._retry(work, failure)
 
     async def _retry(self, work: Work, failure: TransientError) -> Outcome:
-        last = failure
-        deadline = self.clock() + self.policy.deadline_s
+        retries = _Retries(self, work, failure, self.clock() + self.policy.deadline_s)
+        retrying = AsyncRetrying(
+            sleep=self.sleep,
+            retry=retry_if_exception_type(TransientError),
+            wait=retries.wait_s,
+            stop=retries.past_deadline,
+            before_sleep=retries.count,
+        )
         with anyio.move_on_after(self.policy.deadline_s):
-            for retry in itertools.count(1):
-                remaining_s = deadline - self.clock()
-                if remaining_s <= 0:
-                    break
-                self.ledger.add(work, retries=1)
-                await self.sleep(min(self.backoff_s(last, retry), remaining_s))
-                if self.clock() >= deadline:
-                    break
-                try:
-                    return await self.inner(work)
-                except TransientError as error:
-                    last = error
+            try:
+                outcome: Outcome = await retrying(retries.attempt)
+                return outcome
+            except (RetryError, _DeadlinePassed):
+                pass
         raise RetriesExhausted(
             f"no success within the retry deadline of {self.policy.deadline_s:g} s; "
-            f"last error: {last}"
-        ) from last
+            f"last error: {retries.last}"
+        ) from retries.last
 
     def backoff_s(self, error: TransientError, retry: int) -> float:
         """The wait before retry number `retry` (1-based): full jitter under 2^(n-1) × initial,

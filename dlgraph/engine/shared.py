@@ -15,7 +15,6 @@ the time a grant may be held).
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
@@ -23,10 +22,9 @@ from typing import Protocol, runtime_checkable
 import anyio
 import attrs
 
+from dlgraph._entry_points import SHARED_LIMITS
 from dlgraph._untrusted import excerpt
-from dlgraph.errors import UnknownBackend
 
-ENTRY_POINT_GROUP = "dlgraph.shared_limits"
 BLOCK_S = 0.1
 """A borrowed block holds about this many seconds of the endpoint's rate."""
 
@@ -62,15 +60,10 @@ def open_shared_limit(name: str, key: str, open: bool = True) -> GrantSource:
     """The shared limit plugin `name` (entry point group ``dlgraph.shared_limits``) for the
     endpoint `key` (engines with one key share one limit); with ``open=False``, only check
     that the plugin is installed and return a stand-in that grants nothing."""
-    found = {
-        entry.name: entry for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-    }
-    if name not in found:
-        known = ", ".join(sorted(found)) or "none installed"
-        raise UnknownBackend(f"unknown shared limit {excerpt(name)} (known: {known})")
+    entry = SHARED_LIMITS.entry(name)
     if not open:
         return _Unopened()
-    source = found[name].load()(key)
+    source = entry.load()(key)
     if not isinstance(source, GrantSource):
         raise TypeError(
             f"shared limit {excerpt(name)} built {type(source).__qualname__}, not a GrantSource"

@@ -2,52 +2,31 @@
 
 Above the coalescer a unit is one request; below it, it may also be a `Batch` of requests
 that travel as one multi-prompt HTTP request. The innermost stage, `BackendCall`, answers with
-a `Reply` (the outcome or the failure, and what the backend reported about the call); the
-metering and rate-limiting stages read the reply, and the limiter hands plain outcomes up.
+a `Reply` (the outcome or the failure, and the usage the backend's answer or error carried);
+the metering and rate-limiting stages read the reply, and the limiter hands plain outcomes up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 import attrs
 
+from dlgraph.answer import CallUsage
 from dlgraph.backend import (
     UNKEYED_FIELDS,
     Backend,
-    CallReport,
+    Batch,
     GenerateRequest,
     LogprobRequest,
     Request,
     Result,
-    collecting_report,
+    Work,
 )
 from dlgraph.errors import BackendError
 
+__all__ = ["Batch", "BackendCall", "Call", "Outcome", "Reply", "ReplyCall", "Work"]
 
-@attrs.frozen
-class Batch:
-    """Requests of one kind sharing every field but their text (and their node and phase);
-    answered by one backend call (a multi-prompt /v1/completions request)."""
-
-    requests: tuple[GenerateRequest, ...] | tuple[LogprobRequest, ...]
-    since: float | None = attrs.field(default=None, kw_only=True, eq=False)
-    """When the batch was formed (engine clock): the parts of a split batch keep the place in
-    the limiter's queue that the whole batch had."""
-
-    @property
-    def priority(self) -> int:
-        return max(request.priority for request in self.requests)
-
-    def ask(self, backend: Backend) -> Awaitable[Sequence[Result]]:
-        generate = [r for r in self.requests if isinstance(r, GenerateRequest)]
-        if generate:
-            return backend.generate_batch(generate)
-        return backend.logprob_batch([r for r in self.requests if isinstance(r, LogprobRequest)])
-
-
-Work = Request | Batch
 BatchResult = list[Result | BackendError]
 Outcome = Result | BatchResult
 
@@ -59,11 +38,11 @@ class Call(Protocol):
 @attrs.frozen
 class Reply:
     """What the backend did with one unit of work: its outcome or its failure, and the usage
-    and limits it reported on the way (`dlgraph.report`)."""
+    its answer (or its error) carried."""
 
     outcome: Outcome | None
     error: BackendError | None
-    report: CallReport
+    usage: CallUsage
 
     def result(self) -> Outcome:
         if self.error is not None:
@@ -99,22 +78,22 @@ def requests_of(work: Work) -> tuple[Request, ...]:
 
 @attrs.define(eq=False)
 class BackendCall:
-    """The innermost stage: ask the backend, collecting what it reports during the call."""
+    """The innermost stage: the backend handles the work; its answer carries the usage."""
 
     backend: Backend
 
     async def __call__(self, work: Work) -> Reply:
-        with collecting_report() as report:
-            try:
-                outcome = await self._ask(work)
-            except BackendError as error:
-                return Reply(None, error, report)
-        return Reply(outcome, None, report)
-
-    async def _ask(self, work: Work) -> Outcome:
+        try:
+            answer = await self.backend.handle(work)
+        except BackendError as error:
+            return Reply(None, error, error.usage)
         if not isinstance(work, Batch):
-            return await work.ask(self.backend)
-        answers: BatchResult = list(await work.ask(self.backend))
+            return Reply(answer.value, None, answer.usage)  # type: ignore[arg-type]
+        answers: BatchResult = list(answer.value)  # type: ignore[arg-type]
         if len(answers) != len(work.requests):
-            raise BackendError(f"backend answered {len(answers)} prompts of {len(work.requests)}")
-        return answers
+            wrong = BackendError(
+                f"backend answered {len(answers)} prompts of {len(work.requests)}",
+                usage=answer.usage,
+            )
+            return Reply(None, wrong, answer.usage)
+        return Reply(answers, None, answer.usage)

@@ -10,47 +10,49 @@ hidden nodes the intermediate outputs that made their children right.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 import attrs
 
 from dlgraph._untrusted import excerpt
 from dlgraph._validate import check_number
-from dlgraph.forward import Trace
 from dlgraph.graph import Graph
 from dlgraph.nodes import INPUT, Demonstration, Parameter, describe_inputs
 from dlgraph.train.options import TrainerOptions
+from dlgraph.train.step import StepState
+from dlgraph.train.waves import Count
 
 
-def shown_values(trace: Trace, targets: Mapping[str, Sequence[str]], index: int) -> dict[str, str]:
+def shown_values(state: StepState, index: int) -> dict[str, str]:
     """Example `index` as demonstrations show it: every node with a target at its target."""
-    values = trace.values(index)
-    for name, node_targets in targets.items():
+    values = state.trace.values(index)
+    for name, node_targets in state.targets.items():
         values[name] = node_targets[index]
     return values
 
 
+def demonstration_size(options: TrainerOptions, examples: int) -> int:
+    """Demonstrations in each set drawn from a batch of `examples` (never all of it: at
+    least one example is left to score); no set is drawn when this is not positive."""
+    return min(options.max_demonstrations, examples - 1)
+
+
 def demonstration_sets(
-    net: Graph,
-    name: str,
-    trace: Trace,
-    targets: Mapping[str, Sequence[str]],
-    options: TrainerOptions,
-    rng: random.Random,
+    net: Graph, name: str, state: StepState, options: TrainerOptions, rng: random.Random
 ) -> list[tuple[Demonstration, ...]]:
-    """`num_demonstration_samples` sets of up to `max_demonstrations` examples of the batch
-    (never all of it: at least one example is left to score); draws from `rng` in order."""
-    size = min(options.max_demonstrations, len(trace) - 1)
+    """`num_demonstration_samples` sets of `demonstration_size` examples of the batch; draws
+    from `rng` in order."""
+    size = demonstration_size(options, state.examples)
     if size <= 0:
         return []
     sets = []
     for _ in range(options.num_demonstration_samples):
-        chosen = rng.sample(range(len(trace)), size)
+        chosen = rng.sample(range(state.examples), size)
         sets.append(
             tuple(
                 Demonstration(
-                    describe_inputs(net.parent_values(name, shown_values(trace, targets, i))),
-                    targets[name][i],
+                    describe_inputs(net.parent_values(name, shown_values(state, i))),
+                    state.targets[name][i],
                 )
                 for i in chosen
             )
@@ -80,26 +82,45 @@ def candidate_parameters(
     return unique
 
 
-def shown_examples(
-    net: Graph,
-    name: str,
-    candidate: Parameter,
-    trace: Trace,
-    targets: Mapping[str, Sequence[str]],
-) -> frozenset[int]:
+def shown_examples(net: Graph, name: str, candidate: Parameter, state: StepState) -> frozenset[int]:
     """The examples of the batch a candidate's demonstrations show (the same inputs): scoring
     the candidate on them would reward copying an answer it was given."""
     inputs = {d.input for d in candidate.demonstrations}
     lines = {line for d in candidate.demonstrations for line in d.input.splitlines()}
     reads_input = INPUT in net.parents(name)
     shown = set()
-    for i in range(len(trace)):
-        values = shown_values(trace, targets, i)
+    for i in range(state.examples):
+        values = shown_values(state, i)
         if describe_inputs(net.parent_values(name, values)) in inputs:
             shown.add(i)
-        elif reads_input and f"Input: {trace.xs[i]}" in lines:
+        elif reads_input and f"Input: {state.trace.xs[i]}" in lines:
             shown.add(i)
     return frozenset(shown)
+
+
+def new_candidates(options: TrainerOptions) -> int:
+    """Candidates a step adds per node, at most: proposals and demonstration sets."""
+    demonstration_sets = options.num_demonstration_samples if options.max_demonstrations else 0
+    return options.num_prompt_samples + demonstration_sets
+
+
+def other_candidates(
+    options: TrainerOptions, step: int, examples: int, has_demonstrations: bool
+) -> Count:
+    """Before the run: the examples that a node's candidates other than its current parameter
+    are scored on at step `step` (from 1), all together, at most and as expected. The
+    remembered ones fill the memory as steps go; a demonstration set is not scored on the
+    examples it shows; the current parameter has a version without demonstrations when it has
+    some (the network's own are taken to last)."""
+    remembered = min(options.memory_size, (step - 1) * new_candidates(options))
+    shown = demonstration_size(options, examples)
+    sets = options.num_demonstration_samples if options.max_demonstrations else 0
+    bare = 1  # the current instruction without demonstrations
+    at_most = options.memory_size + options.num_prompt_samples + sets + bare
+    expected = (remembered + options.num_prompt_samples) * examples
+    expected += sets * (examples - shown) if shown > 0 else 0
+    expected += examples if has_demonstrations else 0
+    return Count(at_most * examples, expected)
 
 
 @attrs.define(eq=False)

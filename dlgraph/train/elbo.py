@@ -1,4 +1,5 @@
-"""Scoring candidate prompts: expectations over posterior candidates, and the ELBO.
+"""Scoring candidate prompts: expectations over posterior candidates, the ELBO, and the
+step's score phase, which scores every candidate of every trained node.
 
 ELBO(π) for node v is the mean over examples of Σ_k w_k log p(target_k | inputs_k, π):
 for an output node the targets are the gold answers and the inputs range over the aligned
@@ -13,11 +14,13 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from dlgraph._tasks import map_concurrently
-from dlgraph.forward import Trace
 from dlgraph.graph import Graph
 from dlgraph.nodes import Parameter
-from dlgraph.train.posterior import Posterior
-from dlgraph.train.scorers import Scorer
+from dlgraph.train.candidates import shown_examples
+from dlgraph.train.options import TrainerOptions
+from dlgraph.train.posterior import posterior_size
+from dlgraph.train.step import Probe, Scores, Sizes, StandIn, StepSetup, StepState
+from dlgraph.train.waves import Calls, Count, Wave, action, wave
 
 
 @attrs.frozen
@@ -39,12 +42,7 @@ def prune(terms: Sequence[Term], min_weight: float) -> list[Term]:
 
 
 def expectation_terms(
-    net: Graph,
-    name: str,
-    trace: Trace,
-    targets: Mapping[str, Sequence[str]],
-    posteriors: Mapping[str, Posterior],
-    min_weight: float,
+    net: Graph, name: str, state: StepState, min_weight: float
 ) -> list[list[Term]]:
     """Each example's weighted (inputs, target) pairs for scoring node `name`.
 
@@ -53,6 +51,7 @@ def expectation_terms(
     k-th candidates of all hidden parents go together, with the product of their weights (a
     shorter candidate set wraps around).
     """
+    trace, posteriors = state.trace, state.posteriors
     terms = []
     for i in range(len(trace)):
         if name in posteriors:
@@ -71,43 +70,58 @@ def expectation_terms(
                     candidates, weights = posteriors[p].candidates[i], posteriors[p].weights[i]
                     values[p] = candidates[k % len(candidates)]
                     weight *= weights[k % len(weights)]
-                example.append(Term(values, targets[name][i], weight))
+                example.append(Term(values, state.targets[name][i], weight))
         terms.append(prune(example, min_weight))
     return terms
 
 
-async def example_scores(
-    net: Graph,
-    name: str,
-    candidates: Sequence[Parameter],
-    terms: Sequence[Sequence[Term]],
-    scorer: Scorer,
-    excluded: Sequence[frozenset[int]],
-) -> list[list[float | None]]:
-    """For each candidate, each example's expected log-likelihood, or None for an example
-    the candidate's own demonstrations show (scoring it would reward copying); all calls at
-    once."""
-    jobs = [
-        (c, i, term)
-        for c in range(len(candidates))
+def term_count(net: Graph, name: str, options: TrainerOptions) -> int:
+    """Terms per example of node `name`'s expectation, before pruning: a hidden node's own
+    posterior candidates, an output node's aligned ones of its hidden parents (as many as
+    the largest set)."""
+    hidden = net.hidden_nodes()
+    if name in hidden:
+        return posterior_size(net, name, options)
+    parents = [p for p in net.parents(name) if p in hidden]
+    return max((posterior_size(net, p, options) for p in parents), default=1)
+
+
+@attrs.frozen
+class ScoreJob:
+    """One weighted term of one example, scored under one candidate."""
+
+    candidate: int
+    example: int
+    term: Term
+
+
+def score_jobs(
+    terms: Sequence[Sequence[Term]], excluded: Sequence[frozenset[int]]
+) -> list[ScoreJob]:
+    """Every candidate's terms on every example but those its own demonstrations show
+    (scoring it there would reward copying)."""
+    return [
+        ScoreJob(c, i, term)
+        for c in range(len(excluded))
         for i, example_terms in enumerate(terms)
         if i not in excluded[c]
         for term in example_terms
     ]
 
-    async def score(job: tuple[int, int, Term]) -> float:
-        c, _, term = job
-        return term.weight * await scorer.loglik(
-            net, name, term.values, term.target, parameter=candidates[c], phase="score"
-        )
 
-    weighted = await map_concurrently(score, jobs)
+def example_scores(
+    jobs: Sequence[ScoreJob],
+    weighted: Sequence[float],
+    excluded: Sequence[frozenset[int]],
+    examples: int,
+) -> list[list[float | None]]:
+    """For each candidate, each example's expected log-likelihood (the sum of its jobs'
+    weighted scores), or None for an example the candidate was not scored on."""
     scores: list[list[float | None]] = [
-        [None if i in excluded[c] else 0.0 for i in range(len(terms))]
-        for c in range(len(candidates))
+        [None if i in shown else 0.0 for i in range(examples)] for shown in excluded
     ]
-    for (c, i, _), value in zip(jobs, weighted, strict=True):
-        scores[c][i] = (scores[c][i] or 0.0) + value
+    for job, value in zip(jobs, weighted, strict=True):
+        scores[job.candidate][job.example] = (scores[job.candidate][job.example] or 0.0) + value
     return scores
 
 
@@ -130,3 +144,79 @@ def elbo(scores: Sequence[Sequence[float | None]], trust_region: float) -> list[
         loss = sum(max(0.0, c - s) for c, s in both) / len(both) if both else 0.0
         results.append(sum(own) / len(own) - trust_region * loss if own else float("-inf"))
     return results
+
+
+@attrs.frozen
+class ScorePhase:
+    """Every candidate's ELBO, of every trained node, in one wave on the forward engine."""
+
+    setup: StepSetup
+
+    async def run(self, state: StepState) -> None:
+        names = list(state.candidates)
+        count = sum(map(len, state.candidates.values()))
+        with self.setup.engine.tracer.span("score", candidates=count):
+            scored = await map_concurrently(lambda name: self._elbos(name, state), names)
+        state.scored = dict(zip(names, scored, strict=True))
+
+    async def _elbos(self, name: str, state: StepState) -> list[tuple[Parameter, float]]:
+        """Node `name`'s candidates with their ELBOs; the state keeps how many (example,
+        term) pairs each was scored on, which is what the step reports it sent."""
+        setup = self.setup
+        candidates = state.candidates[name]
+        terms = expectation_terms(setup.net, name, state, setup.options.min_weight)
+        excluded = [shown_examples(setup.net, name, c, state) for c in candidates]
+        jobs = score_jobs(terms, excluded)
+        state.score_counts[name] = [0] * len(candidates)
+        for job in jobs:
+            state.score_counts[name][job.candidate] += 1
+
+        async def score(job: ScoreJob) -> float:
+            term, parameter = job.term, candidates[job.candidate]
+            loglik = await setup.scorer.loglik(
+                setup.net, name, term.values, term.target, parameter=parameter, phase="score"
+            )
+            return term.weight * loglik
+
+        weighted = await map_concurrently(score, jobs)
+        trust = setup.options.trust_region if name in setup.net.output_nodes() else 0.0
+        per_example = example_scores(jobs, weighted, excluded, state.examples)
+        return list(zip(candidates, elbo(per_example, trust), strict=True))
+
+    def waves(self, sizes: Sizes) -> list[Wave]:
+        """Every trained node's scores together, on the forward engine."""
+        return wave(False, [self._calls(name, sizes.scores(name)) for name in self.setup.trainable])
+
+    def _calls(self, name: str, scores: Scores) -> Calls:
+        """A node's score calls, from the (example, term) pairs its candidates are scored
+        on: the current parameter's are expected from the cache when they repeat the forward
+        pass."""
+        cost = self.setup.scorer.cost(self.setup.net.node(name).kind)
+        current = scores.current
+        if self.repeats_forward(name):
+            current = Count(current.calls, 0)
+        return Calls(name, "score", action(cost), (current + scores.others) * cost.calls)
+
+    def repeats_forward(self, name: str) -> bool:
+        """Whether the current parameter's scores send what the forward pass sent (its
+        expectation runs over the forward values alone and a score repeats a run), so that
+        the forward engine's cache answers them."""
+        setup = self.setup
+        kind = setup.net.node(name).kind
+        return (
+            setup.cached
+            and term_count(setup.net, name, setup.options) == 1
+            and setup.scorer.repeats_run(kind)
+        )
+
+    def probe(self, wave: Wave, stand_in: StandIn) -> Probe:
+        """One score of the wave's first node, at its own parameter, on a stand-in batch."""
+        setup, name = self.setup, wave.parts[0].node
+
+        async def one(tag: int) -> int:
+            state = stand_in(tag)
+            values, target = state.trace.values(0), state.targets[name][0]
+            await setup.scorer.loglik(setup.net, name, values, target, phase="score")
+            return setup.scorer.cost(setup.net.node(name).kind).calls
+
+        return one

@@ -1,4 +1,4 @@
-"""How long a run will take: a few timed calls per engine and kind of call, projected over the
+"""How long a run will take: a few timed calls per engine and action, projected over the
 waves of concurrent calls the trainer will send.
 
 A run is a sequence of waves (a forward pass's layer, a posterior's samples, a step's
@@ -8,14 +8,18 @@ differs by orders of magnitude between servers: an API answers 50 calls about as
 llama-cpp-python's server answers them one after another. The probe times one call alone and
 a few sent together, and the projection assumes the time grows linearly with calls in flight
 between those two points, up to the engine's concurrency ceiling and its request rate.
+
+What to time comes from the step's own description: the actions its waves hold, each probed
+by the first phase that sends it, with that phase's own request builder (`StepPhase.probe`)
+on a batch of training examples standing in for the run's.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
 
 import anyio
 import attrs
@@ -23,31 +27,15 @@ import attrs
 from dlgraph._tasks import map_concurrently
 from dlgraph.data.example import Example
 from dlgraph.engine import Engine
+from dlgraph.forward import Trace
 from dlgraph.graph import Graph
-from dlgraph.nodes import INPUT, describe_inputs
-from dlgraph.templates import Template
-from dlgraph.train.options import TrainerOptions
-from dlgraph.train.proposals import END, REWRITES, ShownExample
-
-CallKind = Literal["score", "generate", "propose"]
-"""Scoring a target; a node writing its output (or a posterior sample); writing a proposal."""
+from dlgraph.nodes import INPUT
+from dlgraph.train.plan import Plan
+from dlgraph.train.step import Posterior, Probe, Sizes, StandIn, StepPhase, StepSetup, StepState
+from dlgraph.train.waves import Action, Wave
 
 PROBE_CONCURRENCY = 4
 """Calls sent together by the probe's second measurement."""
-
-
-@attrs.frozen
-class Wave:
-    """Calls the trainer sends together and waits for as a whole."""
-
-    backward: bool
-    """On the backward engine (proposals, posterior samples) rather than the forward one."""
-    kind: CallKind
-    calls: int
-    """At most."""
-    expected: int = attrs.field(default=attrs.Factory(lambda self: self.calls, takes_self=True))
-    """Calls expected to reach the model (no answer cached already, candidates as many as
-    the run will have by then); the projected time uses these."""
 
 
 @attrs.frozen
@@ -85,14 +73,14 @@ NOISE = 0.25
 class EnginePace:
     """What the probe measured on one engine, and the limits it will run under."""
 
-    latency: Mapping[CallKind, Latency]
+    latency: Mapping[Action, Latency]
     ceiling: int
     """The most calls in flight the engine allows."""
     requests_per_s: float | None
     """Its request rate limit, when one is set."""
 
     def wave_s(self, wave: Wave) -> float:
-        latency = self.latency.get(wave.kind) or self.latency.get("score")
+        latency = self.latency.get(wave.action) or self.latency.get("score")
         seconds = latency.wave_s(wave.expected, self.ceiling) if latency else 0.0
         if self.requests_per_s:
             seconds = max(seconds, wave.expected / self.requests_per_s)
@@ -109,19 +97,14 @@ class Pace:
         return sum((self.backward if w.backward else self.forward).wave_s(w) for w in waves)
 
 
-Probe = Callable[[int], Awaitable[int]]
-"""One call of a kind (or a class node's calls for one score), returning how many calls it
-made; the argument makes each probe distinct, so that none is answered from a cache."""
-
-
-async def measure(engine: Engine, probes: Mapping[CallKind, Probe]) -> EnginePace:
-    """Time each kind of call: one alone (twice), then a few sent together. They go through
+async def measure(engine: Engine, probes: Mapping[Action, Probe]) -> EnginePace:
+    """Time each action: one probe alone (twice), then a few sent together. They go through
     the engine, so they count towards its ledger and budget."""
     ceiling = engine.concurrency_ceiling
     together = max(1, min(PROBE_CONCURRENCY, ceiling))
     tag = random.Random().randrange(10**9)
-    latency: dict[CallKind, Latency] = {}
-    for kind, probe in probes.items():
+    latency: dict[Action, Latency] = {}
+    for action, probe in probes.items():
         alone, calls = math.inf, 1
         for _ in range(2):  # the faster of two, so that no one-time cost is taken for latency
             started = anyio.current_time()
@@ -130,113 +113,63 @@ async def measure(engine: Engine, probes: Mapping[CallKind, Probe]) -> EnginePac
             tag += 1
         started = anyio.current_time()
         await map_concurrently(probe, [tag + i for i in range(together)])
-        latency[kind] = Latency(alone, anyio.current_time() - started, together, calls)
+        latency[action] = Latency(alone, anyio.current_time() - started, together, calls)
         tag += together
     rpm = engine.limits.rpm
     return EnginePace(latency, ceiling, rpm / 60.0 if rpm else None)
 
 
-def _probes(
-    net: Graph,
-    engine: Engine,
-    options: TrainerOptions,
-    examples: Sequence[Example],
-    kinds: Sequence[CallKind],
-    *,
-    batch_size: int,
-    backward: bool = False,
-) -> dict[CallKind, Probe]:
-    """Calls like the run's, on training inputs tagged so that no answer comes from a cache
-    (the tag follows the input, so prompts share the instruction as the run's do): an output
-    node's score, a text node's output, a proposal."""
-    writers = [name for name in net.topological_order() if net.node(name).kind.outputs() is None]
-    output = net.output_nodes()[0]
-    shown_count = math.ceil(batch_size / 2) if options.proposal_half_batch else batch_size
-
-    def values(text: str) -> dict[str, str]:
-        """Every node's input as the run would fill it, with the example's text standing in
-        for hidden nodes' outputs."""
-        return {INPUT: text} | {node: text for node in net.nodes}
-
-    def tagged(tag: int) -> dict[str, str]:
-        return values(f"{examples[tag % len(examples)].input} ({tag})")
-
-    async def score(tag: int) -> int:
-        node = net.node(output)
-        outputs = node.kind.outputs()
-        target = outputs[0] if outputs else examples[tag % len(examples)].input[:80]
-        parents = net.parent_values(output, tagged(tag))
-        await node.kind.loglik(node, engine, parents, target, phase="score")
-        return node.kind.calls_per_score()
-
-    async def write(tag: int) -> int:
-        node = net.node(writers[0])
-        await node.kind.run(
-            node,
-            engine,
-            net.parent_values(node.name, tagged(tag)),
-            phase="posterior" if backward else "forward",
-            seed=tag,
-            temperature=options.sample_temperature,
-        )
-        return 1
-
-    shown = [
-        ShownExample(
-            describe_inputs(net.parent_values(output, values(e.input))),
-            "?",
-            str(e.target),
-            is_correct=False,
-        )
-        for e in examples[:shown_count]
-    ]
-    text = Template.load("propose").render(
-        prompt=net.node(output).prompt, examples=shown, rewrite=REWRITES[0]
+def _stand_in(net: Graph, examples: Sequence[Example], size: int, tag: int) -> StepState:
+    """A batch of `size` training examples whose inputs carry `tag`, so that no answer comes
+    from a cache (the tag follows the input, so prompts share the instruction as the run's
+    do); every node's output is its input's text, which stands in for what it would write,
+    and every hidden node's posterior is its output."""
+    batch = tuple(
+        attrs.evolve(example, input=f"{example.input} ({tag})")
+        for example in (examples[(tag + j) % len(examples)] for j in range(size))
     )
+    xs = tuple(example.input for example in batch)
+    state = StepState(batch, {name: _targets(name, batch) for name in net.output_nodes()})
+    state.trace = Trace(
+        xs, {INPUT: xs} | dict.fromkeys(net.nodes, xs), dict.fromkeys(net.nodes, xs)
+    )
+    for name in net.hidden_nodes():
+        state.posteriors[name] = Posterior.point(xs)
+        state.targets[name] = list(xs)
+    return state
 
-    async def propose(tag: int) -> int:
-        await engine.generate(
-            f"{text} ({tag})",
-            max_tokens=options.proposal_max_tokens,
-            temperature=options.sample_temperature,
-            stop=(END,),
-            seed=tag,
-            node=output,
-            phase="propose",
-        )
-        return 1
 
-    available: dict[CallKind, Probe] = {"score": score, "generate": write, "propose": propose}
-    return {kind: available[kind] for kind in kinds if kind != "generate" or writers}
+def _targets(output: str, batch: Sequence[Example]) -> list[str]:
+    """An output node's targets as the examples give them (a probe takes them unchecked)."""
+    return [e.target if isinstance(e.target, str) else e.target.get(output, "") for e in batch]
+
+
+def _probes(
+    phases: Sequence[StepPhase], sizes: Sizes, stand_in: StandIn, backward: bool | None
+) -> dict[Action, Probe]:
+    """A probe per action the phases send (on one side, or on both when `backward` is None),
+    built by the first phase that sends it."""
+    probes: dict[Action, Probe] = {}
+    for phase in phases:
+        for each in phase.waves(sizes):
+            if each.action not in probes and backward in (None, each.backward):
+                probes[each.action] = phase.probe(each, stand_in)
+    return probes
 
 
 async def measure_pace(
-    net: Graph,
-    forward: Engine,
-    backward: Engine,
-    options: TrainerOptions,
-    examples: Sequence[Example],
-    batch_size: int,
+    phases: Sequence[StepPhase], setup: StepSetup, examples: Sequence[Example], batch_size: int
 ) -> Pace:
-    """Time the run's kinds of call on each engine (on one engine once, when both are one)."""
-
-    def probes(engine: Engine, kinds: Sequence[CallKind]) -> dict[CallKind, Probe]:
-        return _probes(
-            net,
-            engine,
-            options,
-            examples,
-            kinds,
-            batch_size=batch_size,
-            backward=kinds[0] == "propose",
-        )
-
-    if backward is forward:
-        both = await measure(forward, probes(forward, ("score", "generate", "propose")))
+    """Time the actions of a step's waves on each engine (on one engine once, when both are
+    one)."""
+    plan = Plan(setup, batch_size, 1)
+    stand_in = functools.partial(_stand_in, setup.net, examples, batch_size)
+    if setup.backward is setup.engine:
+        both = await measure(setup.engine, _probes(phases, plan, stand_in, None))
         return Pace(both, both)
     return Pace(
-        await measure(forward, probes(forward, ("score", "generate"))),
-        await measure(backward, probes(backward, ("propose", "generate"))),
+        await measure(setup.engine, _probes(phases, plan, stand_in, False)),
+        await measure(setup.backward, _probes(phases, plan, stand_in, True)),
     )
 
 

@@ -10,8 +10,9 @@ from dlgraph._untrusted import excerpt
 from dlgraph._validate import check_int, check_number, check_text
 from dlgraph.network import Network
 from dlgraph.nodes import Demonstration, Parameter
-from dlgraph.train.pace import Pace, Wave
-from dlgraph.train.posterior import Posterior
+from dlgraph.train.pace import Pace
+from dlgraph.train.step import Posterior
+from dlgraph.train.waves import Wave
 
 
 @attrs.frozen
@@ -26,6 +27,10 @@ class StepOutcome:
     posterior_entropy: dict[str, float]
     posteriors: dict[str, Posterior] = attrs.field(factory=dict, repr=False)
     """Per hidden node, its candidates and weights on this batch."""
+    waves: tuple[Wave, ...] = attrs.field(default=(), repr=False)
+    """The calls the step sent, in the waves it sent them, as its phases count them from
+    its own state (the estimate counts the same way from a plan); `calls` are the requests
+    made, `expected` those the engine's cache was not expected to answer."""
 
     @property
     def elbo(self) -> dict[str, list[tuple[str, float]]]:

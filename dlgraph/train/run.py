@@ -1,4 +1,4 @@
-"""A training run around the steps: dev evaluation, best-network selection, early stopping,
+"""A training around the steps: dev evaluation, best-network selection, early stopping,
 budget stops, checkpoints after every step, resuming, and the step log."""
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ million calls, and the estimate before a run lays out every step."""
 
 
 @attrs.frozen(kw_only=True)
-class RunSettings:
-    """How long and how a run trains: the keywords of `fit`, the [train] keys of a config."""
+class Schedule:
+    """How long a training goes and when it evaluates: the keywords of `fit`, the [train]
+    keys of a config."""
 
     steps: int = attrs.field(validator=integer(1, MAX_STEPS))
     batch_size: int = attrs.field(default=20, validator=integer(1))
@@ -47,6 +48,10 @@ class RunSettings:
     """Evaluate on dev after every this many steps (and after the last)."""
     patience: int | None = attrs.field(default=None, validator=integer(1))
     """Stop after this many evaluations without a better dev accuracy."""
+
+    def evaluates_after(self, step: int) -> bool:
+        """Whether step `step` (from 1) is followed by a dev evaluation."""
+        return step % self.eval_every == 0 or step == self.steps
 
 
 def _train_set(data: Sequence[Example]) -> list[Example]:
@@ -76,13 +81,13 @@ class Learner(Protocol):
 
 
 @attrs.define(eq=False)
-class Run:
-    """One call of fit(): its data and settings, its progress, and how it saves and resumes."""
+class Training:
+    """One call of fit(): its data and schedule, its progress, and how it saves and resumes."""
 
     trainer: Learner
     train: list[Example] = attrs.field(converter=_train_set)
     dev: list[Example] = attrs.field(converter=_dev_set)
-    settings: RunSettings
+    schedule: Schedule
     checkpoint_dir: str | os.PathLike[str] | None = attrs.field(default=None, kw_only=True)
     log_path: str | os.PathLike[str] | None = attrs.field(default=None, kw_only=True)
     on_step: StepCallback | None = attrs.field(default=None, kw_only=True)
@@ -100,7 +105,7 @@ class Run:
         setup = {
             "network": structure,
             "options": self.trainer.options.to_json(),
-            "batch_size": self.settings.batch_size,
+            "batch_size": self.schedule.batch_size,
             "train": [[e.input, e.target] for e in self.train],
             "dev": [[e.input, e.target] for e in self.dev],
         }
@@ -118,8 +123,8 @@ class Run:
                 self.best = trainer.net.copy()  # kept even if the budget ends the first evaluation
                 self.initial_score = await evaluate(trainer.net, trainer.engine, self.dev)
                 self.best_score = self.initial_score
-            while trainer.steps_done < self.settings.steps:
-                patience = self.settings.patience
+            while trainer.steps_done < self.schedule.steps:
+                patience = self.schedule.patience
                 if patience is not None and self.evaluations_since_best >= patience:
                     stopped = "early_stopping"
                     break
@@ -159,11 +164,11 @@ class Run:
         before = _spent(trainer)
         rng_state = trainer.rng.getstate()
         try:
-            batch = trainer.rng.sample(self.train, min(self.settings.batch_size, len(self.train)))
+            batch = trainer.rng.sample(self.train, min(self.schedule.batch_size, len(self.train)))
             outcome = await trainer.step(batch)
             number = trainer.steps_done + 1
             dev_accuracy = None
-            if number % self.settings.eval_every == 0 or number == self.settings.steps:
+            if self.schedule.evaluates_after(number):
                 candidate = trainer.net.copy()
                 for name, parameter in outcome.parameters.items():
                     candidate.set_parameter(name, parameter)

@@ -2,24 +2,30 @@
 
 `LogprobScorer` asks the node's kind for the exact log-likelihood; `AccuracyScorer`, for
 backends without log-probabilities, runs the node and scores a right answer 0, a wrong one the
-floor. The posterior and the ELBO use either through the `Scorer` protocol.
+floor. The posterior and the ELBO use either through `Scorer`, which also says what one score
+costs, so that the step's description counts what the scorer really sends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol
+import abc
+from collections.abc import Mapping, Sequence
 
 import attrs
 
 from dlgraph.backend import Phase
 from dlgraph.engine import Engine
 from dlgraph.graph import Graph
-from dlgraph.nodes import Parameter
+from dlgraph.nodes import Cost, Kind, LanguageNode, NodeCall, Parameter, Parent
 from dlgraph.scoring import LOG_FLOOR
 
 
-class Scorer(Protocol):
+@attrs.frozen
+class Scorer(abc.ABC):
+    """Scores targets on `engine`, the engine whose model the prompts are for."""
+
+    engine: Engine
+
     async def loglik(
         self,
         net: Graph,
@@ -31,49 +37,52 @@ class Scorer(Protocol):
         phase: Phase,
     ) -> float:
         """log p(target | node `name` reading `values`, under `parameter` or its own)."""
-        ...
+        call = NodeCall(engine=self.engine, phase=phase, parameter=parameter)
+        return await self._score(net.node(name), net.parent_values(name, values), target, call)
+
+    @abc.abstractmethod
+    async def _score(
+        self, node: LanguageNode, parents: Sequence[Parent], target: str, call: NodeCall
+    ) -> float: ...
+
+    @abc.abstractmethod
+    def cost(self, kind: Kind) -> Cost:
+        """What one score of a node of this kind sends."""
+
+    @abc.abstractmethod
+    def repeats_run(self, kind: Kind) -> bool:
+        """Whether a score sends the requests of running the node on the same inputs (which
+        an engine's cache then answers)."""
 
 
 @attrs.frozen
-class LogprobScorer:
+class LogprobScorer(Scorer):
     """Exact log-likelihood, as the node's kind computes it."""
 
-    engine: Engine
-
-    async def loglik(
-        self,
-        net: Graph,
-        name: str,
-        values: Mapping[str, str],
-        target: str,
-        *,
-        parameter: Parameter | None = None,
-        phase: Phase,
+    async def _score(
+        self, node: LanguageNode, parents: Sequence[Parent], target: str, call: NodeCall
     ) -> float:
-        parents = net.parent_values(name, values)
-        return await net.node(name).loglik(
-            self.engine, parents, target, phase=phase, parameter=parameter
-        )
+        return await node.loglik(parents, target, call)
+
+    def cost(self, kind: Kind) -> Cost:
+        return kind.score_cost()
+
+    def repeats_run(self, kind: Kind) -> bool:
+        return kind.score_repeats_run
 
 
 @attrs.frozen
-class AccuracyScorer:
+class AccuracyScorer(Scorer):
     """For backends without log-probs: 0 if the node's greedy output is right, else the floor."""
 
-    engine: Engine
-
-    async def loglik(
-        self,
-        net: Graph,
-        name: str,
-        values: Mapping[str, str],
-        target: str,
-        *,
-        parameter: Parameter | None = None,
-        phase: Phase,
+    async def _score(
+        self, node: LanguageNode, parents: Sequence[Parent], target: str, call: NodeCall
     ) -> float:
-        node = net.node(name)
-        output = await node.run(
-            self.engine, net.parent_values(name, values), parameter=parameter, phase=phase
-        )
+        output = await node.run(parents, call)
         return 0.0 if node.kind.is_correct(output.text, target) else LOG_FLOOR
+
+    def cost(self, kind: Kind) -> Cost:
+        return kind.run_cost()
+
+    def repeats_run(self, kind: Kind) -> bool:
+        return True

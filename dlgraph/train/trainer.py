@@ -1,10 +1,12 @@
 """The variational trainer: one generic step for any DAG of language nodes.
 
-A step reads like micrograd's backward(): a forward pass, then posterior targets for hidden
-nodes in reverse topological order, then new prompts for every trainable node, each chosen
-by its ELBO. DLN-1 (one node) and DLN-2 (two nodes and a residual edge) are just networks.
-The run around the steps (evaluation, checkpoints, logs) is `dlgraph.train.run`; the cost
-estimate is `dlgraph.train.estimate`.
+A step reads like micrograd's backward(): it walks its phases (`dlgraph.train.plan`) and
+runs them: a forward pass, then posterior targets for hidden nodes in reverse topological
+order, then new prompts for every trainable node, each chosen by its ELBO. DLN-1 (one node)
+and DLN-2 (two nodes and a residual edge) are just networks. The training around the steps
+(evaluation, checkpoints, logs) is `dlgraph.train.run`; the cost estimate
+(`dlgraph.train.estimate`) and the pace (`dlgraph.train.pace`) count and time the same
+phases.
 """
 
 from __future__ import annotations
@@ -12,34 +14,27 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
-from dlgraph._tasks import map_concurrently
 from dlgraph.data.example import Example, check_dataset
 from dlgraph.engine import Engine
 from dlgraph.errors import DataError
-from dlgraph.forward import Trace, forward
+from dlgraph.forward import Trace
 from dlgraph.network import Network
 from dlgraph.nodes import Parameter
-from dlgraph.train import posterior as posterior_inference
-from dlgraph.train.candidates import (
-    Memory,
-    candidate_parameters,
-    demonstration_sets,
-    shown_examples,
-)
-from dlgraph.train.elbo import elbo, example_scores, expectation_terms
+from dlgraph.train.candidates import Memory
 from dlgraph.train.estimate import estimate
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.pace import Pace, measure_pace
-from dlgraph.train.posterior import Posterior
-from dlgraph.train.proposals import END, ProposalRequest, clean_proposal, proposal_requests
+from dlgraph.train.plan import step_phases
 from dlgraph.train.records import Estimate, FitResult, StepOutcome
-from dlgraph.train.run import Run, RunSettings, StepCallback
+from dlgraph.train.run import Schedule, StepCallback, Training
 from dlgraph.train.scorers import AccuracyScorer, LogprobScorer, Scorer
+from dlgraph.train.step import StepPhase, StepSetup, StepState
+from dlgraph.train.waves import Wave
 
 logger = logging.getLogger(__name__)
 
@@ -103,42 +98,50 @@ class VariationalTrainer:
 
     # -- one step ----------------------------------------------------------------------------
 
+    def _setup(self) -> StepSetup:
+        return StepSetup(
+            self.net,
+            self.engine,
+            self.backward,
+            self.options,
+            self._scorer(),
+            tuple(self.trainable_nodes),
+        )
+
+    def _phases(self, setup: StepSetup) -> list[StepPhase]:
+        return step_phases(
+            setup, memory=self.memory, rng=self.rng, step=self.steps_done, fits=self._fits
+        )
+
     async def step(self, batch: Sequence[Example]) -> StepOutcome:
         """Decide new parameters from one minibatch; nothing is changed until `apply`.
 
-        When the engine traces, each part is a span: the forward pass, ``dlgraph.posterior``
-        per hidden node, ``dlgraph.propose`` (the candidates) and ``dlgraph.score`` (their
-        ELBOs), each the parent of its calls."""
-        scorer = self._scorer()
-        tracer = self.engine.tracer
-        targets: dict[str, list[str]] = self.net.targets(batch, "batch")
-        trace = await forward(self.net, self.engine, [e.input for e in batch])
-        posteriors: dict[str, Posterior] = {}
-        for name in reversed(self.net.hidden_nodes()):
-            if self.options.use_posterior:
-                with tracer.span("posterior", name, node=name):
-                    posteriors[name] = await posterior_inference.infer(
-                        self.net, name, trace, targets, self.backward, scorer, self.options
-                    )
-            else:
-                posteriors[name] = Posterior.point(trace.outputs[name])
-            targets[name] = posteriors[name].targets
-        with tracer.span("propose"):
-            candidates = await self._candidates(trace, targets)
-        with tracer.span("score", candidates=sum(map(len, candidates.values()))):
-            scored = await self._elbos(trace, targets, posteriors, candidates, scorer)
+        The step is its phases, run in order (`dlgraph.train.plan.step_phases`): the forward
+        pass, each hidden node's posterior in reverse topological order, the proposals, the
+        candidates' scores. When the engine traces, each part is a span: the forward pass,
+        ``dlgraph.posterior`` per hidden node, ``dlgraph.propose`` (the candidates) and
+        ``dlgraph.score`` (their ELBOs), each the parent of its calls."""
+        phases = self._phases(self._setup())
+        state = StepState(tuple(batch), self.net.targets(batch, "batch"))
+        for phase in phases:
+            await phase.run(state)
+        return self._outcome(state, [wave for phase in phases for wave in phase.waves(state)])
+
+    def _outcome(self, state: StepState, waves: Sequence[Wave]) -> StepOutcome:
         losses = [
-            1.0 - self.net.node(name).accuracy(trace.outputs[name], targets[name])
+            1.0 - self.net.node(name).accuracy(state.trace.outputs[name], state.targets[name])
             for name in self.outputs
         ]
         return StepOutcome(
             batch_loss=sum(losses) / len(losses),
             parameters={
-                name: max(pairs, key=lambda pair: pair[1])[0] for name, pairs in scored.items()
+                name: max(pairs, key=lambda pair: pair[1])[0]
+                for name, pairs in state.scored.items()
             },
-            scored=scored,
-            posterior_entropy={name: p.mean_entropy for name, p in posteriors.items()},
-            posteriors=posteriors,
+            scored=state.scored,
+            posterior_entropy={name: p.mean_entropy for name, p in state.posteriors.items()},
+            posteriors=state.posteriors,
+            waves=tuple(waves),
         )
 
     def apply(self, outcome: StepOutcome) -> None:
@@ -146,50 +149,6 @@ class VariationalTrainer:
             self.net.set_parameter(name, parameter)
         for name, pairs in outcome.scored.items():
             self.memory.remember(name, dict(pairs))
-
-    async def _candidates(
-        self, trace: Trace, targets: Mapping[str, Sequence[str]]
-    ) -> dict[str, list[Parameter]]:
-        """Per trainable node: the current parameter, remembered ones, proposed instructions
-        (from the backward engine) and demonstration sets drawn from the batch."""
-        requests = [
-            request
-            for name in self.trainable_nodes
-            for request in proposal_requests(
-                self.net, name, trace, targets, self.options, self.rng, self.steps_done
-            )
-        ]
-        shown = {
-            name: demonstration_sets(self.net, name, trace, targets, self.options, self.rng)
-            for name in self.trainable_nodes
-        }
-
-        async def propose(request: ProposalRequest) -> str:
-            text = await self.backward.generate(
-                request.prompt,
-                max_tokens=self.options.proposal_max_tokens,
-                temperature=self.options.sample_temperature,
-                stop=(END,),
-                seed=request.seed,
-                node=request.node,
-                phase="propose",
-            )
-            return clean_proposal(text)
-
-        proposed = await map_concurrently(propose, requests)
-        return {
-            name: [
-                candidate
-                for candidate in candidate_parameters(
-                    self.net.node(name).parameter,
-                    self.memory.parameters(name),
-                    [text for r, text in zip(requests, proposed, strict=True) if r.node == name],
-                    shown[name],
-                )
-                if self._fits(name, candidate, trace)
-            ]
-            for name in self.trainable_nodes
-        }
 
     def _fits(self, name: str, candidate: Parameter, trace: Trace) -> bool:
         """Whether the candidate keeps the node's input within the model's context window
@@ -207,30 +166,6 @@ class VariationalTrainer:
             len(candidate.demonstrations),
         )
         return False
-
-    async def _elbos(
-        self,
-        trace: Trace,
-        targets: Mapping[str, Sequence[str]],
-        posteriors: Mapping[str, Posterior],
-        candidates: Mapping[str, list[Parameter]],
-        scorer: Scorer,
-    ) -> dict[str, list[tuple[Parameter, float]]]:
-        """ELBO of every candidate of every trainable node, all nodes scored at once."""
-        names = list(candidates)
-
-        async def score(name: str) -> list[tuple[Parameter, float]]:
-            terms = expectation_terms(
-                self.net, name, trace, targets, posteriors, self.options.min_weight
-            )
-            excluded = [shown_examples(self.net, name, c, trace, targets) for c in candidates[name]]
-            per_example = await example_scores(
-                self.net, name, candidates[name], terms, scorer, excluded
-            )
-            trust = self.options.trust_region if name in self.outputs else 0.0
-            return list(zip(candidates[name], elbo(per_example, trust), strict=True))
-
-        return dict(zip(names, await map_concurrently(score, names), strict=True))
 
     # -- a run -------------------------------------------------------------------------------
 
@@ -257,20 +192,20 @@ class VariationalTrainer:
         CheckpointError for a damaged or foreign checkpoint, or for a `checkpoint_dir` or
         `log_path` that cannot be written (before any call), BackendError for failed calls.
         """
-        settings = RunSettings(
+        schedule = Schedule(
             steps=steps, batch_size=batch_size, eval_every=eval_every, patience=patience
         )
-        run = Run(
+        training = Training(
             self,
             train,
             dev,
-            settings,
+            schedule,
             checkpoint_dir=checkpoint_dir,
             log_path=log_path,
             on_step=on_step,
         )
         with self.engine.tracer.span("fit", steps=steps, batch_size=batch_size) as span:
-            result = await run.execute()
+            result = await training.execute()
             span.set("stopped", result.stopped)
         return result
 
@@ -283,24 +218,15 @@ class VariationalTrainer:
         eval_every: int = 1,
     ) -> Estimate:
         """Upper bounds on calls and tokens for a run (no cache hits, no pruning)."""
-        settings = RunSettings(steps=steps, batch_size=batch_size, eval_every=eval_every)
-        return estimate(
-            self.net,
-            self.options,
-            self.trainable_nodes,
-            self.engine.backend,
-            settings,
-            train,
-            dev_size,
-            separate_backward=self.backward is not self.engine,
-        )
+        schedule = Schedule(steps=steps, batch_size=batch_size, eval_every=eval_every)
+        setup = self._setup()
+        return estimate(self._phases(setup), setup, schedule, train, dev_size)
 
     async def pace(self, examples: Sequence[Example], batch_size: int = 20) -> Pace:
-        """Time a few calls of each kind the run will make, on each engine, so that
+        """Time a few calls of each action the run's waves hold, on each engine, so that
         ``estimate(...).seconds(pace)`` projects the run's wall time. Spends about twenty
         calls per engine, counted in the engines' ledgers and budgets."""
         if not examples:
             raise DataError("measuring the pace needs at least one training example")
-        return await measure_pace(
-            self.net, self.engine, self.backward, self.options, examples, batch_size
-        )
+        setup = self._setup()
+        return await measure_pace(self._phases(setup), setup, examples, batch_size)

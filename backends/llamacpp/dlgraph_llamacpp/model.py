@@ -93,7 +93,10 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
     @property
     def capabilities(self) -> dg.Capabilities:  # type: ignore[override]
         return dg.Capabilities(
-            exact_logprobs=True, max_batch=1, max_concurrency=None if self.batching else 1
+            exact_logprobs=True,
+            max_batch=1,
+            max_concurrency=None if self.batching else 1,
+            context_window=self.context_size,
         )
 
     @property
@@ -225,6 +228,8 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
 
     @property
     def context_size(self) -> int:
+        """The most tokens one call may hold, prompt and answer (`n_ctx`: one call may use
+        every cell), as `capabilities.context_window` states it."""
         return self.n_ctx or max(2048, 256 * self.parallel)
 
     def _check_length(self, count: int) -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import anyio
+import attrs
 import numpy as np
 import pytest
 from dlgraph_llamacpp import LlamaCppModel, default_model_path
 
 import dlgraph as dg
+
+pytestmark = pytest.mark.slow  # the real model
 
 CONTEXT = "The capital of France is"
 
@@ -170,3 +175,68 @@ async def test_serial_a_target_longer_than_the_remembered_rows_is_scored_exactly
     reference = reference_logprob(CONTEXT, long_target, extra_buffers=extra_buffers)
     assert value == pytest.approx(reference, abs=1e-2)
     assert again == pytest.approx(value, abs=0.05)  # partly re-decoded: another batch shape
+
+
+def test_the_context_window_is_stated_from_n_ctx_without_loading_the_model() -> None:
+    assert dg.connect("llamacpp", n_ctx=300).capabilities.context_window == 300
+    assert LlamaCppModel(parallel=4).capabilities.context_window == 2048
+    assert LlamaCppModel(parallel=16, batching=False).capabilities.context_window == 4096
+
+
+REVIEWS = [
+    ("The staff were friendly, the room was spotless and quiet, breakfast was generous and "
+     "fresh every morning, and the view over the harbour at sunset was worth the trip alone.",
+     "positive"),
+    ("The room smelled of smoke, the shower ran cold for three days, nobody at the desk would "
+     "answer the phone, and the noise from the street kept us awake until four each night.",
+     "negative"),
+    ("We loved the quiet garden, the helpful concierge who booked every tour for us, the soft "
+     "beds and the short walk to the old town; we are already planning to come back in spring.",
+     "positive"),
+    ("Our booking was lost, the replacement room faced a car park, the air conditioning rattled "
+     "all night, and the bill added charges we never agreed to; we will not stay here again.",
+     "negative"),
+]  # fmt: skip
+
+
+@pytest.mark.timeout(600)
+async def test_a_candidate_whose_demonstrations_would_overflow_the_context_is_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The model's context (n_ctx) holds a review with one demonstration, not with three: the
+    trainer leaves the three-demonstration candidates out and the step completes; sent, such
+    a candidate would be refused. Would fail if the backend stated no context window."""
+    examples = [dg.Example(text, label) for text, label in REVIEWS]
+    net = dg.Network()
+    net.add_node(
+        "answer", prompt="Is the review positive or negative?", classes=["positive", "negative"]
+    )
+    net.add_edge(dg.INPUT, "answer")
+    three = dg.Parameter(
+        net.node("answer").prompt,
+        tuple(dg.Demonstration(f"Input: {e.input}", e.target) for e in examples[1:]),
+    )
+    options = dg.TrainerOptions(
+        num_prompt_samples=1,
+        max_demonstrations=3,
+        num_demonstration_samples=2,
+        memory_size=0,
+        proposal_max_tokens=24,
+    )
+    small = dg.Engine(dg.connect("llamacpp", n_ctx=160), cache=False)
+    big = dg.Engine(dg.connect("llamacpp", parallel=4), cache=False)
+    caplog.set_level(logging.INFO, logger="dlgraph.train.trainer")
+    async with small, big:
+        assert small.backend.capabilities.context_window == 160
+        overflowing = net.render("answer", {dg.INPUT: examples[0].input}, three)
+        with pytest.raises(dg.RequestRejected, match="exceed the context window of 160 tokens"):
+            await small.logprob(overflowing, " positive")
+        trainer = dg.VariationalTrainer(net, small, options, backward=big)
+        result = await trainer.fit(examples, examples[:2], steps=1, batch_size=4)
+        assert result.stopped == "steps" and len(result.history) == 1
+        assert "a candidate with 3 demonstrations exceeds the context window" in caplog.text
+        assert len(result.network.node("answer").demonstrations) < 3
+        caplog.clear()
+        one = attrs.evolve(options, max_demonstrations=1)  # one fits: nothing is left out
+        await dg.VariationalTrainer(net, small, one, backward=big).fit(examples, examples[:2], 1, 4)
+        assert "exceeds the context window" not in caplog.text

@@ -194,3 +194,25 @@ def shape(value: Any, depth: int = 6) -> str:
     if value is None:
         return "null"
     return type(value).__name__
+
+
+def context_window(data: object, model: str) -> int | None:
+    """The context window /models states for `model` (the entry of that id, else the only
+    entry): vLLM's ``max_model_len``, else llama-server's ``meta.n_ctx`` (its slot's share,
+    not the model's ``n_ctx_train``); None when the answer says neither."""
+    entries = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return None
+    models = [entry for entry in entries if isinstance(entry, dict)]
+    named = [entry for entry in models if entry.get("id") == model]
+    chosen = named[0] if named else models[0] if len(models) == 1 else None
+    if chosen is None:
+        return None
+    meta = chosen.get("meta")
+    for value in (
+        chosen.get("max_model_len"),
+        meta.get("n_ctx") if isinstance(meta, dict) else None,
+    ):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None

@@ -8,13 +8,15 @@ import json
 import logging
 import os
 import urllib.parse
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import aiohttp
 import attrs
 
 import dlgraph as dg
+from dlgraph import plugin
 from dlgraph_openai import answers
 from dlgraph_openai.errors import (
     public_url,
@@ -27,6 +29,10 @@ from dlgraph_openai.errors import (
 from dlgraph_openai.profiles import PROFILES, Profile
 
 logger = logging.getLogger(__name__)
+
+MODEL_INFO_TIMEOUT_S = 10.0
+"""How long entering the backend waits for /models (a server that does not answer it is
+still used; its context window is then unknown)."""
 
 
 P = ParamSpec("P")
@@ -73,6 +79,11 @@ class OpenAIBackend(dg.Backend):
     tokenizer: Callable[[str], int] | None = None
     """Counts tokens as the server does (e.g. with tiktoken), for rate limits and budgets;
     default: about four characters per token."""
+    context_window: int | None = attrs.field(default=None, validator=plugin.integer(1))
+    """The most tokens one call may hold, prompt and answer. Default: the profile's, else what
+    the server states in /models when the profile says it does (read on entering), else
+    unknown."""
+    _served_window: int | None = attrs.field(default=None, init=False, repr=False)
     _session: aiohttp.ClientSession | None = attrs.field(default=None, init=False, repr=False)
     _reached: bool = attrs.field(default=False, init=False, repr=False)
     """A connection to the server has been made: the address is right, so a connection refused
@@ -110,6 +121,9 @@ class OpenAIBackend(dg.Backend):
             and (self.profile.echo_logprobs or self.profile.prompt_logprobs),
             top_logprobs=self.profile.top_logprobs,
             max_batch=(self.max_batch or self.profile.max_batch) if completions else 1,
+            context_window=self.context_window
+            or self.profile.context_window
+            or self._served_window,
         )
 
     def count_tokens(self, text: str) -> int:
@@ -143,7 +157,33 @@ class OpenAIBackend(dg.Backend):
                 connector=aiohttp.TCPConnector(limit=self.connections),
                 trace_configs=[connected],
             )
+        if self.context_window is None and self.profile.context_window is None:
+            if self.profile.model_info and self._served_window is None:
+                self._served_window = await self._stated_window()
         return self
+
+    async def _stated_window(self) -> int | None:
+        """The context window the server states in /models; None, logged, when it states
+        none or cannot be asked (a server down now may be up by the first call)."""
+        assert self._session is not None
+        where = self._where("/models")
+        timeout = aiohttp.ClientTimeout(total=min(self.timeout_s, MODEL_INFO_TIMEOUT_S))
+        try:
+            async with self._session.get(
+                self._url("/models"), headers=self._headers(), timeout=timeout
+            ) as response:
+                if response.status != 200:
+                    logger.info(
+                        "%s: HTTP %d; the context window is unknown", where, response.status
+                    )
+                    return None
+                data = json.loads(await response.text())
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            logger.info("%s: %s; the context window is unknown", where, type(error).__name__)
+            return None
+        window = answers.context_window(data, self.model)
+        logger.info("%s: context window %s", where, window)
+        return window
 
     async def _on_connection(self, session: object, context: object, params: object) -> None:
         self._reached = True
@@ -174,34 +214,40 @@ class OpenAIBackend(dg.Backend):
         """The endpoint as errors show it: no password, no key."""
         return redact(public_url(self._url(path)), *self._secrets)
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, path: str, body: dict[str, Any]) -> _Posted:
+        """The server's JSON answer and what it said of the call's usage and its limits; an
+        error carries the limits the server stated with it."""
         if self._session is None:
             raise dg.BackendUnavailable("the backend is closed: use it inside 'async with'")
         where = self._where(path)
-        async with translated(where, self.timeout_s, self._secrets, reached_before=self._reached):
-            async with self._session.post(
-                self._url(path), json=body | {"model": self.model}, headers=self._headers()
-            ) as response:
-                text = await response.text()
-                headers = response.headers
-                dg.report(
-                    remaining_requests=_int(headers.get("x-ratelimit-remaining-requests")),
-                    remaining_tokens=_int(headers.get("x-ratelimit-remaining-tokens")),
-                    limit_requests=_int(headers.get("x-ratelimit-limit-requests")),
-                    limit_tokens=_int(headers.get("x-ratelimit-limit-tokens")),
-                )
-                if response.status != 200:
-                    raise status_error(response.status, text, headers, where, self._secrets)
-                data = json.loads(text)
+        limits = dg.CallUsage()
+        try:
+            async with translated(
+                where, self.timeout_s, self._secrets, reached_before=self._reached
+            ):
+                async with self._session.post(
+                    self._url(path), json=body | {"model": self.model}, headers=self._headers()
+                ) as response:
+                    text = await response.text()
+                    limits = _stated_limits(response.headers)
+                    if response.status != 200:
+                        raise status_error(
+                            response.status, text, response.headers, where, self._secrets
+                        )
+                    data = json.loads(text)
+        except dg.BackendError as error:
+            error.usage = limits
+            raise
         if not isinstance(data, dict):
-            raise dg.MalformedAnswer(f"{where}: the answer is not a JSON object")
+            raise dg.MalformedAnswer(f"{where}: the answer is not a JSON object", usage=limits)
         usage = data.get("usage")
         if isinstance(usage, dict):
-            dg.report(
+            limits = attrs.evolve(
+                limits,
                 prompt_tokens=_int(usage.get("prompt_tokens")),
                 completion_tokens=_int(usage.get("completion_tokens")),
             )
-        return data
+        return _Posted(data, limits)
 
     # -- generation --------------------------------------------------------------------------
 
@@ -216,47 +262,55 @@ class OpenAIBackend(dg.Backend):
         return body
 
     @_scrubbing
-    async def generate(self, request: dg.GenerateRequest) -> str:
+    async def generate(self, request: dg.GenerateRequest) -> dg.Answer[str]:
         if self.api == "chat":
             path = "/chat/completions"
-            data = await self._post(
+            posted = await self._post(
                 path, self._sampling(request) | {"messages": _messages(request.prompt)}
             )
-            with answers.reading(self._where(path)):
-                return answers.chat_text(
-                    answers.choices(data, 1, self._where(path))[0], self._where(path)
+            with posted.reading(self._where(path)) as data:
+                return posted.answer(
+                    answers.chat_text(
+                        answers.choices(data, 1, self._where(path))[0], self._where(path)
+                    )
                 )
-        return (await self.generate_batch([request]))[0]
+        batch = await self.generate_batch([request])
+        return dg.Answer(batch.value[0], usage=batch.usage)
 
     @_scrubbing
-    async def generate_batch(self, requests: Sequence[dg.GenerateRequest]) -> list[str]:
+    async def generate_batch(self, requests: Sequence[dg.GenerateRequest]) -> dg.Answer[list[str]]:
         prompts = [r.prompt for r in requests]
         body = self._sampling(requests[0]) | {"prompt": prompts if len(prompts) > 1 else prompts[0]}
-        data = await self._post("/completions", body)
+        posted = await self._post("/completions", body)
         where = self._where("/completions")
-        with answers.reading(where):
-            return [
-                answers.text(choice, where)
-                for choice in answers.choices(data, len(requests), where)
-            ]
+        with posted.reading(where) as data:
+            return posted.answer(
+                [
+                    answers.text(choice, where)
+                    for choice in answers.choices(data, len(requests), where)
+                ]
+            )
 
     # -- scoring -----------------------------------------------------------------------------
 
     @_scrubbing
-    async def logprob(self, request: dg.LogprobRequest) -> float:
+    async def logprob(self, request: dg.LogprobRequest) -> dg.Answer[float]:
         if self.api == "completions" and self.profile.echo_logprobs:
-            return (await self.logprob_batch([request]))[0]
+            batch = await self.logprob_batch([request])
+            return dg.Answer(batch.value[0], usage=batch.usage)
         if not request.context:
             raise dg.RequestRejected("a log-probability needs a non-empty context")
         text = request.context + request.target
         if self.api == "completions" and self.profile.prompt_logprobs:
             body = {"prompt": text, "max_tokens": 1, "prompt_logprobs": 0, "temperature": 0}
-            data = await self._post("/completions", body)
+            posted = await self._post("/completions", body)
             where = self._where("/completions")
-            with answers.reading(where):
+            with posted.reading(where) as data:
                 choice = answers.choices(data, 1, where)[0]
-                return answers.prompt_logprobs_sum(
-                    choice.get("prompt_logprobs"), len(request.context), len(text), where
+                return posted.answer(
+                    answers.prompt_logprobs_sum(
+                        choice.get("prompt_logprobs"), len(request.context), len(text), where
+                    )
                 )
         raise dg.RequestRejected(
             f"{self._where('')} ({self.profile.name}, {self.api}) gives no prompt log-probabilities "
@@ -265,7 +319,7 @@ class OpenAIBackend(dg.Backend):
         )
 
     @_scrubbing
-    async def logprob_batch(self, requests: Sequence[dg.LogprobRequest]) -> list[float]:
+    async def logprob_batch(self, requests: Sequence[dg.LogprobRequest]) -> dg.Answer[list[float]]:
         """Log-probabilities of several texts in one echo request, each aligned by offsets."""
         if not (self.api == "completions" and self.profile.echo_logprobs):
             raise dg.RequestRejected(
@@ -281,18 +335,20 @@ class OpenAIBackend(dg.Backend):
             "logprobs": 0,
             "temperature": 0,
         }
-        data = await self._post("/completions", body)
+        posted = await self._post("/completions", body)
         where = self._where("/completions")
-        with answers.reading(where):
-            return [
-                answers.echo_sum(choice.get("logprobs"), len(request.context), len(text), where)
-                for choice, request, text in zip(
-                    answers.choices(data, len(requests), where), requests, texts, strict=True
-                )
-            ]
+        with posted.reading(where) as data:
+            return posted.answer(
+                [
+                    answers.echo_sum(choice.get("logprobs"), len(request.context), len(text), where)
+                    for choice, request, text in zip(
+                        answers.choices(data, len(requests), where), requests, texts, strict=True
+                    )
+                ]
+            )
 
     @_scrubbing
-    async def top_logprobs(self, request: dg.TopLogprobsRequest) -> dict[str, float]:
+    async def top_logprobs(self, request: dg.TopLogprobsRequest) -> dg.Answer[dict[str, float]]:
         count = min(request.count, self.profile.top_logprobs)
         if self.api == "chat":
             body = {
@@ -303,15 +359,51 @@ class OpenAIBackend(dg.Backend):
                 "top_logprobs": count,
             }
             path = "/chat/completions"
-            data = await self._post(path, body)
-            with answers.reading(self._where(path)):
+            posted = await self._post(path, body)
+            with posted.reading(self._where(path)) as data:
                 choice = answers.choices(data, 1, self._where(path))[0]
-                return answers.first_token_alternatives(choice, self._where(path))
+                return posted.answer(answers.first_token_alternatives(choice, self._where(path)))
         body = {"prompt": request.context, "max_tokens": 1, "temperature": 0, "logprobs": count}
-        data = await self._post("/completions", body)
+        posted = await self._post("/completions", body)
         where = self._where("/completions")
-        with answers.reading(where):
-            return answers.first_token_alternatives(answers.choices(data, 1, where)[0], where)
+        with posted.reading(where) as data:
+            return posted.answer(
+                answers.first_token_alternatives(answers.choices(data, 1, where)[0], where)
+            )
+
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class _Posted:
+    """A server's JSON answer, and the usage and limits it stated with it."""
+
+    data: dict[str, Any]
+    usage: dg.CallUsage
+
+    @contextmanager
+    def reading(self, where: str) -> Iterator[dict[str, Any]]:
+        """Read the answer (`answers.reading`); a malformed one carries the usage stated."""
+        try:
+            with answers.reading(where):
+                yield self.data
+        except dg.BackendError as error:
+            error.usage = self.usage
+            raise
+
+    def answer(self, value: T) -> dg.Answer[T]:
+        return dg.Answer(value, usage=self.usage)
+
+
+def _stated_limits(headers: Mapping[str, str]) -> dg.CallUsage:
+    """What the server's x-ratelimit-* headers say of its limits."""
+    return dg.CallUsage(
+        remaining_requests=_int(headers.get("x-ratelimit-remaining-requests")),
+        remaining_tokens=_int(headers.get("x-ratelimit-remaining-tokens")),
+        limit_requests=_int(headers.get("x-ratelimit-limit-requests")),
+        limit_tokens=_int(headers.get("x-ratelimit-limit-tokens")),
+    )
 
 
 def _messages(prompt: str) -> list[dict[str, str]]:

@@ -7,15 +7,20 @@ from typing import Any
 
 import attrs
 
+from dlgraph import plugin
+
 
 def _count(minimum: int) -> Callable[[Any, attrs.Attribute[int], int], None]:
-    """A validator: a whole number (not a bool) of at least `minimum`."""
+    """A validator: a whole number (not a bool) of at least `minimum`, by the core's check,
+    named as a profile's field."""
 
     def validate(instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        try:
+            plugin.check_int(attribute.name, value, minimum)
+        except (TypeError, ValueError):
             raise ValueError(
                 f"profile {attribute.name}: expected an integer >= {minimum}, got {value!r}"
-            )
+            ) from None
 
     return validate
 
@@ -42,6 +47,11 @@ class Profile:
     """First-token alternatives available (chat ``top_logprobs`` / completions ``logprobs``)."""
     max_batch: int = attrs.field(default=1, validator=_count(1))
     """Prompts per /v1/completions request."""
+    context_window: int | None = attrs.field(default=None, validator=plugin.integer(1))
+    """The most tokens one call may hold, prompt and answer, when the profile knows it."""
+    model_info: bool = False
+    """GET /models states the context window: vLLM's ``max_model_len``, llama-server's
+    ``meta.n_ctx`` (per slot: its ``--ctx-size`` split between its ``--parallel`` slots)."""
 
 
 PROFILES = {
@@ -77,6 +87,7 @@ PROFILES = {
             prompt_logprobs=True,
             top_logprobs=20,
             max_batch=64,
+            model_info=True,
         ),
         # llama-cpp-python's server (python -m llama_cpp.server --logits_all true): exact
         # log-probs by echo, one prompt per request (a list of prompts is a 500), one request at
@@ -101,6 +112,7 @@ PROFILES = {
             api_key_env="LLAMA_API_KEY",
             top_logprobs=100,
             max_batch=1,
+            model_info=True,
         ),
         Profile(
             name="ollama",
@@ -116,6 +128,7 @@ PROFILES = {
             prompt_logprobs=True,
             top_logprobs=10,
             max_batch=64,
+            model_info=True,
         ),
     )
 }

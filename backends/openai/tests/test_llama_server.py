@@ -32,7 +32,7 @@ llamacpp = pytest.importorskip("dlgraph_llamacpp", reason="dlgraph-llamacpp is n
 import dlgraph as dg  # noqa: E402
 from dlgraph.train.pace import measure  # noqa: E402
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 SLOTS = 4
 SLOT_CONTEXT = 512
@@ -238,7 +238,7 @@ async def test_first_token_alternatives_are_the_models_own_log_probabilities(
     """Would fail if the reader took a probability for a log-probability, paired a token with
     another's value, or read the sampled token instead of its alternatives."""
     async with connect(served.url) as backend:
-        found = await backend.top_logprobs(dg.TopLogprobsRequest(CONTEXT, count=10))
+        found = (await backend.top_logprobs(dg.TopLogprobsRequest(CONTEXT, count=10))).value
     words = {token: value for token, value in found.items() if re.fullmatch(r" [A-Za-z]+", token)}
     assert len(found) == 10 and len(words) >= 5, found
     exact = [await embedded.logprob(CONTEXT, token) for token in words]
@@ -329,6 +329,15 @@ async def test_a_prompt_over_a_slots_context_is_refused_with_the_servers_message
     assert f"{served.url}/completions: HTTP 400: request (" in message
     assert f"tokens) exceeds the available context size ({SLOT_CONTEXT} tokens)" in message
     assert "node 'writer'" in message
+
+
+async def test_the_context_window_is_a_slots_share_as_the_server_states_it(
+    served: LlamaServer,
+) -> None:
+    """The server's --ctx-size split between its --parallel slots, not the model's trained
+    context (32,768 tokens): what one call may hold, so the trainer leaves out what would not."""
+    async with remote(served) as engine:
+        assert engine.backend.capabilities.context_window == SLOT_CONTEXT
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 30) -> None:

@@ -248,7 +248,7 @@ async def test_first_token_alternatives_are_read_alike_from_either_shape(body) -
     async with AnswerServer(body) as server:
         backend = dg.connect("openai", base_url=server.url, model="m", profile="llamacpp")
         async with backend:
-            found = await backend.top_logprobs(dg.TopLogprobsRequest("Is it hot?", count=5))
+            found = (await backend.top_logprobs(dg.TopLogprobsRequest("Is it hot?", count=5))).value
     assert found == ALTERNATIVES
 
 
@@ -258,7 +258,7 @@ async def test_alternatives_that_print_alike_are_summed() -> None:
     async with AnswerServer(body) as server:
         backend = dg.connect("openai", base_url=server.url, model="m", profile="llamacpp")
         async with backend:
-            found = await backend.top_logprobs(dg.TopLogprobsRequest("Is it hot?", count=5))
+            found = (await backend.top_logprobs(dg.TopLogprobsRequest("Is it hot?", count=5))).value
     assert found == pytest.approx({" no": math.log(math.exp(-1.2) + math.exp(-2.0))})
 
 

@@ -340,3 +340,61 @@ def test_echo_requests_are_bounded_unless_the_profile_knows_zero_means_none() ->
     assert (
         PROFILES["llama-cpp-python"].echo_logprobs and PROFILES["llama-cpp-python"].max_batch == 1
     )
+
+
+# -- the context window ------------------------------------------------------------------------
+
+
+async def test_the_context_window_is_read_from_the_servers_models_on_entering() -> None:
+    async with SimServer(ServerConfig(api_key=KEY, context_window=300)) as server:
+        model = backend(server)
+        assert model.capabilities.context_window is None  # not asked yet
+        async with dg.Engine(model) as engine:
+            assert engine.backend.capabilities.context_window == 300
+            with pytest.raises(dg.RequestRejected, match="maximum context length is 300 tokens"):
+                await engine.generate("word " * 290, max_tokens=20)
+    assert server.count() == 1  # asking /models is no model call
+
+
+async def test_a_context_window_given_wins_over_the_servers() -> None:
+    async with SimServer(ServerConfig(api_key=KEY, context_window=300)) as server:
+        async with backend(server, context_window=120) as model:
+            assert model.capabilities.context_window == 120
+
+
+async def test_a_profile_whose_server_states_no_window_leaves_it_unknown() -> None:
+    async with SimServer(ServerConfig(api_key=KEY)) as server:
+        async with backend(server) as model:
+            assert model.capabilities.context_window is None
+        async with backend(server, profile="openai") as model:  # never asks
+            assert model.capabilities.context_window is None
+
+
+async def test_a_server_down_on_entering_leaves_the_window_unknown_and_the_backend_usable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    model = dg.connect("openai", base_url=f"http://127.0.0.1:{port}/v1", model="m", profile="vllm")
+    async with model:
+        assert model.capabilities.context_window is None
+        with pytest.raises(dg.BackendUnavailable, match="cannot connect"):
+            await model.generate(dg.GenerateRequest("hi"))
+
+
+@pytest.mark.parametrize(
+    ("body", "window"),
+    [
+        ({"data": [{"id": "m", "max_model_len": 4096}]}, 4096),  # vLLM
+        ({"data": [{"id": "/models/g.gguf", "meta": {"n_ctx": 512, "n_ctx_train": 32768}}]}, 512),
+        ({"data": [{"id": "other", "max_model_len": 1}, {"id": "m", "max_model_len": 8}]}, 8),
+        ({"data": [{"id": "a", "max_model_len": 1}, {"id": "b", "max_model_len": 8}]}, None),
+        ({"data": [{"id": "m", "max_model_len": True}]}, None),
+        ({"data": [{"id": "m", "max_model_len": -5}]}, None),
+        ({"data": "m"}, None),
+        ([1, 2], None),
+    ],
+)
+def test_the_window_is_read_from_either_servers_model_list_and_nothing_else(body, window) -> None:
+    from dlgraph_openai.answers import context_window
+
+    assert context_window(body, "m") == window

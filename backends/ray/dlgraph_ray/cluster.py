@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import ray
 
-from dlgraph.errors import BackendUnavailable
+from dlgraph.plugin import BackendUnavailable
 
 NAMESPACE = "dlgraph"
 """Named actors (shared limits) live here, so that every job on a cluster finds them."""

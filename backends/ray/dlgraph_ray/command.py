@@ -4,10 +4,11 @@ sweep itself, and Ray, are imported only when it runs."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+
+from dlgraph.plugin import Commands
 
 
-def add_command(commands: Any) -> None:
+def add_command(commands: Commands) -> None:
     parser = commands.add_parser(
         "sweep", help="train every combination of a grid of settings and seeds, on Ray"
     )

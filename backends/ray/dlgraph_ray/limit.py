@@ -18,8 +18,7 @@ from typing import Any
 import attrs
 import ray
 
-from dlgraph import Grant
-from dlgraph.engine.limiter import TokenBucket
+from dlgraph.plugin import Grant, TokenBucket
 from dlgraph_ray.cluster import NAMESPACE, join, resolve
 
 logger = logging.getLogger(__name__)
@@ -77,7 +76,7 @@ class LimitKeeper:
         for bucket, amount in ((self.requests, requests), (self.tokens, tokens)):
             if bucket is not None and amount:
                 bucket.refill(now)
-                bucket.level = min(bucket.capacity, bucket.level + amount)
+                bucket.add(amount)
         self.returned[0] += requests
         self.returned[1] += tokens
 

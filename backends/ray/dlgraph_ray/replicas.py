@@ -5,14 +5,14 @@ the engine.
 
 A call goes to the replica with the fewest calls in flight. A replica that dies (its process
 killed, its node lost) is replaced by a new actor, and the calls it held are sent again to
-the least-loaded replica, so no call is lost; the engine above sees only the answers. What a
-replica's backend reports (token usage, server limits) travels back with its answer.
+the least-loaded replica, so no call is lost; the engine above sees only the answers. The pool
+forwards one thing: the engine's unit of work (`Backend.handle`), answered by the replica's
+backend with its usage (tokens, server limits) or with its error, which carries its own.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -21,12 +21,10 @@ import ray
 from ray.exceptions import RayActorError
 
 import dlgraph as dg
-from dlgraph.backend import CallReport, collecting_report
+from dlgraph import plugin
 from dlgraph_ray.cluster import join, resolve
 
 logger = logging.getLogger(__name__)
-
-METHODS = ("generate", "logprob", "top_logprobs", "generate_batch", "logprob_batch")
 
 
 class Replica:
@@ -40,22 +38,17 @@ class Replica:
     async def describe(self) -> tuple[str, dg.Capabilities]:
         return self.backend.identity, self.backend.capabilities
 
-    async def ask(
-        self, method: str, argument: Any
-    ) -> tuple[Any, dg.BackendError | None, CallReport]:
-        """The answer or the backend's error (sent back as a value: the engine retries by
-        its type), and what the backend reported."""
-        if method not in METHODS:
-            raise ValueError(f"unknown backend method {method!r}")
+    async def handle(self, work: plugin.Work) -> dg.Answer[Any] | dg.BackendError:
+        """The backend's answer with its usage, or its error (sent back as a value: the
+        engine retries by its type)."""
         async with self.lock:
             if not self.opened:
                 await self.backend.__aenter__()
                 self.opened = True
-        with collecting_report() as report:
-            try:
-                return await getattr(self.backend, method)(argument), None, report
-            except dg.BackendError as error:
-                return None, error, report
+        try:
+            return await self.backend.handle(work)
+        except dg.BackendError as error:
+            return error
 
     async def close(self) -> None:
         if self.opened:
@@ -69,10 +62,15 @@ class _Slot:
 
 
 def _positive(name: str, value: object, whole: bool = False) -> None:
-    kinds = (int,) if whole else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < (1 if whole else 0):
+    """A count of at least 1 (`whole`) or a number of at least 0, by the core's checks."""
+    try:
+        if whole:
+            plugin.check_int(name, value, 1)
+        else:
+            plugin.check_number(name, value, 0)
+    except (TypeError, ValueError):
         least = "an integer >= 1" if whole else "a number >= 0"
-        raise ValueError(f"{name}: expected {least}, got {value!r}")
+        raise ValueError(f"{name}: expected {least}, got {value!r}") from None
 
 
 def pool(
@@ -166,21 +164,22 @@ class ReplicaPool(dg.Backend):
     def actors(self) -> list[Any]:
         return [slot.actor for slot in self._slots]
 
-    async def _ask(self, method: str, argument: Any) -> Any:
+    async def handle(self, work: plugin.Work) -> dg.Answer[Any]:
+        """The work sent whole to the least-loaded replica, and again to another if that one
+        dies; the answer comes back with its usage."""
         for _ in range(self.max_attempts):
             slot = min(self._slots, key=lambda s: s.in_flight)
             slot.in_flight += 1
             try:
-                outcome, error, report = await resolve(slot.actor.ask.remote(method, argument))
+                answer = await resolve(slot.actor.handle.remote(work))
             except RayActorError as died:
                 self._replace(slot, died)
                 continue
             finally:
                 slot.in_flight -= 1
-            dg.report(**attrs.asdict(report))
-            if error is not None:
-                raise error
-            return outcome
+            if isinstance(answer, dg.BackendError):
+                raise answer
+            return answer  # type: ignore[no-any-return]
         raise dg.BackendUnavailable(
             f"ray: {self.max_attempts} replicas of {self.backend!r} died under one call"
         )
@@ -192,26 +191,6 @@ class ReplicaPool(dg.Backend):
         ray.kill(slot.actor, no_restart=True)
         self._slots[self._slots.index(slot)] = _Slot(self._spawn())
         self.replaced += 1
-
-    async def generate(self, request: dg.GenerateRequest) -> str:
-        result: str = await self._ask("generate", request)
-        return result
-
-    async def logprob(self, request: dg.LogprobRequest) -> float:
-        result: float = await self._ask("logprob", request)
-        return result
-
-    async def top_logprobs(self, request: dg.TopLogprobsRequest) -> dict[str, float]:
-        result: dict[str, float] = await self._ask("top_logprobs", request)
-        return result
-
-    async def generate_batch(self, requests: Sequence[dg.GenerateRequest]) -> list[str]:
-        result: list[str] = await self._ask("generate_batch", list(requests))
-        return result
-
-    async def logprob_batch(self, requests: Sequence[dg.LogprobRequest]) -> list[float]:
-        result: list[float] = await self._ask("logprob_batch", list(requests))
-        return result
 
     def _kill_all(self) -> None:
         for slot in self._slots:

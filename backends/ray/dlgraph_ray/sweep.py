@@ -1,6 +1,9 @@
 """``dlgraph sweep``: every combination of a grid of settings and seeds is a trial, a
 ``dlgraph train`` run with its own folder, run as a Ray task.
 
+Each trial trains through `dlgraph.plugin.train_run`, as ``dlgraph train`` does, and its
+result is the run's `RunResult` (``result.json``), read back with the same record.
+
 Plain Ray tasks rather than Ray Tune: a trial already checkpoints after every step and resumes
 without repeating one, and a finished trial leaves its ``result.json``; so a task retried after
 its worker died resumes by itself, and a re-run sweep skips what has a result. Tune would add a
@@ -17,9 +20,9 @@ The config, its data and the output folder must be on a filesystem that every Ra
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -28,19 +31,32 @@ import re
 import socket
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, TextIO
 
+import anyio
 import attrs
 import ray
 from ray.exceptions import RayError
 from rich.console import Console
 from rich.table import Table
 
-from dlgraph._files import prepare_folder, write_atomic
-from dlgraph.config import RunConfig, parse_setting
-from dlgraph.errors import ConfigError
+from dlgraph.plugin import (
+    ConfigError,
+    DlgraphError,
+    RunConfig,
+    RunHooks,
+    RunResult,
+    StepRecord,
+    Task,
+    VariationalTrainer,
+    parse_setting,
+    prepare_folder,
+    train_run,
+    write_atomic,
+)
 from dlgraph_ray.cluster import join
 
 Echo = Callable[[str], None]
@@ -119,8 +135,8 @@ def plan(grid: Sequence[str], seeds: Sequence[int]) -> list[Trial]:
 
 
 def run_trial(config: str, overrides: list[str], folder: str) -> dict[str, Any]:
-    """A trial in a Ray worker: ``dlgraph train --resume`` into its folder, its output in
-    ``train.log``; each attempt (a retry after the worker died is another) is logged in
+    """A trial in a Ray worker: a training run resumed into its folder (as ``dlgraph train
+    --resume`` does), followed in ``train.log``; each attempt (a retry after the worker died is another) is logged in
     ``attempts.jsonl``. Returns the run's ``result.json``, or its error."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,79 +147,62 @@ def run_trial(config: str, overrides: list[str], folder: str) -> dict[str, Any]:
         return _train(config, overrides, out)
 
 
-def _train(config: str, overrides: list[str], out: Path) -> dict[str, Any]:
-    from dlgraph import cli
+@attrs.define
+class _Logged(RunHooks):
+    """A trial's run as its ``train.log`` tells it: a line when it starts and one per step."""
 
-    folder = str(out)
+    log: TextIO
+
+    def line(self, text: str) -> None:
+        self.log.write(text + "\n")
+        self.log.flush()
+
+    async def started(self, trainer: VariationalTrainer, task: Task) -> None:
+        self.line(
+            f"{task.name}: {len(task.train)} train, {len(task.dev)} dev, {len(task.test)} test"
+        )
+
+    @contextmanager
+    def training(self, steps: int) -> Iterator[Callable[[StepRecord], None]]:
+        def on_step(record: StepRecord) -> None:
+            dev = "" if record.dev_accuracy is None else f", dev {record.dev_accuracy:.3f}"
+            self.line(f"step {record.step}: batch loss {record.batch_loss:.3f}{dev}")
+
+        yield on_step
+
+
+def _train(config: str, overrides: list[str], out: Path) -> dict[str, Any]:
+    """The trial's run into `out` through `train_run`, the function ``dlgraph train`` uses:
+    its `RunResult` as a table row, or ``{"error": "error: ..."}`` (also the log's last line)."""
     attempt = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
     with (out / "attempts.jsonl").open("a", encoding="utf-8") as attempts:
         attempts.write(json.dumps(attempt) + "\n")
-    arguments = ["train", config, "--out", folder, "--resume", "--no-probe"]
-    for setting in overrides:
-        arguments += ["--set", setting]
-    with (
-        (out / "train.log").open("a", encoding="utf-8") as log,
-        contextlib.redirect_stdout(log),
-        contextlib.redirect_stderr(log),
-    ):
-        code = cli.main(arguments)
-    if code != 0:
-        lines = (out / "train.log").read_text(encoding="utf-8").strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit status {code}"}
-    return read_result(out / "result.json")
+    with (out / "train.log").open("a", encoding="utf-8") as log:
+        hooks = _Logged(log)
+        try:
+            run = functools.partial(
+                train_run, RunConfig.read(config, overrides), out=out, resume=True, hooks=hooks
+            )
+            trained = anyio.run(run)
+        except DlgraphError as error:
+            message = "error: " + " ".join(str(error).split("\n"))
+            hooks.line(message)
+            return {"error": message}
+        hooks.line(f"finished: {json.dumps(trained.result.to_json())}")
+    return trained.result.to_json()
 
 
-RESULT_KEYS = (
-    "task",
-    "before",
-    "after",
-    "best_dev",
-    "steps",
-    "stopped",
-    "calls",
-    "tokens",
-    "cost",
-    "seconds",
-    "by_model",
-)
-"""What ``dlgraph train`` writes in result.json; a key beyond these is not its file."""
 SWEEP_FILES = frozenset({"trials.jsonl", "summary.jsonl", "summary.csv", "summary.png"})
 """What a sweep writes in its folder (besides one folder per setting)."""
 
 
 def read_result(path: Path) -> dict[str, Any]:
-    """A finished trial's result.json, checked field by field (a file is untrusted input): a
-    file that is not what ``dlgraph train`` writes is refused, naming it, rather than re-run."""
-
-    def refuse(why: str) -> ConfigError:
-        return ConfigError(f"{path}: {why}; delete it to run this trial again")
-
+    """A finished trial's result.json (`RunResult.read`, checked field by field): a file
+    that is not what a training run writes is refused, naming it, rather than re-run."""
     try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise refuse(f"not JSON ({error})") from None
-    if not isinstance(result, dict):
-        raise refuse("expected a JSON object")
-    after = result.get("after")
-    if not isinstance(after, dict) or not after:
-        raise refuse("'after' must map splits to accuracies")
-    for split, accuracy in after.items():
-        if split not in ("dev", "test") or not _number(accuracy) or not 0 <= accuracy <= 1:
-            raise refuse(f"'after': {split!r} must be dev or test with an accuracy in [0, 1]")
-    unknown = sorted(set(result) - set(RESULT_KEYS))
-    if unknown:
-        raise refuse(f"unknown key {unknown[0][:40]!r}")
-    for counter in ("calls", "tokens", "cost", "steps"):
-        value = result.get(counter)
-        whole = counter != "cost"
-        if not _number(value) or value < 0 or (whole and not isinstance(value, int)):
-            kind = "a whole number" if whole else "a number"
-            raise refuse(f"{counter!r} must be {kind} >= 0, got {value!r}")
-    return result
-
-
-def _number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+        return RunResult.read(path).to_json()
+    except ConfigError as error:
+        raise ConfigError(f"{error}; delete it to run this trial again") from None
 
 
 @attrs.frozen
@@ -348,10 +347,7 @@ def sweep(
     for trial in trials:  # every trial's config is checked before any runs
         try:
             checked = RunConfig.read(path, [*settings, *trial.overrides()])
-            checked.build_network(checked.task())
-            for engine in (checked.forward, checked.backward):
-                if engine is not None:
-                    engine.check()
+            checked.check()
         except ConfigError as error:
             raise ConfigError(f"trial {trial.setting} seed {trial.seed}: {error}") from None
         extra = _shared(checked) if shared_limit else []

@@ -10,12 +10,13 @@ import anyio
 import pytest
 import ray
 from dlgraph_ray import ReplicaPool
+from dlgraph_sim.server import ServerConfig, ServerProcess
 
 import dlgraph as dg
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-pytestmark = pytest.mark.usefixtures("local_ray")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 def echo(request: dg.GenerateRequest) -> str:
@@ -103,6 +104,17 @@ async def test_a_backend_error_in_a_replica_reaches_the_engine_with_its_type() -
         with pytest.raises(dg.RequestRejected, match="no, said the server"):
             await engine.generate("refuse this", node="answer")
         assert await engine.generate("fine") == "answer to fine"
+
+
+async def test_a_replicas_answer_brings_the_servers_token_counts_to_the_engine() -> None:
+    """The usage travels with the answer through the actor: the ledger holds the server's
+    count of the prompt (6 tokens), not the pool's estimate of four characters a token (2)."""
+    with ServerProcess(ServerConfig()) as server:
+        options = {"base_url": server.url, "model": "sim-1", "profile": "sim"}
+        backend = dg.connect("ray", backend="openai", replicas=1, num_cpus=0.5, **options)
+        async with dg.Engine(backend, cache=False) as engine:
+            await engine.generate("a b c d e f", max_tokens=2)
+    assert engine.statistics().total.tokens_in == 6
 
 
 @pytest.mark.parametrize(

@@ -115,6 +115,9 @@ class ServerConfig:
     poison: str | None = "POISON"
     """A prompt containing this text is refused with 400."""
     max_batch: int = 64
+    context_window: int | None = None
+    """The most tokens one prompt and its max_tokens may hold (as vLLM, stated in /v1/models
+    as ``max_model_len``); a request over it is refused with 400."""
     seed: int = 0
 
 
@@ -301,14 +304,19 @@ class SimServer:
         request: web.Request,
         handler: Callable[[dict[str, Any]], tuple[list[str], int, Callable[[], dict[str, Any]]]],
     ) -> web.StreamResponse:
+        """Serve one request: `handler` reads its body into the prompts, max_tokens and a
+        function that builds the answer; a request is charged its prompts plus max_tokens
+        for each."""
         try:
             body = await request.json()
-            prompts, cost, answer = handler(body)
+            prompts, max_tokens, answer = handler(body)
         except (ValueError, KeyError, TypeError) as error:
             self._record(request, 400, "rejected", [])
             return _error(400, f"malformed request: {error}", {})
+        sizes = [len(tokenize(prompt)) for prompt in prompts]
         try:
-            await self._gate(request, prompts, cost)
+            await self._gate(request, prompts, sum(sizes) + max_tokens * len(prompts))
+            self._check_window(max(sizes) + max_tokens)
         except _Rejection as rejection:
             self._record(request, rejection.status, rejection.outcome, prompts)
             headers = rejection.headers | self._limit_headers()
@@ -334,9 +342,21 @@ class SimServer:
         )
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"object": "list", "data": [{"id": self.config.model, "object": "model"}]}
-        )
+        model: dict[str, Any] = {"id": self.config.model, "object": "model"}
+        if self.config.context_window is not None:
+            model["max_model_len"] = self.config.context_window
+        return web.json_response({"object": "list", "data": [model]})
+
+    def _check_window(self, longest: int) -> None:
+        """Refuse a request whose longest prompt and max_tokens exceed the context window."""
+        window = self.config.context_window
+        if window is not None and longest > window:
+            raise _Rejection(
+                400,
+                f"This model's maximum context length is {window} tokens. However, you "
+                f"requested {longest} tokens. Please reduce the length of the prompt.",
+                "rejected",
+            )
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, self._completion_answer)
@@ -349,7 +369,6 @@ class SimServer:
         if not prompts or len(prompts) > self.config.max_batch:
             raise ValueError(f"between 1 and {self.config.max_batch} prompts per request")
         max_tokens = int(body.get("max_tokens", 16))
-        cost = sum(len(tokenize(p)) for p in prompts) + max_tokens * len(prompts)
 
         def answer() -> dict[str, Any]:
             choices = [
@@ -372,7 +391,7 @@ class SimServer:
                 },
             }
 
-        return prompts, cost, answer
+        return prompts, max_tokens, answer
 
     def _generate(self, prompt: str, body: dict[str, Any], max_tokens: int) -> str:
         """The model's continuation under the request's sampling fields, cut at a stop sequence."""
@@ -436,7 +455,6 @@ class SimServer:
         messages = body["messages"]
         prompt = "\n".join(str(m["content"]) for m in messages)
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
-        cost = len(tokenize(prompt)) + max_tokens
 
         def answer() -> dict[str, Any]:
             text = self._generate(prompt, body, max_tokens)
@@ -474,7 +492,7 @@ class SimServer:
                 },
             }
 
-        return [prompt], cost, answer
+        return [prompt], max_tokens, answer
 
 
 def _cut(text: str, stop: str | list[str] | None) -> str:
@@ -546,6 +564,7 @@ def main() -> None:
             "retry_after": str,
             "poison": str,
             "max_batch": int,
+            "context_window": int,
             "seed": int,
         }.get(field.name, float)
         parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=field.default)

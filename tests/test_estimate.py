@@ -1,0 +1,334 @@
+"""The estimate against the calls that steps really make, phase by phase: the engines' ledgers
+by node and phase. The trainer runs a step's phases and the estimate counts the same phases
+(dlgraph.train.plan), so the two cannot drift; these tests are where a drift would show.
+
+The scripted worlds here write every text unlike any other (`distinct`), so that no request
+of a run repeats another and nothing is deduplicated: with the engine's cache off, what the
+estimate expects is then exactly what the ledger counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable, Collection
+from contextlib import asynccontextmanager
+
+import pytest
+from demo_world import TwoHeads, pair_task
+from dlgraph_sim import ScriptedModel
+from letter_world import PAIR_CLASSES, LetterWorld, single_word_task, word_pair_task
+from test_trainer import YES_NO, dln1, dln2
+
+import dlgraph as dg
+from dlgraph.train.proposals import END
+from dlgraph.train.waves import Count, Wave, by_key
+
+OPTIONS = dict(
+    num_prompt_samples=3,
+    num_hidden_samples=2,
+    memory_size=2,
+    num_demonstration_samples=1,  # one set per node: two could coincide, and count once
+    posterior_temperature=1.0,
+    min_weight=0.0,  # every posterior candidate is scored: the expectations are not pruned
+    seed=3,
+)
+BATCH = 6
+
+
+def three_layers() -> dg.Network:
+    """Two text nodes read the input, a third reads both and the input (fan-in), a class node
+    answers."""
+    net = dg.Network()
+    for name in ("a", "b"):  # prompts of their own, else their calls would be one
+        net.add_node(name, prompt=f"Look at the input ({name}).", max_tokens=16)
+        net.add_edge(dg.INPUT, name)
+    net.add_node("m", prompt="Combine the letters.", max_tokens=16)
+    net.add_node("answer", prompt="Answer the question.", classes=PAIR_CLASSES)
+    for edge in [("a", "m"), ("b", "m"), (dg.INPUT, "m"), ("m", "answer"), (dg.INPUT, "answer")]:
+        net.add_edge(*edge)
+    return net
+
+
+def dln1_shown() -> dg.Network:
+    """DLN-1 whose node starts with demonstrations (of inputs no task has), so that every
+    step also scores its instruction without them."""
+    net = dln1()
+    shown = [dg.Demonstration("Input: QQQA", "yes"), dg.Demonstration("Input: QQQB", "no")]
+    net.set_parameter("answer", dg.Parameter("Answer the question.", shown))
+    return net
+
+
+def two_outputs() -> dg.Network:
+    """Two class nodes read the input (with prompts of their own: identical nodes would send
+    identical requests, which the engine sends once)."""
+    net = dg.Network()
+    for name in ("first", "second"):
+        net.add_node(name, prompt=f"Answer for the {name} word.", classes=YES_NO)
+        net.add_edge(dg.INPUT, name)
+    return net
+
+
+def unique(examples: list[dg.Example], avoid: Collection[str] = ()) -> list[dg.Example]:
+    """The examples with inputs seen neither before them nor in `avoid`."""
+    seen, kept = set(avoid), []
+    for example in examples:
+        if example.input not in seen:
+            seen.add(example.input)
+            kept.append(example)
+    return kept
+
+
+def task(make: Callable[[int, int], list[dg.Example]]) -> tuple[list, list]:
+    train = unique(make(24, 1))
+    return train, unique(make(8, 2), {e.input for e in train})
+
+
+NETWORKS = {
+    "dln1": (dln1, LetterWorld(direct=True), lambda: task(single_word_task)),
+    "dln1 with demonstrations to start": (
+        dln1_shown,
+        LetterWorld(direct=True),
+        lambda: task(single_word_task),
+    ),
+    "dln2": (dln2, LetterWorld(), lambda: task(single_word_task)),
+    "three layers with fan-in": (
+        three_layers,
+        LetterWorld(pair=True),
+        lambda: task(word_pair_task),
+    ),
+    "two outputs": (two_outputs, TwoHeads(), lambda: task(pair_task)),
+}
+
+
+def distinct(world: object, name: str) -> ScriptedModel:
+    """The world's model, with every text it writes made unlike any other by a last line
+    naming its prompt and seed (a line no world reads): proposals, posterior samples and the
+    outputs of text nodes (which demonstrations and posteriors show) never coincide."""
+
+    def generate(request: dg.GenerateRequest) -> str:
+        text = world.generate(request)
+        digest = hashlib.sha256(request.prompt.encode()).hexdigest()[:12]
+        mark = f"\n#{digest}-{request.seed}"
+        if request.phase == "propose":
+            return text.split(END)[0].rstrip() + mark + END
+        return text + mark
+
+    return ScriptedModel(generate=generate, logprob=world.logprob, name=name)
+
+
+def counted(engine: dg.Engine) -> dict[tuple[str, str], int]:
+    """The calls the engine sent, by (node, phase)."""
+    return {key: usage.calls for key, usage in engine.statistics().by_key.items() if usage.calls}
+
+
+def side(waves: tuple[Wave, ...], backward: bool | None) -> dict[tuple[str, str], Count]:
+    """The waves' calls by (node, phase), on one engine (or both, when `backward` is None)."""
+    return by_key(w for w in waves if backward is None or w.backward == backward)
+
+
+def expected(counts: dict[tuple[str, str], Count]) -> dict[tuple[str, str], int]:
+    return {key: count.expected for key, count in counts.items() if count.expected}
+
+
+def assert_bounded(counts: dict[tuple[str, str], Count], sent: dict[tuple[str, str], int]):
+    """Every (node, phase) sent at most what the counts allow, and nothing else was sent."""
+    assert set(sent) <= set(counts)
+    assert all(sent[key] <= counts[key].calls for key in sent), (counts, sent)
+
+
+CASES = [
+    pytest.param(network, demonstrations, separate, id=f"{network}-{label}-{engines}")
+    for network in NETWORKS
+    for demonstrations, label in ((0, "no demonstrations"), (2, "demonstrations"))
+    for separate, engines in ((False, "one engine"), (True, "backward engine"))
+]
+
+
+@asynccontextmanager
+async def trainer_on(
+    network: str, cache: bool = False, separate: bool = False, **options: object
+) -> AsyncIterator[tuple[dg.VariationalTrainer, dg.Engine, dg.Engine]]:
+    """A trainer of `network` on its distinct world, and its forward and backward engines
+    (the backward one unused unless `separate`)."""
+    make, world, _ = NETWORKS[network]
+    async with (
+        dg.Engine(distinct(world, "runs"), cache=cache) as engine,
+        dg.Engine(distinct(world, "writes"), cache=cache) as writer,
+    ):
+        backward = writer if separate else None
+        trainer = dg.VariationalTrainer(make(), engine, backward=backward, **(OPTIONS | options))
+        yield trainer, engine, writer
+
+
+def by_engine(waves: tuple[Wave, ...], separate: bool) -> list[dict[tuple[str, str], Count]]:
+    """The waves' calls by (node, phase) on the forward engine and on the backward one (on
+    the one engine, and none on the other, when there is one)."""
+    if separate:
+        return [side(waves, False), side(waves, True)]
+    return [side(waves, None), {}]
+
+
+async def run(network: str, demonstrations: int, separate: bool, steps: int):
+    """Estimate a run, then make it (no cache: each request is sent); the estimate's calls
+    and each engine's, by (node, phase)."""
+    train, dev = NETWORKS[network][2]()
+    options = {"max_demonstrations": demonstrations, "separate": separate}
+    async with trainer_on(network, **options) as (trainer, engine, writer):
+        estimate = trainer.estimate(steps, BATCH, train, len(dev))
+        await trainer.fit(train, dev, steps, BATCH)
+        return by_engine(estimate.waves, separate), [counted(engine), counted(writer)]
+
+
+@pytest.mark.parametrize(("network", "demonstrations", "separate"), CASES)
+async def test_the_estimate_of_one_step_expects_exactly_the_calls_of_each_phase(
+    network: str, demonstrations: int, separate: bool
+) -> None:
+    """The first step and the dev evaluations around it, where nothing is deduplicated and
+    the memory is empty: per (node, phase), the expected figure is the count and the upper
+    bound is not below it, on each engine."""
+    planned, sent = await run(network, demonstrations, separate, steps=1)
+    for counts, calls in zip(planned, sent, strict=True):
+        assert expected(counts) == calls
+        assert_bounded(counts, calls)
+    phases = {phase for calls in sent for _, phase in calls}
+    assert phases == {"eval", "forward", "posterior", "propose", "score"} - (
+        set() if "dln2" in network or "layers" in network else {"posterior"}
+    )
+
+
+@pytest.mark.parametrize(("network", "demonstrations", "separate"), CASES)
+async def test_the_estimate_bounds_every_phase_of_a_run(
+    network: str, demonstrations: int, separate: bool
+) -> None:
+    """Three steps: the memory fills and candidates repeat, so fewer calls than expected may
+    be sent, never more than the upper bound."""
+    planned, sent = await run(network, demonstrations, separate, steps=3)
+    for counts, calls in zip(planned, sent, strict=True):
+        assert_bounded(counts, calls)
+    assert sum(sent[0].values()) > 0
+
+
+def difference(now: dict[tuple[str, str], int], was: dict[tuple[str, str], int]):
+    return {key: calls - was.get(key, 0) for key, calls in now.items() if calls > was.get(key, 0)}
+
+
+@pytest.mark.parametrize(("network", "demonstrations", "separate"), CASES)
+async def test_each_step_reports_the_calls_it_sent_as_its_phases_count_them(
+    network: str, demonstrations: int, separate: bool
+) -> None:
+    """The step's own description of its waves, counted from its state (the same code the
+    estimate counts a plan with), is what each engine's ledger counts, step after step."""
+    train, _ = NETWORKS[network][2]()
+    options = {"max_demonstrations": demonstrations, "separate": separate}
+    async with trainer_on(network, **options) as (trainer, engine, writer):
+        for start in range(0, 3 * BATCH, BATCH):
+            before = [counted(engine), counted(writer)]
+            outcome = await trainer.step(train[start : start + BATCH])
+            sent = [
+                difference(counted(e), was) for e, was in zip((engine, writer), before, strict=True)
+            ]
+            reported = by_engine(outcome.waves, separate)
+            assert [{k: c.calls for k, c in r.items()} for r in reported] == sent
+            trainer.apply(outcome)
+
+
+@pytest.mark.parametrize("scoring", ["logprob", "accuracy"])
+@pytest.mark.parametrize("network", ["dln1", "two outputs"])
+async def test_with_a_cache_the_current_prompts_scores_are_expected_from_the_forward_pass(
+    network: str, scoring: str
+) -> None:
+    """An output node that reads the input alone scores its current prompt on what the
+    forward pass already asked (a class node's score is its run, with either scorer): the
+    cache answers, and the estimate expects no such call."""
+    train, _ = NETWORKS[network][2]()
+    options = {"cache": True, "max_demonstrations": 0, "scoring": scoring}
+    async with trainer_on(network, **options) as (trainer, engine, _):
+        counts = side(trainer.estimate(1, BATCH, train, dev_size=0).waves, None)
+        await trainer.step(train[:BATCH])
+    assert expected(counts) == counted(engine)
+    outputs = {"dln1": ["answer"], "two outputs": ["first", "second"]}[network]
+    for name in outputs:  # the proposals' scores alone: 4 calls each (yes|Yes, no|No)
+        proposals = OPTIONS["num_prompt_samples"] * BATCH * 4
+        assert counts[name, "score"].expected == proposals < counts[name, "score"].calls
+        assert engine.statistics().by_key[name, "score"].cache_hits == BATCH * 4
+
+
+# -- the plan's arithmetic, written out by hand -------------------------------------------------
+
+
+def planned(net: dg.Network, steps: int = 1, batch: int = BATCH, **options: object):
+    """The estimate of `steps` steps of `batch` examples (no dev set), by (node, phase)."""
+    trainer = dg.VariationalTrainer(net, dg.Engine(LetterWorld().model()), **(OPTIONS | options))
+    return by_key(trainer.estimate(steps, batch).waves)
+
+
+def test_a_wave_of_class_and_text_nodes_takes_the_time_of_the_text() -> None:
+    net = dg.Network()
+    net.add_node("say", prompt="Say it.", max_tokens=8, output=True)
+    net.add_node("answer", prompt="Answer the question.", classes=YES_NO, output=True)
+    for name in ("say", "answer"):
+        net.add_edge(dg.INPUT, name)
+    trainer = dg.VariationalTrainer(net, dg.Engine(LetterWorld().model()), **OPTIONS)
+    first = trainer.estimate(1, BATCH).waves[0]  # the forward pass: both nodes at depth 1
+    assert (first.action, first.calls) == ("generate", BATCH * (1 + 4))
+
+
+@pytest.mark.parametrize(
+    ("options", "new", "per_step"),
+    [
+        (dict(max_demonstrations=0), 3, 3 * BATCH),
+        (dict(max_demonstrations=2, num_demonstration_samples=2), 5, 3 * BATCH + 2 * (BATCH - 2)),
+    ],
+    ids=["proposals", "proposals and demonstration sets"],
+)
+def test_the_estimate_expects_the_memory_to_fill_with_each_steps_new_candidates(
+    options: dict, new: int, per_step: int
+) -> None:
+    """Memory for ten: step n expects the remembered candidates of the steps before it (as
+    many as they added, up to ten) besides its own new ones; the current prompt's scores
+    repeat the forward pass and are expected from the cache."""
+    scores = [
+        planned(dln1(), steps, memory_size=10, **options)["answer", "score"].expected
+        for steps in range(1, 6)
+    ]
+    each = [scores[0]] + [b - a for a, b in zip(scores, scores[1:], strict=False)]
+    remembered = [min(10, new * (n - 1)) * BATCH for n in range(1, 6)]
+    assert each == [(per_step + r) * 4 for r in remembered]  # 4 calls a score: yes|Yes, no|No
+
+
+@pytest.mark.parametrize(("batch", "shown"), [(1, 0), (2, 1), (3, 2), (6, 2)])
+def test_a_demonstration_set_is_expected_to_be_scored_on_the_examples_it_does_not_show(
+    batch: int, shown: int
+) -> None:
+    """Sets of up to two demonstrations, never the whole batch (so none from a batch of one):
+    two sets are scored on what they leave. At most: the current prompt, two remembered,
+    three proposals, two sets and the current instruction without demonstrations."""
+    options = dict(max_demonstrations=2, num_demonstration_samples=2)
+    score = planned(dln1(), batch=batch, **options)["answer", "score"]
+    assert score.calls == (1 + 2 + 3 + 2 + 1) * batch * 4
+    assert score.expected == (3 * batch + (2 * (batch - shown) if shown else 0)) * 4
+
+
+def test_an_output_node_is_expected_over_its_largest_parent_posterior() -> None:
+    """Its hidden parents' candidates are aligned: a topic node's four classes and a text
+    node's forward output and two samples make four terms per example. A class node's own
+    prior costs its classes' calls."""
+    net = dg.Network()
+    net.add_node("topic", prompt="Name the topic.", classes=PAIR_CLASSES)
+    net.add_node("reason", prompt="Read the input.", max_tokens=16)
+    net.add_node("answer", prompt="Answer the question.", classes=YES_NO)
+    for edge in [(dg.INPUT, "topic"), (dg.INPUT, "reason"), ("topic", "answer")]:
+        net.add_edge(*edge)
+    net.add_edge("reason", "answer")
+    counts = planned(net, max_demonstrations=0)
+    candidates = 1 + 2 + 3 + 1  # current, remembered, proposals, current without demonstrations
+    assert counts["answer", "score"].calls == candidates * BATCH * 4 * 4
+    assert counts["topic", "posterior"].calls == BATCH * 4 * 4  # each class, under 4 classes
+
+
+def test_without_posterior_inference_nothing_is_sampled_and_an_example_is_one_term() -> None:
+    counts = planned(dln2(), use_posterior=False, max_demonstrations=0)
+    assert [key for key in counts if key[1] == "posterior"] == []
+    candidates = 1 + 2 + 3 + 1
+    assert counts["answer", "score"].calls == candidates * BATCH * 4
+    assert counts["reason", "score"].calls == candidates * BATCH
