@@ -42,7 +42,7 @@ num_hidden_samples = 2
 dir = "out"
 """
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def start(config: Path, *options: str) -> subprocess.Popen[str]:

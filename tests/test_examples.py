@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
-pytestmark = pytest.mark.timeout(900)  # real model runs on two cores
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # real model runs on two cores
 
 
 def run(script: str, *args: str) -> str:

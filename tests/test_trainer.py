@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import anyio
 import pytest
 from letter_world import (
     DIRECT_KEY,
@@ -492,6 +493,14 @@ def checkpoint_after_two_steps(tmp_path):
     )
 
 
+@pytest.fixture(scope="module")
+def two_step_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The checkpoint file of a two-step run, trained once for every edit of it."""
+    folder = tmp_path_factory.mktemp("two-steps")
+    anyio.run(checkpoint_after_two_steps, folder)
+    return (folder / "checkpoint.json").read_text()
+
+
 CHECKPOINT_EDITS = [
     ("step", lambda p: p | {"step": 5}, r"history: steps \[1, 2\] do not run 1..5"),
     ("step", lambda p: p | {"step": -1}, r"step: step must be >= 0"),
@@ -566,13 +575,12 @@ CHECKPOINT_EDITS = [
     ids=[f"{e[0]}-{i}" for i, e in enumerate(CHECKPOINT_EDITS)],
 )
 async def test_a_checkpoint_with_a_valid_checksum_but_bad_content_is_refused_before_any_change(
-    tmp_path, field, edit, message
+    tmp_path, two_step_checkpoint, field, edit, message
 ) -> None:
     from dlgraph.train.checkpoint import _digest
 
-    await checkpoint_after_two_steps(tmp_path)
     path = tmp_path / "checkpoint.json"
-    document = json.loads(path.read_text())
+    document = json.loads(two_step_checkpoint)
     payload = edit(document["payload"])
     path.write_text(json.dumps(document | {"payload": payload, "sha256": _digest(payload)}))
     net = dln2()

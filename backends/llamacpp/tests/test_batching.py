@@ -13,6 +13,8 @@ from dlgraph_llamacpp import LlamaCppModel, default_model_path
 import dlgraph as dg
 from dlgraph._tasks import map_concurrently
 
+pytestmark = pytest.mark.slow  # the real model
+
 PARALLEL = 8
 N_CTX = 2048
 WORDS = ["apple", "river", "stone", "cloud", "green", "table", "music", "tiger"]

@@ -20,7 +20,7 @@ from dlgraph_llamacpp.native import SIMULATE_CRASH
 
 import dlgraph as dg
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from dlgraph_llamacpp import LlamaCppModel, default_model_path
 
 import dlgraph as dg
 
+pytestmark = pytest.mark.slow  # the real model
+
 CONTEXT = "The capital of France is"
 
 

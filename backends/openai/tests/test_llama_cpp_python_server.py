@@ -29,7 +29,7 @@ from dlgraph_openai.profiles import Profile  # noqa: E402
 import dlgraph as dg  # noqa: E402
 from dlgraph.train.pace import measure  # noqa: E402
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 CONTEXT = "The capital of France is"
 N_CTX = 512

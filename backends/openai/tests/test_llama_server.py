@@ -32,7 +32,7 @@ llamacpp = pytest.importorskip("dlgraph_llamacpp", reason="dlgraph-llamacpp is n
 import dlgraph as dg  # noqa: E402
 from dlgraph.train.pace import measure  # noqa: E402
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 SLOTS = 4
 SLOT_CONTEXT = 512

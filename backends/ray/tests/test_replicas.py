@@ -16,7 +16,7 @@ import dlgraph as dg
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-pytestmark = pytest.mark.usefixtures("local_ray")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 def echo(request: dg.GenerateRequest) -> str:

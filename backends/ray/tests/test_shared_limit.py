@@ -15,6 +15,8 @@ from dlgraph_sim.server import ServerConfig, ServerProcess
 
 import dlgraph as dg
 
+pytestmark = pytest.mark.slow  # a local Ray cluster
+
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 

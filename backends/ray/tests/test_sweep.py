@@ -50,7 +50,7 @@ num_hidden_samples = 2
 dir = "out"
 """
 
-pytestmark = [pytest.mark.usefixtures("local_ray"), pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray"), pytest.mark.timeout(300)]
 
 
 def write_config(folder: Path, steps: int = 2, latency: float = 0.0) -> Path:
