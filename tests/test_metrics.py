@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import pytest
 from dlgraph_sim import ScriptedModel
+from metric_plugin import install_metric_plugin
 
 import dlgraph as dg
 from dlgraph.metrics import contains, exact, number, token_f1
@@ -342,19 +342,6 @@ def test_an_unknown_metric_name_lists_the_known_ones() -> None:
         dg.VariationalTrainer(adder(), dg.Engine(sums_model())).estimate(1, 2, metric="f1")
 
 
-def install_metric_plugin(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A distribution on sys.path with one entry in ``dlgraph.metrics``, as `pip install`
-    leaves a plugin (its module imported only when the metric is asked for by name)."""
-    (folder / "shouting_metric.py").write_text(
-        "def shouted(outputs, example):\n    return float(outputs.isupper())\n"
-    )
-    info = folder / "shouting_metric-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: shouting-metric\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[dlgraph.metrics]\nshouted = shouting_metric:shouted\n")
-    monkeypatch.syspath_prepend(str(folder))
-
-
 async def test_a_plugin_metric_is_found_by_its_entry_point_name(tmp_path, monkeypatch) -> None:
     install_metric_plugin(tmp_path, monkeypatch)
     model = ScriptedModel(generate=lambda request: "LOUD")
@@ -362,6 +349,6 @@ async def test_a_plugin_metric_is_found_by_its_entry_point_name(tmp_path, monkey
         score = await dg.evaluate(adder(), engine, sums(2, 0), metric="shouted")
     assert score == 1.0 and score.metric == "shouted"
     with pytest.raises(
-        dg.MetricError, match=r"\(known: contains, exact, number, shouted, token_f1\)"
+        dg.MetricError, match=r"\(known: contains, exact, fragile, number, shouted, token_f1\)"
     ):
         await dg.evaluate(adder(), engine, sums(2, 0), metric="shout")
