@@ -101,44 +101,53 @@ async def _scored(
     targets: dict[str, list[str]],
 ) -> Score:
     outputs = list(targets)
-    single = len(outputs) == 1
-
-    def answers(index: int) -> Outputs:
-        if single:
-            return trace.outputs[outputs[0]][index]
-        return {name: trace.outputs[name][index] for name in outputs}
-
-    def read(index: int) -> Example:
-        """The example with its target as the output nodes name answers."""
-        target = {name: targets[name][index] for name in outputs}
-        return attrs.evolve(examples[index], target=target[outputs[0]] if single else target)
-
-    async def one(index: int) -> float:
-        return await metric.score(answers(index), read(index), f"{DATA}[{index}]")
-
-    per_example = await map_concurrently(one, range(len(examples)))
-    by_output = _by_output(metric, trace, examples, targets) if metric.compare else {}
-    if single:
-        by_output = {outputs[0]: math.fsum(per_example) / len(per_example)}
+    if metric.compare is not None:  # each output scored alone; an example's is their mean
+        by_output = _by_output(metric, trace, examples, targets)
+        per_example = [
+            math.fsum(by_output[name][index] for name in outputs) / len(outputs)
+            for index in range(len(examples))
+        ]
+    else:
+        per_example = await _per_example(metric, trace, examples, targets)
+        by_output = {outputs[0]: per_example} if len(outputs) == 1 else {}
     reports = {
         name: ClassReport.of(classes, trace.outputs[name], targets[name])
         for name in outputs
         if (classes := net.node(name).kind.outputs()) is not None
     }
-    return Score(metric.name, per_example, by_output, reports)
+    means = {name: math.fsum(values) / len(values) for name, values in by_output.items()}
+    return Score(metric.name, per_example, means, reports)
+
+
+async def _per_example(
+    metric: Metric, trace: Trace, examples: list[Example], targets: dict[str, list[str]]
+) -> list[float]:
+    """The metric on every example concurrently (an async judge's calls go out together),
+    given what `predict` would give and the example with its target as the outputs read it."""
+    outputs = list(targets)
+    single = len(outputs) == 1
+
+    async def one(index: int) -> float:
+        each = {name: trace.outputs[name][index] for name in outputs}
+        read = {name: targets[name][index] for name in outputs}
+        answers: Outputs = each[outputs[0]] if single else each
+        target: str | dict[str, str] = read[outputs[0]] if single else read
+        example = attrs.evolve(examples[index], target=target)
+        return await metric.score(answers, example, f"{DATA}[{index}]")
+
+    return await map_concurrently(one, range(len(examples)))
 
 
 def _by_output(
     metric: Metric, trace: Trace, examples: list[Example], targets: dict[str, list[str]]
-) -> dict[str, float]:
-    """Each output node's mean under a metric that scores outputs one by one."""
-    means = {}
-    for name, expected in targets.items():
-        values = [
+) -> dict[str, list[float]]:
+    """Each output node's score per example, under a metric that scores outputs alone."""
+    return {
+        name: [
             metric.score_output(output, target, example, f"{DATA}[{index}]")
             for index, (output, target, example) in enumerate(
                 zip(trace.outputs[name], expected, examples, strict=True)
             )
         ]
-        means[name] = math.fsum(values) / len(values)
-    return means
+        for name, expected in targets.items()
+    }

@@ -22,7 +22,6 @@ import numbers
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Union
 
 import attrs
 
@@ -33,7 +32,7 @@ from dlgraph.data.example import Example
 from dlgraph.errors import DlgraphError, MetricError
 from dlgraph.scoring import normalize_answer
 
-Outputs = Union[str, Mapping[str, str]]  # noqa: UP007 (an alias evaluated at runtime)
+Outputs = str | Mapping[str, str]
 """A network's outputs for one example: one text, or a text per output node."""
 MetricFunction = Callable[[Outputs, Example], float | Awaitable[float]]
 Compare = Callable[[str, str], float]
@@ -179,7 +178,7 @@ BUILTIN: dict[str, Metric] = {
 """The metrics every install has, by name; "exact" is the default."""
 DEFAULT = BUILTIN["exact"]
 
-MetricLike = Union[str, Metric, MetricFunction, None]  # noqa: UP007 (evaluated at runtime)
+MetricLike = str | Metric | MetricFunction | None
 """What `metric=` takes: a name, a `Metric`, a function, or None for the default."""
 
 
