@@ -352,3 +352,17 @@ async def test_a_plugin_metric_is_found_by_its_entry_point_name(tmp_path, monkey
         dg.MetricError, match=r"\(known: contains, exact, fragile, number, shouted, token_f1\)"
     ):
         await dg.evaluate(adder(), engine, sums(2, 0), metric="shout")
+
+
+async def test_scores_of_chunks_concatenate_to_the_score_of_the_whole() -> None:
+    net = dg.Network()
+    net.add_node("label", prompt="Label it.", classes=CLASSES)
+    net.add_edge(dg.INPUT, "label")
+    data = [dg.Example(word, target) for word, (target, _) in ANSWERS.items()]
+    async with dg.Engine(classes_model()) as engine:
+        whole = await dg.evaluate(net, engine, data)
+        parts = [await dg.evaluate(net, engine, data[:4]), await dg.evaluate(net, engine, data[4:])]
+    joined = dg.Score.concatenate(parts)
+    assert joined == whole and joined.per_example == whole.per_example
+    assert joined.by_output == pytest.approx(whole.by_output)
+    assert joined.reports == whole.reports
