@@ -306,11 +306,19 @@ def classes_model() -> ScriptedModel:
     return ScriptedModel(logprob=logprob)
 
 
-async def test_the_per_class_report_counts_a_known_confusion() -> None:
+def labeller() -> dg.Network:
     net = dg.Network()
     net.add_node("label", prompt="Label it.", classes=CLASSES)
     net.add_edge(dg.INPUT, "label")
-    data = [dg.Example(word, target) for word, (target, _) in ANSWERS.items()]
+    return net
+
+
+def labelled() -> list[dg.Example]:
+    return [dg.Example(word, target) for word, (target, _) in ANSWERS.items()]
+
+
+async def test_the_per_class_report_counts_a_known_confusion() -> None:
+    net, data = labeller(), labelled()
     async with dg.Engine(classes_model()) as engine:
         score = await dg.evaluate(net, engine, data)
     report = score.reports["label"]
@@ -355,10 +363,7 @@ async def test_a_plugin_metric_is_found_by_its_entry_point_name(tmp_path, monkey
 
 
 async def test_scores_of_chunks_concatenate_to_the_score_of_the_whole() -> None:
-    net = dg.Network()
-    net.add_node("label", prompt="Label it.", classes=CLASSES)
-    net.add_edge(dg.INPUT, "label")
-    data = [dg.Example(word, target) for word, (target, _) in ANSWERS.items()]
+    net, data = labeller(), labelled()
     async with dg.Engine(classes_model()) as engine:
         whole = await dg.evaluate(net, engine, data)
         parts = [await dg.evaluate(net, engine, data[:4]), await dg.evaluate(net, engine, data[4:])]
