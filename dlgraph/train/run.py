@@ -126,8 +126,8 @@ class Training:
         try:
             if not await self._resume(fingerprint):
                 self.best = trainer.net.copy()  # kept even if the budget ends the first evaluation
-                self.initial_score = float(
-                    await evaluate(trainer.net, trainer.engine, self.dev, metric=self.metric)
+                self.initial_score = await evaluate(
+                    trainer.net, trainer.engine, self.dev, metric=self.metric
                 )
                 self.best_score = self.initial_score
             while trainer.steps_done < self.schedule.steps:
@@ -180,9 +180,7 @@ class Training:
                 candidate = trainer.net.copy()
                 for name, parameter in outcome.parameters.items():
                     candidate.set_parameter(name, parameter)
-                dev_score = float(
-                    await evaluate(candidate, trainer.engine, self.dev, metric=self.metric)
-                )
+                dev_score = await evaluate(candidate, trainer.engine, self.dev, metric=self.metric)
         except BaseException:
             trainer.rng.setstate(rng_state)
             raise
