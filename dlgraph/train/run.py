@@ -21,6 +21,7 @@ from dlgraph.data.example import Example, check_dataset
 from dlgraph.engine import Engine, Usage
 from dlgraph.errors import BudgetExhausted, CheckpointError
 from dlgraph.evaluation import evaluate
+from dlgraph.metrics import DEFAULT, Metric
 from dlgraph.network import Network
 from dlgraph.train.candidates import Memory
 from dlgraph.train.checkpoint import BEST_FILENAME, FILENAME, Checkpoint
@@ -47,7 +48,7 @@ class Schedule:
     eval_every: int = attrs.field(default=1, validator=integer(1))
     """Evaluate on dev after every this many steps (and after the last)."""
     patience: int | None = attrs.field(default=None, validator=integer(1))
-    """Stop after this many evaluations without a better dev accuracy."""
+    """Stop after this many evaluations without a better dev score (the metric's)."""
 
     def evaluates_after(self, step: int) -> bool:
         """Whether step `step` (from 1) is followed by a dev evaluation."""
@@ -91,6 +92,8 @@ class Training:
     checkpoint_dir: str | os.PathLike[str] | None = attrs.field(default=None, kw_only=True)
     log_path: str | os.PathLike[str] | None = attrs.field(default=None, kw_only=True)
     on_step: StepCallback | None = attrs.field(default=None, kw_only=True)
+    metric: Metric = attrs.field(default=DEFAULT, kw_only=True)
+    """Decides which network is kept: dev evaluations, selection, early stopping."""
     history: list[StepRecord] = attrs.field(factory=list, init=False)
     best: Network | None = attrs.field(default=None, init=False)
     best_score: float | None = attrs.field(default=None, init=False)
@@ -109,6 +112,8 @@ class Training:
             "train": [[e.input, e.target] for e in self.train],
             "dev": [[e.input, e.target] for e in self.dev],
         }
+        if self.metric is not DEFAULT:  # a default run's checkpoint from before metrics resumes
+            setup["metric"] = self.metric.name
         return hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()
 
     async def execute(self) -> FitResult:
@@ -121,7 +126,9 @@ class Training:
         try:
             if not await self._resume(fingerprint):
                 self.best = trainer.net.copy()  # kept even if the budget ends the first evaluation
-                self.initial_score = await evaluate(trainer.net, trainer.engine, self.dev)
+                self.initial_score = await evaluate(
+                    trainer.net, trainer.engine, self.dev, metric=self.metric
+                )
                 self.best_score = self.initial_score
             while trainer.steps_done < self.schedule.steps:
                 patience = self.schedule.patience
@@ -142,8 +149,9 @@ class Training:
             self.best.save(Path(self.checkpoint_dir) / BEST_FILENAME)
         return FitResult(
             network=self.best.copy(),
-            best_dev_accuracy=self.best_score,
-            initial_dev_accuracy=self.initial_score,
+            best_dev_score=self.best_score,
+            initial_dev_score=self.initial_score,
+            metric=self.metric.name,
             history=list(self.history),
             stopped=stopped,
         )
@@ -154,8 +162,8 @@ class Training:
         with self.trainer.engine.tracer.span("step", step=self.trainer.steps_done + 1) as span:
             record = await self._one_step()
             span.set("batch_loss", record.batch_loss)
-            if record.dev_accuracy is not None:
-                span.set("dev_accuracy", record.dev_accuracy)
+            if record.dev_score is not None:
+                span.set("dev_score", record.dev_score)
         return record
 
     async def _one_step(self) -> StepRecord:
@@ -167,19 +175,19 @@ class Training:
             batch = trainer.rng.sample(self.train, min(self.schedule.batch_size, len(self.train)))
             outcome = await trainer.step(batch)
             number = trainer.steps_done + 1
-            dev_accuracy = None
+            dev_score = None
             if self.schedule.evaluates_after(number):
                 candidate = trainer.net.copy()
                 for name, parameter in outcome.parameters.items():
                     candidate.set_parameter(name, parameter)
-                dev_accuracy = await evaluate(candidate, trainer.engine, self.dev)
+                dev_score = await evaluate(candidate, trainer.engine, self.dev, metric=self.metric)
         except BaseException:
             trainer.rng.setstate(rng_state)
             raise
         trainer.apply(outcome)
         trainer.steps_done = number
-        if dev_accuracy is not None:
-            self._consider(dev_accuracy)
+        if dev_score is not None:
+            self._consider(dev_score)
         spent = _spent(trainer)
         record = StepRecord(
             step=number,
@@ -191,23 +199,28 @@ class Training:
             },
             elbo=outcome.elbo,
             posterior_entropy=outcome.posterior_entropy,
-            dev_accuracy=dev_accuracy,
+            dev_score=dev_score,
+            metric=self.metric.name,
             calls=spent.calls - before.calls,
             tokens=spent.tokens - before.tokens,
         )
         self.history.append(record)
         return record
 
-    def _consider(self, dev_accuracy: float) -> None:
-        if self.best_score is None or dev_accuracy > self.best_score:
-            self.best, self.best_score = self.trainer.net.copy(), dev_accuracy
+    def _consider(self, dev_score: float) -> None:
+        if self.best_score is None or dev_score > self.best_score:
+            self.best, self.best_score = self.trainer.net.copy(), dev_score
             self.evaluations_since_best = 0
         else:
             self.evaluations_since_best += 1
 
     def _log(self, record: StepRecord) -> None:
         logger.info(
-            "step %d: batch loss %.3f, dev %s", record.step, record.batch_loss, record.dev_accuracy
+            "step %d: batch loss %.3f, dev %s %s",
+            record.step,
+            record.batch_loss,
+            record.metric,
+            record.dev_score,
         )
         if self.log_path is not None:
             with open(self.log_path, "a", encoding="utf-8") as stream:

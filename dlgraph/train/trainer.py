@@ -23,6 +23,7 @@ from dlgraph.data.example import Example, check_dataset
 from dlgraph.engine import Engine
 from dlgraph.errors import DataError
 from dlgraph.forward import Trace
+from dlgraph.metrics import MetricLike, resolve_metric
 from dlgraph.network import Network
 from dlgraph.nodes import Parameter
 from dlgraph.train.candidates import Memory
@@ -181,8 +182,13 @@ class VariationalTrainer:
         checkpoint_dir: str | os.PathLike[str] | None = None,
         log_path: str | os.PathLike[str] | None = None,
         on_step: StepCallback | None = None,
+        metric: MetricLike = None,
     ) -> FitResult:
         """Train for `steps` steps and leave `net` holding the best prompts on dev.
+
+        `metric` (as for `dg.evaluate`; default exact accuracy) decides which network is
+        kept: every dev evaluation, the best network, early stopping, ``best.json``. The
+        ELBO still scores each step's candidates by the log-likelihood of the targets.
 
         With `checkpoint_dir`, state is saved after every step and a later call resumes
         from it, repeating no finished step; `best.json` there is the best network. The
@@ -190,8 +196,11 @@ class VariationalTrainer:
         engines were made with ``journal=`` (as ``dlgraph train`` makes them). A spent
         budget ends the run cleanly (``stopped="budget"``). Raises DataError for bad data,
         CheckpointError for a damaged or foreign checkpoint, or for a `checkpoint_dir` or
-        `log_path` that cannot be written (before any call), BackendError for failed calls.
+        `log_path` that cannot be written (before any call), BackendError for failed calls,
+        MetricError for an unknown metric (before any call) or a metric that fails on a dev
+        example (before anything of that step is saved).
         """
+        chosen = resolve_metric(metric)
         schedule = Schedule(
             steps=steps, batch_size=batch_size, eval_every=eval_every, patience=patience
         )
@@ -203,6 +212,7 @@ class VariationalTrainer:
             checkpoint_dir=checkpoint_dir,
             log_path=log_path,
             on_step=on_step,
+            metric=chosen,
         )
         with self.engine.tracer.span("fit", steps=steps, batch_size=batch_size) as span:
             result = await training.execute()
@@ -216,11 +226,18 @@ class VariationalTrainer:
         train: Sequence[Example] = (),
         dev_size: int = 0,
         eval_every: int = 1,
+        *,
+        metric: MetricLike = None,
     ) -> Estimate:
-        """Upper bounds on calls and tokens for a run (no cache hits, no pruning)."""
+        """Upper bounds on calls and tokens for a run (no cache hits, no pruning); an async
+        `metric` may call models of its own, which the estimate says it does not know."""
+        chosen = resolve_metric(metric)
         schedule = Schedule(steps=steps, batch_size=batch_size, eval_every=eval_every)
         setup = self._setup()
-        return estimate(self._phases(setup), setup, schedule, train, dev_size)
+        found = estimate(self._phases(setup), setup, schedule, train, dev_size)
+        if not chosen.is_async:
+            return found
+        return attrs.evolve(found, unknown=(f"the calls of the async metric {chosen.name!r}",))
 
     async def pace(self, examples: Sequence[Example], batch_size: int = 20) -> Pace:
         """Time a few calls of each action the run's waves hold, on each engine, so that
