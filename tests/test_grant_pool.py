@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from test_engine_stages import replying
+from fake_clock import FakeClock
+from test_engine_stages import replying, run_with_clock
 
 import dlgraph as dg
 from dlgraph._entry_points import SHARED_LIMITS
@@ -398,3 +399,25 @@ async def test_a_call_that_borrowed_while_a_more_urgent_one_arrived_leaves_the_q
     assert limiter.statistics().waiting == 0
     await limiter(dg.GenerateRequest("later"))  # nothing stale blocks the queue
     assert served[-1] == "later"
+
+
+async def test_a_limiter_on_a_shared_limit_still_keeps_to_its_own_request_rate() -> None:
+    clock = FakeClock()
+    starts: list[float] = []
+
+    async def serving(work):
+        starts.append(clock.time())
+        return "ok"
+
+    limits = RateLimits(rpm=60)
+    pool = GrantPool(RecordingSource(), 60, None, limits.burst_s, clock=clock.time)
+    limiter = Limiter(
+        replying(serving), dg.Backend(), limits, clock=clock.time, sleep=clock.sleep, pool=pool
+    )
+
+    async def body() -> None:
+        for i in range(3):
+            await limiter(dg.GenerateRequest(f"p{i}", max_tokens=1))
+
+    await run_with_clock(clock, body)
+    assert starts == pytest.approx([0, 1, 2])  # the source lends freely; the bucket says when
