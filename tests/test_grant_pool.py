@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from dlgraph_sim import ScriptedModel
 from fake_clock import FakeClock
 from test_engine_stages import replying, run_with_clock
 
@@ -421,3 +422,43 @@ async def test_a_limiter_on_a_shared_limit_still_keeps_to_its_own_request_rate()
 
     await run_with_clock(clock, body)
     assert starts == pytest.approx([0, 1, 2])  # the source lends freely; the bucket says when
+
+
+# -- an engine with a shared limit -----------------------------------------------------------
+
+
+async def test_an_engine_on_a_shared_limit_declares_it_borrows_from_it_and_gives_back() -> None:
+    source = RecordingSource(grant=dg.Grant(5, 0))  # more than the one call asks for
+    model = ScriptedModel(generate=lambda request: "ok")
+    async with dg.Engine(model, rpm=6000, shared_limit=source) as engine:
+        assert source.configured == [(6000, None, 1.0)]
+        assert await engine.generate("hi") == "ok"
+        assert source.borrowed == [(1, 0)] and source.given_back == []
+    assert source.given_back == [(4, 0)]  # what it held and did not spend
+
+
+async def test_an_engine_cancelled_while_closing_still_gives_back_its_allowance() -> None:
+    source = BlockingSource()
+    source.grant = dg.Grant(5, 0)
+    model = ScriptedModel(generate=lambda request: "ok")
+    scope = anyio.CancelScope()
+
+    async def give_back(requests: int, tokens: int) -> None:
+        source.entered.set()
+        await source.release.wait()
+        source.given_back.append((requests, tokens))
+
+    source.give_back = give_back  # type: ignore[method-assign]
+
+    async def use() -> None:
+        with scope:
+            async with dg.Engine(model, rpm=6000, shared_limit=source) as engine:
+                await engine.generate("hi")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(use)
+        await source.entered.wait()  # closing: giving back
+        scope.cancel()
+        await anyio.wait_all_tasks_blocked()
+        source.release.set()
+    assert source.given_back == [(4, 0)]
