@@ -18,7 +18,8 @@ RECORD = dg.StepRecord(
     demonstrations={"answer": [{"input": "x", "output": "y"}]},
     elbo={"answer": [("Answer.", -1.5), ("Reply.", -math.inf)]},
     posterior_entropy={"hidden": 0.0},
-    dev_accuracy=None,
+    dev_score=None,
+    metric="exact",
     calls=0,
     tokens=0,
 )
@@ -35,9 +36,9 @@ def test_a_step_record_reads_back_equal_with_its_smallest_values() -> None:
     assert dg.StepRecord.from_json(written()) == RECORD
 
 
-def test_a_step_record_reads_back_its_dev_accuracy_when_evaluated() -> None:
-    document = written() | {"dev_accuracy": 0.5}
-    assert dg.StepRecord.from_json(document).dev_accuracy == 0.5
+def test_a_step_record_reads_back_its_dev_score_when_evaluated() -> None:
+    document = written() | {"dev_score": 0.5}
+    assert dg.StepRecord.from_json(document).dev_score == 0.5
 
 
 @pytest.mark.parametrize(
@@ -47,7 +48,7 @@ def test_a_step_record_reads_back_its_dev_accuracy_when_evaluated() -> None:
         ({"calls": -1}, ValueError, "calls"),
         ({"tokens": -1}, ValueError, "tokens"),
         ({"posterior_entropy": {"hidden": -0.5}}, ValueError, "entropy"),
-        ({"dev_accuracy": "high"}, TypeError, "dev_accuracy"),
+        ({"dev_score": "high"}, TypeError, "dev_score"),
         ({"prompts": ["Answer."]}, TypeError, "expected an object"),
         ({"elbo": {"answer": {}}}, TypeError, r"expected a list of \[prompt, elbo\] pairs"),
         ({"elbo": {"answer": [["Answer.", -1.5], "x"]}}, TypeError, "pairs"),

@@ -95,8 +95,8 @@ async def run(learner: ScriptedLearner, steps: int, **options) -> dg.FitResult:
 async def test_a_run_keeps_the_network_best_on_dev_in_place_and_in_best_json(tmp_path) -> None:
     learner = ScriptedLearner([YES, NO])
     result = await run(learner, 2, checkpoint_dir=tmp_path)
-    assert [record.dev_accuracy for record in result.history] == [1.0, 0.0]
-    assert (result.initial_dev_accuracy, result.best_dev_accuracy) == (0.5, 1.0)
+    assert [record.dev_score for record in result.history] == [1.0, 0.0]
+    assert (result.initial_dev_score, result.best_dev_score) == (0.5, 1.0)
     assert result.network.prompts() == {"answer": YES}
     assert learner.net.prompts() == {"answer": YES}
     assert dg.Network.load(tmp_path / "best.json").prompts() == {"answer": YES}
@@ -104,7 +104,7 @@ async def test_a_run_keeps_the_network_best_on_dev_in_place_and_in_best_json(tmp
 
 async def test_a_run_evaluates_every_few_steps_and_after_the_last() -> None:
     result = await run(ScriptedLearner([YES, NO, YES]), 3, eval_every=2)
-    assert [record.dev_accuracy for record in result.history] == [None, 0.0, 1.0]
+    assert [record.dev_score for record in result.history] == [None, 0.0, 1.0]
 
 
 async def test_a_run_stops_after_patience_evaluations_without_a_better_dev_accuracy() -> None:
@@ -155,7 +155,7 @@ async def test_a_resumed_run_continues_where_the_checkpoint_left_it(tmp_path) ->
     assert reported == [3, 4]  # steps 1 and 2 were logged before the interruption
     assert [record.step for record in result.history] == [1, 2, 3, 4]
     assert result.history[2].prompts == {"answer": NO}  # the prompt step 2 left
-    assert result.initial_dev_accuracy == 0.5 and result.best_dev_accuracy == 1.0
+    assert result.initial_dev_score == 0.5 and result.best_dev_score == 1.0
     assert logged_steps(tmp_path / "steps.jsonl") == {1, 2, 3, 4}
 
 
@@ -215,7 +215,8 @@ def step_record(step: int) -> dg.StepRecord:
         demonstrations={"answer": []},
         elbo={},
         posterior_entropy={},
-        dev_accuracy=None,
+        dev_score=None,
+        metric="exact",
         calls=0,
         tokens=0,
     )
