@@ -8,7 +8,7 @@ import anyio
 import pytest
 from dlgraph_sim import ScriptedModel
 from fake_clock import FakeClock
-from test_engine_stages import replying, run_with_clock
+from test_engine_stages import recording_limiter, replying, run_with_clock
 
 import dlgraph as dg
 from dlgraph.engine.limiter import Limiter, RateLimits
@@ -123,15 +123,7 @@ async def test_the_pause_after_a_429_lengthens_by_the_jitter_drawn_times_its_sha
 
 async def test_the_queue_keeps_its_order_after_the_most_urgent_waiter_leaves() -> None:
     clock = FakeClock()
-    served: list[str] = []
-
-    async def inner(work):
-        served.append(work.prompt)
-        return "ok"
-
-    limiter = Limiter(
-        replying(inner), dg.Backend(), RateLimits(rpm=60), clock=clock.time, sleep=clock.sleep
-    )
+    limiter, served = recording_limiter(clock)
 
     async def body() -> None:
         await limiter(dg.GenerateRequest("first"))
