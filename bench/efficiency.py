@@ -80,7 +80,7 @@ async def train_once(
         "expected": after_first[0] if after_first else estimate.expected_calls,
         "at_most": estimate.calls,
         "seconds": seconds,
-        "dev": float(result.best_dev_accuracy or 0.0),
+        "dev": float(result.best_dev_score or 0.0),
         "test": float(test_accuracy),
     }
 

@@ -36,8 +36,8 @@ async def run(config: RunConfig, seed: int) -> dict[str, float]:
         "seed": seed,
         "test_before": float(before),
         "test_after": float(after),
-        "dev_before": float(result.initial_dev_accuracy or 0),
-        "dev_best": float(result.best_dev_accuracy or 0),
+        "dev_before": float(result.initial_dev_score or 0),
+        "dev_best": float(result.best_dev_score or 0),
         "calls": calls,
         "seconds": time.monotonic() - started,
     }

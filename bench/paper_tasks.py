@@ -75,7 +75,7 @@ async def run(task: Task, method: str, seed: int, args: argparse.Namespace) -> d
                 seed=seed,
             )
             result = await trainer.fit(task.train, dev, steps=args.steps, batch_size=args.batch)
-            dev_best = result.best_dev_accuracy
+            dev_best = result.best_dev_score
         accuracy = await dg.evaluate(net, engine, test)
         calls = engine.statistics().total.calls
     return {

@@ -34,16 +34,19 @@ from dlgraph.errors import (
     DlgraphError,
     GraphError,
     MalformedAnswer,
+    MetricError,
     RateLimited,
     RequestRejected,
     RetriesExhausted,
     TransientError,
     UnknownBackend,
 )
-from dlgraph.evaluation import Accuracy, evaluate
+from dlgraph.evaluation import Accuracy, Score, evaluate
 from dlgraph.forward import Trace
+from dlgraph.metrics import Metric
 from dlgraph.network import Network
 from dlgraph.nodes import INPUT, Demonstration, LanguageNode, Parameter
+from dlgraph.report import ClassReport
 from dlgraph.train import Estimate, FitResult, StepRecord, TrainerOptions, VariationalTrainer
 
 __all__ = [
@@ -60,6 +63,7 @@ __all__ = [
     "CallUsage",
     "Capabilities",
     "CheckpointError",
+    "ClassReport",
     "ConfigError",
     "DataError",
     "Demonstration",
@@ -76,6 +80,8 @@ __all__ = [
     "LedgerSnapshot",
     "LogprobRequest",
     "MalformedAnswer",
+    "Metric",
+    "MetricError",
     "Network",
     "Parameter",
     "Price",
@@ -84,6 +90,7 @@ __all__ = [
     "RequestRejected",
     "RetriesExhausted",
     "RetryPolicy",
+    "Score",
     "StepRecord",
     "TopLogprobsRequest",
     "Trace",

@@ -1,8 +1,9 @@
 """The one loader of plugins: the entry-point groups dlgraph reads, by name.
 
-Three groups: ``dlgraph.backends`` (a backend factory, `dg.connect`), ``dlgraph.shared_limits``
-(a `GrantSource` factory taking the endpoint's key) and ``dlgraph.commands`` (a function that
-adds a command to the `dlgraph` command line). Reading a group imports no plugin; an entry is
+Four groups: ``dlgraph.backends`` (a backend factory, `dg.connect`), ``dlgraph.shared_limits``
+(a `GrantSource` factory taking the endpoint's key), ``dlgraph.commands`` (a function that
+adds a command to the `dlgraph` command line) and ``dlgraph.metrics`` (a metric function,
+named in configs by the entry's name). Reading a group imports no plugin; an entry is
 loaded (its module imported) only when asked for by name, or, for commands, when the command
 line is built.
 """
@@ -49,3 +50,4 @@ class PluginGroup:
 BACKENDS = PluginGroup("dlgraph.backends", "backend")
 SHARED_LIMITS = PluginGroup("dlgraph.shared_limits", "shared limit")
 COMMANDS = PluginGroup("dlgraph.commands", "command")
+METRICS = PluginGroup("dlgraph.metrics", "metric")

@@ -100,7 +100,7 @@ def prepare_folder(
     of `names` (or inside one of their folders) that the manifest does not list: dlgraph did
     not write it. Then the manifest is written listing `writes` and what it listed before,
     the listed files among `deletes` are deleted (files only, never a folder tree) and the
-    temporaries killed writers left beside `names` are removed.
+    temporaries killed writers left beside `names` and the manifest are removed.
     """
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{folder}: is a file; a {kind} needs a folder")
@@ -122,7 +122,7 @@ def prepare_folder(
     write_atomic(folder / MANIFEST, json.dumps(document, indent=2) + "\n")
     for name in sorted(owned & set(deletes)):
         (folder / name).unlink(missing_ok=True)
-    for name in names:
+    for name in (MANIFEST, *names):
         remove_stale_temporaries(folder / name)
 
 

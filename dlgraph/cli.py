@@ -25,6 +25,7 @@ import dlgraph as dg
 from dlgraph._entry_points import COMMANDS
 from dlgraph._untrusted import parse_json
 from dlgraph.config import RunConfig
+from dlgraph.metrics import BUILTIN as BUILTIN_METRICS
 from dlgraph.runs import (
     EVALUATION_CHUNK,
     RunHooks,
@@ -84,7 +85,7 @@ class _Shown(RunHooks):
 
             def on_step(record: dg.StepRecord) -> None:
                 progress.update(bar, completed=record.step)
-                dev = "" if record.dev_accuracy is None else f", dev {record.dev_accuracy:.3f}"
+                dev = "" if record.dev_score is None else f", dev {_named(record)}"
                 progress.console.print(
                     f"step {record.step}: batch loss {record.batch_loss:.3f}{dev}", markup=False
                 )
@@ -92,9 +93,22 @@ class _Shown(RunHooks):
             yield on_step
 
 
+def _named(record: dg.StepRecord) -> str:
+    """A step's dev score as the step line shows it: ``0.812`` or ``number 0.812``."""
+    shown = f"{record.dev_score:.3f}"
+    return shown if record.metric == "exact" else f"{record.metric} {shown}"
+
+
 def _estimate(trainer: dg.VariationalTrainer, config: RunConfig, task: dg.data.Task) -> dg.Estimate:
     run = config.schedule
-    return trainer.estimate(run.steps, run.batch_size, task.train, len(task.dev), run.eval_every)
+    return trainer.estimate(
+        run.steps,
+        run.batch_size,
+        task.train,
+        len(task.dev),
+        run.eval_every,
+        metric=config.metric,
+    )
 
 
 def _estimate_line(estimate: dg.Estimate) -> str:
@@ -108,6 +122,8 @@ def _estimate_line(estimate: dg.Estimate) -> str:
             f" on the forward model, {estimate.backward_calls:,} calls and "
             f"{estimate.backward_tokens:,} tokens on the backward model"
         )
+    for unknown in estimate.unknown:
+        line += f"; not counted: {unknown}"
     return line
 
 
@@ -124,7 +140,8 @@ async def _train(args: argparse.Namespace) -> None:
 
 def _report(trained: TrainedRun) -> None:
     result, fit = trained.result, trained.fit
-    table = Table(title=f"{result.task}: accuracy before and after training")
+    measured = "accuracy" if result.metric == "exact" else f"metric {result.metric}"
+    table = Table(title=_plain(f"{result.task}: {measured} before and after training"))
     table.add_column("split")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
@@ -154,13 +171,14 @@ def _plot(result: dg.FitResult, before: dict[str, float], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise dg.ConfigError("--plot needs matplotlib: pip install 'dlgraph[plot]'") from None
-    steps = [0] + [r.step for r in result.history if r.dev_accuracy is not None]
+    steps = [0] + [r.step for r in result.history if r.dev_score is not None]
     dev = [before.get("dev", 0.0)] + [
-        r.dev_accuracy for r in result.history if r.dev_accuracy is not None
+        r.dev_score for r in result.history if r.dev_score is not None
     ]
     loss = [r.batch_loss for r in result.history]
     figure, axis = plt.subplots(figsize=(6, 4))
-    axis.plot(steps, dev, marker="o", label="dev accuracy")
+    label = "dev accuracy" if result.metric == "exact" else f"dev {result.metric}"
+    axis.plot(steps, dev, marker="o", label=label)
     axis.plot(
         [r.step for r in result.history],
         [1 - value for value in loss],
@@ -168,7 +186,8 @@ def _plot(result: dg.FitResult, before: dict[str, float], path: Path) -> None:
         label="batch accuracy (before step)",
     )
     axis.set_xlabel("step")
-    axis.set_ylim(0, 1)
+    if result.metric in BUILTIN_METRICS:  # their scores lie in [0, 1]; a user's may not
+        axis.set_ylim(0, 1)
     axis.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100, bbox_inches="tight")
@@ -184,10 +203,32 @@ async def _eval(args: argparse.Namespace) -> None:
     net.node(net.output_nodes()[0]).targets(data, args.split)
     hooks = _Shown(config, probe=False)
     async with config.engine() as engine:
-        accuracy = await evaluate_in_chunks(net, engine, data, args.split, hooks)
+        score = await evaluate_in_chunks(net, engine, data, args.split, hooks, config.metric)
+    measured = "accuracy" if score.metric == "exact" else f"metric {score.metric}"
     console.print(
-        f"{task.name} {args.split} accuracy: {accuracy:.3f} ({len(getattr(task, args.split))} examples)"
+        _plain(f"{task.name} {args.split} {measured}: {score:.3f} ({len(data)} examples)"),
+        highlight=False,
     )
+    for name, report in score.reports.items():
+        console.print(_report_table(name, report))
+
+
+def _report_table(name: str, report: dg.ClassReport) -> Table:
+    """Precision and recall per class, then the confusion: a row per target class, a column
+    per prediction."""
+    table = Table(title=_plain(f"{name}: per class (rows: target, columns: predicted)"))
+    for column in ("class", "precision", "recall", "support", *report.columns):
+        table.add_column(_plain(column), justify="left" if column == "class" else "right")
+    for label in report.classes:
+        precision, recall = report.precision(label), report.recall(label)
+        table.add_row(
+            _plain(label),
+            "-" if precision is None else f"{precision:.3f}",
+            "-" if recall is None else f"{recall:.3f}",
+            str(report.support(label)),
+            *(str(report.count(label, predicted)) for predicted in report.columns),
+        )
+    return table
 
 
 def _loaded(path: str) -> dg.Network:
@@ -294,14 +335,15 @@ def _show(args: argparse.Namespace) -> None:
     if history.is_file():
         rows = _history_rows(history)
         steps = Table(title="history")
-        for column in ("step", "batch loss", "dev", "calls", "tokens"):
+        for column in ("step", "batch loss", "dev", "metric", "calls", "tokens"):
             steps.add_column(column, justify="right")
         for row in rows:
-            dev = "" if row["dev_accuracy"] is None else f"{row['dev_accuracy']:.3f}"
+            dev = "" if row["dev_score"] is None else f"{row['dev_score']:.3f}"
             steps.add_row(
                 str(row["step"]),
                 f"{row['batch_loss']:.3f}",
                 dev,
+                _plain(row["metric"]),
                 str(row["calls"]),
                 str(row["tokens"]),
             )
@@ -349,7 +391,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-probe", action="store_true", help=NO_PROBE)
     evaluate = commands.add_parser(
-        "eval", parents=[settings], help="accuracy of a network on a split"
+        "eval",
+        parents=[settings],
+        help="a network's score on a split ([train] metric; accuracy by default)",
     )
     evaluate.add_argument("config")
     evaluate.add_argument(

@@ -5,6 +5,8 @@ DlgraphError
 ├── GraphError (ValueError)   cycle, unknown node, orphan node, unsupplied template variable
 ├── DataError (ValueError)    empty dataset, malformed line (path:line), target outside classes
 ├── ConfigError (ValueError)  a bad key or value in a config file (names key and file)
+├── MetricError (ValueError)  a metric raised or gave no number (names metric and example);
+│                             an unknown metric name (lists the known ones)
 ├── CheckpointError           corrupt, truncated or incompatible; never half-loaded
 ├── CacheError                an answer cache on disk that is corrupt or not dlgraph's
 ├── BudgetExhausted           call or token budget reached; fit() stops cleanly, best net saved
@@ -38,6 +40,11 @@ class DataError(DlgraphError, ValueError):
 
 class ConfigError(DlgraphError, ValueError):
     """A configuration file has a bad key or value; the message names the key and file."""
+
+
+class MetricError(DlgraphError, ValueError):
+    """A metric failed on an example (it raised, or returned something that is no finite
+    number), or no metric has the name given; the message names the metric and the example."""
 
 
 class CheckpointError(DlgraphError):

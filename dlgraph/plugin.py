@@ -14,6 +14,11 @@ when known). A backend that sends work elsewhere whole overrides `Backend.handle
 returning a `GrantSource`). The source lends `Grant`s of an endpoint's allowance to engines
 in every process; `TokenBucket` is the bucket it may keep.
 
+**Metrics** (group ``dlgraph.metrics``: a metric function, or a `dlgraph.Metric`, named in
+configs by the entry's name: ``[train] metric = "NAME"``). The function takes (the network's
+outputs for one example, the `dlgraph.Example`, its target as the output nodes name answers)
+and returns a finite float, higher is better; it may be async. `METRICS` lists them.
+
 **Commands** (group ``dlgraph.commands``: a function given `Commands`, the ``dlgraph``
 command line's subcommands). It adds its parser and sets ``handler``, a `CommandHandler`:
 called with the parsed arguments, it returns the exit status and starts its own event loop;
@@ -29,7 +34,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from dlgraph._entry_points import BACKENDS, COMMANDS, SHARED_LIMITS, PluginGroup
+from dlgraph._entry_points import BACKENDS, COMMANDS, METRICS, SHARED_LIMITS, PluginGroup
 from dlgraph._files import prepare_folder, write_atomic
 from dlgraph._validate import check_int, check_number, integer, number
 from dlgraph.answer import NO_USAGE, Answer, CallUsage, as_answer
@@ -84,6 +89,7 @@ AddCommand = Callable[[Commands], None]
 __all__ = [
     "BACKENDS",
     "COMMANDS",
+    "METRICS",
     "NO_USAGE",
     "PHASES",
     "SHARED_LIMITS",

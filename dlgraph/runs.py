@@ -28,7 +28,8 @@ from dlgraph.config import RunConfig
 from dlgraph.data import Example, Task
 from dlgraph.engine import Engine, LedgerSnapshot
 from dlgraph.errors import ConfigError
-from dlgraph.evaluation import evaluate
+from dlgraph.evaluation import Score, evaluate
+from dlgraph.metrics import Metric
 from dlgraph.network import Network
 from dlgraph.train import FitResult, StepRecord, VariationalTrainer
 from dlgraph.train.folder import RunFolder
@@ -97,24 +98,30 @@ class RunHooks:
 
 
 async def evaluate_in_chunks(
-    net: Network, engine: Engine, data: Sequence[Example], label: str, hooks: RunHooks
-) -> float:
-    """Accuracy on `data`, evaluated in chunks so that `hooks` can follow."""
+    net: Network,
+    engine: Engine,
+    data: Sequence[Example],
+    label: str,
+    hooks: RunHooks,
+    metric: Metric | None = None,
+) -> Score:
+    """The metric on `data` (default: accuracy), evaluated in chunks so that `hooks` can
+    follow."""
     with hooks.evaluating(label, len(data)) as advance:
-        correct = 0.0
+        parts = []
         for start in range(0, len(data), EVALUATION_CHUNK):
             chunk = data[start : start + EVALUATION_CHUNK]
-            correct += await evaluate(net, engine, chunk) * len(chunk)
+            parts.append(await evaluate(net, engine, chunk, metric=metric))
             advance(len(chunk))
-    return correct / len(data)
+    return Score.concatenate(parts)
 
 
 async def _scores(
-    net: Network, engine: Engine, task: Task, when: str, hooks: RunHooks
+    net: Network, engine: Engine, task: Task, when: str, hooks: RunHooks, metric: Metric
 ) -> dict[str, float]:
     return {
         split: await evaluate_in_chunks(
-            net, engine, getattr(task, split), f"{split} ({when})", hooks
+            net, engine, getattr(task, split), f"{split} ({when})", hooks, metric
         )
         for split in SPLITS
         if getattr(task, split)
@@ -154,7 +161,7 @@ async def train_run(
     async with checked.opened():
         trainer = checked.trainer(config)
         await hooks.started(trainer, task)
-        before = await _scores(net, engine, task, "before", hooks)
+        before = await _scores(net, engine, task, "before", hooks, config.metric)
         with hooks.training(config.schedule.steps) as on_step:
             fit = await trainer.fit(
                 task.train,
@@ -166,8 +173,9 @@ async def train_run(
                 checkpoint_dir=folder.checkpoint_dir,
                 log_path=folder.steps,
                 on_step=on_step,
+                metric=config.metric,
             )
-        after = await _scores(net, engine, task, "after", hooks)
+        after = await _scores(net, engine, task, "after", hooks, config.metric)
         ledgers = {"forward": engine.statistics()}
         if checked.backward is not None:
             ledgers["backward"] = checked.backward.statistics()
@@ -193,8 +201,10 @@ class RunResult:
     hold the calls of killed processes of the same run."""
 
     task: str
+    metric: str = "exact"
+    """What `before`, `after` and `best_dev` measure ("exact": accuracy)."""
     before: Mapping[str, float]
-    """Accuracy by split ("dev", "test") before training."""
+    """The metric's mean by split ("dev", "test") before training."""
     after: Mapping[str, float]
     best_dev: float | None
     steps: int
@@ -218,9 +228,10 @@ class RunResult:
         fit: FitResult,
     ) -> RunResult:
         totals = [ledger.total for ledger in ledgers.values()]
-        best_dev = fit.best_dev_accuracy
-        return cls(  # plain floats: an Accuracy (a float with .by_output) does not pickle
+        best_dev = fit.best_dev_score
+        return cls(  # plain floats: a Score (a float with its parts) does not pickle
             task=task.name,
+            metric=fit.metric,
             before={split: float(value) for split, value in before.items()},
             after={split: float(value) for split, value in after.items()},
             best_dev=None if best_dev is None else float(best_dev),
@@ -237,6 +248,7 @@ class RunResult:
         """The file's object, keys in the order the file has them."""
         return {
             "task": self.task,
+            "metric": self.metric,
             "before": dict(self.before),
             "after": dict(self.after),
             "best_dev": self.best_dev,
@@ -271,7 +283,7 @@ class RunResult:
         """The record of a file's object; ValueError says what is not what a run writes."""
         if not isinstance(data, dict):
             raise ValueError("expected a JSON object")
-        after = _accuracies(data, "after", required=True)
+        after = _scores_by_split(data, "after", required=True)
         unknown = sorted(set(data) - set(attrs.fields_dict(cls)))
         if unknown:
             raise ValueError(f"unknown key {unknown[0][:40]!r}")
@@ -283,9 +295,10 @@ class RunResult:
                 raise ValueError(f"{counter!r} must be {kind} >= 0, got {value!r}")
         return cls(
             task=_optional(data, "task", str, ""),
-            before=_accuracies(data, "before", required=False),
+            metric=_optional(data, "metric", str, "exact"),
+            before=_scores_by_split(data, "before", required=False),
             after=after,
-            best_dev=_accuracy_or_none(data.get("best_dev")),
+            best_dev=_score_or_none(data.get("best_dev")),
             steps=data["steps"],
             stopped=_optional(data, "stopped", str, ""),
             calls=data["calls"],
@@ -296,21 +309,22 @@ class RunResult:
         )
 
 
-def _accuracies(data: dict[str, Any], key: str, *, required: bool) -> dict[str, float]:
-    """Accuracy by split: dev or test, each in [0, 1]."""
+def _scores_by_split(data: dict[str, Any], key: str, *, required: bool) -> dict[str, float]:
+    """The metric's mean by split: dev or test, each a finite number (a metric's values
+    need not lie in [0, 1])."""
     found = data.get(key, None if required else {})
     if not isinstance(found, dict) or (required and not found):
-        raise ValueError(f"{key!r} must map splits to accuracies")
-    for split, accuracy in found.items():
-        if split not in SPLITS or not _number(accuracy) or not 0 <= accuracy <= 1:
-            raise ValueError(f"{key!r}: {split!r} must be dev or test with an accuracy in [0, 1]")
+        raise ValueError(f"{key!r} must map splits to scores")
+    for split, score in found.items():
+        if split not in SPLITS or not _number(score) or not math.isfinite(score):
+            raise ValueError(f"{key!r}: {split!r} must be dev or test with a finite score")
     return dict(found)
 
 
-def _accuracy_or_none(value: object) -> float | None:
-    if value is None or (_number(value) and 0 <= value <= 1):
+def _score_or_none(value: object) -> float | None:
+    if value is None or (_number(value) and math.isfinite(value)):
         return value
-    raise ValueError(f"'best_dev' must be an accuracy in [0, 1] or null, got {value!r}")
+    raise ValueError(f"'best_dev' must be a finite score or null, got {value!r}")
 
 
 def _seconds(value: object) -> float:

@@ -32,7 +32,7 @@ async def main(args: argparse.Namespace) -> None:
         )
         after = await dg.evaluate(net, engine, test)
     print(
-        f"{args.task}: test accuracy {before:.3f} -> {after:.3f} (dev {result.initial_dev_accuracy:.3f} -> {result.best_dev_accuracy:.3f})"
+        f"{args.task}: test accuracy {before:.3f} -> {after:.3f} (dev {result.initial_dev_score:.3f} -> {result.best_dev_score:.3f})"
     )
     print(f"learnt prompt: {net.prompts()['answer']}")
 

@@ -50,7 +50,7 @@ async def main(args: argparse.Namespace) -> None:
         result = await trainer.fit(task.train, task.dev, steps=args.steps, batch_size=args.batch)
         after = await dg.evaluate(net, engine, task.test)
     print(
-        f"specialists: dev {result.initial_dev_accuracy:.3f} -> {result.best_dev_accuracy:.3f}, test {after:.3f}"
+        f"specialists: dev {result.initial_dev_score:.3f} -> {result.best_dev_score:.3f}, test {after:.3f}"
     )
     for name, prompt in net.prompts().items():
         print(f"{name}: {prompt}")

@@ -6,12 +6,19 @@ address space is capped (``RLIMIT_AS``) and whose answer must come within a time
 that overruns fails alone, and neither the machine nor the rest of the suite pays for it. One
 child serves every case in turn (starting Python and importing dlgraph once); a child that
 overran is killed and the next case gets a fresh one.
+
+With ``DLGRAPH_LIMITED_IN_PROCESS=1`` in the environment, the pieces run in the test's own
+process instead, under a raised address-space cap (this process's size now plus the limit):
+`scripts/mutate.py` sets it, so that its traced run sees which lines each case executes and a
+mutant (swapped into this process, not into a freshly imported child) is seen by the cases.
+There the time limit is the mutation script's own, per mutant.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.pool
+import os
 import resource
 from collections.abc import Callable
 from types import TracebackType
@@ -19,9 +26,30 @@ from typing import Any, Self
 
 import pytest
 
+IN_PROCESS = os.environ.get("DLGRAPH_LIMITED_IN_PROCESS") == "1"
+
 
 def _limit_memory(limit_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+
+def _address_space_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * resource.getpagesize()
+
+
+def _run_in_process(memory_bytes: int, function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)` here, the soft address-space limit raised by `memory_bytes` above
+    what this process uses now, and put back after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = _address_space_bytes() + memory_bytes
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        return function(*args)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 class LimitedRunner:
@@ -47,6 +75,8 @@ class LimitedRunner:
         """`function(*args)` in the child; fails the test when it takes longer than the time
         limit (the child is then replaced). `function` should catch what it expects: an
         exception it raises is raised here."""
+        if IN_PROCESS:
+            return _run_in_process(self.memory_bytes, function, *args)
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
             self._pool = context.Pool(1, initializer=_limit_memory, initargs=(self.memory_bytes,))

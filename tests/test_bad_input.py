@@ -89,9 +89,9 @@ async def pace(examples: list[dg.Example]) -> None:
         await dg.VariationalTrainer(one_node(), engine).pace(examples)
 
 
-async def evaluate(examples: list[dg.Example]) -> None:
+async def evaluate(examples: list[dg.Example], metric: object = None) -> None:
     async with dg.Engine(MODEL.current) as engine:
-        await dg.evaluate(one_node(), engine, examples)
+        await dg.evaluate(one_node(), engine, examples, metric=metric)  # type: ignore[arg-type]
 
 
 def network_file(tmp: Path, document: object, raw: bytes | None = None) -> Path:
@@ -121,6 +121,9 @@ class Case:
     error: type[Exception]
     message: str
     """A regex the message must match: it names what is wrong and where."""
+    after_calls: bool = attrs.field(default=False, kw_only=True)
+    """The fault shows only in what the model answered (a metric's verdict on an output), so
+    calls come first; every other case is refused before any call."""
 
 
 def _template(template: str) -> dg.Network:
@@ -445,6 +448,53 @@ CASES = [
         lambda t: evaluate([]),
         dg.DataError,
         r"evaluation data: empty dataset",
+    ),
+    Case(
+        "evaluation under an unknown metric",
+        lambda t: evaluate(GOOD, metric="numbr"),
+        dg.MetricError,
+        r"^unknown metric 'numbr' \(known: contains, exact, number, token_f1",
+    ),
+    Case(
+        "evaluation under a metric that is no function",
+        lambda t: evaluate(GOOD, metric=3),
+        dg.MetricError,
+        r"^metric: expected a name or a function, got 3$",
+    ),
+    Case(
+        "a metric returning NaN",
+        lambda t: evaluate(GOOD, metric=lambda outputs, example: float("nan")),
+        dg.MetricError,
+        r"^metric '<lambda>' on evaluation data\[0\] \(input 'a'\): returned nan; a metric",
+        after_calls=True,
+    ),
+    Case(
+        "a metric returning text",
+        lambda t: evaluate(GOOD, metric=lambda outputs, example: "0.5"),
+        dg.MetricError,
+        r"^metric '<lambda>' on evaluation data\[0\] \(input 'a'\): returned '0.5'",
+        after_calls=True,
+    ),
+    Case(
+        "a metric returning a bool",
+        lambda t: evaluate(GOOD, metric=lambda outputs, example: outputs == example.target),
+        dg.MetricError,
+        r"^metric '<lambda>' on evaluation data\[0\] \(input 'a'\): returned (True|False)",
+        after_calls=True,
+    ),
+    Case(
+        "the number metric on targets without a number",
+        lambda t: evaluate(GOOD, metric="number"),
+        dg.MetricError,
+        r"^metric 'number' on evaluation data\[0\] \(input 'a'\): raised ValueError: target "
+        r"'yes' holds no number$",
+        after_calls=True,
+    ),
+    Case(
+        "training under an unknown metric",
+        lambda t: fit(metric="f1"),
+        dg.MetricError,
+        r"^unknown metric 'f1' \(known: contains, exact, number, token_f1",
     ),
     Case("steps below one", lambda t: fit(steps=-2), ValueError, r"steps must be > 0, got -2"),
     Case(
@@ -1321,7 +1371,8 @@ def test_bad_input_is_refused_with_a_message_naming_what_and_where(tmp_path, cas
     assert found.error_classes, "accepted: nothing was raised"
     assert qualified(case.error) in found.error_classes, found
     assert re.search(case.message, found.message), found.message
-    assert found.calls == 0, "no model call may be made for input that can be checked"
+    if not case.after_calls:
+        assert found.calls == 0, "no model call may be made for input that can be checked"
 
 
 # -- the command: one line, `error: FILE: [section] key: what`, exit 2, no traceback -----------
@@ -1503,6 +1554,22 @@ CLI_CASES = [
     ),
     CliCase(
         "an unknown key", ("steps = 1", "stepz = 1"), r"run.toml: \[train\] unknown key 'stepz'"
+    ),
+    CliCase(
+        "an unknown metric",
+        ("steps = 1", 'steps = 1\nmetric = "numbr"'),
+        r"run.toml: \[train\] metric: unknown metric 'numbr' \(known: contains, exact, number, "
+        r"token_f1",
+    ),
+    CliCase(
+        "a metric given as an importable path",
+        ("steps = 1", 'steps = 1\nmetric = "os:system"'),
+        r"run.toml: \[train\] metric: unknown metric 'os:system' \(known: ",
+    ),
+    CliCase(
+        "a metric given as a number",
+        ("steps = 1", "steps = 1\nmetric = 3"),
+        r"run.toml: \[train\] metric: expected str, got 3",
     ),
     CliCase(
         "a backward section without a name",
@@ -1850,6 +1917,22 @@ CLI_CASES = [
         r"checkpoint.json: evaluations_since_best: 5 evaluations in 1 steps",
         argv=RESUME,
         checkpoint=lambda payload: payload.update(evaluations_since_best=5),
+    ),
+    CliCase(
+        "a checkpoint whose best network has a result for one dev example",
+        None,
+        r"checkpoint.json: best_results: 1 results for \d+ dev examples",
+        argv=RESUME,
+        checkpoint=lambda payload: payload.update(best_results=[1.0]),
+    ),
+    CliCase(
+        "a checkpoint whose best results are not its best score",
+        None,
+        r"checkpoint.json: best_results: their mean 100 is not best_score",
+        argv=RESUME,
+        checkpoint=lambda payload: payload.update(
+            best_results=[100.0] * len(payload["best_results"])
+        ),
     ),
     # -- bounded work per input: values in a config (issue 21) ------------------------------
     CliCase(

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from metric_plugin import install_metric_plugin
+
 from dlgraph.cli import main
 
 SIM_CONFIG = """
@@ -178,3 +180,44 @@ def test_a_backward_section_trains_with_two_models_and_reports_both(tmp_path, ca
     assert not any("score" in row for row in rows)  # log-likelihoods stay on the forward model
     assert main(["estimate", str(write(tmp_path, text))]) == 0
     assert "on the backward model" in capsys.readouterr().out
+
+
+def test_eval_prints_a_per_class_report_after_the_score(tmp_path, capsys) -> None:
+    config = write(tmp_path, SIM_CONFIG)
+    assert main(["eval", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "navigation test accuracy" in out
+    assert "answer: per class (rows: target, columns: predicted)" in out
+    assert "precision" in out and "recall" in out
+
+
+def test_a_config_metric_reaches_the_step_log_the_result_and_the_report(tmp_path, capsys) -> None:
+    config = write(tmp_path, SIM_CONFIG.replace("[train]", '[train]\nmetric = "token_f1"'))
+    assert main(["train", str(config), "--no-probe"]) == 0
+    out = capsys.readouterr().out
+    assert "metric token_f1 before and after training" in out
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["metric"] == "token_f1"
+    steps = (tmp_path / "out" / "steps.jsonl").read_text().splitlines()
+    assert {json.loads(line)["metric"] for line in steps} == {"token_f1"}
+    assert main(["eval", str(config), "--set", 'train.metric="contains"']) == 0
+    assert "navigation test metric contains" in capsys.readouterr().out
+
+
+def test_a_failing_metric_stops_a_resumed_run_in_one_line_leaving_its_networks(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    install_metric_plugin(tmp_path, monkeypatch)
+    config = write(tmp_path, SIM_CONFIG.replace("[train]", '[train]\nmetric = "fragile"'))
+    assert main(["train", str(config), "--no-probe"]) == 0
+    out = tmp_path / "out"
+    kept = {
+        path: path.read_bytes() for path in (out / "network.json", out / "checkpoint" / "best.json")
+    }
+    monkeypatch.setenv("FRAGILE", "1")
+    longer = write(tmp_path, config.read_text().replace("steps = 2", "steps = 3"))
+    assert main(["train", str(longer), "--resume", "--no-probe"]) == 2
+    error = capsys.readouterr().out.strip().splitlines()[-1]
+    assert error.startswith("error: metric 'fragile' on evaluation data[0] (input ")
+    assert error.endswith("returned nan; a metric returns a finite number (higher is better)")
+    assert {path: path.read_bytes() for path in kept} == kept

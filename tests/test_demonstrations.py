@@ -61,8 +61,8 @@ DATA = {
 async def test_dln1_learns_a_rule_only_demonstrations_can_show() -> None:
     net = dln1()
     result = await train(net, SecretWorld().model())
-    assert result.initial_dev_accuracy <= 0.6
-    assert result.best_dev_accuracy >= 0.9
+    assert result.initial_dev_score <= 0.6
+    assert result.best_dev_score >= 0.9
     pairs = shown(net.render("answer", {dg.INPUT: "zzzz"}))
     assert len(pairs) >= 2 and len({answer for _, answer in pairs}) == 2
 
@@ -70,7 +70,7 @@ async def test_dln1_learns_a_rule_only_demonstrations_can_show() -> None:
 async def test_without_demonstrations_the_rule_cannot_be_learnt() -> None:
     net = dln1()
     result = await train(net, SecretWorld().model(), max_demonstrations=0)
-    assert result.best_dev_accuracy <= 0.6
+    assert result.best_dev_score <= 0.6
     assert net.node("answer").demonstrations == ()
 
 
@@ -84,14 +84,14 @@ async def test_candidates_whose_demonstrations_exceed_the_context_window_are_lef
     result = await train(net, model)
     scored = [r.request.context for r in model.calls if isinstance(r.request, dg.LogprobRequest)]
     assert scored and not any(shown(context) for context in scored)
-    assert result.best_dev_accuracy <= 0.6 and net.node("answer").demonstrations == ()
+    assert result.best_dev_score <= 0.6 and net.node("answer").demonstrations == ()
 
 
 async def test_a_hidden_node_learns_demonstrations_of_outputs_only_the_posterior_reveals() -> None:
     net = relay()
     result = await train(net, RelayWorld().model(), steps=5)
-    assert result.initial_dev_accuracy <= 0.6
-    assert result.best_dev_accuracy >= 0.9
+    assert result.initial_dev_score <= 0.6
+    assert result.best_dev_score >= 0.9
     hidden = net.node("reason").demonstrations
     assert len(hidden) >= 2
     for demonstration in hidden:  # each shows the colour of its own word, which no input states
@@ -102,7 +102,7 @@ async def test_a_hidden_node_learns_demonstrations_of_outputs_only_the_posterior
 async def test_without_the_posterior_the_hidden_node_has_nothing_to_show() -> None:
     net = relay()
     result = await train(net, RelayWorld().model(), steps=5, use_posterior=False)
-    assert result.best_dev_accuracy <= 0.65
+    assert result.best_dev_score <= 0.65
 
 
 async def test_the_backward_engine_writes_and_the_forward_engine_scores() -> None:
@@ -137,7 +137,7 @@ async def test_two_output_nodes_learn_both_heads_from_mapping_targets() -> None:
     net.add_edge(dg.INPUT, "second")
     result = await train(net, TwoHeads().model(), steps=4, max_demonstrations=0)
     assert net.prompts() == {"first": FIRST_KEY, "second": SECOND_KEY}
-    assert result.best_dev_accuracy >= 0.9 > 0.6 >= result.initial_dev_accuracy
+    assert result.best_dev_score >= 0.9 > 0.6 >= result.initial_dev_score
     async with dg.Engine(TwoHeads().model()) as engine:
         accuracy = await dg.evaluate(net, engine, pair_task(20, seed=3))
         predictions = await net.predict(engine, ["bcda zzzt"])

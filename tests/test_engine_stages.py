@@ -584,8 +584,8 @@ async def test_limiter_admits_the_highest_priority_first_when_rate_bound() -> No
     assert order[1:] == [2, 2, 1, 0, 0]
 
 
-async def test_limiter_cancelled_waiter_leaves_the_queue() -> None:
-    clock = FakeClock()
+def recording_limiter(clock: FakeClock) -> tuple[Limiter, list[str]]:
+    """A limiter of 60 requests a minute on `clock`, and the prompts it let through, in order."""
     served: list[str] = []
 
     async def inner(work):
@@ -595,6 +595,12 @@ async def test_limiter_cancelled_waiter_leaves_the_queue() -> None:
     limiter = Limiter(
         replying(inner), dg.Backend(), RateLimits(rpm=60), clock=clock.time, sleep=clock.sleep
     )
+    return limiter, served
+
+
+async def test_limiter_cancelled_waiter_leaves_the_queue() -> None:
+    clock = FakeClock()
+    limiter, served = recording_limiter(clock)
 
     async def body() -> None:
         await limiter(dg.GenerateRequest("first"))

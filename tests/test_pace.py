@@ -68,6 +68,7 @@ async def projected_and_measured(
         return projected, time.monotonic() - started, pace
 
 
+@pytest.mark.slow  # a real run timed against a server of real latency
 @pytest.mark.parametrize(
     ("serial", "network", "latency_s"),
     [(False, dln1, 0.1), (False, dln2, 0.1), (True, dln1, 0.005)],

@@ -105,6 +105,7 @@ async def test_a_run_from_a_config_writes_the_result_it_returns(tmp_path: Path) 
 def test_a_result_record_reads_back_what_it_wrote(tmp_path: Path) -> None:
     result = plugin.RunResult(
         task="t",
+        metric="number",
         before={"dev": 0.25},
         after={"dev": 0.5, "test": 0.75},
         best_dev=0.5,
@@ -120,6 +121,7 @@ def test_a_result_record_reads_back_what_it_wrote(tmp_path: Path) -> None:
     assert plugin.RunResult.read(tmp_path / "result.json") == result
     assert list(json.loads((tmp_path / "result.json").read_text())) == [
         "task",
+        "metric",
         "before",
         "after",
         "best_dev",
@@ -136,7 +138,8 @@ def test_a_result_record_reads_back_what_it_wrote(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"best_dev": 2.0}, "'best_dev' must be an accuracy in [0, 1] or null"),
+        ({"best_dev": "high"}, "'best_dev' must be a finite score or null"),
+        ({"metric": 3}, "'metric' must be text"),
         ({"before": {"train": 0.5}}, "'before': 'train' must be dev or test"),
         ({"stopped": 3}, "'stopped' must be text"),
         ({"seconds": -1}, "'seconds' must be a number >= 0"),

@@ -5,13 +5,15 @@ on worlds where every instruction's quality is known."""
 from __future__ import annotations
 
 import random
+import statistics
 
 import pytest
 from dlgraph_sim import ScriptedModel
 from race_world import CURRENT, QualityWorld, items, network
 
 import dlgraph as dg
-from dlgraph.evaluation import example_scores
+from dlgraph.metrics import DEFAULT, Metric, exact
+from dlgraph.train.checkpoint import Checkpoint
 from dlgraph.train.compare import Referee
 from dlgraph.train.race import Race
 
@@ -90,9 +92,15 @@ def test_race_scores_every_example_in_one_round_under_full_scoring() -> None:
 # -- the dev comparison -------------------------------------------------------------------
 
 
-async def compare(world: QualityWorld, incumbent: list[float], dev: list[dg.Example], z=1.645):
+async def compare(
+    world: QualityWorld,
+    incumbent: list[float],
+    dev: list[dg.Example],
+    z: float | None = 1.645,
+    metric: Metric = DEFAULT,
+):
     async with dg.Engine(world.model(), cache=False) as engine:
-        return await Referee(z).compare(
+        return await Referee(z, metric).compare(
             network(), engine, dev, list(range(len(dev))), incumbent, known={}
         )
 
@@ -113,7 +121,7 @@ async def test_dev_comparison_runs_to_the_end_on_a_tie(seed: int) -> None:
     dev = items(40, start=100 * seed)
     world = QualityWorld({CURRENT: 0.0}, noise=3.0)  # right on some examples, wrong on others
     async with dg.Engine(world.model(), cache=False) as engine:
-        incumbent = await example_scores(network(), engine, dev)
+        incumbent = list((await dg.evaluate(network(), engine, dev)).per_example)
     assert 0 < sum(incumbent) < len(dev) - 5
     comparison = await compare(world, incumbent, dev)
     assert comparison.scored == len(dev)
@@ -125,7 +133,48 @@ async def test_dev_comparison_of_a_better_network_runs_to_the_end_and_wins() -> 
     winner = QualityWorld({CURRENT: 6.0}, noise=0.0)
     comparison = await compare(winner, [1.0] * 20 + [0.0] * 20, dev)
     assert comparison.is_better and comparison.scored == len(dev)
-    assert comparison.accuracy == 1.0
+    assert comparison.score == 1.0
+
+
+def points(outputs, example: dg.Example) -> float:
+    """A metric beyond [0, 1] that states no maximum: 7 for a right answer, -3 for a wrong one."""
+    return 10 * exact(outputs, example.target) - 3
+
+
+async def test_dev_comparison_keeps_a_metric_s_scores_beyond_0_and_1() -> None:
+    """The per-example results are the metric's scores, whatever their range: a loser is
+    settled on the paired bound alone, a winner runs to the end and wins by the metric's mean."""
+    dev = items(40)
+    metric = Metric("points", points)
+    loser = await compare(QualityWorld({CURRENT: -6.0}, noise=0.0), [7.0] * 40, dev, metric=metric)
+    assert not loser.is_better and loser.scored < len(dev) / 2
+    assert set(loser.results.values()) == {-3.0} and loser.score == -3.0
+    incumbent = [-3.0] * 20 + [7.0] * 20
+    winner = await compare(QualityWorld({CURRENT: 6.0}, noise=0.0), incumbent, dev, metric=metric)
+    assert winner.is_better and winner.scored == len(dev)
+    assert set(winner.results.values()) == {7.0} and winner.score == 7.0
+
+
+def wrong_on_item_0(outputs, example: dg.Example) -> float:
+    return 0.0 if example.input == "item 0" else 1.0
+
+
+@pytest.mark.parametrize(("maximum", "scored"), [(1.0, 5), (None, 40)])
+async def test_dev_comparison_stops_exactly_only_for_a_metric_that_states_its_maximum(
+    maximum: float | None, scored: int
+) -> None:
+    """Wrong on the first example against a perfect best: with a maximum of 1 no network can
+    win once one point is lost; without one, one wrong example in 40 settles nothing."""
+    metric = Metric("judge", wrong_on_item_0, maximum=maximum)
+    world = QualityWorld({CURRENT: 0.0})
+    comparison = await compare(world, [1.0] * 40, items(40), metric=metric)
+    assert comparison.scored == scored and not comparison.is_better
+
+
+async def test_a_metric_refuses_a_score_above_the_maximum_it_states() -> None:
+    metric = Metric("judge", lambda outputs, example: 2.0, maximum=1.0)
+    with pytest.raises(dg.MetricError, match=r"returned 2.0, above its maximum 1.0"):
+        await compare(QualityWorld({CURRENT: 0.0}), [1.0] * 10, items(10), metric=metric)
 
 
 # -- a run -------------------------------------------------------------------------------
@@ -205,3 +254,34 @@ async def test_expected_calls_lie_below_the_upper_bound_and_the_run_so_far_repro
     assert before.expected_calls < before.calls
     assert after.calls == before.calls
     assert after.expected_calls == pytest.approx(len(model.calls), rel=0.01)
+
+
+async def test_a_run_under_a_metric_beyond_0_and_1_checkpoints_its_scores_and_resumes(
+    tmp_path,
+) -> None:
+    """The best network's per-example results are the run's metric scores: checkpointed as
+    they are (any finite number, their mean the best score) and compared against on resume."""
+    world, _ = clear_winner_world(0)
+    train_set, dev = items(60), items(20, start=500)
+    metric = Metric("points", points)
+
+    async def fit(steps: int) -> dg.FitResult:
+        async with dg.Engine(world.model(), cache=False) as engine:
+            trainer = dg.VariationalTrainer(
+                network(), engine, num_prompt_samples=4, max_demonstrations=0, seed=1
+            )
+            return await trainer.fit(
+                train_set, dev, steps=steps, batch_size=20, checkpoint_dir=tmp_path, metric=metric
+            )
+
+    first = await fit(1)
+    checkpoint = Checkpoint.read(tmp_path)
+    assert checkpoint is not None and len(checkpoint.best_results) == len(dev)
+    assert set(checkpoint.best_results) <= {-3.0, 7.0}
+    assert checkpoint.best_score == first.best_dev_score
+    assert first.best_dev_score == pytest.approx(statistics.mean(checkpoint.best_results))
+    assert first.best_dev_score > first.initial_dev_score
+    resumed = await fit(2)
+    assert [record.step for record in resumed.history] == [1, 2]
+    assert {record.metric for record in resumed.history} == {"points"}
+    assert resumed.best_dev_score >= first.best_dev_score

@@ -149,14 +149,19 @@ write_atomic(sys.argv[1], "half of a result")
 """
 
 
-def test_a_new_run_removes_the_temporary_a_kill_left_beside_its_result(tmp_path, config) -> None:
+@pytest.mark.parametrize("name", ["result.json", MANIFEST])
+def test_a_new_run_removes_the_temporary_a_kill_left_beside_its_files(
+    tmp_path, config, name
+) -> None:
+    """Beside its result, or beside the manifest itself (a kill while the folder is opened)."""
     assert train(config) == 0
-    result = tmp_path / "out" / "result.json"
-    killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_WRITE_AND_RENAME, str(result)])
+    target = tmp_path / "out" / name
+    killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_WRITE_AND_RENAME, str(target)])
     assert killed.returncode == -signal.SIGKILL
-    (leftover,) = result.parent.glob(".result.json.*")
+    (leftover,) = target.parent.glob(f".{name}.*")
     assert train(config) == 0
-    assert not leftover.exists() and json.loads(result.read_text())["steps"] == 1
+    assert not leftover.exists()
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["steps"] == 1
 
 
 def test_a_run_folder_of_an_older_dlgraph_is_refused_with_a_hint_and_kept(

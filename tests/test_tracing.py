@@ -344,7 +344,7 @@ async def test_training_step_spans_hold_its_phases_and_its_dev_evaluation() -> N
             "dlgraph.propose",
             "dlgraph.score",
         ]
-        assert "dlgraph.dev_accuracy" in step.attributes
+        assert "dlgraph.dev_score" in step.attributes
     # every call sits under its step's part for its phase, and under the fit
     part_of_phase = {
         "forward": "dlgraph.forward",

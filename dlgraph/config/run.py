@@ -18,7 +18,8 @@ from dlgraph.config.presets import network_from
 from dlgraph.config.tasks import task_from
 from dlgraph.data import Task
 from dlgraph.engine import Engine
-from dlgraph.errors import ConfigError
+from dlgraph.errors import ConfigError, MetricError
+from dlgraph.metrics import Metric, resolve_metric
 from dlgraph.network import Network
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.run import Schedule
@@ -34,6 +35,9 @@ class RunConfig:
     network: Section
     options: TrainerOptions
     schedule: Schedule
+    metric: Metric
+    """Decides which network is kept and what the run reports: ``[train] metric``, the name
+    of a built-in or an installed plugin's metric (never an importable path)."""
     output_dir: Path
 
     @classmethod
@@ -59,7 +63,11 @@ class RunConfig:
         train = section["train"]
         option_keys = tuple(f.name for f in attrs.fields(TrainerOptions))
         schedule_keys = tuple(f.name for f in attrs.fields(Schedule))
-        train.check_keys(schedule_keys + option_keys)
+        train.check_keys((*schedule_keys, *option_keys, "metric"))
+        try:
+            metric = resolve_metric(train.get("metric", str, "exact"))
+        except MetricError as error:
+            raise ConfigError(f"{train.where('metric')}: {error}") from None
         try:
             options = TrainerOptions(**{k: v for k, v in train.values.items() if k in option_keys})
             schedule = Schedule(
@@ -96,6 +104,7 @@ class RunConfig:
             network=section["network"],
             options=options,
             schedule=schedule,
+            metric=metric,
             output_dir=base / str(section["output"].file_path("dir", f"runs/{path.stem}")),
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 from collections.abc import Callable, Mapping
@@ -54,7 +55,8 @@ class Checkpoint:
     initial_score: float | None
     evaluations_since_best: int
     best_results: list[float]
-    """The best network's score on each dev example (what a step's comparison is against)."""
+    """The best network's metric score on each dev example, any finite number (their mean is
+    `best_score`; what a step's comparison is against)."""
     memory: Memory
     rng_state: tuple[Any, ...]
     history: list[StepRecord]
@@ -148,7 +150,8 @@ class Checkpoint:
     def check_fits(self, net: Network, options: TrainerOptions, dev_size: int, path: Path) -> None:
         """CheckpointError unless this checkpoint could have been written by a run of `net`
         under `options` on a dev set of `dev_size` examples: its networks have the run's
-        structure, the best network's results cover the dev set, and what it counts stays
+        structure, the best network's results cover the dev set with best_score their mean
+        (a comparison is decided against them), and what it counts stays
         within the run's settings (a crafted checkpoint could otherwise hold thousands of
         remembered parameters, each scored again at every step). The checksum proves
         nothing here: whoever edits a checkpoint can recompute it."""
@@ -180,6 +183,13 @@ class Checkpoint:
                 f"{path}: best_results: {len(self.best_results):,} results for "
                 f"{dev_size:,} dev examples"
             )
+        if self.best_score is not None and self.best_results:
+            mean = math.fsum(self.best_results) / len(self.best_results)
+            if not math.isclose(mean, self.best_score, rel_tol=1e-9, abs_tol=1e-12):
+                raise CheckpointError(
+                    f"{path}: best_results: their mean {mean:g} is not best_score "
+                    f"{self.best_score:g}"
+                )
         if self.evaluations_since_best > self.step:
             raise CheckpointError(
                 f"{path}: evaluations_since_best: {self.evaluations_since_best:,} evaluations "
@@ -207,19 +217,15 @@ def _field(path: Path, name: str, parse: Callable[[], T]) -> T:
 def _score(value: object) -> float | None:
     if value is None:
         return None
-    score = check_number("score", value, 0)
-    if score > 1:
-        raise ValueError(f"an accuracy must be in [0, 1], got {score}")
-    return score
+    return check_number("score", value)  # a metric's mean: any finite number
 
 
 def _results(value: object) -> list[float]:
+    """The best network's metric score on each dev example: each any finite number, as
+    `_score` reads their mean (a bool, text, NaN or an infinity is refused, naming its place)."""
     if not isinstance(value, list):
         raise TypeError(f"expected a list of per-example scores, got {excerpt(value)}")
-    scores = [check_number("score", each, 0) for each in value]
-    if any(score > 1 for score in scores):
-        raise ValueError("a per-example score must be in [0, 1]")
-    return scores
+    return [check_number(f"score [{index}]", each) for index, each in enumerate(value)]
 
 
 def _rng_state(value: object) -> tuple[Any, ...]:

@@ -8,8 +8,12 @@ Both compare per-example results paired on the same examples, which removes what
 examples themselves contribute (an easy example is easy for every prompt): a candidate is
 also dropped when the one-sided upper confidence bound of its mean difference to the leader is
 below zero. The bound is a normal one on the sample standard deviation, so it is trusted
-only from `MIN_EXAMPLES` paired examples on. A difference that is the same on every example
-has no spread, so a candidate worse by the same amount everywhere is dropped at once.
+only from `MIN_EXAMPLES` paired examples on. It is in the scores' own units and assumes no
+range: the same bound serves a race's log-likelihoods and a comparison's metric scores, in
+[0, 1] for the built-in metrics or beyond for a user's (it assumes the mean difference is
+near normal, which a metric with rare, very large scores makes less so). A difference that
+is the same on every example has no spread, so a candidate worse by the same amount
+everywhere is dropped at once.
 """
 
 from __future__ import annotations

@@ -58,8 +58,10 @@ class StepRecord:
     with its ELBO; the current one first."""
     posterior_entropy: dict[str, float]
     """Per hidden node, the mean entropy of its posterior weights."""
-    dev_accuracy: float | None
-    """Dev accuracy after the step, when evaluated."""
+    dev_score: float | None
+    """The metric's mean on dev after the step, when evaluated."""
+    metric: str
+    """The metric that chose the network kept ("exact": accuracy)."""
     calls: int
     """Backend calls spent by the step and its evaluation."""
     tokens: int
@@ -73,10 +75,15 @@ class StepRecord:
         files records are read from are untrusted)."""
         if not isinstance(data, dict):
             raise TypeError(f"a step record must be an object, got {excerpt(data)}")
+        if "dev_accuracy" in data and "metric" not in data:  # written before metrics
+            data = {k: v for k, v in data.items() if k != "dev_accuracy"} | {
+                "dev_score": data["dev_accuracy"],
+                "metric": "exact",
+            }
         names = {field.name for field in attrs.fields(cls)}
         if set(data) != names:
             raise ValueError(f"step record: missing or unknown keys {sorted(set(data) ^ names)}")
-        dev = data["dev_accuracy"]
+        dev = data["dev_score"]
         return cls(
             step=check_int("step", data["step"], 1),
             batch_loss=check_number("batch_loss", data["batch_loss"], 0),
@@ -92,7 +99,8 @@ class StepRecord:
                 check_text("node", k): check_number("entropy", v, 0)
                 for k, v in _items(data["posterior_entropy"])
             },
-            dev_accuracy=None if dev is None else check_number("dev_accuracy", dev, 0),
+            dev_score=None if dev is None else check_number("dev_score", dev),
+            metric=check_text("metric", data["metric"]),
             calls=check_int("calls", data["calls"], 0),
             tokens=check_int("tokens", data["tokens"], 0),
         )
@@ -121,9 +129,12 @@ def _scored(value: object) -> list[tuple[str, float]]:
 @attrs.frozen(kw_only=True)
 class FitResult:
     network: Network
-    """The best network on dev (not the last one)."""
-    best_dev_accuracy: float | None
-    initial_dev_accuracy: float | None
+    """The best network on dev under `metric` (not the last one)."""
+    best_dev_score: float | None
+    """The metric's mean on dev of `network`."""
+    initial_dev_score: float | None
+    metric: str
+    """The metric that chose the network ("exact": accuracy)."""
     history: list[StepRecord]
     stopped: str
     """Why training ended: "steps", "early_stopping" or "budget"."""
@@ -147,6 +158,9 @@ class Estimate:
     backward_tokens: int = 0
     waves: tuple[Wave, ...] = attrs.field(default=(), repr=False, eq=False)
     """The run's calls as the trainer will send them, together in waves."""
+    unknown: tuple[str, ...] = ()
+    """What the run spends that the estimate cannot know (an async metric's own calls):
+    left out of the upper bounds and the expected figures alike."""
 
     def seconds(self, pace: Pace) -> float:
         """The run's projected wall time at the measured pace (`VariationalTrainer.pace`)."""

@@ -20,7 +20,8 @@ from dlgraph._validate import integer
 from dlgraph.data.example import Example, check_dataset
 from dlgraph.engine import Engine, Usage
 from dlgraph.errors import BudgetExhausted, CheckpointError
-from dlgraph.evaluation import example_scores
+from dlgraph.evaluation import evaluate
+from dlgraph.metrics import DEFAULT, Metric
 from dlgraph.network import Network
 from dlgraph.train.candidates import Memory
 from dlgraph.train.checkpoint import BEST_FILENAME, FILENAME, Checkpoint
@@ -50,7 +51,7 @@ class Schedule:
     eval_every: int = attrs.field(default=1, validator=integer(1))
     """Evaluate on dev after every this many steps (and after the last)."""
     patience: int | None = attrs.field(default=None, validator=integer(1))
-    """Stop after this many evaluations without a better dev accuracy."""
+    """Stop after this many evaluations without a better dev score (the metric's)."""
 
     def evaluates_after(self, step: int) -> bool:
         """Whether step `step` (from 1) is followed by a dev evaluation."""
@@ -96,13 +97,15 @@ class Training:
     checkpoint_dir: str | os.PathLike[str] | None = attrs.field(default=None, kw_only=True)
     log_path: str | os.PathLike[str] | None = attrs.field(default=None, kw_only=True)
     on_step: StepCallback | None = attrs.field(default=None, kw_only=True)
+    metric: Metric = attrs.field(default=DEFAULT, kw_only=True)
+    """Decides which network is kept: dev evaluations, selection, early stopping."""
     history: list[StepRecord] = attrs.field(factory=list, init=False)
     best: Network | None = attrs.field(default=None, init=False)
     best_score: float | None = attrs.field(default=None, init=False)
     initial_score: float | None = attrs.field(default=None, init=False)
     evaluations_since_best: int = attrs.field(default=0, init=False)
     incumbent: list[float] = attrs.field(factory=list, init=False)
-    """The best network's score on each dev example."""
+    """The best network's metric score on each dev example (their mean is `best_score`)."""
     known: dict[Key, Results] = attrs.field(factory=dict, init=False)
     """Every network's dev results this process scored, so that none is scored twice."""
 
@@ -118,6 +121,8 @@ class Training:
             "train": [[e.input, e.target] for e in self.train],
             "dev": [[e.input, e.target] for e in self.dev],
         }
+        if self.metric is not DEFAULT:  # a default run's checkpoint from before metrics resumes
+            setup["metric"] = self.metric.name
         return hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()
 
     async def execute(self) -> FitResult:
@@ -130,10 +135,10 @@ class Training:
         try:
             if not await self._resume(fingerprint):
                 self.best = trainer.net.copy()  # kept even if the budget ends the first evaluation
-                with trainer.engine.tracer.span("evaluate", examples=len(self.dev)):
-                    self.incumbent = await example_scores(trainer.net, trainer.engine, self.dev)
+                score = await evaluate(trainer.net, trainer.engine, self.dev, metric=self.metric)
+                self.incumbent = list(score.per_example)
                 self.known[network_key(trainer.net)] = dict(enumerate(self.incumbent))
-                self.initial_score = sum(self.incumbent) / len(self.incumbent)
+                self.initial_score = float(score)
                 self.best_score = self.initial_score
             while trainer.steps_done < self.schedule.steps:
                 patience = self.schedule.patience
@@ -154,8 +159,9 @@ class Training:
             self.best.save(Path(self.checkpoint_dir) / BEST_FILENAME)
         return FitResult(
             network=self.best.copy(),
-            best_dev_accuracy=self.best_score,
-            initial_dev_accuracy=self.initial_score,
+            best_dev_score=self.best_score,
+            initial_dev_score=self.initial_score,
+            metric=self.metric.name,
             history=list(self.history),
             stopped=stopped,
         )
@@ -166,8 +172,8 @@ class Training:
         with self.trainer.engine.tracer.span("step", step=self.trainer.steps_done + 1) as span:
             record = await self._one_step()
             span.set("batch_loss", record.batch_loss)
-            if record.dev_accuracy is not None:
-                span.set("dev_accuracy", record.dev_accuracy)
+            if record.dev_score is not None:
+                span.set("dev_score", record.dev_score)
         return record
 
     async def _one_step(self) -> StepRecord:
@@ -197,10 +203,10 @@ class Training:
             {phase: calls - phases_before.get(phase, 0) for phase, calls in sent.items()},
             {phase: count.expected for phase, count in by_phase(planned).items()},
         )
-        dev_accuracy = None
+        dev_score = None
         if comparison is not None:
             self._consider(comparison)
-            dev_accuracy = comparison.accuracy
+            dev_score = comparison.score
         spent = _spent(trainer)
         record = StepRecord(
             step=number,
@@ -212,7 +218,8 @@ class Training:
             },
             elbo=outcome.elbo,
             posterior_entropy=outcome.posterior_entropy,
-            dev_accuracy=dev_accuracy,
+            dev_score=dev_score,
+            metric=self.metric.name,
             calls=spent.calls - before.calls,
             tokens=spent.tokens - before.tokens,
         )
@@ -220,12 +227,13 @@ class Training:
         return record
 
     async def _compare(self, candidate: Network) -> Comparison:
-        """The step's dev evaluation: `candidate` against the best network so far, stopped
-        once settled (`dlgraph.train.compare`); what it scored is kept and tallied."""
+        """The step's dev evaluation: `candidate` against the best network so far under the
+        run's metric, stopped once settled (`dlgraph.train.compare`); what it scored is kept
+        and tallied."""
         trainer = self.trainer
         key = network_key(candidate)
         with trainer.engine.tracer.span("evaluate", examples=len(self.dev)) as span:
-            comparison = await Referee.of(trainer.options).compare(
+            comparison = await Referee.of(trainer.options, self.metric).compare(
                 candidate,
                 trainer.engine,
                 self.dev,
@@ -233,7 +241,7 @@ class Training:
                 self.incumbent,
                 self.known.get(key, {}),
             )
-            span.set("accuracy", comparison.accuracy)
+            span.set("score", comparison.score)
             span.set("scored", comparison.scored)
         self.known[key] = comparison.results
         return comparison
@@ -248,7 +256,7 @@ class Training:
 
     def _consider(self, comparison: Comparison) -> None:
         if comparison.is_better:
-            self.best, self.best_score = self.trainer.net.copy(), comparison.accuracy
+            self.best, self.best_score = self.trainer.net.copy(), comparison.score
             self.incumbent = [comparison.results[i] for i in range(len(self.dev))]
             self.evaluations_since_best = 0
         else:
@@ -256,7 +264,11 @@ class Training:
 
     def _log(self, record: StepRecord) -> None:
         logger.info(
-            "step %d: batch loss %.3f, dev %s", record.step, record.batch_loss, record.dev_accuracy
+            "step %d: batch loss %.3f, dev %s %s",
+            record.step,
+            record.batch_loss,
+            record.metric,
+            record.dev_score,
         )
         if self.log_path is not None:
             with open(self.log_path, "a", encoding="utf-8") as stream:

@@ -23,6 +23,7 @@ from dlgraph.data.example import Example, check_dataset
 from dlgraph.engine import Engine
 from dlgraph.errors import DataError
 from dlgraph.forward import Trace
+from dlgraph.metrics import MetricLike, resolve_metric
 from dlgraph.network import Network
 from dlgraph.nodes import Parameter
 from dlgraph.train.candidates import Memory
@@ -183,8 +184,13 @@ class VariationalTrainer:
         checkpoint_dir: str | os.PathLike[str] | None = None,
         log_path: str | os.PathLike[str] | None = None,
         on_step: StepCallback | None = None,
+        metric: MetricLike = None,
     ) -> FitResult:
         """Train for `steps` steps and leave `net` holding the best prompts on dev.
+
+        `metric` (as for `dg.evaluate`; default exact accuracy) decides which network is
+        kept: every dev evaluation, the best network, early stopping, ``best.json``. The
+        ELBO still scores each step's candidates by the log-likelihood of the targets.
 
         With `checkpoint_dir`, state is saved after every step and a later call resumes
         from it, repeating no finished step; `best.json` there is the best network. The
@@ -192,8 +198,11 @@ class VariationalTrainer:
         engines were made with ``journal=`` (as ``dlgraph train`` makes them). A spent
         budget ends the run cleanly (``stopped="budget"``). Raises DataError for bad data,
         CheckpointError for a damaged or foreign checkpoint, or for a `checkpoint_dir` or
-        `log_path` that cannot be written (before any call), BackendError for failed calls.
+        `log_path` that cannot be written (before any call), BackendError for failed calls,
+        MetricError for an unknown metric (before any call) or a metric that fails on a dev
+        example (before anything of that step is saved).
         """
+        chosen = resolve_metric(metric)
         schedule = Schedule(
             steps=steps, batch_size=batch_size, eval_every=eval_every, patience=patience
         )
@@ -205,6 +214,7 @@ class VariationalTrainer:
             checkpoint_dir=checkpoint_dir,
             log_path=log_path,
             on_step=on_step,
+            metric=chosen,
         )
         with self.engine.tracer.span("fit", steps=steps, batch_size=batch_size) as span:
             result = await training.execute()
@@ -218,14 +228,21 @@ class VariationalTrainer:
         train: Sequence[Example] = (),
         dev_size: int = 0,
         eval_every: int = 1,
+        *,
+        metric: MetricLike = None,
     ) -> Estimate:
         """Upper bounds on calls and tokens for a run (no cache hits, no pruning, no early
         stops), and the calls and tokens expected: the prior's, scaled by phase as this
-        trainer's steps so far went (`tally`)."""
+        trainer's steps so far went (`tally`). An async `metric` may call models of its
+        own, which neither figure counts and the estimate names in `unknown`."""
+        chosen = resolve_metric(metric)
         schedule = Schedule(steps=steps, batch_size=batch_size, eval_every=eval_every)
         setup = self._setup()
         factors = self.tally.factors()
-        return estimate(self._phases(setup), setup, schedule, train, dev_size, factors)
+        found = estimate(self._phases(setup), setup, schedule, train, dev_size, factors)
+        if not chosen.is_async:
+            return found
+        return attrs.evolve(found, unknown=(f"the calls of the async metric {chosen.name!r}",))
 
     def planned(self, step: int, batch: int, dev_size: int, evaluates: bool) -> list[Wave]:
         """What the prior expects step `step` (from 1) and its dev comparison to send, which

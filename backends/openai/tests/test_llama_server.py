@@ -302,18 +302,27 @@ async def test_a_dln1_forward_and_evaluation_agree_with_the_embedded_model(
     served: LlamaServer, embedded: dg.Engine
 ) -> None:
     """20 tweets through the main job's network, the server answering them concurrently in
-    its slots: the same class for every tweet as the exact path (measured: 20 of 20), so the
-    same accuracy. Would fail if the forward pass or evaluate took another scoring path on
-    this profile, or read the classes out of order."""
+    its slots: the same class for a tweet as the exact path unless the exact path's call is a
+    close one (its top two classes within twice the first-token error), and then the accuracy
+    differs by no more than those tweets. Measured: 20 of 20 with extra buffers on, 19 of 20
+    with them off (README: 98 of 100). Would fail if the forward pass or evaluate took another
+    scoring path on this profile, or read the classes out of order."""
     task = dg.data.generated_task("tweets", train=0, dev=0, test=20)
     xs = [example.input for example in task.test]
     async with remote(served) as engine:  # evaluate reuses the forward's answers
         served_outputs = (await dln1(task).forward(engine, xs)).outputs["answer"]
         served_accuracy = await dg.evaluate(dln1(task), engine, task.test)
-    our_outputs = (await dln1(task).forward(embedded, xs)).outputs["answer"]
+    ours = await dln1(task).forward(embedded, xs)
+    our_outputs = ours.outputs["answer"]
     our_accuracy = await dg.evaluate(dln1(task), embedded, task.test)
-    assert served_outputs == our_outputs
-    assert float(served_accuracy) == float(our_accuracy)
+    pairs = zip(served_outputs, our_outputs, strict=True)
+    differing = [index for index, (theirs, mine) in enumerate(pairs) if theirs != mine]
+    assert len(differing) <= len(xs) // 10, (served_outputs, our_outputs)
+    for index in differing:
+        context = ours.rendered["answer"][index]
+        exact = sorted(await embedded.classify(context, tuple(task.classes)))
+        assert exact[-1] - exact[-2] <= 2 * (FIRST_TOKEN_ERROR + NUMERICS), (index, exact)
+    assert abs(float(served_accuracy) - float(our_accuracy)) <= len(differing) / len(xs)
     assert len(set(our_outputs)) > 1  # not one class for every tweet: agreement means something
 
 

@@ -96,6 +96,7 @@ async def test_chat_model_classifies_by_first_token_top_logprobs() -> None:
     assert server.count() == 1
 
 
+@pytest.mark.slow  # waits out real retries against a real server
 async def test_every_fault_kind_is_survived_and_counted() -> None:
     config = ServerConfig(
         api_key=KEY, error_rate=0.15, drop_rate=0.08, hang_rate=0.05, malformed_rate=0.08, seed=3
@@ -140,6 +141,7 @@ async def test_poison_prompt_fails_fast_while_its_batch_companions_succeed() -> 
     assert server.count("rejected") <= 4  # split in halves, never retried
 
 
+@pytest.mark.slow  # waits out the pauses the server asks for, in real time
 @pytest.mark.parametrize("mode", ["ms", "seconds", "date"])
 async def test_a_429_storm_is_followed_by_the_pause_the_server_asked_for(mode: str) -> None:
     config = ServerConfig(

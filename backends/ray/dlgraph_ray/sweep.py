@@ -165,7 +165,9 @@ class _Logged(RunHooks):
     @contextmanager
     def training(self, steps: int) -> Iterator[Callable[[StepRecord], None]]:
         def on_step(record: StepRecord) -> None:
-            dev = "" if record.dev_accuracy is None else f", dev {record.dev_accuracy:.3f}"
+            dev = (
+                "" if record.dev_score is None else f", dev {record.metric} {record.dev_score:.3f}"
+            )
             self.line(f"step {record.step}: batch loss {record.batch_loss:.3f}{dev}")
 
         yield on_step
@@ -240,8 +242,9 @@ def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def summarize(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
-    """Per setting, in grid order: accuracies after training (mean and sd over seeds) and the
-    mean calls, tokens and cost of a trial."""
+    """Per setting, in grid order: the metric after training (mean and sd over seeds; the
+    metric named by each trial's result, "exact" being accuracy) and the mean calls, tokens
+    and cost of a trial."""
     settings = list(dict.fromkeys(outcome.trial.setting for outcome in outcomes))
     rows = []
     for setting in settings:
@@ -251,6 +254,7 @@ def summarize(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
             "setting": setting,
             "seeds": len(done),
             "failed": len(mine) - len(done),
+            "metric": ", ".join(sorted({r.get("metric", "exact") for r in done})) or None,
         }
         for split in ("dev", "test"):
             values = [r["after"][split] for r in done if split in r["after"]]
@@ -271,7 +275,7 @@ def _write(root: Path, outcomes: Sequence[Outcome], summary: list[dict[str, Any]
 
 
 def plot(summary: list[dict[str, Any]], path: Path) -> bool:
-    """Accuracy per setting (mean ± sd over seeds); False when matplotlib is missing."""
+    """The metric per setting (mean ± sd over seeds); False when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -293,8 +297,9 @@ def plot(summary: list[dict[str, Any]], path: Path) -> bool:
             xs, ys, es = zip(*shown, strict=True)
             axis.errorbar(xs, ys, yerr=es, fmt="o", capsize=4, label=split)
     axis.set_xticks(list(positions), [row["setting"] for row in summary], rotation=20, ha="right")
-    axis.set_ylim(0, 1)
-    axis.set_ylabel("accuracy after training")
+    metrics = {row["metric"] for row in summary if row["metric"]}
+    measured = _measured(metrics.pop()) if len(metrics) == 1 else "score"
+    axis.set_ylabel(f"{measured} after training")
     if axis.get_legend_handles_labels()[0]:
         axis.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -420,24 +425,37 @@ def _progress_line(
     head = f"[{done}/{total}] {trial.setting} seed {trial.seed}"
     if "error" in result:
         return f"{head}: failed: {result['error']}"
-    accuracy = ", ".join(f"{split} {value:.3f}" for split, value in result["after"].items())
-    return f"{head}: {accuracy}, {result['calls']:,} calls ({seconds:.0f} s into the sweep)"
+    metric = result.get("metric", "exact")
+    scores = ", ".join(f"{split} {value:.3f}" for split, value in result["after"].items())
+    return f"{head}: {metric} {scores}, {result['calls']:,} calls ({seconds:.0f} s into the sweep)"
 
 
 def _cell(mean: float | None, sd: float | None) -> str:
     return "-" if mean is None else f"{mean:.3f} ± {sd or 0.0:.3f}"
 
 
+def _measured(metric: str) -> str:
+    return "accuracy" if metric == "exact" else metric
+
+
 def table(summary: list[dict[str, Any]]) -> Table:
-    shown = Table(title="accuracy after training, mean ± sd over seeds")
-    for column in ("setting", "seeds", "dev", "test", "calls", "tokens", "cost", "failed"):
+    """The summary, titled by its metric; with several (a grid over ``train.metric``), a
+    column names each setting's."""
+    metrics = sorted({row["metric"] for row in summary if row["metric"]})
+    several = len(metrics) > 1
+    measured = "score" if several else _measured(metrics[0] if metrics else "exact")
+    shown = Table(title=f"{measured} after training, mean ± sd over seeds")
+    columns = ["setting", "seeds", "dev", "test", "calls", "tokens", "cost", "failed"]
+    if several:
+        columns.insert(1, "metric")
+    for column in columns:
         if column == "setting":
             widest = max(len(row["setting"]) for row in summary)
             shown.add_column(column, overflow="fold", min_width=min(widest, 48))
         else:
             shown.add_column(column, justify="right", no_wrap=True)
     for row in summary:
-        shown.add_row(
+        cells = [
             row["setting"],
             str(row["seeds"]),
             _cell(row["dev_mean"], row["dev_sd"]),
@@ -446,7 +464,10 @@ def table(summary: list[dict[str, Any]]) -> Table:
             "-" if row["tokens"] is None else f"{row['tokens']:,.0f}",
             "-" if row["cost"] is None else f"{row['cost']:.4f}",
             str(row["failed"]),
-        )
+        ]
+        if several:
+            cells.insert(1, row["metric"] or "-")
+        shown.add_row(*cells)
     return shown
 
 

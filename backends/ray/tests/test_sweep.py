@@ -95,7 +95,10 @@ def test_a_sweep_of_two_settings_and_two_seeds_tabulates_each_trials_own_result(
     assert result.summary[0]["calls"] != result.summary[1]["calls"]  # the setting took effect
     lines = (result.root / "summary.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == result.summary
-    assert (result.root / "summary.csv").read_text().startswith("setting,seeds,failed,dev_mean")
+    assert (
+        (result.root / "summary.csv").read_text().startswith("setting,seeds,failed,metric,dev_mean")
+    )
+    assert {row["metric"] for row in result.summary} == {"exact"}
     assert (result.root / "summary.png").stat().st_size > 1000
     trials = [json.loads(line) for line in (result.root / "trials.jsonl").read_text().splitlines()]
     assert [t["seed"] for t in trials] == [0, 1, 0, 1]
@@ -228,9 +231,9 @@ def test_a_cluster_address_where_nothing_answers_fails_in_seconds_naming_it(
         (b"\xff\xfe garbage", "not JSON"),
         (b"{truncated", "not JSON"),
         (b"[1, 2]", "expected a JSON object"),
-        (b'{"calls": 1}', "'after' must map splits to accuracies"),
-        (b'{"after": {"dev": "high"}}', "'dev' must be dev or test with an accuracy in"),
-        (b'{"after": {"dev": 1.5}}', "'dev' must be dev or test with an accuracy in"),
+        (b'{"calls": 1}', "'after' must map splits to scores"),
+        (b'{"after": {"dev": "high"}}', "'dev' must be dev or test with a finite score"),
+        (b'{"after": {"dev": 1e999}}', "'dev' must be dev or test with a finite score"),
         (b'{"after": {"train": 0.5}}', "'train' must be dev or test"),
         (b'{"after": {"dev": 0.5}, "calls": -1, "tokens": 1, "cost": 0, "steps": 1}', "'calls'"),
         (b'{"after": {"dev": 0.5}, "calls": 1, "tokens": 1.5, "cost": 0, "steps": 1}', "'tokens'"),
@@ -311,3 +314,24 @@ def test_a_killed_trials_row_counts_every_call_the_server_answered(tmp_path: Pat
     assert len((folder / "attempts.jsonl").read_text().splitlines()) == 2
     (row,) = finished[0].summary
     assert answered <= row["calls"] <= answered + 256
+
+
+def test_the_sweep_table_names_each_settings_metric() -> None:
+    from dlgraph_ray.sweep import Outcome, Trial, summarize, table
+    from rich.console import Console
+
+    def finished(metric: str, seed: int, test: float) -> Outcome:
+        trial = Trial((f"train.metric={metric}",), seed)
+        result = {"metric": metric, "after": {"test": test}, "calls": 1, "tokens": 2, "cost": 0}
+        return Outcome(trial, result, True)
+
+    summary = summarize(
+        [finished("exact", 0, 0.5), finished("exact", 1, 0.7), finished("number", 0, 0.9)]
+    )
+    assert [(row["metric"], row["test_mean"]) for row in summary] == [
+        ("exact", pytest.approx(0.6)),
+        ("number", 0.9),
+    ]
+    console = Console(width=200, record=True)
+    console.print(table(summary))
+    assert re.search(r"train\.metric=number\s*│\s*number\s*│\s*1", console.export_text())

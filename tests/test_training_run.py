@@ -1,0 +1,228 @@
+"""A training run's bookkeeping (`dlgraph.train.run.Training`) around a scripted learner:
+each step proposes a prompt chosen by the test, and dev accuracy comes from a scripted model
+that follows the prompt, so these tests check which network a run keeps, when it evaluates
+and stops, and how it saves, resumes and logs, without sampling anything."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import pytest
+from dlgraph_sim import ScriptedModel
+
+import dlgraph as dg
+from dlgraph.errors import BudgetExhausted
+from dlgraph.train.candidates import Memory
+from dlgraph.train.options import TrainerOptions
+from dlgraph.train.race import Tally
+from dlgraph.train.records import StepOutcome
+from dlgraph.train.run import Schedule, Training, logged_steps
+from dlgraph.train.waves import Wave
+
+HALF, YES, NO = "Say half.", "Say yes.", "Say no."
+"""Prompts and the dev accuracy they get: 0.5, 1.0, 0.0."""
+DEV = [dg.Example("apple", "yes"), dg.Example("berry", "yes")]
+TRAIN = [dg.Example(f"fruit {i}", "yes") for i in range(8)]
+
+
+def follows_the_prompt(request: dg.LogprobRequest) -> float:
+    """Says yes to everything under YES, to nothing under NO, to apples only under HALF."""
+    says_yes = YES in request.context or (
+        HALF in request.context and "berry" not in request.context
+    )
+    wanted = "yes" if says_yes else "no"
+    return -0.1 if request.target.strip().lower() == wanted else -5.0
+
+
+class Interrupt(Exception):
+    pass
+
+
+@attrs.define(eq=False)
+class ScriptedLearner:
+    """Proposes `prompts[k]` at step k+1 (None: no change); raises BudgetExhausted at
+    `exhausted_at`."""
+
+    prompts: Sequence[str | None]
+    initial: str = HALF
+    exhausted_at: int | None = None
+    net: dg.Network = attrs.field(init=False)
+    engine: dg.Engine = attrs.field(init=False)
+    options: TrainerOptions = attrs.field(factory=TrainerOptions)
+    rng: random.Random = attrs.field(factory=lambda: random.Random(0))
+    memory: Memory = attrs.field(factory=lambda: Memory(4))
+    steps_done: int = 0
+    batches: list[list[str]] = attrs.field(factory=list)
+    tally: Tally = attrs.field(factory=Tally)
+
+    def __attrs_post_init__(self) -> None:
+        self.net = dg.Network()
+        self.net.add_node("answer", prompt=self.initial, classes=["yes", "no"])
+        self.net.add_edge(dg.INPUT, "answer")
+        self.engine = dg.Engine(ScriptedModel(logprob=follows_the_prompt))
+
+    @property
+    def engines(self) -> list[dg.Engine]:
+        return [self.engine]
+
+    def check_data(self, train: Sequence[dg.Example], dev: Sequence[dg.Example]) -> None:
+        return None
+
+    def planned(self, step: int, batch: int, dev_size: int, evaluates: bool) -> list[Wave]:
+        return []  # no prior: the run's tally holds only what was sent
+
+    async def step(self, batch: Sequence[dg.Example]) -> StepOutcome:
+        self.batches.append([example.input for example in batch])
+        if self.exhausted_at == self.steps_done + 1:
+            raise BudgetExhausted("out of calls")
+        prompt = self.prompts[self.steps_done]
+        parameters = {} if prompt is None else {"answer": dg.Parameter(prompt)}
+        scored = {name: [(p, -1.0)] for name, p in parameters.items()}
+        return StepOutcome(0.5, parameters, scored, {})
+
+    def apply(self, outcome: StepOutcome) -> None:
+        for name, parameter in outcome.parameters.items():
+            self.net.set_parameter(name, parameter)
+
+
+async def run(learner: ScriptedLearner, steps: int, **options) -> dg.FitResult:
+    schedule_keys = ("eval_every", "patience")
+    schedule = Schedule(
+        steps=steps, batch_size=3, **{k: options.pop(k) for k in schedule_keys if k in options}
+    )
+    async with learner.engine:
+        return await Training(learner, TRAIN, DEV, schedule, **options).execute()
+
+
+async def test_a_run_keeps_the_network_best_on_dev_in_place_and_in_best_json(tmp_path) -> None:
+    learner = ScriptedLearner([YES, NO])
+    result = await run(learner, 2, checkpoint_dir=tmp_path)
+    assert [record.dev_score for record in result.history] == [1.0, 0.0]
+    assert (result.initial_dev_score, result.best_dev_score) == (0.5, 1.0)
+    assert result.network.prompts() == {"answer": YES}
+    assert learner.net.prompts() == {"answer": YES}
+    assert dg.Network.load(tmp_path / "best.json").prompts() == {"answer": YES}
+
+
+async def test_a_run_evaluates_every_few_steps_and_after_the_last() -> None:
+    result = await run(ScriptedLearner([YES, NO, YES]), 3, eval_every=2)
+    assert [record.dev_score for record in result.history] == [None, 0.0, 1.0]
+
+
+async def test_a_run_stops_after_patience_evaluations_without_a_better_dev_accuracy() -> None:
+    learner = ScriptedLearner([NO, YES, NO, NO, YES, YES])
+    result = await run(learner, 6, patience=2)
+    assert result.stopped == "early_stopping"
+    assert [record.step for record in result.history] == [1, 2, 3, 4]  # a new best resets it
+
+
+async def test_a_step_that_runs_out_of_budget_leaves_no_trace_in_the_random_state() -> None:
+    stopped = ScriptedLearner([YES, NO], exhausted_at=2)
+    result = await run(stopped, 2)
+    assert result.stopped == "budget" and len(result.history) == 1
+    one_step = ScriptedLearner([YES])
+    await run(one_step, 1)
+    assert stopped.rng.getstate() == one_step.rng.getstate()
+
+
+async def interrupted_after_two_steps(folder: Path) -> None:
+    def interrupt(record: dg.StepRecord) -> None:
+        if record.step == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        await run(
+            ScriptedLearner([YES, NO, None, None]),
+            4,
+            checkpoint_dir=folder,
+            log_path=folder / "steps.jsonl",
+            on_step=interrupt,
+        )
+
+
+async def test_a_resumed_run_continues_where_the_checkpoint_left_it(tmp_path) -> None:
+    await interrupted_after_two_steps(tmp_path)
+    reported: list[int] = []
+    resumed = ScriptedLearner([YES, NO, None, None])
+    result = await run(
+        resumed,
+        4,
+        checkpoint_dir=tmp_path,
+        log_path=tmp_path / "steps.jsonl",
+        on_step=lambda record: reported.append(record.step),
+    )
+    uninterrupted = ScriptedLearner([YES, NO, None, None])
+    await run(uninterrupted, 4)
+    assert resumed.batches == uninterrupted.batches[2:]  # the same random draws
+    assert reported == [3, 4]  # steps 1 and 2 were logged before the interruption
+    assert [record.step for record in result.history] == [1, 2, 3, 4]
+    assert result.history[2].prompts == {"answer": NO}  # the prompt step 2 left
+    assert result.initial_dev_score == 0.5 and result.best_dev_score == 1.0
+    assert logged_steps(tmp_path / "steps.jsonl") == {1, 2, 3, 4}
+
+
+async def test_a_resumed_run_reports_and_logs_again_the_steps_its_log_lost(tmp_path) -> None:
+    await interrupted_after_two_steps(tmp_path)
+    log = tmp_path / "steps.jsonl"
+    first, second = log.read_text().splitlines()
+    log.write_text(first + "\n" + second[:40])  # killed while writing step 2's line
+    reported: list[int] = []
+    await run(
+        ScriptedLearner([YES, NO, None, None]),
+        4,
+        checkpoint_dir=tmp_path,
+        log_path=log,
+        on_step=lambda record: reported.append(record.step),
+    )
+    assert reported == [2, 3, 4]
+    lines = log.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+
+
+async def test_a_run_resumes_whatever_prompts_the_network_starts_with(tmp_path) -> None:
+    await interrupted_after_two_steps(tmp_path)
+    result = await run(
+        ScriptedLearner([YES, NO, None, None], initial=YES), 4, checkpoint_dir=tmp_path
+    )
+    assert [record.step for record in result.history] == [1, 2, 3, 4]
+
+
+async def test_a_run_removes_the_temporary_files_a_killed_run_left(tmp_path) -> None:
+    leftovers = [
+        tmp_path / ".checkpoint.json.abcd1234.dlgraph-tmp",
+        tmp_path / ".best.json.abcd1234.dlgraph-tmp",
+        tmp_path / ".steps.jsonl.abcd1234.dlgraph-tmp",
+    ]
+    for leftover in leftovers:
+        leftover.write_text("half written")
+    await run(ScriptedLearner([YES]), 1, checkpoint_dir=tmp_path, log_path=tmp_path / "steps.jsonl")
+    assert not any(leftover.exists() for leftover in leftovers)
+
+
+def test_a_step_log_is_read_past_a_damaged_line(tmp_path) -> None:
+    lines = [
+        json.dumps(step_record(1).to_json()),
+        "{not json",
+        json.dumps(step_record(2).to_json()),
+    ]
+    (tmp_path / "steps.jsonl").write_text("\n".join(lines) + "\n")
+    assert logged_steps(tmp_path / "steps.jsonl") == {1, 2}
+
+
+def step_record(step: int) -> dg.StepRecord:
+    return dg.StepRecord(
+        step=step,
+        batch_loss=0.0,
+        prompts={"answer": YES},
+        demonstrations={"answer": []},
+        elbo={},
+        posterior_entropy={},
+        dev_score=None,
+        metric="exact",
+        calls=0,
+        tokens=0,
+    )
