@@ -272,7 +272,7 @@ async def _projection(
         for split in (task.dev, task.test):
             for start in range(0, len(split), EVALUATION_CHUNK):
                 size = min(EVALUATION_CHUNK, len(split) - start)
-                waves += 2 * forward_pass(trainer.net, size)
+                waves += 2 * forward_pass(trainer.net, trainer.engine.backend.capabilities, size)
     return f"projected wall time: about {duration(pace.seconds(waves))} ({_measured(pace)})"
 
 

@@ -641,6 +641,54 @@ CASES = [
         r"phase='training': expected one of forward, posterior",
     ),
     Case(
+        "continuations as one string",
+        lambda t: dg.ContinuationsRequest("x", " yes"),  # type: ignore[arg-type]
+        TypeError,
+        r"continuations: expected a list of strings, got the string ' yes'",
+    ),
+    Case(
+        "no continuations to score",
+        lambda t: dg.ContinuationsRequest("x", []),
+        ValueError,
+        r"continuations: expected at least one text to score, got none",
+    ),
+    Case(
+        "an empty continuation",
+        lambda t: dg.ContinuationsRequest("x", [" yes", ""]),
+        ValueError,
+        r"continuations\[1\]: an empty text has nothing to score",
+    ),
+    Case(
+        "a continuation that is not text",
+        lambda t: dg.ContinuationsRequest("x", [" yes", 3]),  # type: ignore[list-item]
+        TypeError,
+        r"continuations: expected a list of strings, got an item 3",
+    ),
+    Case(
+        "more continuations than one request takes",
+        lambda t: dg.ContinuationsRequest("x", [" yes"] * 257),
+        ValueError,
+        r"continuations: at most 256 per request, got 257",
+    ),
+    Case(
+        "continuations after a context that is not text",
+        lambda t: dg.ContinuationsRequest(None, [" yes"]),  # type: ignore[arg-type]
+        TypeError,
+        r"context: expected str, got None",
+    ),
+    Case(
+        "continuations of an unknown phase",
+        lambda t: dg.ContinuationsRequest("x", [" yes"], phase="training"),  # type: ignore[arg-type]
+        ValueError,
+        r"phase='training': expected one of forward, posterior",
+    ),
+    Case(
+        "a backend stating it scores a negative number of continuations",
+        lambda t: dg.Capabilities(continuations=-1),
+        ValueError,
+        r"continuations must be >= 0, got -1",
+    ),
+    Case(
         "an unknown backend",
         lambda t: dg.connect("gpt9"),
         dg.UnknownBackend,

@@ -101,7 +101,7 @@ NETWORKS = {
 }
 
 
-def distinct(world: object, name: str) -> ScriptedModel:
+def distinct(world: object, name: str, continuations: int = 0) -> ScriptedModel:
     """The world's model, with every text it writes made unlike any other by a last line
     naming its prompt and seed (a line no world reads): proposals, posterior samples and the
     outputs of text nodes (which demonstrations and posteriors show) never coincide."""
@@ -114,7 +114,10 @@ def distinct(world: object, name: str) -> ScriptedModel:
             return text.split(END)[0].rstrip() + mark + END
         return text + mark
 
-    return ScriptedModel(generate=generate, logprob=world.logprob, name=name)
+    capabilities = dg.Capabilities(continuations=continuations)
+    return ScriptedModel(
+        generate=generate, logprob=world.logprob, name=name, capabilities=capabilities
+    )
 
 
 def counted(engine: dg.Engine) -> dict[tuple[str, str], int]:
@@ -147,14 +150,19 @@ CASES = [
 
 @asynccontextmanager
 async def trainer_on(
-    network: str, cache: bool = False, separate: bool = False, **options: object
+    network: str,
+    cache: bool = False,
+    separate: bool = False,
+    continuations: int = 0,
+    **options: object,
 ) -> AsyncIterator[tuple[dg.VariationalTrainer, dg.Engine, dg.Engine]]:
     """A trainer of `network` on its distinct world, and its forward and backward engines
-    (the backward one unused unless `separate`)."""
+    (the backward one unused unless `separate`), whose models score `continuations` of one
+    context in one call."""
     make, world, _ = NETWORKS[network]
     async with (
-        dg.Engine(distinct(world, "runs"), cache=cache) as engine,
-        dg.Engine(distinct(world, "writes"), cache=cache) as writer,
+        dg.Engine(distinct(world, "runs", continuations), cache=cache) as engine,
+        dg.Engine(distinct(world, "writes", continuations), cache=cache) as writer,
     ):
         backward = writer if separate else None
         trainer = dg.VariationalTrainer(make(), engine, backward=backward, **(OPTIONS | options))
@@ -169,11 +177,17 @@ def by_engine(waves: tuple[Wave, ...], separate: bool) -> list[dict[tuple[str, s
     return [side(waves, None), {}]
 
 
-async def run(network: str, demonstrations: int, separate: bool, steps: int):
+async def run(
+    network: str, demonstrations: int, separate: bool, steps: int, continuations: int = 0
+):
     """Estimate a run, then make it (no cache: each request is sent); the estimate's calls
     and each engine's, by (node, phase)."""
     train, dev = NETWORKS[network][2]()
-    options = {"max_demonstrations": demonstrations, "separate": separate}
+    options = {
+        "max_demonstrations": demonstrations,
+        "separate": separate,
+        "continuations": continuations,
+    }
     async with trainer_on(network, **options) as (trainer, engine, writer):
         estimate = trainer.estimate(steps, BATCH, train, len(dev))
         await trainer.fit(train, dev, steps, BATCH)
@@ -195,6 +209,25 @@ async def test_the_estimate_of_one_step_expects_exactly_the_calls_of_each_phase(
     assert phases == {"eval", "forward", "posterior", "propose", "score"} - (
         set() if "dln2" in network or "layers" in network else {"posterior"}
     )
+
+
+@pytest.mark.parametrize("network", list(NETWORKS))
+async def test_with_a_class_distribution_in_one_call_the_estimate_expects_each_phases_calls(
+    network: str,
+) -> None:
+    """On a backend that scores every verbalizer of a class distribution in one call, each
+    class node's run and score is one call: the estimate counts one, phase by phase, and
+    the dev evaluation of a class output sends one call per example."""
+    planned, sent = await run(network, 2, False, steps=1, continuations=8)
+    for counts, calls in zip(planned, sent, strict=True):
+        assert expected(counts) == calls
+        assert_bounded(counts, calls)
+    _, per_verbalizer = await run(network, 2, False, steps=1)
+    assert sum(sent[0].values()) < sum(per_verbalizer[0].values())
+    _, dev = NETWORKS[network][2]()
+    outputs = {"two outputs": ["first", "second"]}.get(network, ["answer"])
+    for name in outputs:
+        assert sent[0][name, "eval"] == 2 * len(dev)  # before the step and after it
 
 
 @pytest.mark.parametrize(("network", "demonstrations", "separate"), CASES)

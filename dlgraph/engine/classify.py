@@ -1,6 +1,8 @@
 """P(class | context) from the best the backend offers, chosen by its capabilities.
 
-* ``logprob``: the exact log-probability of every verbalizer after a space, summed per class;
+* ``logprob``: the exact log-probability of every verbalizer after a space, summed per class:
+  all in one `ContinuationsRequest` when the backend scores that many continuations in one
+  call (`Capabilities.continuations`), else one `LogprobRequest` per verbalizer;
 * ``top_logprobs``: each class's verbalizers among the first token's alternatives;
 * ``generate``: one greedy generation, mapped to a class.
 
@@ -21,6 +23,7 @@ import attrs
 from dlgraph._tasks import map_concurrently
 from dlgraph.backend import (
     Capabilities,
+    ContinuationsRequest,
     GenerateRequest,
     LogprobRequest,
     Phase,
@@ -46,20 +49,33 @@ class ClassQuery:
 
 async def _by_logprob(send: Send, query: ClassQuery, capabilities: Capabilities) -> list[float]:
     words = [(c, word) for c, spec in enumerate(query.classes) for word in verbalizers(spec)]
-
-    async def score(pair: tuple[int, str]) -> float:
-        request = LogprobRequest(
+    targets = [" " + word for _, word in words]
+    if capabilities.distribution_calls(len(words)) == 1:
+        request = ContinuationsRequest(
             query.context,
-            " " + pair[1],
+            targets,
             node=query.node,
             phase=query.phase,
             priority=query.priority,
         )
-        value = await send(request)
-        assert isinstance(value, float | int)
-        return float(value)
+        values = await send(request)
+        assert isinstance(values, tuple)
+        scores = list(values)
+    else:
 
-    scores = await map_concurrently(score, words)
+        async def score(target: str) -> float:
+            request = LogprobRequest(
+                query.context,
+                target,
+                node=query.node,
+                phase=query.phase,
+                priority=query.priority,
+            )
+            value = await send(request)
+            assert isinstance(value, float | int)
+            return float(value)
+
+        scores = await map_concurrently(score, targets)
     return [
         logsumexp([s for (c, _), s in zip(words, scores, strict=True) if c == index] or [-math.inf])
         for index in range(len(query.classes))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from dlgraph.backend import Capabilities
 from dlgraph.data.example import Example
 from dlgraph.graph import Graph
 from dlgraph.train.plan import Plan, forward_waves
@@ -20,9 +21,10 @@ from dlgraph.train.step import StepPhase, StepSetup
 from dlgraph.train.waves import Wave, scaled
 
 
-def forward_pass(net: Graph, examples: int) -> list[Wave]:
-    """An evaluation outside the steps: a forward pass over `examples` inputs."""
-    return forward_waves(net, examples, "eval")
+def forward_pass(net: Graph, capabilities: Capabilities, examples: int) -> list[Wave]:
+    """An evaluation outside the steps: a forward pass over `examples` inputs, on a backend
+    that can do `capabilities`."""
+    return forward_waves(net, capabilities, examples, "eval")
 
 
 def step_waves(
@@ -37,7 +39,8 @@ def step_waves(
     after it when it `evaluates`, as the prior expects them."""
     waves = [each for phase in phases for each in phase.waves(Plan(setup, batch, step))]
     if evaluates:
-        waves += forward_waves(setup.net, dev_size, "eval", Race.of(setup.options).dev_share)
+        share = Race.of(setup.options).dev_share
+        waves += forward_waves(setup.net, setup.capabilities, dev_size, "eval", share)
     return waves
 
 
@@ -51,7 +54,7 @@ def run_waves(
 ) -> list[Wave]:
     """The first dev evaluation, whole, then every step's waves, their expected calls scaled
     by phase as the run so far went (`factors`; none before the run)."""
-    waves = forward_pass(setup.net, dev_size)
+    waves = forward_pass(setup.net, setup.capabilities, dev_size)
     for step in range(1, schedule.steps + 1):
         evaluates = schedule.evaluates_after(step)
         waves += scaled(step_waves(phases, setup, batch, step, dev_size, evaluates), factors)

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import attrs
 
+from dlgraph.backend import Capabilities
 from dlgraph.data.example import Example
 from dlgraph.engine import Engine
 from dlgraph.forward import Trace
@@ -40,6 +41,11 @@ class StepSetup:
 
     def engine_for(self, wave: Wave) -> Engine:
         return self.backward if wave.backward else self.engine
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the forward engine's backend can do: how many calls a node's run sends."""
+        return self.engine.backend.capabilities
 
     @property
     def cached(self) -> bool:

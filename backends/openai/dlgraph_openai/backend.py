@@ -116,11 +116,15 @@ class OpenAIBackend(dg.Backend):
     @property
     def capabilities(self) -> dg.Capabilities:  # type: ignore[override]
         completions = self.api == "completions"
+        max_batch = (self.max_batch or self.profile.max_batch) if completions else 1
+        echo = completions and self.profile.echo_logprobs
+        several = min(max_batch, plugin.MAX_CONTINUATIONS) if echo and max_batch > 1 else 0
         return dg.Capabilities(
             exact_logprobs=completions
             and (self.profile.echo_logprobs or self.profile.prompt_logprobs),
             top_logprobs=self.profile.top_logprobs,
-            max_batch=(self.max_batch or self.profile.max_batch) if completions else 1,
+            max_batch=max_batch,
+            continuations=several,
             context_window=self.context_window
             or self.profile.context_window
             or self._served_window,
@@ -346,6 +350,15 @@ class OpenAIBackend(dg.Backend):
                     )
                 ]
             )
+
+    @_scrubbing
+    async def continuations(self, request: dg.ContinuationsRequest) -> dg.Answer[list[float]]:
+        """Several continuations of one context as one echo request of several prompts (the
+        context repeated in each: the server charges it each time, and a server with prefix
+        caching, as vLLM, evaluates it once)."""
+        return await self.logprob_batch(
+            [dg.LogprobRequest(request.context, text) for text in request.continuations]
+        )
 
     @_scrubbing
     async def top_logprobs(self, request: dg.TopLogprobsRequest) -> dg.Answer[dict[str, float]]:

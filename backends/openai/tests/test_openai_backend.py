@@ -319,6 +319,31 @@ async def test_logprob_requests_are_coalesced_into_one_echo_request() -> None:
     assert server.count() - sent == 1 and len(server.attempts[-1].prompts) == 3
 
 
+async def test_a_class_distribution_is_one_echo_request_of_every_verbalizer() -> None:
+    """A profile with echo and several prompts per request (vLLM's, the simulated server's)
+    scores a class distribution in one request; its values are the single logprobs'."""
+    classes = ["yes|Yes", "no|No"]
+    async with SimServer(ServerConfig(api_key=KEY)) as server:
+        async with dg.Engine(backend(server)) as engine:
+            assert engine.backend.capabilities.continuations == 64
+            joint = await engine.classify("Is the sky blue? Answer:", classes)
+        assert server.count() == 1 and len(server.attempts[-1].prompts) == 4
+        async with dg.Engine(backend(server, max_batch=1)) as engine:
+            assert engine.backend.capabilities.continuations == 0
+            separate = await engine.classify("Is the sky blue? Answer:", classes)
+    assert server.count() == 1 + 4
+    assert joint == pytest.approx(separate, abs=1e-9)
+
+
+@pytest.mark.parametrize("profile", ["llamacpp", "llama-cpp-python", "ollama"])
+def test_a_profile_without_several_echoed_prompts_per_request_scores_no_continuations(
+    profile: str,
+) -> None:
+    chosen = OpenAIBackend("m", base_url="http://127.0.0.1:1/v1", profile=profile)
+    assert chosen.capabilities.continuations == 0
+    assert OpenAIBackend("m", profile="vllm").capabilities.continuations == 64
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
