@@ -1476,6 +1476,9 @@ class CliCase:
     """Edits the payload of the checkpoint one training step of CONFIG leaves, in a folder
     the command then finds (the checksum is recomputed, as whoever edits one would). `train`
     reads a checkpoint once the run has started, so the error is then the last line."""
+    version: int | None = None
+    """The checkpoint's format version, when the case states one (2: as main wrote it, the
+    payload then has no best_results unless `checkpoint` puts them back)."""
 
 
 CLI_CASES = [
@@ -1974,6 +1977,38 @@ CLI_CASES = [
         checkpoint=lambda payload: payload.update(best_results=[1.0]),
     ),
     CliCase(
+        "a version-2 checkpoint that has best results",
+        None,
+        r"checkpoint.json: malformed checkpoint \(missing or unknown: best_results\)",
+        argv=RESUME,
+        checkpoint=lambda payload: payload.update(best_results=[1.0]),
+        version=2,
+    ),
+    CliCase(
+        "a version-2 checkpoint whose ledger is an object",
+        None,
+        r"checkpoint.json: ledger: expected a list of objects",
+        argv=RESUME,
+        checkpoint=lambda payload: payload.update(ledger={}),
+        version=2,
+    ),
+    CliCase(
+        "a version-2 checkpoint whose history skips a step",
+        None,
+        r"checkpoint.json: history: steps \[\] do not run 1..1",
+        argv=RESUME,
+        checkpoint=lambda payload: payload.update(history=[]),
+        version=2,
+    ),
+    CliCase(
+        "a checkpoint of a version to come",
+        None,
+        r"checkpoint.json: checkpoint version 4, expected 3 \(or 2, which is upgraded\)",
+        argv=RESUME,
+        checkpoint=lambda payload: None,
+        version=4,
+    ),
+    CliCase(
         "a checkpoint whose best results are not its best score",
         None,
         r"checkpoint.json: best_results: their mean 100 is not best_score",
@@ -2065,8 +2100,11 @@ _TRAINED: dict[str, Path] = {}
 """The folder of one training step of CONFIG, made once per child process."""
 
 
-def _crafted_checkpoint(folder: Path, edit: Callable[[dict[str, Any]], None]) -> None:
-    """`folder/out` as one training step of CONFIG left it, its checkpoint then edited."""
+def _crafted_checkpoint(
+    folder: Path, edit: Callable[[dict[str, Any]], None], version: int | None = None
+) -> None:
+    """`folder/out` as one training step of CONFIG left it, its checkpoint then edited (made
+    `version`, first, when given: version 2 has no best_results)."""
     if "out" not in _TRAINED:
         trained = Path(tempfile.mkdtemp()) / "run.toml"
         trained.write_text(CONFIG)
@@ -2076,6 +2114,10 @@ def _crafted_checkpoint(folder: Path, edit: Callable[[dict[str, Any]], None]) ->
     shutil.copytree(_TRAINED["out"], folder / "out")
     path = folder / "out" / "checkpoint" / "checkpoint.json"
     document = json.loads(path.read_text())
+    if version is not None:
+        document["version"] = version
+    if version == 2:
+        del document["payload"]["best_results"]
     edit(document["payload"])
     canonical = json.dumps(document["payload"], sort_keys=True, separators=(",", ":"))
     document["sha256"] = hashlib.sha256(canonical.encode()).hexdigest()
@@ -2095,7 +2137,7 @@ def command_run(name: str, tmp: str) -> CommandRun:
         (folder / file_name).write_bytes(content)
     before = {file_name: (folder / file_name).read_bytes() for file_name, _ in case.files}
     if case.checkpoint is not None:
-        _crafted_checkpoint(folder, case.checkpoint)
+        _crafted_checkpoint(folder, case.checkpoint, case.version)
     argv = [arg.format(config=config, dir=folder) for arg in case.argv]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

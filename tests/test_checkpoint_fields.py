@@ -88,44 +88,84 @@ def test_a_checkpoint_names_every_key_missing_or_unknown_in_order(tmp_path, writ
         Checkpoint.read(write(tmp_path, written, payload | {"zz_extra": 1}))
 
 
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"best_score": "high"}, "best_score"),
-        ({"initial_score": float("inf")}, "initial_score"),
-        ({"initial_score": True}, "initial_score"),
-        ({"rng_state": [3, [1, 2, 3], None]}, "rng_state"),
-        ({"rng_state": [3, [1, 2, 3]]}, r"rng_state: expected \[version"),
-        ({"ledger": {}}, "ledger: expected a list of objects"),
-        ({"ledger": [{}, 1]}, "ledger: expected a list of objects"),
-        ({"step": -1, "history": []}, "step"),
-        ({"best_results": {"0": 1.0}}, "best_results: expected a list of per-example scores"),
-        ({"best_results": [1.0, "high"]}, r"best_results: score \[1\]: expected float"),
-        ({"best_results": [1.0, float("inf")]}, r"best_results: score \[1\]: expected a finite"),
-        ({"best_results": [True]}, r"best_results: score \[0\]: expected float"),
-        ({"best_results": None}, "best_results: expected a list"),
-    ],
-    ids=[
-        "a best score that is text",
-        "an infinite initial score",
-        "an initial score that is a bool",
-        "an rng state random refuses",
-        "an rng state of two parts",
-        "a ledger that is an object",
-        "a ledger row that is a number",
-        "a negative step",
-        "best results as an object",
-        "a best result that is text",
-        "an infinite best result",
-        "a best result that is a bool",
-        "no best results",
-    ],
-)
+DAMAGED = [
+    ({"best_score": "high"}, "best_score"),
+    ({"initial_score": float("inf")}, "initial_score"),
+    ({"initial_score": True}, "initial_score"),
+    ({"rng_state": [3, [1, 2, 3], None]}, "rng_state"),
+    ({"rng_state": [3, [1, 2, 3]]}, r"rng_state: expected \[version"),
+    ({"ledger": {}}, "ledger: expected a list of objects"),
+    ({"ledger": [{}, 1]}, "ledger: expected a list of objects"),
+    ({"step": -1, "history": []}, "step"),
+    ({"best_results": {"0": 1.0}}, "best_results: expected a list of per-example scores"),
+    ({"best_results": [1.0, "high"]}, r"best_results: score \[1\]: expected float"),
+    ({"best_results": [1.0, float("inf")]}, r"best_results: score \[1\]: expected a finite"),
+    ({"best_results": [True]}, r"best_results: score \[0\]: expected float"),
+    ({"best_results": None}, "best_results: expected a list"),
+]
+DAMAGED_IDS = [
+    "a best score that is text",
+    "an infinite initial score",
+    "an initial score that is a bool",
+    "an rng state random refuses",
+    "an rng state of two parts",
+    "a ledger that is an object",
+    "a ledger row that is a number",
+    "a negative step",
+    "best results as an object",
+    "a best result that is text",
+    "an infinite best result",
+    "a best result that is a bool",
+    "no best results",
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), DAMAGED, ids=DAMAGED_IDS)
 def test_a_checkpoint_with_a_damaged_field_is_refused_naming_it(
     tmp_path, written, changes, message
 ) -> None:
     with pytest.raises(dg.CheckpointError, match=message):
         read_with(tmp_path, written, **changes)
+
+
+def version_2(written: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The document and payload of a version-2 checkpoint (as main wrote them: no
+    best_results) holding what `written` holds."""
+    payload = {k: v for k, v in written["payload"].items() if k != "best_results"}
+    return written | {"version": 2}, payload
+
+
+def test_a_version_2_checkpoint_reads_back_without_best_results(tmp_path, written) -> None:
+    checkpoint = Checkpoint.read(write(tmp_path, *version_2(written)))
+    assert checkpoint is not None and (checkpoint.version, checkpoint.step) == (2, 1)
+    assert checkpoint.best_results is None
+    assert checkpoint.best_score == written["payload"]["best_score"]
+
+
+def test_a_version_2_checkpoint_that_has_best_results_is_malformed(tmp_path, written) -> None:
+    document, payload = version_2(written)
+    with pytest.raises(dg.CheckpointError, match=r"missing or unknown: best_results\)"):
+        Checkpoint.read(write(tmp_path, document, payload | {"best_results": [1.0] * 20}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [case for case in DAMAGED if "best_results" not in case[0]],
+    ids=[name for name in DAMAGED_IDS if "best result" not in name],
+)
+def test_a_version_2_checkpoint_with_a_damaged_field_is_refused_naming_it(
+    tmp_path, written, changes, message
+) -> None:
+    """Every check of version 3 but best_results holds for version 2 (as main checked it)."""
+    document, payload = version_2(written)
+    with pytest.raises(dg.CheckpointError, match=rf"checkpoint\.json: {message}"):
+        Checkpoint.read(write(tmp_path, document, payload | changes))
+
+
+@pytest.mark.parametrize("version", [1, 4, "3", True, None])
+def test_a_checkpoint_of_another_version_is_refused_naming_it(tmp_path, written, version) -> None:
+    with pytest.raises(dg.CheckpointError, match=r"checkpoint version .*, expected 3 \(or 2"):
+        Checkpoint.read(write(tmp_path, written | {"version": version}, written["payload"]))
 
 
 def test_a_checkpoints_memory_reads_back_what_it_remembered() -> None:

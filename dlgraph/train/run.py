@@ -7,6 +7,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import os
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,7 +25,14 @@ from dlgraph.evaluation import evaluate
 from dlgraph.metrics import DEFAULT, Metric
 from dlgraph.network import Network
 from dlgraph.train.candidates import Memory
-from dlgraph.train.checkpoint import BEST_FILENAME, FILENAME, Checkpoint
+from dlgraph.train.checkpoint import (
+    BEST_FILENAME,
+    FILENAME,
+    OPTIONS_SINCE_VERSION_3,
+    VERSION,
+    WITHOUT_RESULTS,
+    Checkpoint,
+)
 from dlgraph.train.compare import Comparison, Key, Referee, Results, network_key
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.race import Tally
@@ -104,19 +112,25 @@ class Training:
     best_score: float | None = attrs.field(default=None, init=False)
     initial_score: float | None = attrs.field(default=None, init=False)
     evaluations_since_best: int = attrs.field(default=0, init=False)
-    incumbent: list[float] = attrs.field(factory=list, init=False)
-    """The best network's metric score on each dev example (their mean is `best_score`)."""
+    incumbent: list[float] | None = attrs.field(factory=list, init=False)
+    """The best network's metric score on each dev example (their mean is `best_score`);
+    None after resuming a version-2 checkpoint, until the next step rebuilds them."""
     known: dict[Key, Results] = attrs.field(factory=dict, init=False)
     """Every network's dev results this process scored, so that none is scored twice."""
 
-    def fingerprint(self) -> str:
-        """Identifies a run's setup: structure (not prompts), options, data and batch size."""
+    def fingerprint(self, version: int = VERSION) -> str:
+        """Identifies a run's setup: structure (not prompts), options, data and batch size, as
+        a checkpoint of format `version` states it (version 2 knew fewer options)."""
         structure = self.trainer.net.to_json()
         for node in structure["nodes"]:
             node.pop("prompt")
+        options = self.trainer.options.to_json()
+        if version == WITHOUT_RESULTS:
+            for name in OPTIONS_SINCE_VERSION_3:
+                del options[name]
         setup = {
             "network": structure,
-            "options": self.trainer.options.to_json(),
+            "options": options,
             "batch_size": self.schedule.batch_size,
             "train": [[e.input, e.target] for e in self.train],
             "dev": [[e.input, e.target] for e in self.dev],
@@ -145,6 +159,8 @@ class Training:
                 if patience is not None and self.evaluations_since_best >= patience:
                     stopped = "early_stopping"
                     break
+                if self.incumbent is None:
+                    await self._rebuild_incumbent()
                 record = await self._traced_step()
                 self._save(fingerprint)
                 self._log(record)
@@ -226,11 +242,34 @@ class Training:
         self.history.append(record)
         return record
 
+    async def _rebuild_incumbent(self) -> None:
+        """The best network's per-example dev results, which a version-2 checkpoint did not
+        keep: one dev evaluation (phase ``eval``, counted like any), before the first step
+        after resuming it; the next save writes them (version 3). Its mean becomes the best
+        score, which the comparisons are against (a backend that no longer answers as it did
+        moves it; logged)."""
+        assert self.best is not None
+        score = await evaluate(self.best, self.trainer.engine, self.dev, metric=self.metric)
+        if self.best_score is not None and not math.isclose(
+            score, self.best_score, rel_tol=1e-9, abs_tol=1e-12
+        ):
+            logger.warning(
+                "the best network scores %g on dev now, %g when the checkpoint was written; "
+                "later steps are compared with %g",
+                score,
+                self.best_score,
+                score,
+            )
+        self.incumbent = list(score.per_example)
+        self.known[network_key(self.best)] = dict(enumerate(self.incumbent))
+        self.best_score = float(score)
+
     async def _compare(self, candidate: Network) -> Comparison:
         """The step's dev evaluation: `candidate` against the best network so far under the
         run's metric, stopped once settled (`dlgraph.train.compare`); what it scored is kept
         and tallied."""
         trainer = self.trainer
+        assert self.incumbent is not None, "rebuilt before the step"
         key = network_key(candidate)
         with trainer.engine.tracer.span("evaluate", examples=len(self.dev)) as span:
             comparison = await Referee.of(trainer.options, self.metric).compare(
@@ -303,7 +342,7 @@ class Training:
         if self.checkpoint_dir is None:
             return
         trainer = self.trainer
-        assert self.best is not None
+        assert self.best is not None and self.incumbent is not None
         Checkpoint(
             step=trainer.steps_done,
             fingerprint=fingerprint,
@@ -327,6 +366,8 @@ class Training:
         checkpoint = Checkpoint.read(self.checkpoint_dir)
         if checkpoint is None:
             return False
+        if checkpoint.version != VERSION:
+            fingerprint = self.fingerprint(checkpoint.version)
         if checkpoint.fingerprint != fingerprint:
             raise CheckpointError(
                 f"{Path(self.checkpoint_dir) / FILENAME}: written for another setup "
@@ -347,9 +388,14 @@ class Training:
         self.best, self.best_score = checkpoint.best_network, checkpoint.best_score
         self.initial_score = checkpoint.initial_score
         self.evaluations_since_best = checkpoint.evaluations_since_best
-        self.incumbent = list(checkpoint.best_results)
-        self.known[network_key(checkpoint.best_network)] = dict(enumerate(self.incumbent))
-        logger.info("resumed from step %d", checkpoint.step)
+        if checkpoint.best_results is None:
+            self.incumbent = None  # rebuilt before the next step (`_rebuild_incumbent`)
+        else:
+            self.incumbent = list(checkpoint.best_results)
+            self.known[network_key(checkpoint.best_network)] = dict(enumerate(self.incumbent))
+        logger.info(
+            "resumed from step %d (checkpoint version %d)", checkpoint.step, checkpoint.version
+        )
         await self._replay_log()
         return True
 
