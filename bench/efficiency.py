@@ -2,14 +2,21 @@
 
     python bench/efficiency.py sim                       # DLN-2 on the simulated server, TPM-limited
     python bench/efficiency.py embedded [--seeds 0 1 2] [--tasks main mpqa trec navigate]
+                                        [--modes full one-call decided]
 
-``embedded`` trains each task with both settings (``stop_when_decided = false`` and the default)
-for each seed on the embedded model (Gemma 3 270M): the main job (examples/tweets.toml), the
-paper's mpqa and trec (DLN-1, from ../shared/data or $DLGRAPH_DATA) and DLN-2 on the
-generated navigation task, with small settings (``--steps``, ``--dev``, ``--test``). Per row,
-means over the seeds: training calls and tokens (everything but the test evaluation after), the
-calls the estimate expected before the run and once the first step was measured, wall time of the training, best dev, test accuracy
-after. ``sim`` runs the same DLN-2 training both ways against the simulated OpenAI-compatible
+Row kinds (`MODES`): ``full`` is full scoring as it was before this work, exactly:
+``stop_when_decided = false`` and one log-probability request per verbalizer (the backend's
+``max_continuations = 0``); ``decided`` is the default (races, dev comparisons that stop, a
+class distribution in one call); ``one-call`` (optional, not run unless asked) is full scoring
+with one-call classes, so that the table separates what one-call classes save (``one-call``
+against ``full``) from what stopping when decided saves (``decided`` against ``one-call``).
+
+``embedded`` trains each task in each mode for each seed on the embedded model (Gemma 3 270M):
+the main job (examples/tweets.toml), the paper's mpqa and trec (DLN-1, from ../shared/data or
+$DLGRAPH_DATA) and DLN-2 on the generated navigation task, with small settings (``--steps``,
+``--dev``, ``--test``). Per row, means over the seeds: training calls and tokens (everything
+but the test evaluation after), the calls the estimate expected before the run and once the
+first step was measured, wall time of the training, best dev, test accuracy after. ``sim`` runs the same DLN-2 training in each mode against the simulated OpenAI-compatible
 server (dlgraph-sim) under a tokens-per-minute limit, on a scripted world where prompts matter
 (a word's last letter), and prints the wall times.
 """
@@ -31,8 +38,11 @@ from dlgraph_sim.server import ServerConfig, SimModel, SimServer
 import dlgraph as dg
 from dlgraph.config import RunConfig
 
-MODES = {"full": False, "decided": True}
-"""Row label: the value of `stop_when_decided`."""
+MODES = {"full": (False, 0), "one-call": (False, None), "decided": (True, None)}
+"""Row label: the value of `stop_when_decided`, and the backend's `max_continuations` (0: one
+request per verbalizer; None: the backend's default, every verbalizer in one call)."""
+DEFAULT_MODES = ["full", "decided"]
+"""The issue's comparison: the scoring before this work against the new default."""
 TASKS = {
     "main": [],
     "mpqa": ["data.source=paper", "data.task=mpqa"],
@@ -103,25 +113,38 @@ def table(rows: dict[tuple[str, str], list[dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+PAIRS = [
+    ("decided", "full", "the new default against full scoring"),
+    ("one-call", "full", "what one-call classes save"),
+    ("decided", "one-call", "what stopping when decided saves"),
+]
+"""(row, baseline, what their ratio shows), for the rows a run has."""
+
+
 def ratios(rows: dict[tuple[str, str], list[dict[str, float]]]) -> str:
-    """Per task: the new default's calls and tokens over full scoring's, test difference,
-    and how far the expected calls were from the measured ones."""
+    """Per task and pair of row kinds: calls and tokens of one over the other's, test
+    difference, and how far the expected calls were from the measured ones."""
     lines = []
     for task in dict.fromkeys(task for task, _ in rows):
-        full, decided = rows.get((task, "full")), rows.get((task, "decided"))
-        if not full or not decided:
-            continue
+        for mode, baseline, shows in PAIRS:
+            new, old = rows.get((task, mode)), rows.get((task, baseline))
+            if not new or not old:
+                continue
 
-        def total(runs: list[dict[str, float]], key: str) -> float:
-            return sum(run[key] for run in runs)
+            def total(runs: list[dict[str, float]], key: str) -> float:
+                return sum(run[key] for run in runs)
 
-        error = [abs(r["expected"] - r["calls"]) / r["calls"] for r in decided]
-        lines.append(
-            f"{task}: calls {total(decided, 'calls') / total(full, 'calls'):.2f}x, tokens "
-            f"{total(decided, 'tokens') / total(full, 'tokens'):.2f}x, test "
-            f"{statistics.mean(r['test'] for r in decided) - statistics.mean(r['test'] for r in full):+.3f}, "
-            f"expected calls (after step 1) off by {max(error):.0%} at most"
-        )
+            def test(runs: list[dict[str, float]]) -> float:
+                return statistics.mean(run["test"] for run in runs)
+
+            error = [abs(r["expected"] - r["calls"]) / r["calls"] for r in new]
+            lines.append(
+                f"{task}, {mode} / {baseline} ({shows}): calls "
+                f"{total(new, 'calls') / total(old, 'calls'):.2f}x, tokens "
+                f"{total(new, 'tokens') / total(old, 'tokens'):.2f}x, test "
+                f"{test(new) - test(old):+.3f}, "
+                f"expected calls (after step 1) off by {max(error):.0%} at most"
+            )
     return "\n".join(lines)
 
 
@@ -132,7 +155,8 @@ async def embedded(args: argparse.Namespace) -> None:
     rows: dict[tuple[str, str], list[dict[str, float]]] = {}
     for task in args.tasks:
         for seed in args.seeds:
-            for mode, decided in MODES.items():
+            for mode in args.modes:
+                decided, continuations = MODES[mode]
                 settings = [
                     *TASKS[task],
                     f"data.dev={args.dev}",
@@ -141,6 +165,8 @@ async def embedded(args: argparse.Namespace) -> None:
                     f"train.stop_when_decided={str(decided).lower()}",
                     f"train.seed={seed}",
                 ]
+                if continuations is not None:
+                    settings.append(f"backend.options.max_continuations={continuations}")
                 config = RunConfig.read(args.config, settings)
                 data = config.task()
                 net = config.build_network(data)
@@ -242,10 +268,17 @@ async def simulated(args: argparse.Namespace) -> None:
     data = (words(60, 1), words(30, 2), words(60, 3))
     rows: dict[tuple[str, str], list[dict[str, float]]] = {}
     for seed in args.seeds:
-        for mode, decided in MODES.items():
+        for mode in args.modes:
+            decided, continuations = MODES[mode]
             server = SimServer(ServerConfig(tpm=args.tpm), SimModel(complete, token_logprob))
             async with server:
-                backend = dg.connect("openai", base_url=server.url, model="sim-1", profile="sim")
+                backend = dg.connect(
+                    "openai",
+                    base_url=server.url,
+                    model="sim-1",
+                    profile="sim",
+                    max_continuations=continuations,
+                )
                 async with dg.Engine(backend, tpm=args.tpm) as engine:
                     options = dg.TrainerOptions(
                         num_prompt_samples=4,
@@ -260,9 +293,10 @@ async def simulated(args: argparse.Namespace) -> None:
             print(mode, seed, {k: round(v, 3) for k, v in run.items()}, flush=True)
     print(table(rows))
     print(ratios(rows))
-    full, decided = (rows[next(k for k in rows if k[1] == m)] for m in MODES)
-    speedup = sum(r["seconds"] for r in full) / sum(r["seconds"] for r in decided)
-    print(f"wall time: full scoring {speedup:.2f}x the new default's")
+    seconds = {mode: sum(run["seconds"] for run in runs) for (_, mode), runs in rows.items()}
+    for mode in seconds:
+        if mode != "decided" and "decided" in seconds:
+            print(f"wall time: {mode} {seconds[mode] / seconds['decided']:.2f}x the new default's")
 
 
 def main() -> None:
@@ -272,6 +306,7 @@ def main() -> None:
     parser.add_argument("where", choices=("embedded", "sim"))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--modes", nargs="+", default=DEFAULT_MODES, choices=list(MODES))
     parser.add_argument("--config", default="examples/tweets.toml")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--dev", type=int, default=30)

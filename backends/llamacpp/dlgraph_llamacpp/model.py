@@ -53,6 +53,10 @@ def _auto_or_boolean(instance: object, attribute: attrs.Attribute[Any], value: o
         raise TypeError(f'{attribute.name}: expected "auto", true or false, got {value!r}')
 
 
+def _continuations(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    plugin.check_int(attribute.name, value, 0, plugin.MAX_CONTINUATIONS)
+
+
 @attrs.define(eq=False, slots=False)
 class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
     """A GGUF model in this process (Gemma 3 270M by default).
@@ -80,6 +84,10 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
     batching: bool = attrs.field(default=True, validator=_boolean)
     deterministic: bool = attrs.field(default=False, validator=_boolean)
     extra_buffers: ExtraBuffers = attrs.field(default="auto", validator=_auto_or_boolean)
+    max_continuations: int = attrs.field(default=plugin.MAX_CONTINUATIONS, validator=_continuations)
+    """The most verbalizers one call scores after one evaluated context
+    (`ContinuationsRequest`); 0: one log-probability call per verbalizer, the scoring measured
+    before one-call classes (the prefix is still shared in the KV cache, the calls are not)."""
     verdict: Verdict | None = attrs.field(default=None, init=False)
     """Whether extra buffer types are in use, and why; known once the model is loaded."""
     _native: NativeModel | None = attrs.field(default=None, init=False, repr=False)
@@ -98,7 +106,7 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
             max_batch=1,
             max_concurrency=None if self.batching else 1,
             context_window=self.context_size,
-            continuations=plugin.MAX_CONTINUATIONS,
+            continuations=self.max_continuations,
         )
 
     @property
