@@ -178,12 +178,17 @@ def by_engine(waves: tuple[Wave, ...], separate: bool) -> list[dict[tuple[str, s
 
 
 async def run(
-    network: str, demonstrations: int, separate: bool, steps: int, continuations: int = 0
+    network: str,
+    demonstrations: int,
+    separate: bool,
+    steps: int,
+    continuations: int = 0,
+    **options: object,
 ):
     """Estimate a run, then make it (no cache: each request is sent); the estimate's calls
     and each engine's, by (node, phase)."""
     train, dev = NETWORKS[network][2]()
-    options = {
+    options |= {
         "max_demonstrations": demonstrations,
         "separate": separate,
         "continuations": continuations,
@@ -240,6 +245,52 @@ async def test_the_estimate_bounds_every_phase_of_a_run(
     for counts, calls in zip(planned, sent, strict=True):
         assert_bounded(counts, calls)
     assert sum(sent[0].values()) > 0
+
+
+SCORING_MODES = [
+    pytest.param(decided, continuations, id=f"{label}-{calls}")
+    for decided, label in ((False, "full scoring"), (True, "stopping when decided"))
+    for continuations, calls in ((0, "a call per verbalizer"), (8, "a class in one call"))
+]
+"""bench/efficiency.py's row kinds (full: full scoring with a call per verbalizer), and the
+fourth combination."""
+
+
+@pytest.mark.parametrize("network", list(NETWORKS))
+@pytest.mark.parametrize(("decided", "continuations"), SCORING_MODES)
+async def test_in_every_scoring_mode_a_run_stays_within_the_estimate_s_upper_bound(
+    network: str, decided: bool, continuations: int
+) -> None:
+    """Three steps, with demonstrations: every (node, phase) sends at most what the estimate
+    allows, whether candidates are raced and comparisons stop or not, and whether a class
+    costs a call per verbalizer or one."""
+    planned, sent = await run(
+        network, 2, False, steps=3, continuations=continuations, stop_when_decided=decided
+    )
+    for counts, calls in zip(planned, sent, strict=True):
+        assert_bounded(counts, calls)
+    assert sum(sent[0].values()) > 0
+
+
+@pytest.mark.parametrize("network", list(NETWORKS))
+@pytest.mark.parametrize(("decided", "continuations"), SCORING_MODES)
+async def test_in_every_scoring_mode_each_step_reports_the_calls_it_sent(
+    network: str, decided: bool, continuations: int
+) -> None:
+    """A step's own waves, counted from its state by the estimate's arithmetic, expect what
+    the ledger counts (with no cache: the pairs each candidate was really scored on, fewer
+    than it could have been once a race drops it) and bound it."""
+    train, _ = NETWORKS[network][2]()
+    options = {"max_demonstrations": 2, "continuations": continuations}
+    async with trainer_on(network, stop_when_decided=decided, **options) as (trainer, engine, _):
+        for start in range(0, 3 * BATCH, BATCH):
+            before = counted(engine)
+            outcome = await trainer.step(train[start : start + BATCH])
+            sent = difference(counted(engine), before)
+            reported = by_key(outcome.waves)
+            assert expected(reported) == sent
+            assert_bounded(reported, sent)
+            trainer.apply(outcome)
 
 
 def difference(now: dict[tuple[str, str], int], was: dict[tuple[str, str], int]):
