@@ -75,6 +75,7 @@ def test_a_run_into_a_project_folder_deletes_none_of_its_files_and_names_them(
     line = one_error_line(capsys.readouterr().out)
     assert "files dlgraph did not write stand where a run writes" in line
     assert "checkpoint/my_model.pt" in line and "steps.jsonl" in line and "result.json" in line
+    assert "look like a run of a dlgraph" not in line  # no checkpoint of ours: no such hint
     assert files(project) == before
 
 

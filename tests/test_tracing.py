@@ -329,12 +329,17 @@ async def test_training_step_spans_hold_its_phases_and_its_dev_evaluation() -> N
         trainer = dg.VariationalTrainer(
             dln2(), engine, num_prompt_samples=2, num_hidden_samples=2, max_demonstrations=0
         )
-        await trainer.fit(train, dev, steps=2, batch_size=4)
+        result = await trainer.fit(train, dev, steps=2, batch_size=4)
 
     (fit,) = spans.named("dlgraph.fit")
+    assert fit.attributes["dlgraph.stopped"] == result.stopped
     steps = spans.named("dlgraph.step")
     assert sorted(step.attributes["dlgraph.step"] for step in steps) == [1, 2]
     assert all(spans.parent(step) == fit for step in steps)
+    for step in steps:  # each step's span holds what its record says
+        record = result.history[step.attributes["dlgraph.step"] - 1]
+        assert step.attributes["dlgraph.batch_loss"] == record.batch_loss
+        assert step.attributes["dlgraph.dev_score"] == record.dev_score
     for step in steps:
         parts = sorted(child.name for child in spans.children(step))
         assert parts == [

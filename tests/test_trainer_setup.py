@@ -40,3 +40,26 @@ def test_a_trainer_refuses_dev_targets_outside_the_classes_before_any_call() -> 
     with pytest.raises(dg.DataError, match="dev"):
         trainer.check_data(good, [dg.Example("a word", "maybe")])
     assert model.calls == []
+
+
+async def test_a_steps_batch_loss_is_its_output_nodes_mean_error_on_the_batch() -> None:
+    """Both heads always answer yes: the first is right on half the batch, the second on a
+    quarter, so the loss is the mean of 0.5 and 0.75."""
+    net = dg.Network()
+    for head in ("first", "second"):
+        net.add_node(head, prompt=f"Is the {head} word good?", classes=YES_NO)
+        net.add_edge(dg.INPUT, head)
+
+    def always_yes(request: dg.LogprobRequest) -> float:
+        return -0.1 if request.target.strip().lower() == "yes" else -5.0
+
+    batch = [
+        dg.Example(
+            f"word {i}", {"first": "yes" if i < 2 else "no", "second": "yes" if i < 1 else "no"}
+        )
+        for i in range(4)
+    ]
+    async with dg.Engine(ScriptedModel(logprob=always_yes)) as engine:
+        trainer = dg.VariationalTrainer(net, engine, num_prompt_samples=1, max_demonstrations=0)
+        outcome = await trainer.step(batch)
+    assert outcome.batch_loss == pytest.approx((0.5 + 0.75) / 2)

@@ -114,6 +114,14 @@ async def test_a_run_stops_after_patience_evaluations_without_a_better_dev_accur
     assert [record.step for record in result.history] == [1, 2, 3, 4]  # a new best resets it
 
 
+async def test_a_network_that_only_ties_the_best_on_dev_neither_replaces_it_nor_resets_patience():
+    again = f"{YES} {YES}"  # as good as YES on dev, no better
+    result = await run(ScriptedLearner([YES, again, again]), 3, patience=1)
+    assert [record.dev_score for record in result.history] == [1.0, 1.0]
+    assert result.stopped == "early_stopping"
+    assert result.network.prompts() == {"answer": YES}
+
+
 async def test_a_step_that_runs_out_of_budget_leaves_no_trace_in_the_random_state() -> None:
     stopped = ScriptedLearner([YES, NO], exhausted_at=2)
     result = await run(stopped, 2)
