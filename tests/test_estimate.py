@@ -332,3 +332,37 @@ def test_without_posterior_inference_nothing_is_sampled_and_an_example_is_one_te
     candidates = 1 + 2 + 3 + 1
     assert counts["answer", "score"].calls == candidates * BATCH * 4
     assert counts["reason", "score"].calls == candidates * BATCH
+
+
+def writing_chain(depth: int) -> dg.Network:
+    """`depth` text nodes in a chain, each reading the input too: the forward pass scores
+    nothing, so the first phase that scores is a hidden node's posterior (depth 2) or else
+    the candidates' scores (depth 1)."""
+    net = dg.Network()
+    names = ["reason", "say"][-depth:]
+    for name in names:
+        net.add_node(name, prompt=f"Write ({name}).", max_tokens=8)
+        net.add_edge(dg.INPUT, name)
+    if depth == 2:
+        net.add_edge("reason", "say")
+    return net
+
+
+@pytest.mark.parametrize("net", [dln2, lambda: writing_chain(2), lambda: writing_chain(1)])
+async def test_the_pace_of_a_run_with_batches_of_one_example_is_measured(
+    net: Callable[[], dg.Network],
+) -> None:
+    """Every probe builds its call from the one example a stand-in batch then holds (the
+    forward run, a posterior sample and its evidence, a proposal, a candidate's score); a
+    proposal or a sample is timed as the one call it is."""
+    world = LetterWorld()
+    forward_model, backward_model = world.model(), world.model()
+    async with dg.Engine(forward_model) as forward, dg.Engine(backward_model) as backward:
+        trainer = dg.VariationalTrainer(net(), forward, backward=backward)
+        pace = await trainer.pace(single_word_task(4, seed=1), batch_size=1)
+    assert forward_model.count(phase="forward") >= 6  # two alone, four together
+    assert backward_model.count(phase="propose") == 6
+    assert {"generate", "score"} <= set(pace.forward.latency)
+    assert pace.backward.latency["propose"].calls == 1
+    if "generate" in pace.backward.latency:
+        assert pace.backward.latency["generate"].calls == 1
