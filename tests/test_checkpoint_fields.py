@@ -14,6 +14,7 @@ import attrs
 import pytest
 from letter_world import LetterWorld, single_word_task
 from test_trainer import dln2, run_counting
+from test_training_run import step_record
 
 import dlgraph as dg
 from dlgraph.train.candidates import Memory
@@ -140,18 +141,7 @@ def test_a_checkpoint_edited_without_its_checksum_is_refused_as_corrupt(tmp_path
 
 
 def test_a_long_history_out_of_order_is_refused_in_one_short_line(tmp_path: Path) -> None:
-    record = dg.StepRecord(
-        step=1,
-        batch_loss=0.0,
-        prompts={"answer": "Say yes."},
-        demonstrations={"answer": []},
-        elbo={},
-        posterior_entropy={},
-        dev_score=None,
-        metric="exact",
-        calls=0,
-        tokens=0,
-    ).to_json()
+    record = step_record(1).to_json()
     fields = {field.name for field in attrs.fields(Checkpoint)}
     payload = dict.fromkeys(fields) | {"step": 500, "history": [record] * 500}
     with pytest.raises(dg.CheckpointError, match=r"do not run 1\.\.500") as error:

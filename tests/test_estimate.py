@@ -17,6 +17,7 @@ import pytest
 from demo_world import TwoHeads, pair_task
 from dlgraph_sim import ScriptedModel
 from letter_world import PAIR_CLASSES, LetterWorld, single_word_task, word_pair_task
+from test_pace import writers
 from test_trainer import YES_NO, dln1, dln2
 
 import dlgraph as dg
@@ -334,21 +335,7 @@ def test_without_posterior_inference_nothing_is_sampled_and_an_example_is_one_te
     assert counts["reason", "score"].calls == candidates * BATCH
 
 
-def writing_chain(depth: int) -> dg.Network:
-    """`depth` text nodes in a chain, each reading the input too: the forward pass scores
-    nothing, so the first phase that scores is a hidden node's posterior (depth 2) or else
-    the candidates' scores (depth 1)."""
-    net = dg.Network()
-    names = ["reason", "say"][-depth:]
-    for name in names:
-        net.add_node(name, prompt=f"Write ({name}).", max_tokens=8)
-        net.add_edge(dg.INPUT, name)
-    if depth == 2:
-        net.add_edge("reason", "say")
-    return net
-
-
-@pytest.mark.parametrize("net", [dln2, lambda: writing_chain(2), lambda: writing_chain(1)])
+@pytest.mark.parametrize("net", [dln2, lambda: writers(2), lambda: writers(1)])
 async def test_the_pace_of_a_run_with_batches_of_one_example_is_measured(
     net: Callable[[], dg.Network],
 ) -> None:
