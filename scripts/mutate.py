@@ -8,8 +8,9 @@ What is in scope, and which test files cover each module, is configured in one p
 `scripts/mutation.toml` (globs, so a module that is split or renamed stays in scope). Each
 mutant is one small change to one module's syntax tree (a comparison or an operator swapped,
 a condition negated, a constant moved by one, a call or a `raise` deleted, ``min`` for
-``max``, ``f(x)`` for ``x``...). A mutant is *killed* when a test fails with it in place, and
-*survives* when every test still passes: a bug of that shape would ship green.
+``max``, ``f(x)`` for ``x``...). A mutant is *killed* when a test fails with it in place (or
+the package no longer imports, or the tests crash their process), and *survives* when every
+test still passes: a bug of that shape would ship green.
 
 How it stays fast on two cores: one traced run of the mapped test files records which tests
 execute each line (coverage.py contexts); a mutant then runs only the tests that execute the
@@ -595,19 +596,30 @@ def _find_code(code: CodeType, qualname: str) -> CodeType | None:
     return None
 
 
+def _codes(code: CodeType) -> Iterator[CodeType]:
+    """`code` and every function's code nested in it, at any depth."""
+    yield code
+    for constant in code.co_consts:
+        if isinstance(constant, CodeType):
+            yield from _codes(constant)
+
+
 def _patch_function(mutant: Mutant, code: CodeType) -> bool:
-    """Swap the mutated code into the live function objects of `mutant.function`: they keep
+    """Swap the mutated code into the live function objects of `mutant.function`, and of the
+    functions nested in it that already exist (a closure a module built at import, such as a
+    filter made by a factory, holds the code it was made with, not its maker's): they keep
     their identity, so every class and test that holds them runs the mutant. False when that
     cannot be done (a change of free variables), and a fresh import is needed."""
     assert mutant.function is not None
-    new = _find_code(code, mutant.function)
-    if new is None:
+    outer = _find_code(code, mutant.function)
+    if outer is None:
         return False
+    replacements = {nested.co_qualname: nested for nested in _codes(outer)}
     patched = []
     for candidate in gc.get_objects():
         if isinstance(candidate, FunctionType):
-            old = candidate.__code__
-            if old.co_qualname == mutant.function and old.co_filename == new.co_filename:
+            new = replacements.get(candidate.__code__.co_qualname)
+            if new is not None and candidate.__code__.co_filename == new.co_filename:
                 try:
                     candidate.__code__ = new
                 except ValueError:
@@ -626,13 +638,21 @@ def _name_killer(work: Path, nodeid: str) -> None:
 
 
 class _FirstFailure:
-    """A pytest plugin: names the first test that fails (the mutant's killer)."""
+    """A pytest plugin: names the first test that fails (the mutant's killer), or the test
+    module that no longer imports with the mutant in place (a failure too: pytest then calls
+    the run a usage error, since the tests asked for were not found)."""
 
     def __init__(self, work: Path) -> None:
         self.work = work
         self.named = False
 
     def pytest_runtest_logreport(self, report: Any) -> None:
+        self._failed(report)
+
+    def pytest_collectreport(self, report: Any) -> None:
+        self._failed(report)
+
+    def _failed(self, report: Any) -> None:
         if report.failed and not self.named:
             self.named = True
             _name_killer(self.work, report.nodeid)
@@ -672,8 +692,17 @@ def _mutant_job(
             if _patch_function(mutant, code):
                 return _run_items(items, work)
         _forget_project_modules()
-        sys.meta_path.insert(0, _MutantFinder(mutant.path, code))
-        return _pytest_main(["-x", "--no-header", *tests], [_FirstFailure(work)])
+        finder = _MutantFinder(mutant.path, code)
+        sys.meta_path.insert(0, finder)
+        try:
+            importlib.import_module(finder.name)
+        except Exception:  # the package no longer imports: every user sees that at once
+            traceback.print_exc()
+            _name_killer(work, f"import {finder.name}")
+            return 1
+        first_failure = _FirstFailure(work)
+        exit_code = _pytest_main(["-x", "--no-header", *tests], [first_failure])
+        return 1 if first_failure.named else exit_code
 
     return job
 
@@ -795,6 +824,8 @@ class Outcome:
     seconds: float
     covering: int = 0
     """How many tests execute its line (more than `tests` when the time cap left some out)."""
+    detail: str = ""
+    """For an error: the end of the child's output, which says why its tests did not run."""
 
 
 @attrs.define
@@ -837,7 +868,7 @@ def run_mutants(
     work: Path,
 ) -> Iterator[Outcome]:
     pending = list(reversed(mutants))
-    running: dict[int, tuple[Mutant, list[str], float, float]] = {}
+    running: dict[int, tuple[Mutant, list[str], float, float, Path]] = {}
     killers = Killers()
     try:
         while pending or running:
@@ -847,11 +878,11 @@ def run_mutants(
                 budget = TIMEOUT_S + TIMEOUT_FACTOR * sum(durations[t] for t in tests)
                 log = work / f"mutant-{len(pending)}.log"
                 pid = _fork(job(mutant, tests), log)
-                running[pid] = (mutant, tests, time.monotonic(), budget)
+                running[pid] = (mutant, tests, time.monotonic(), budget, log)
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 now = time.monotonic()
-                for late, (mutant, tests, started, budget) in list(running.items()):
+                for late, (mutant, tests, started, budget, _) in list(running.items()):
                     if now - started > budget:
                         _stop(late)
                         del running[late]
@@ -860,15 +891,21 @@ def run_mutants(
                 continue
             if pid not in running:
                 continue
-            mutant, tests, started, _ = running.pop(pid)
+            mutant, tests, started, _, log = running.pop(pid)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)  # anything the tests left running
             code = os.waitstatus_to_exitcode(status)
             verdict = {0: "survived", 1: "killed", 2: "killed"}.get(code, "error")
+            if code < 0:  # the tests crashed the process (a segfault): a user sees that too
+                verdict = "killed"
             killer = _killer_file(work, pid)
             if verdict == "killed" and killer.exists():
                 killers.record(mutant, killer.read_text(encoding="utf-8"))
-            yield Outcome(mutant, verdict, len(tests), time.monotonic() - started)
+            detail = ""
+            if verdict == "error":
+                lines = log.read_text(errors="replace").strip().splitlines()
+                detail = " | ".join(lines[-3:])
+            yield Outcome(mutant, verdict, len(tests), time.monotonic() - started, detail=detail)
     finally:
         for pid in running:
             _stop(pid)
@@ -924,7 +961,7 @@ def report(
     if errors:
         print(f"\nmutants whose test run did not start ({len(errors)}):")
         for o in errors:
-            print(f"  {o.mutant.describe()}")
+            print(f"  {o.mutant.describe()}\n    output: {o.detail[-500:]}")
     if unexplained:
         print(f"\nsurvivors ({len(unexplained)}): kill each with a test, or explain it")
         for o in unexplained:

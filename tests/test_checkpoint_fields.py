@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 from letter_world import LetterWorld, single_word_task
 from test_trainer import dln2, run_counting
+from test_training_run import step_record
 
 import dlgraph as dg
 from dlgraph.train.candidates import Memory
-from dlgraph.train.checkpoint import FILENAME, Checkpoint, _digest
+from dlgraph.train.checkpoint import FILENAME, FORMAT, VERSION, Checkpoint, _digest
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +190,19 @@ def test_a_checkpoints_memory_reads_back_what_it_remembered() -> None:
 def test_a_checkpoints_memory_of_the_wrong_shape_is_refused(memory: object, message: str) -> None:
     with pytest.raises(TypeError, match=message):
         Memory.from_json(2, memory)
+
+
+def test_a_checkpoint_edited_without_its_checksum_is_refused_as_corrupt(tmp_path: Path) -> None:
+    document = {"format": FORMAT, "version": VERSION, "sha256": _digest({"step": 1})}
+    (tmp_path / FILENAME).write_text(json.dumps(document | {"payload": {"step": 2}}))
+    with pytest.raises(dg.CheckpointError, match="checksum mismatch"):
+        Checkpoint.read(tmp_path)
+
+
+def test_a_long_history_out_of_order_is_refused_in_one_short_line(tmp_path: Path) -> None:
+    record = step_record(1).to_json()
+    fields = {field.name for field in attrs.fields(Checkpoint)}
+    payload = dict.fromkeys(fields) | {"step": 500, "history": [record] * 500}
+    with pytest.raises(dg.CheckpointError, match=r"do not run 1\.\.500") as error:
+        Checkpoint.read(write(tmp_path, {"format": FORMAT, "version": VERSION}, payload))
+    assert len(str(error.value)) < 300 + len(str(tmp_path))

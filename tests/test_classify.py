@@ -8,10 +8,12 @@ from collections.abc import Callable
 
 import attrs
 import pytest
+from dlgraph_sim import ScriptedModel
 
 import dlgraph as dg
 from dlgraph.engine.cache import SqliteStore
 from dlgraph.engine.stage import request_key
+from dlgraph.scoring import LOG_FLOOR
 
 FAST = dg.RetryPolicy(deadline_s=0.5, initial_wait_s=0.01, max_wait_s=0.02)
 
@@ -78,3 +80,23 @@ async def test_an_empty_answer_an_older_version_cached_on_disk_is_asked_again(tm
     async with dg.Engine(model, cache=path) as engine:
         distribution = await engine.classify("Is it hot? Answer:", ["yes", "no"])
     assert model.calls == 1 and distribution == pytest.approx([0.75, 0.25])
+
+
+async def test_a_model_that_only_generates_classifies_by_the_class_its_answer_names() -> None:
+    """Without log-probabilities, one short greedy answer picks the class (any verbalizer);
+    every other class keeps the floor, e^-20 of the chosen one's probability."""
+    answers = {"hot": "Yes", "cold": "nah", "odd": "maybe"}
+    model = ScriptedModel(
+        generate=lambda r: answers[r.prompt.split()[2].rstrip("?")],
+        capabilities=dg.Capabilities(exact_logprobs=False),
+    )
+    classes = ["yes|Yes", "no|nah"]
+    async with dg.Engine(model) as engine:
+        hot = await engine.classify("Is it hot? Answer:", classes)
+        cold = await engine.classify("Is it cold? Answer:", classes)
+        odd = await engine.classify("Is it odd? Answer:", classes)
+    floor = math.exp(LOG_FLOOR)
+    assert hot == pytest.approx([1 / (1 + floor), floor / (1 + floor)], rel=1e-12, abs=0)
+    assert cold == pytest.approx([floor / (1 + floor), 1 / (1 + floor)], rel=1e-12, abs=0)
+    assert odd == pytest.approx([0.5, 0.5])  # an answer naming no class
+    assert [type(call.request) for call in model.calls] == [dg.GenerateRequest] * 3

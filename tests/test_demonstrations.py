@@ -87,6 +87,15 @@ async def test_candidates_whose_demonstrations_exceed_the_context_window_are_lef
     assert result.best_dev_score <= 0.6 and net.node("answer").demonstrations == ()
 
 
+async def test_candidates_whose_demonstrations_fit_the_context_window_are_kept() -> None:
+    """The same task under a window with room for every demonstration set: the rule is
+    learnt as without a window."""
+    net = dln1()
+    model = SecretWorld().model(capabilities=dg.Capabilities(context_window=100_000))
+    result = await train(net, model)
+    assert result.best_dev_score >= 0.9 and len(net.node("answer").demonstrations) >= 2
+
+
 async def test_a_hidden_node_learns_demonstrations_of_outputs_only_the_posterior_reveals() -> None:
     net = relay()
     result = await train(net, RelayWorld().model(), steps=5)

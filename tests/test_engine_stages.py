@@ -373,6 +373,28 @@ async def test_retry_ends_in_retries_exhausted_after_thousands_of_instant_failur
     assert ledger.statistics().total.retries == pytest.approx(2000, abs=2)
 
 
+@pytest.mark.parametrize("retry", [1025, 10**6])
+def test_a_backoff_after_more_than_a_thousand_retries_is_the_longest_wait_not_an_overflow(
+    retry: int,
+) -> None:
+    policy = RetryPolicy(initial_wait_s=1e-300, max_wait_s=7.0)
+    backoff = Retry(Counting(), Ledger(), policy, jitter=TopOfRange())
+    assert backoff.backoff_s(dg.TransientError("503"), retry) == 7.0
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"deadline_s": 0}, "deadline_s"),
+        ({"initial_wait_s": -0.5}, "initial_wait_s"),
+        ({"max_wait_s": -1}, "max_wait_s"),
+    ],
+)
+def test_a_retry_policy_refuses_a_deadline_of_nothing_and_negative_waits(setting, message):
+    with pytest.raises(ValueError, match=message):
+        RetryPolicy(**setting)
+
+
 # -- ledger ----------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ import pytest
 from demo_world import TwoHeads, pair_task
 from dlgraph_sim import ScriptedModel
 from letter_world import PAIR_CLASSES, LetterWorld, single_word_task, word_pair_task
+from test_pace import writers
 from test_trainer import YES_NO, dln1, dln2
 
 import dlgraph as dg
@@ -417,3 +418,23 @@ def test_without_posterior_inference_nothing_is_sampled_and_an_example_is_one_te
     candidates = 1 + 2 + 3 + 1
     assert counts["answer", "score"].calls == candidates * BATCH * 4
     assert counts["reason", "score"].calls == candidates * BATCH
+
+
+@pytest.mark.parametrize("net", [dln2, lambda: writers(2), lambda: writers(1)])
+async def test_the_pace_of_a_run_with_batches_of_one_example_is_measured(
+    net: Callable[[], dg.Network],
+) -> None:
+    """Every probe builds its call from the one example a stand-in batch then holds (the
+    forward run, a posterior sample and its evidence, a proposal, a candidate's score); a
+    proposal or a sample is timed as the one call it is."""
+    world = LetterWorld()
+    forward_model, backward_model = world.model(), world.model()
+    async with dg.Engine(forward_model) as forward, dg.Engine(backward_model) as backward:
+        trainer = dg.VariationalTrainer(net(), forward, backward=backward)
+        pace = await trainer.pace(single_word_task(4, seed=1), batch_size=1)
+    assert forward_model.count(phase="forward") >= 6  # two alone, four together
+    assert backward_model.count(phase="propose") == 6
+    assert {"generate", "score"} <= set(pace.forward.latency)
+    assert pace.backward.latency["propose"].calls == 1
+    if "generate" in pace.backward.latency:
+        assert pace.backward.latency["generate"].calls == 1

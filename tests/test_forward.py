@@ -181,3 +181,16 @@ async def test_forward_under_a_rate_limit_sends_an_examples_next_node_before_oth
         await body()
         group.cancel_scope.cancel()
     assert [call.request.node for call in model.calls] == ["a", "b", "a", "b", "a", "b"]
+
+
+async def test_forward_refuses_a_node_no_output_depends_on_before_any_call() -> None:
+    net = dg.Network()
+    net.add_node("a", prompt="Say A.", output=True)
+    net.add_node("stray", prompt="Say B.")
+    net.add_edge(dg.INPUT, "a")
+    net.add_edge(dg.INPUT, "stray")
+    model = echo_model()
+    async with dg.Engine(model) as engine:
+        with pytest.raises(dg.GraphError, match="node 'stray': no output depends on it"):
+            await net.forward(engine, ["x"])
+    assert model.calls == []

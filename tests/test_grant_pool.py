@@ -462,3 +462,15 @@ async def test_an_engine_cancelled_while_closing_still_gives_back_its_allowance(
         await anyio.wait_all_tasks_blocked()
         source.release.set()
     assert source.given_back == [(4, 0)]
+
+
+def test_an_engine_gives_back_the_requests_it_did_not_spend_when_its_block_ends() -> None:
+    source = RecordingSource(grant=dg.Grant(5, 0))
+
+    async def body() -> None:
+        async with dg.Engine(ScriptedModel(), rpm=600, shared_limit=source) as engine:
+            await engine.generate("a")
+            assert source.given_back == []
+
+    anyio.run(body)
+    assert source.given_back == [(4, 0)]

@@ -4,6 +4,7 @@ derived from it (order, depth, cycles) as the edges say."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -90,3 +91,25 @@ def test_a_cycle_is_named_along_its_edges_back_to_its_start(tmp_path) -> None:
 def test_a_malformed_network_file_is_refused_naming_the_part(edit, message) -> None:
     with pytest.raises(dg.GraphError, match=message):
         dg.Network.from_json(edit(document()))
+
+
+def test_a_node_with_parents_at_several_depths_is_one_deeper_than_the_deepest() -> None:
+    net = chain()
+    net.add_node("d", prompt="D.", max_tokens=8)
+    for parent in ("a", "b"):
+        net.add_edge(parent, "d")
+    assert net.depth("d") == 3
+
+
+def test_a_node_an_output_reaches_only_through_other_nodes_is_needed() -> None:
+    chain().validate()  # a feeds the output c only through b
+
+
+def test_a_saved_network_keeps_its_text_readable_as_written(tmp_path: Path) -> None:
+    net = dg.Network()
+    net.add_node("réponse", prompt="Réponds « oui » ou « non ».", max_tokens=8)
+    net.add_edge(dg.INPUT, "réponse")
+    net.save(tmp_path / "net.json")
+    text = (tmp_path / "net.json").read_text(encoding="utf-8")
+    assert '"prompt": "Réponds « oui » ou « non »."' in text
+    assert dg.Network.load(tmp_path / "net.json").to_json() == net.to_json()

@@ -5,6 +5,7 @@ journal's place is refused naming the file (and line)."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_a_journal_records_charges_that_read_back_and_refuses_to_record_once_clo
         json.dumps(["a", "forward", -1, *[0] * (WIDTH - 1)]) + "\n",
         json.dumps(["a", "forward", True, *[0] * (WIDTH - 1)]) + "\n",
         json.dumps(["a", "forward", 1.0, *[0] * (WIDTH - 1)]) + "\n",
-        json.dumps(["a", "forward", MAX_COUNT, *[0] * (WIDTH - 1)]) + "\n",
+        json.dumps(["a", "forward", 2**53, *[0] * (WIDTH - 1)]) + "\n",  # JSON's exact integers
     ],
     ids=[
         "text",
@@ -75,8 +76,8 @@ def test_a_line_that_is_not_a_charge_is_refused_naming_the_file_and_line(tmp_pat
 
 def test_the_largest_count_below_the_limit_is_a_charge(tmp_path) -> None:
     path = tmp_path / "ledger.jsonl"
-    path.write_text(HEADER + charge("a", "forward", MAX_COUNT - 1))
-    assert read_journal(path).by_key[("a", "forward")].calls == MAX_COUNT - 1
+    path.write_text(HEADER + charge("a", "forward", 2**53 - 1))
+    assert read_journal(path).by_key[("a", "forward")].calls == 2**53 - 1 == MAX_COUNT - 1
 
 
 def test_a_header_of_another_version_is_no_journal(tmp_path) -> None:
@@ -102,3 +103,59 @@ def test_a_line_longer_than_any_charge_is_refused_and_a_last_line_cut_short_drop
 def test_a_journal_in_a_folders_place_is_refused(tmp_path) -> None:
     with pytest.raises(dg.CheckpointError, match="is a folder; a ledger journal is a file"):
         Journal.open(tmp_path)
+
+
+def _node_for(length: int) -> str:
+    """A node name that makes its charge line `length` bytes long before the newline."""
+    return "n" * (length + 1 - len(charge("", "forward", 1)))
+
+
+def test_a_charge_line_of_the_longest_length_is_read_and_one_byte_more_is_refused(
+    tmp_path,
+) -> None:
+    path = tmp_path / "ledger.jsonl"
+    node = _node_for(MAX_LINE_BYTES)
+    longest = charge(node, "forward", 1)
+    assert len(longest) == MAX_LINE_BYTES + 1  # and its newline
+    path.write_text(HEADER + longest)
+    assert [usage.calls for usage in read_journal(path).by_key.values()] == [1]
+    path.write_text(HEADER + charge(_node_for(MAX_LINE_BYTES + 1), "forward", 1))
+    with pytest.raises(dg.CheckpointError, match=r"ledger.jsonl:2: a line longer than 65536"):
+        read_journal(path)
+
+
+def test_a_journal_that_cannot_be_read_is_refused_naming_it(tmp_path) -> None:
+    with pytest.raises(dg.CheckpointError, match=r"cannot read the ledger journal \(No such"):
+        read_journal(tmp_path / "missing.jsonl")
+    with pytest.raises(dg.CheckpointError, match=r"cannot read the ledger journal \(Is a dir"):
+        read_journal(tmp_path)
+
+
+def test_a_journal_that_cannot_be_appended_to_is_refused_naming_it(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "ledger.jsonl"
+    Journal.open(path).close()
+
+    def read_only(*args: object) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("dlgraph.engine.journal.os.open", read_only)
+    with pytest.raises(dg.CheckpointError, match=r"ledger.jsonl: cannot append \(Permission"):
+        Journal.open(path)
+
+
+def test_a_charge_that_cannot_be_written_is_an_error_not_a_silent_loss(tmp_path) -> None:
+    journal = Journal.open(tmp_path / "ledger.jsonl")
+    descriptor = journal._descriptor
+    assert descriptor is not None
+    os.close(descriptor)  # the file went away under the journal (a full or failing disk)
+    with pytest.raises(dg.CheckpointError, match=r"cannot record a call \(Bad file"):
+        journal.record([("a", "forward", {"calls": 1})])
+
+
+def test_closing_a_journal_releases_its_file(tmp_path) -> None:
+    journal = Journal.open(tmp_path / "ledger.jsonl")
+    descriptor = journal._descriptor
+    assert descriptor is not None
+    journal.close()
+    with pytest.raises(OSError):
+        os.fstat(descriptor)

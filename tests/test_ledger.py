@@ -5,6 +5,7 @@ line, and a file that is not a journal is refused and left as it was."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anyio
 import pytest
@@ -140,3 +141,79 @@ def test_a_resumed_command_counts_the_calls_before_it_in_its_result_and_its_budg
     spent = ["--set", f"engine.max_calls={again}"]
     assert main(["train", str(config), "--no-probe", "--resume", *spent]) == 2
     assert f"call budget of {again} spent ({again} calls)" in capsys.readouterr().out
+
+
+# -- what a snapshot says ---------------------------------------------------------------------
+
+
+async def test_a_call_is_one_http_request_and_its_tokens_are_prompt_and_answer_together() -> None:
+    model = ScriptedModel(generate=lambda r: "a longer answer of several words")
+    async with dg.Engine(model) as engine:
+        await engine.generate("a prompt of some length", node="n")
+        total = engine.statistics().total
+    assert (total.calls, total.http_requests) == (1, 1)
+    assert total.tokens_in > 0 and total.tokens_out > 0
+    assert total.tokens == total.tokens_in + total.tokens_out
+
+
+async def test_a_successful_call_is_no_error_and_each_429_is_one_rate_limited_call() -> None:
+    model = ScriptedModel(
+        generate=lambda r: "ok",
+        fault=lambda request, number: (
+            dg.RateLimited("429", retry_after_s=0) if number == 0 else None
+        ),
+    )
+    policy = dg.RetryPolicy(deadline_s=5, initial_wait_s=0.001, max_wait_s=0.001)
+    async with dg.Engine(model, retry=policy, limits=dg.RateLimits(pause_jitter=0)) as engine:
+        await engine.generate("refused once", node="a")
+        await engine.generate("never refused", node="b")
+        snapshot = engine.statistics()
+    refused, fine = snapshot.by_key[("a", "forward")], snapshot.by_key[("b", "forward")]
+    assert (refused.calls, refused.rate_limited, refused.errors) == (2, 1, 1)
+    assert (fine.calls, fine.rate_limited, fine.errors) == (1, 0, 0)
+
+
+async def test_the_usage_report_lists_nodes_in_order_whatever_order_they_called_in() -> None:
+    async with dg.Engine(ScriptedModel(generate=lambda r: "ok")) as engine:
+        for node in ["zeta", "alpha", "mid"]:
+            await engine.generate(f"from {node}", node=node)
+        report = engine.statistics().to_json()
+    assert [row["node"] for row in report] == ["alpha", "mid", "zeta"]
+
+
+async def test_a_price_of_cents_per_million_tokens_costs_the_tokens_times_the_price() -> None:
+    price = dg.Price(input_per_million=0.15, output_per_million=0.6)  # below one per million
+    async with dg.Engine(ScriptedModel(generate=lambda r: "an answer"), price=price) as engine:
+        await engine.generate("a question to price")
+        total = engine.statistics().total
+    expected = (total.tokens_in * 0.15 + total.tokens_out * 0.6) / 1_000_000
+    assert total.cost == pytest.approx(expected, rel=1e-12)
+    assert dg.Price(0).cost(10**6, 10**6) == 0.0  # a free model
+    with pytest.raises(ValueError):
+        dg.Price(-1.0)
+    with pytest.raises(ValueError):
+        dg.Price(1.0, output_per_million=-1.0)
+
+
+async def test_a_budget_of_one_token_allows_the_first_call_and_refuses_the_next() -> None:
+    async with dg.Engine(
+        ScriptedModel(generate=lambda r: "ok"), budget=dg.Budget(max_tokens=1)
+    ) as engine:
+        await engine.generate("first")
+        with pytest.raises(dg.BudgetExhausted, match="token budget of 1 spent"):
+            await engine.generate("second")
+
+
+async def test_the_token_budget_counts_the_prompt_and_answer_tokens_of_an_earlier_process(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "ledger.jsonl"
+    model = ScriptedModel(generate=lambda r: "an answer much longer than the prompt was")
+    async with dg.Engine(model, journal=journal) as engine:
+        await engine.generate("short", node="n")
+        spent = engine.statistics().total
+    assert spent.tokens_out > 0
+    budget = dg.Budget(max_tokens=spent.tokens_in + spent.tokens_out)
+    async with dg.Engine(model, journal=journal, budget=budget) as engine:
+        with pytest.raises(dg.BudgetExhausted, match="token budget"):
+            await engine.generate("more", node="n")

@@ -143,3 +143,58 @@ async def test_the_queue_keeps_its_order_after_the_most_urgent_waiter_leaves() -
 
     await run_with_clock(clock, body)
     assert served == ["first", "early", "late"]
+
+
+async def test_a_call_arriving_when_the_rate_allows_still_queues_behind_a_more_urgent_one() -> None:
+    now = 0.0
+    urgent_waits, urgent_may_go = anyio.Event(), anyio.Event()
+    served: list[str] = []
+
+    async def sleep(seconds: float) -> None:
+        nonlocal now
+        if not urgent_may_go.is_set():  # the urgent call waits for the rate
+            urgent_waits.set()
+            await urgent_may_go.wait()
+        else:
+            now += seconds
+            await anyio.sleep(0)
+
+    async def inner(work: dg.GenerateRequest) -> str:
+        served.append(work.prompt)
+        return "ok"
+
+    limiter = Limiter(
+        replying(inner), dg.Backend(), RateLimits(rpm=60), clock=lambda: now, sleep=sleep
+    )  # one request a second
+    await limiter(dg.GenerateRequest("first"))
+    async with anyio.create_task_group() as group:
+        now = 0.5
+        group.start_soon(limiter, dg.GenerateRequest("urgent", priority=1))
+        await urgent_waits.wait()
+        now = 1.0  # the rate allows one more call: the urgent one's, which has not woken yet
+        group.start_soon(limiter, dg.GenerateRequest("late"))
+        while limiter.statistics().waiting < 2 and "late" not in served:
+            await anyio.sleep(0)
+        urgent_may_go.set()
+    assert served == ["first", "urgent", "late"]
+
+
+async def test_a_scoring_call_is_charged_only_its_prompt_tokens_against_the_token_rate() -> None:
+    clock = FakeClock()
+    starts: list[float] = []
+
+    async def inner(work: object) -> float:
+        starts.append(clock.time())
+        return -1.0
+
+    limiter = Limiter(
+        replying(inner), dg.Backend(), RateLimits(tpm=600), clock=clock.time, sleep=clock.sleep
+    )
+    request = dg.LogprobRequest("x" * 34, " yes")  # 38 characters: 9 tokens, of 10 a second
+
+    async def body() -> None:
+        await limiter(request)
+        await limiter(request)
+
+    await run_with_clock(clock, body)
+    assert starts == pytest.approx([0.0, 0.8])  # 8 more tokens at 10 a second

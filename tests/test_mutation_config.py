@@ -4,10 +4,11 @@ reason. (Running the mutants is `python scripts/mutate.py`, minutes, not part of
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import FunctionType, ModuleType
 
 import pytest
 
@@ -55,3 +56,33 @@ def test_a_mutant_changes_the_code_it_names(mutate) -> None:
     for mutant in mutants:
         assert mutant.before != mutant.after, mutant.key
         assert mutate.mutated_code(mutant, config) != original, mutant.key
+
+
+def test_a_mutant_inside_a_closure_reaches_the_closures_its_module_already_made(mutate) -> None:
+    """The filters are closures `_text_filter` made at import: a mutant of their body must
+    run in them, not only in closures made later (it once survived unseen)."""
+    from dlgraph.templates import _budget
+
+    config = mutate.Config.read(mutate.CONFIG)
+    path = ROOT / "dlgraph" / "templates" / "_budget.py"
+    (mutant,) = [
+        m
+        for m in mutate.mutants_of(path, config)
+        if m.qualname == "_text_filter.apply" and m.before == "budget.step()"
+    ]
+    saved = {
+        function: function.__code__
+        for function in gc.get_objects()
+        if isinstance(function, FunctionType) and function.__code__.co_filename == str(path)
+    }
+    try:
+        assert mutate._patch_function(mutant, mutate.mutated_code(mutant, config))
+        budget = _budget.RenderBudget(10, 10)
+        assert _budget.FILTERS["upper"]({_budget.BUDGET: budget}, "ab") == "AB"
+        assert budget.steps == 0  # the step the mutant deleted
+    finally:
+        for function, code in saved.items():
+            function.__code__ = code
+    budget = _budget.RenderBudget(10, 10)
+    _budget.FILTERS["upper"]({_budget.BUDGET: budget}, "ab")
+    assert budget.steps == 1

@@ -98,3 +98,15 @@ def test_a_node_refuses_settings_of_the_wrong_type_or_kind(settings, message) ->
 def test_a_parameter_from_a_file_must_be_its_prompt_and_demonstrations(data) -> None:
     with pytest.raises(TypeError, match="expected an object with prompt and demonstrations"):
         dg.Parameter.from_json(data)
+
+
+async def test_a_text_node_samples_at_its_own_temperature_unless_the_call_gives_one() -> None:
+    net = dg.Network()
+    net.add_node("say", prompt="Say it.", temperature=0.3)
+    node = net.node("say")
+    parents = [Parent(dg.INPUT, "Input", "x")]
+    model = ScriptedModel(generate=lambda request: "out")
+    async with dg.Engine(model) as engine:
+        await node.run(parents, NodeCall(engine=engine, phase="forward"))
+        await node.run(parents, NodeCall(engine=engine, phase="forward", seed=1, temperature=0.9))
+    assert [record.request.temperature for record in model.calls] == [0.3, 0.9]

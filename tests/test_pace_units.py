@@ -7,7 +7,8 @@ import pytest
 from dlgraph_sim import ScriptedModel
 
 import dlgraph as dg
-from dlgraph.train.pace import PROBE_CONCURRENCY, duration, measure
+from dlgraph.train.pace import PROBE_CONCURRENCY, EnginePace, Latency, duration, measure
+from dlgraph.train.waves import Wave
 
 
 class Probe:
@@ -61,3 +62,36 @@ async def test_the_probe_sends_no_more_together_than_the_engine_keeps_in_flight(
 )
 def test_a_wall_time_is_said_in_seconds_minutes_or_hours(seconds: float, said: str) -> None:
     assert duration(seconds) == said
+
+
+def test_a_wave_of_one_call_costs_one_call_alone() -> None:
+    assert Latency(alone_s=2.0, together_s=2.0, together=4).wave_s(1, ceiling=256) == 2.0
+
+
+def test_a_probe_of_more_calls_than_the_ceiling_runs_one_at_a_time() -> None:
+    """A class score of four calls under a ceiling of four: one score in flight, so two
+    scores take two rounds of one, however slowly they would run together."""
+    serial = Latency(alone_s=1.0, together_s=4.0, together=4, calls=4)
+    assert serial.wave_s(8, ceiling=4) == 2.0
+    assert serial.wave_s(8, ceiling=7) == 2.0  # seven calls in flight hold one score
+
+
+def test_a_wave_counts_rounds_of_whole_probes_under_the_ceiling() -> None:
+    """Ten calls in flight hold two scores of four calls, not two and a half."""
+    parallel = Latency(alone_s=1.0, together_s=1.0, together=4, calls=4)
+    assert parallel.wave_s(100, ceiling=10) == 13.0  # 25 scores, two in flight
+
+
+def test_the_slope_is_what_each_further_probe_in_flight_adds_beyond_the_noise() -> None:
+    """Two probes together took 3 s where one alone took 2 s: beyond the noise (a quarter of
+    2 s), the second added 0.5 s; four together that took 8 s added 5.5 s over three."""
+    assert Latency(alone_s=2.0, together_s=3.0, together=2).slope_s == pytest.approx(0.5)
+    assert Latency(alone_s=2.0, together_s=8.0, together=4).slope_s == pytest.approx(5.5 / 3)
+    assert Latency(alone_s=2.0, together_s=3.0, together=2).wave_s(2, 256) == pytest.approx(2.5)
+
+
+def test_a_wave_of_an_action_the_engine_never_timed_costs_no_time() -> None:
+    pace = EnginePace({"generate": Latency(1.0, 1.0, 4)}, ceiling=256, requests_per_s=None)
+    assert pace.wave_s(Wave(True, "propose", 5)) == 0.0
+    limited = EnginePace({}, ceiling=256, requests_per_s=10.0)
+    assert limited.wave_s(Wave(True, "propose", 5)) == 0.5  # the request rate still holds

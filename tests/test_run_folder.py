@@ -13,6 +13,7 @@ import pytest
 
 from dlgraph._files import MANIFEST
 from dlgraph.cli import main
+from dlgraph.train.folder import RUN_FILES, RunFolder
 
 CONFIG = """
 [backend]
@@ -75,6 +76,7 @@ def test_a_run_into_a_project_folder_deletes_none_of_its_files_and_names_them(
     line = one_error_line(capsys.readouterr().out)
     assert "files dlgraph did not write stand where a run writes" in line
     assert "checkpoint/my_model.pt" in line and "steps.jsonl" in line and "result.json" in line
+    assert "look like a run of a dlgraph" not in line  # no checkpoint of ours: no such hint
     assert files(project) == before
 
 
@@ -175,3 +177,12 @@ def test_a_run_folder_of_an_older_dlgraph_is_refused_with_a_hint_and_kept(
     line = one_error_line(capsys.readouterr().out)
     assert "checkpoint/checkpoint.json" in line and "look like a run of a dlgraph from" in line
     assert files(tmp_path / "out") == before
+
+
+@pytest.mark.parametrize("engine", ["forward", "backward"])
+def test_each_engines_journal_is_a_file_the_run_folder_owns(tmp_path: Path, engine: str) -> None:
+    folder = RunFolder.open(tmp_path / "out", resume=False)
+    journal = folder.journal(engine)
+    assert journal.parent == tmp_path / "out"
+    assert journal.name == f"ledger-{engine}.jsonl"
+    assert journal.name in RUN_FILES  # a new run clears it, a resumed one keeps counting it

@@ -48,3 +48,9 @@ async def test_classify_is_uniform_when_the_model_rules_out_every_verbalizer() -
     async with dg.Engine(model) as engine:
         distribution = await engine.classify("Is it?", ["a", "b", "c", "d"])
     assert distribution == [0.25] * 4
+
+
+def test_with_classes_an_answer_is_right_when_it_names_the_targets_class() -> None:
+    assert is_correct("Yes, it is.", "yes", YES_NO)
+    assert not is_correct("No.", "yes", YES_NO)
+    assert not is_correct("maybe", "maybe", YES_NO)  # no class: never right

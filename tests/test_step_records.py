@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import attrs
 import pytest
 
 import dlgraph as dg
@@ -39,6 +40,13 @@ def test_a_step_record_reads_back_equal_with_its_smallest_values() -> None:
 def test_a_step_record_reads_back_its_dev_score_when_evaluated() -> None:
     document = written() | {"dev_score": 0.5}
     assert dg.StepRecord.from_json(document).dev_score == 0.5
+
+
+def test_a_step_record_written_before_metrics_reads_its_dev_accuracy_as_an_exact_score() -> None:
+    document = {k: v for k, v in written().items() if k not in ("dev_score", "metric")}
+    record = dg.StepRecord.from_json(document | {"dev_accuracy": 0.75})
+    assert (record.dev_score, record.metric) == (0.75, "exact")
+    assert record == attrs.evolve(RECORD, dev_score=0.75)
 
 
 @pytest.mark.parametrize(

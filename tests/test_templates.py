@@ -9,12 +9,13 @@ from __future__ import annotations
 import time
 
 import attrs
+import jinja2
 import pytest
 from limited import LimitedRunner
 
 import dlgraph as dg
 from dlgraph.nodes import Demonstration, Parent
-from dlgraph.templates import Template, TemplateRefused
+from dlgraph.templates import MAX_SOURCE, Template, TemplateRefused
 from dlgraph.templates._allowed import RECORD_FIELDS
 from dlgraph.train.posterior import ChildView
 from dlgraph.train.proposals import ShownExample
@@ -96,3 +97,70 @@ def test_a_method_call_is_refused_at_render_when_its_object_is_not_text() -> Non
 @pytest.mark.parametrize("record", [Parent, Demonstration, ShownExample, ChildView])
 def test_the_allow_list_names_every_field_of_the_records_templates_see(record: type) -> None:
     assert {field.name for field in attrs.fields(record)} <= RECORD_FIELDS
+
+
+def test_a_template_is_equal_to_the_same_text_loaded_again() -> None:
+    assert Template.load(RICH) == Template.load(RICH)
+    assert Template.load(RICH) != Template.load(RICH + " ")
+
+
+def test_a_template_may_be_20_000_characters_long_and_no_longer() -> None:
+    longest = "x." * (MAX_SOURCE // 2)
+    assert Template.load(longest).render() == longest
+    with pytest.raises(TemplateRefused, match="it is 20,001 characters long"):
+        Template.load(longest + ".")
+
+
+def test_a_template_may_nest_40_levels_and_no_deeper() -> None:
+    """The template, its output, 37 `not` and the variable are 40 levels."""
+    assert render("{{ " + "not " * 37 + "input }}", input="") == "True"
+    with pytest.raises(TemplateRefused, match="it nests more than 40 levels deep"):
+        Template.load("{{ " + "not " * 38 + "input }}")
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("{{ prompt|join(*parents) }}", "the filter 'join' may not take"),
+        ("{{ prompt|join(**parents) }}", "the filter 'join' may not take"),
+        ("{{ prompt is divisibleby(*parents) }}", "the test 'divisibleby' may not take"),
+        ("{{ prompt is divisibleby(**parents) }}", "the test 'divisibleby' may not take"),
+    ],
+    ids=["filter *args", "filter **kwargs", "test *args", "test **kwargs"],
+)
+def test_a_filter_or_test_given_unpacked_arguments_is_refused(source: str, message: str) -> None:
+    with pytest.raises(TemplateRefused, match=rf"{message} \*args or \*\*kwargs \(line 1\)"):
+        Template.load(source)
+
+
+def test_a_template_reading_an_item_that_is_not_there_fails_rather_than_writing_nothing() -> None:
+    with pytest.raises(jinja2.UndefinedError):
+        render("{{ parents[3].text }}", parents=[])
+
+
+@pytest.mark.parametrize(
+    ("source", "size", "message"),
+    [
+        (
+            "{% for a in input %}{% for b in input %}{% endfor %}{% endfor %}",
+            400,
+            "it takes more than 100,400 steps",
+        ),
+        ("{% for c in input %}" + "{{ c }}" * 25 + "{% endfor %}", 5_000, "105,000 steps"),
+        ("{% for c in input %}{{ input }}{% endfor %}", 1_100, "1,011,000 characters"),
+        ("{% for c in input %}{{ input[:]|length ~ '' }}{% endfor %}", 1_100, "characters"),
+        ("{% for c in input %}{{ input[:][:1] }}{% endfor %}", 1_100, "characters"),
+    ],
+    ids=[
+        "a loop inside a loop",
+        "pieces of output",
+        "output",
+        "a slice inside ~",
+        "a slice of a slice",
+    ],
+)
+def test_a_render_that_outgrows_its_budget_is_refused(source: str, size: int, message: str) -> None:
+    """Each case stays within its budget when one of its counters is missed."""
+    template = Template.load(source)
+    with pytest.raises(TemplateRefused, match=message):
+        template.render(input="x" * size)

@@ -329,12 +329,17 @@ async def test_training_step_spans_hold_its_phases_and_its_dev_evaluation() -> N
         trainer = dg.VariationalTrainer(
             dln2(), engine, num_prompt_samples=2, num_hidden_samples=2, max_demonstrations=0
         )
-        await trainer.fit(train, dev, steps=2, batch_size=4)
+        result = await trainer.fit(train, dev, steps=2, batch_size=4)
 
     (fit,) = spans.named("dlgraph.fit")
+    assert fit.attributes["dlgraph.stopped"] == result.stopped
     steps = spans.named("dlgraph.step")
     assert sorted(step.attributes["dlgraph.step"] for step in steps) == [1, 2]
     assert all(spans.parent(step) == fit for step in steps)
+    for step in steps:  # each step's span holds what its record says
+        record = result.history[step.attributes["dlgraph.step"] - 1]
+        assert step.attributes["dlgraph.batch_loss"] == record.batch_loss
+        assert step.attributes["dlgraph.dev_score"] == record.dev_score
     for step in steps:
         parts = sorted(child.name for child in spans.children(step))
         assert parts == [
@@ -426,3 +431,95 @@ def test_engine_refuses_a_tracing_setting_it_does_not_know() -> None:
         dg.Engine(ScriptedModel(), tracing="on")
     with pytest.raises(TypeError, match="record_content"):
         dg.Tracing(record_content="yes")
+
+
+async def test_an_engine_given_a_tracer_provider_says_it_is_recording() -> None:
+    async with dg.Engine(ScriptedModel(), tracing=Spans().tracing()) as engine:
+        assert engine.tracer.is_recording is True
+    async with dg.Engine(ScriptedModel(), tracing=False) as engine:
+        assert engine.tracer.is_recording is False
+
+
+async def test_auto_tracing_follows_the_global_tracer_provider_in_this_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry import trace
+
+    async with dg.Engine(ScriptedModel()) as engine:  # no provider set: the API's proxy one
+        assert engine.tracer.is_recording is False
+        await engine.generate("untraced")
+    spans = Spans()
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: spans.provider)
+    async with dg.Engine(ScriptedModel()) as engine:
+        assert engine.tracer.is_recording is True
+        await engine.generate("traced")
+    assert [call.name for call in spans.calls()] == ["text_completion scripted"]
+
+
+async def test_recorded_prompts_and_answers_keep_non_ascii_text_readable() -> None:
+    spans = Spans()
+    model = ScriptedModel(generate=lambda r: "très bien")
+    async with dg.Engine(model, tracing=spans.tracing(record_content=True)) as engine:
+        await engine.generate("Ça va? 日本")
+
+    (call,) = spans.calls()
+    assert "Ça va? 日本" in call.attributes["gen_ai.input.messages"]  # not \\u escapes
+    (answered,) = json.loads(call.attributes["gen_ai.output.messages"])
+    assert answered["parts"][0]["content"] == "très bien"
+
+
+async def test_recorded_first_token_alternatives_keep_non_ascii_tokens_readable() -> None:
+    class FirstTokens(dg.Backend):
+        capabilities = dg.Capabilities(exact_logprobs=False, top_logprobs=2)
+
+        async def top_logprobs(self, request: dg.TopLogprobsRequest) -> dict[str, float]:
+            return {" oui": -0.1, " déjà": -2.5}
+
+    spans = Spans()
+    async with dg.Engine(FirstTokens(), tracing=spans.tracing(record_content=True)) as engine:
+        await engine.classify("Réponse:", ["oui", "déjà"])
+
+    (call,) = spans.calls()
+    (answered,) = json.loads(call.attributes["gen_ai.output.messages"])
+    content = answered["parts"][0]["content"]
+    assert "déjà" in content and json.loads(content) == {" oui": -0.1, " déjà": -2.5}
+
+
+async def test_one_request_sent_twice_keeps_its_tokens_on_the_span_of_the_caller_who_stayed() -> (
+    None
+):
+    class Held(dg.Backend):
+        def __init__(self) -> None:
+            self.release = anyio.Event()
+            self.calls = 0
+
+        async def generate(self, request: dg.GenerateRequest) -> str:
+            self.calls += 1
+            await self.release.wait()
+            return "hello there"
+
+    spans = Spans()
+    model = Held()
+    request = dg.GenerateRequest("Say hi.", node="n")
+    async with dg.Engine(model, tracing=spans.tracing()) as engine:
+        async with anyio.create_task_group() as group:
+            leaver = anyio.CancelScope()
+
+            async def leaving() -> None:
+                with leaver:
+                    await engine.request(request)
+
+            group.start_soon(leaving)
+            group.start_soon(engine.request, request)
+            await anyio.wait_all_tasks_blocked()
+            leaver.cancel()  # one caller leaves while the shared call is in flight
+            await anyio.wait_all_tasks_blocked()
+            model.release.set()
+
+    assert model.calls == 1
+    left, stayed = sorted(spans.calls(), key=lambda call: "dlgraph.cancelled" in call.attributes)[
+        ::-1
+    ]
+    assert left.attributes["dlgraph.cancelled"] is True
+    assert stayed.attributes["gen_ai.usage.input_tokens"] == model.count_tokens("Say hi.")
+    assert stayed.attributes["gen_ai.usage.output_tokens"] == model.count_tokens("hello there")

@@ -7,6 +7,7 @@ import math
 
 import anyio
 import pytest
+from dlgraph_sim import ScriptedModel
 from letter_world import (
     DIRECT_KEY,
     OUTPUT_KEY,
@@ -16,9 +17,14 @@ from letter_world import (
     single_word_task,
     word_pair_task,
 )
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import dlgraph as dg
+from dlgraph.scoring import LOG_FLOOR
 from dlgraph.train.pace import Wave
+from dlgraph.train.proposals import REWRITES
 
 YES_NO = ["yes|Yes", "no|No"]
 
@@ -672,3 +678,168 @@ def test_trainer_options_take_every_value_down_to_their_bounds() -> None:
 def test_trainer_options_refuse_a_value_outside_their_bounds(field, value, message) -> None:
     with pytest.raises((TypeError, ValueError), match=f"{field}.*{message}"):
         dg.TrainerOptions(**{field: value})
+
+
+# -- one small step, seen from its outcome (fast) -----------------------------------------------
+
+
+def proposing(text: str) -> ScriptedModel:
+    """A model that proposes `text` and otherwise answers nothing."""
+    return ScriptedModel(generate=lambda r: text if r.phase == "propose" else "")
+
+
+async def proposal_prompts(batch_size: int, samples: int) -> list[str]:
+    model = proposing("New rule.")
+    async with dg.Engine(model) as engine:
+        trainer = dg.VariationalTrainer(
+            dln1(), engine, num_prompt_samples=samples, max_demonstrations=0
+        )
+        await trainer.step(single_word_task(batch_size, seed=1))
+    return [c.request.prompt for c in model.calls if c.request.phase == "propose"]
+
+
+@pytest.mark.parametrize("batch_size, shown", [(2, 1), (6, 3)])
+async def test_a_proposal_is_shown_half_the_batch_each_input_as_the_node_reads_it(
+    batch_size: int, shown: int
+) -> None:
+    (prompt,) = await proposal_prompts(batch_size, samples=1)
+    assert f"[example {shown}]" in prompt and f"[example {shown + 1}]" not in prompt
+    inputs = [line for line in prompt.splitlines() if line.startswith("Input: ")]
+    words = {f"Input: {e.input}" for e in single_word_task(batch_size, seed=1)}
+    assert len(inputs) == shown and set(inputs) <= words
+
+
+async def test_proposal_samples_of_one_step_ask_for_different_rewrites() -> None:
+    prompts = await proposal_prompts(4, samples=3)
+    assert [next(r for r in REWRITES if r in p) for p in prompts] == list(REWRITES[:3])
+
+
+async def test_a_proposal_becomes_an_instruction_trimmed_at_its_end_marker() -> None:
+    async with dg.Engine(proposing("  New rule.  \n[/instruction] and more")) as engine:
+        trainer = dg.VariationalTrainer(dln1(), engine, num_prompt_samples=1, max_demonstrations=0)
+        outcome = await trainer.step(single_word_task(4, seed=1))
+    assert [prompt for prompt, _ in outcome.elbo["answer"]] == ["Answer the question.", "New rule."]
+
+
+async def test_a_step_draws_demonstration_sets_of_one_example_when_one_is_allowed() -> None:
+    async with dg.Engine(proposing("")) as engine:
+        trainer = dg.VariationalTrainer(
+            dln1(), engine, num_prompt_samples=1, max_demonstrations=1, num_demonstration_samples=1
+        )
+        outcome = await trainer.step(single_word_task(3, seed=1))
+    assert [len(p.demonstrations) for p, _ in outcome.scored["answer"]] == [0, 1]
+
+
+def always_yes(request: dg.LogprobRequest) -> float:
+    return -0.1 if request.target.strip().lower() == "yes" else -5.0
+
+
+async def test_accuracy_scoring_scores_a_right_answer_zero_and_a_wrong_one_the_floor() -> None:
+    """The node always answers yes: right on two examples of four, wrong on the others."""
+    batch = [dg.Example(f"word {i}", "yes" if i < 2 else "no") for i in range(4)]
+    async with dg.Engine(ScriptedModel(logprob=always_yes)) as engine:
+        trainer = dg.VariationalTrainer(
+            dln1(), engine, num_prompt_samples=1, max_demonstrations=0, scoring="accuracy"
+        )
+        outcome = await trainer.step(batch)
+    assert outcome.elbo["answer"][0] == ("Answer the question.", pytest.approx(LOG_FLOOR / 2))
+
+
+async def test_a_hidden_nodes_elbo_pays_no_trust_region() -> None:
+    """The trust region is for output nodes: a remembered hidden prompt that loses against the
+    current one on every example is scored by its mean log-likelihood alone."""
+    world = LetterWorld()
+    batch = single_word_task(3, seed=4)
+    async with dg.Engine(world.model()) as engine:
+        trainer = dg.VariationalTrainer(
+            dln2(), engine, **TRAIN_OPTIONS | dict(num_prompt_samples=1), use_posterior=False
+        )
+        trainer.memory.remember("reason", {dg.Parameter(last(1)): 0.0})
+        outcome = await trainer.step(batch)
+    outputs = [c for (c,) in outcome.posteriors["reason"].candidates]
+
+    def loglik(prompt: str, example: dg.Example, output: str) -> float:
+        context = f"{prompt}\n\nInput: {example.input}\nOutput:"
+        return world.logprob(dg.LogprobRequest(context, " " + output))
+
+    assert [prompt for prompt, _ in outcome.elbo["reason"]] == ["Read the input.", last(1)]
+    for prompt, score in outcome.elbo["reason"]:
+        own = [loglik(prompt, e, o) for e, o in zip(batch, outputs, strict=True)]
+        assert score == pytest.approx(sum(own) / len(own), abs=1e-9)
+    assert outcome.elbo["reason"][1][1] < outcome.elbo["reason"][0][1]  # it lost everywhere
+
+
+async def test_a_chain_of_hidden_nodes_gives_the_deeper_one_its_targets_first() -> None:
+    net = dg.Network()
+    net.add_node("first", prompt="Read the input.", max_tokens=16)
+    net.add_node("second", prompt="Read the notes.", max_tokens=16)
+    net.add_node("answer", prompt="Answer the question.", classes=YES_NO)
+    for edge in [(dg.INPUT, "first"), ("first", "second"), ("second", "answer")]:
+        net.add_edge(*edge)
+    async with dg.Engine(ScriptedModel()) as engine:
+        trainer = dg.VariationalTrainer(
+            net, engine, num_prompt_samples=1, num_hidden_samples=1, max_demonstrations=0
+        )
+        outcome = await trainer.step(single_word_task(2, seed=1))
+    assert set(outcome.posteriors) == {"first", "second"}
+
+
+async def test_posterior_weights_add_the_candidates_own_log_likelihood_as_a_prior() -> None:
+    """A smaller hand-written DLN-2 posterior: the hidden prompt names the last letter, so
+    its prior tells the posterior samples apart."""
+    world = LetterWorld()
+    batch = single_word_task(2, seed=4)
+    net = dln2()
+    net.set_parameter("reason", dg.Parameter(last(1)))
+    tau = TRAIN_OPTIONS["posterior_temperature"]
+    options = TRAIN_OPTIONS | dict(num_prompt_samples=1, num_hidden_samples=3)
+    async with dg.Engine(world.model()) as engine:
+        outcome = await dg.VariationalTrainer(net, engine, **options).step(batch)
+    posterior = outcome.posteriors["reason"]
+    priors_differ = False
+    for i, example in enumerate(batch):
+        scores, priors = [], []
+        for candidate in posterior.candidates[i]:
+            likelihood = reference_class_loglik(
+                world,
+                "Answer the question.",
+                f"reason: {candidate}\nInput: {example.input}",
+                example.target,
+            )
+            context = f"{last(1)}\n\nInput: {example.input}\nOutput:"
+            prior = world.logprob(dg.LogprobRequest(context, " " + candidate))
+            priors.append(prior)
+            scores.append((likelihood + prior) / tau)
+        priors_differ |= len(set(priors)) > 1
+        weights = [math.exp(s - max(scores)) for s in scores]
+        assert list(posterior.weights[i]) == pytest.approx(
+            [w / sum(weights) for w in weights], abs=1e-9
+        )
+    assert priors_differ
+
+
+async def test_a_steps_score_span_counts_every_candidate_it_scores() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = dg.Tracing(tracer_provider=provider)
+    async with dg.Engine(proposing("New rule."), tracing=tracing) as engine:
+        trainer = dg.VariationalTrainer(dln1(), engine, num_prompt_samples=1, max_demonstrations=0)
+        outcome = await trainer.step(single_word_task(4, seed=1))
+    (score,) = [s for s in exporter.get_finished_spans() if s.name == "dlgraph.score"]
+    assert len(outcome.scored["answer"]) == 2
+    assert score.attributes["dlgraph.candidates"] == 2
+
+
+async def test_a_step_reports_exactly_the_score_calls_it_sent() -> None:
+    """Without a cache every score reaches the model: two candidates on four examples, each
+    score of the yes/no node one call per verbalizer (yes, Yes, no, No)."""
+    model = proposing("New rule.")
+    async with dg.Engine(model, cache=False) as engine:
+        trainer = dg.VariationalTrainer(dln1(), engine, num_prompt_samples=1, max_demonstrations=0)
+        outcome = await trainer.step(single_word_task(4, seed=1))
+    assert len(outcome.scored["answer"]) == 2
+    reported = [part.count for w in outcome.waves for part in w.parts if part.phase == "score"]
+    sent = model.count("logprob", phase="score")
+    assert sent == 2 * 4 * 4
+    assert sum(c.calls for c in reported) == sum(c.expected for c in reported) == sent

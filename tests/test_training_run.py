@@ -14,10 +14,14 @@ import anyio
 import attrs
 import pytest
 from dlgraph_sim import ScriptedModel
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from test_trainer import CHECKPOINT_EDITS
 
 import dlgraph as dg
 from dlgraph.errors import BudgetExhausted
+from dlgraph.metrics import resolve_metric
 from dlgraph.train.candidates import Memory
 from dlgraph.train.checkpoint import _digest
 from dlgraph.train.options import TrainerOptions
@@ -121,6 +125,14 @@ async def test_a_run_stops_after_patience_evaluations_without_a_better_dev_accur
     result = await run(learner, 6, patience=2)
     assert result.stopped == "early_stopping"
     assert [record.step for record in result.history] == [1, 2, 3, 4]  # a new best resets it
+
+
+async def test_a_network_that_only_ties_the_best_on_dev_neither_replaces_it_nor_resets_patience():
+    again = f"{YES} {YES}"  # as good as YES on dev, no better
+    result = await run(ScriptedLearner([YES, again, again]), 3, patience=1)
+    assert [record.dev_score for record in result.history] == [1.0, 1.0]
+    assert result.stopped == "early_stopping"
+    assert result.network.prompts() == {"answer": YES}
 
 
 async def test_a_step_that_runs_out_of_budget_leaves_no_trace_in_the_random_state() -> None:
@@ -370,3 +382,104 @@ async def test_a_damaged_version_2_checkpoint_is_refused_naming_file_and_field(
     assert learner.net.prompts() == {"answer": HALF} and learner.steps_done == 0
     assert learner.engine.statistics().total.calls == 0
     assert (folder / "checkpoint.json").read_bytes() == before
+
+
+async def test_a_run_makes_the_nested_folders_of_its_checkpoint_and_step_log(
+    tmp_path: Path,
+) -> None:
+    checkpoints, log = tmp_path / "runs" / "one", tmp_path / "logs" / "today" / "steps.jsonl"
+    await run(ScriptedLearner([YES]), 1, checkpoint_dir=checkpoints, log_path=log)
+    assert (checkpoints / "checkpoint.json").is_file()
+    assert logged_steps(log) == {1}
+
+
+async def test_a_killed_run_leaves_the_best_network_so_far_in_best_json(tmp_path: Path) -> None:
+    await interrupted_after_two_steps(tmp_path)  # step 1 proposed YES, step 2 NO
+    assert dg.Network.load(tmp_path / "best.json").prompts() == {"answer": YES}
+
+
+async def test_each_step_record_counts_only_the_calls_and_tokens_of_its_own_step() -> None:
+    """The scripted learner calls nothing: a step without a dev evaluation spent nothing, one
+    with it spent what the evaluation did, however much the run spent before."""
+    learner = ScriptedLearner([YES, NO, YES, f"{NO} {NO}"])  # no evaluation from the cache
+    result = await run(learner, 4, eval_every=2)
+    assert [record.dev_score for record in result.history] == [None, 0.0, None, 0.0]
+    first, second, third, fourth = result.history
+    assert (first.calls, first.tokens) == (third.calls, third.tokens) == (0, 0)
+    assert second.calls == fourth.calls == 2 * len(DEV)  # both classes of each dev example
+    assert 0 < second.tokens < fourth.tokens  # step 4's prompt is the longer
+    total = learner.engine.statistics().total
+    assert second.tokens + fourth.tokens < total.tokens  # the first evaluation was no step's
+
+
+async def resume_with(folder: Path, train: Sequence[dg.Example], metric: str) -> dg.FitResult:
+    learner = ScriptedLearner([YES, NO, None, None])
+    schedule = Schedule(steps=2, batch_size=3)
+    async with learner.engine:
+        return await Training(
+            learner, train, DEV, schedule, checkpoint_dir=folder, metric=resolve_metric(metric)
+        ).execute()
+
+
+async def test_a_checkpoint_resumes_only_under_the_metric_it_was_written_with(
+    tmp_path: Path,
+) -> None:
+    await resume_with(tmp_path, TRAIN, "contains")
+    with pytest.raises(dg.CheckpointError, match="written for another setup"):
+        await resume_with(tmp_path, TRAIN, "token_f1")
+    result = await resume_with(tmp_path, TRAIN, "contains")
+    assert [record.step for record in result.history] == [1, 2]
+
+
+async def test_a_checkpoint_resumes_with_targets_that_name_their_outputs_in_another_order(
+    tmp_path: Path,
+) -> None:
+    """The same examples, read from a file whose objects list their keys in another order."""
+    train = [dg.Example(f"fruit {i}", {"answer": "yes", "colour": "red"}) for i in range(8)]
+    reordered = [dg.Example(e.input, dict(reversed(e.target.items()))) for e in train]
+    await resume_with(tmp_path, train, "exact")
+    result = await resume_with(tmp_path, reordered, "exact")
+    assert [record.step for record in result.history] == [1, 2]
+
+
+class Spans:
+    """An OpenTelemetry tracer provider that keeps every finished span."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.provider = TracerProvider()
+        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+
+    def named(self, name: str) -> list[dict[str, object]]:
+        spans = self.exporter.get_finished_spans()
+        return [dict(span.attributes or {}) for span in spans if span.name == name]
+
+
+async def test_each_steps_span_holds_its_number_loss_and_dev_score_when_evaluated() -> None:
+    spans = Spans()
+    learner = ScriptedLearner([YES, NO, YES])
+    learner.engine = dg.Engine(
+        ScriptedModel(logprob=follows_the_prompt),
+        tracing=dg.Tracing(tracer_provider=spans.provider),
+    )
+    result = await run(learner, 3, eval_every=2)
+    steps = spans.named("dlgraph.step")
+    assert [span["dlgraph.step"] for span in steps] == [1, 2, 3]
+    assert [span["dlgraph.batch_loss"] for span in steps] == [0.5, 0.5, 0.5]
+    assert [span.get("dlgraph.dev_score") for span in steps] == [None, 0.0, 1.0]
+    assert [r.dev_score for r in result.history] == [None, 0.0, 1.0]
+
+
+async def test_a_run_that_trains_no_demonstrations_resumes_from_its_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """Its nodes carry none, which is exactly as many as it may carry."""
+
+    def learner() -> ScriptedLearner:
+        return ScriptedLearner([YES, NO], options=TrainerOptions(max_demonstrations=0))
+
+    await run(learner(), 1, checkpoint_dir=tmp_path)
+    resumed = learner()
+    result = await run(resumed, 2, checkpoint_dir=tmp_path)
+    assert len(resumed.batches) == 1  # step 1 was not taken again
+    assert [record.step for record in result.history] == [1, 2]

@@ -56,7 +56,6 @@ from dlgraph._validate import (
     class_strings,
     instance_of,
     integer,
-    stop_strings,
 )
 from dlgraph.backend import (
     Backend,
@@ -327,7 +326,7 @@ class Engine(anyio.AsyncContextManagerMixin):
             prompt,
             max_tokens=max_tokens,
             temperature=temperature,
-            stop=stop_strings(stop),
+            stop=stop,
             seed=seed,
             node=node,
             phase=phase,
