@@ -201,7 +201,7 @@ def test_a_checkpoint_edited_without_its_checksum_is_refused_as_corrupt(tmp_path
 
 def test_a_long_history_out_of_order_is_refused_in_one_short_line(tmp_path: Path) -> None:
     record = step_record(1).to_json()
-    fields = {field.name for field in attrs.fields(Checkpoint)}
+    fields = {field.name for field in attrs.fields(Checkpoint)} - {"version"}  # not written
     payload = dict.fromkeys(fields) | {"step": 500, "history": [record] * 500}
     with pytest.raises(dg.CheckpointError, match=r"do not run 1\.\.500") as error:
         Checkpoint.read(write(tmp_path, {"format": FORMAT, "version": VERSION}, payload))
