@@ -29,10 +29,9 @@ from dlgraph.train.options import TrainerOptions
 MIN_EXAMPLES = 5
 """Paired examples before any bound is trusted."""
 FIRST_SHARE = 4
-"""A race's first round scores a quarter of the batch (at least `FIRST_ROUND`); every
-later round doubles the examples scored so far."""
-FIRST_ROUND = 3
-"""The fewest examples a race's first round scores."""
+"""A race's first round scores a quarter of the batch (at least `MIN_EXAMPLES`: no candidate
+is dropped, by halving or by the bound, on fewer paired examples); every later round doubles
+the examples scored so far."""
 EXPECTED_DEV_SHARE = 0.6
 """The share of the dev set a step's comparison is expected to score (a loser stops early,
 a winner or a tie runs to the end)."""
@@ -71,7 +70,7 @@ class Race:
         """The batch's examples in the rounds they are scored in."""
         if self.z is None:
             return [range(examples)]
-        end = min(examples, max(FIRST_ROUND, math.ceil(examples / FIRST_SHARE)))
+        end = min(examples, max(MIN_EXAMPLES, math.ceil(examples / FIRST_SHARE)))
         rounds, start = [], 0
         while start < examples:
             rounds.append(range(start, end))
