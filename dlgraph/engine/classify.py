@@ -16,7 +16,7 @@ looks like an answer. The request refuses such an answer from the backend
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import attrs
 
@@ -46,32 +46,29 @@ class ClassQuery:
     phase: Phase
     priority: int
 
+    def continuations(self, targets: Sequence[str]) -> ContinuationsRequest:
+        """Every target after the context, in one request."""
+        return ContinuationsRequest(
+            self.context, targets, node=self.node, phase=self.phase, priority=self.priority
+        )
+
+    def logprob(self, target: str) -> LogprobRequest:
+        return LogprobRequest(
+            self.context, target, node=self.node, phase=self.phase, priority=self.priority
+        )
+
 
 async def _by_logprob(send: Send, query: ClassQuery, capabilities: Capabilities) -> list[float]:
     words = [(c, word) for c, spec in enumerate(query.classes) for word in verbalizers(spec)]
     targets = [" " + word for _, word in words]
     if capabilities.distribution_calls(len(words)) == 1:
-        request = ContinuationsRequest(
-            query.context,
-            targets,
-            node=query.node,
-            phase=query.phase,
-            priority=query.priority,
-        )
-        values = await send(request)
+        values = await send(query.continuations(targets))
         assert isinstance(values, tuple)
         scores = list(values)
     else:
 
         async def score(target: str) -> float:
-            request = LogprobRequest(
-                query.context,
-                target,
-                node=query.node,
-                phase=query.phase,
-                priority=query.priority,
-            )
-            value = await send(request)
+            value = await send(query.logprob(target))
             assert isinstance(value, float | int)
             return float(value)
 
