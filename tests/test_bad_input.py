@@ -1464,6 +1464,13 @@ def yaml_alias_bomb(levels: int) -> bytes:
 RESUME = ("train", "{config}", "--resume", "--no-probe")
 
 
+def before_json(**fields: object) -> bytes:
+    """A before.json of CONFIG's run (4 dev and 4 test examples, accuracy), `fields` changed."""
+    scores = {"dev": 0.5, "test": 0.25}
+    document = {"metric": "exact", "examples": {"dev": 4, "test": 4}, "scores": scores}
+    return json.dumps(document | fields).encode()
+
+
 @attrs.frozen
 class CliCase:
     name: str
@@ -1479,6 +1486,9 @@ class CliCase:
     version: int | None = None
     """The checkpoint's format version, when the case states one (2: as main wrote it, the
     payload then has no best_results unless `checkpoint` puts them back)."""
+    run_file: tuple[str, bytes] | None = None
+    """A file of the folder one training step of CONFIG leaves, replaced by these bytes
+    before the command runs (in that folder, then found as a checkpoint case's is)."""
 
 
 CLI_CASES = [
@@ -1976,6 +1986,46 @@ CLI_CASES = [
         argv=RESUME,
         checkpoint=lambda payload: payload.update(best_results=[1.0]),
     ),
+    *(
+        CliCase(
+            f"a run folder whose {name}",
+            None,
+            message,
+            argv=RESUME,
+            run_file=("before.json", content),
+        )
+        for name, content, message in [
+            ("before.json is not JSON", b"{", r"out/before\.json: Expecting property name"),
+            ("before.json is not UTF-8", b"\xff{}", r"out/before\.json: not UTF-8 text"),
+            ("before.json nests without end", b"[" * 100_000, r"out/before\.json: .*nest"),
+            ("before.json is a list", b"[]", r"expected an object of metric, examples and scores"),
+            (
+                "before.json was measured under another metric",
+                before_json(metric="f1"),
+                r"before\.json: metric: 'f1', where this run's is 'exact' \(delete it",
+            ),
+            (
+                "before.json counts other examples",
+                before_json(examples={"dev": 5, "test": 4}),
+                r"before\.json: examples: .*'dev': 5.*, where this run's splits hold",
+            ),
+            (
+                "before.json counts examples as booleans",
+                before_json(examples={"dev": True, "test": 4}),
+                r"before\.json: examples: ",
+            ),
+            (
+                "before.json has a score that is no number",
+                before_json(scores={"dev": float("nan"), "test": 0.5}),
+                r"before\.json: 'scores': 'dev' must be dev or test with a finite score",
+            ),
+            (
+                "before.json misses a split",
+                before_json(scores={"dev": 0.5}),
+                r"before\.json: scores: \['dev'\], where this run has \['dev', 'test'\]",
+            ),
+        ]
+    ),
     CliCase(
         "a version-2 checkpoint that has best results",
         None,
@@ -2124,6 +2174,10 @@ def _crafted_checkpoint(
     path.write_text(json.dumps(document))
 
 
+def _unchanged(payload: dict[str, Any]) -> None:
+    return None
+
+
 def command_run(name: str, tmp: str) -> CommandRun:
     """Run the command case called `name` (in the child process) in the folder `tmp`."""
     case = {case.name: case for case in CLI_CASES}[name]
@@ -2135,9 +2189,13 @@ def command_run(name: str, tmp: str) -> CommandRun:
     for file_name, content in case.files:
         (folder / file_name).parent.mkdir(parents=True, exist_ok=True)
         (folder / file_name).write_bytes(content)
-    before = {file_name: (folder / file_name).read_bytes() for file_name, _ in case.files}
-    if case.checkpoint is not None:
-        _crafted_checkpoint(folder, case.checkpoint, case.version)
+    if case.checkpoint is not None or case.run_file is not None:
+        _crafted_checkpoint(folder, case.checkpoint or _unchanged, case.version)
+    given = list(case.files)
+    if case.run_file is not None:
+        given.append((f"out/{case.run_file[0]}", case.run_file[1]))
+        (folder / given[-1][0]).write_bytes(case.run_file[1])
+    before = {file_name: (folder / file_name).read_bytes() for file_name, _ in given}
     argv = [arg.format(config=config, dir=folder) for arg in case.argv]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -2145,7 +2203,7 @@ def command_run(name: str, tmp: str) -> CommandRun:
             code: int | str = main(argv)
         except BaseException as error:  # a traceback is a failure of its own; report it
             code = f"{type(error).__name__}: {str(error)[:500]}"
-    after = {file_name: (folder / file_name).read_bytes() for file_name, _ in case.files}
+    after = {file_name: (folder / file_name).read_bytes() for file_name, _ in given}
     return CommandRun(code, out.getvalue(), files_kept=after == before)
 
 
@@ -2155,7 +2213,7 @@ def test_the_command_reports_bad_input_in_one_line_and_exits_2(tmp_path, case, l
     assert run.exit_code == 2, run
     out = run.out
     lines = [line for line in out.splitlines() if line.strip()]
-    if case.checkpoint is not None:
+    if case.checkpoint is not None or case.run_file is not None:
         lines = lines[-1:]
     assert len(lines) == 1 and lines[0].startswith("error: "), out
     assert re.search(case.message, lines[0]), lines[0]
