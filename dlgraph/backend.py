@@ -1,6 +1,7 @@
 """What a model must do for dlgraph (the port), and how plugins that do it are found.
 
-A backend answers two kinds of request: generate text, and give log p(target | context).
+A backend answers two kinds of request: generate text, and give log p(target | context)
+(one target, or several continuations of one context in one call when it can).
 Plugins are separate distributions that declare an entry point in the group
 ``dlgraph.backends`` (read by `dlgraph._entry_points`); the core never imports them.
 """
@@ -18,7 +19,7 @@ import attrs
 
 from dlgraph._entry_points import BACKENDS
 from dlgraph._untrusted import excerpt
-from dlgraph._validate import MAX_TOKENS, integer, number, stop_strings, text
+from dlgraph._validate import MAX_TOKENS, integer, number, stop_strings, strings, text
 from dlgraph.answer import Answer, as_answer
 from dlgraph.errors import BackendError, MalformedAnswer, UnknownBackend
 
@@ -104,8 +105,62 @@ class TopLogprobsRequest:
         return answer
 
 
-Request = GenerateRequest | LogprobRequest | TopLogprobsRequest
-Result = str | float | dict[str, float]
+MAX_CONTINUATIONS = 256
+"""The most continuations one request may score: far more than a class node's verbalizers."""
+
+
+def continuation_texts(values: Sequence[str]) -> tuple[str, ...]:
+    """A converter for continuations: a non-empty list of non-empty texts, at most
+    `MAX_CONTINUATIONS` (an empty one has no tokens to score)."""
+    texts = strings(values, "continuations")
+    if not texts:
+        raise ValueError("continuations: expected at least one text to score, got none")
+    if len(texts) > MAX_CONTINUATIONS:
+        raise ValueError(
+            f"continuations: at most {MAX_CONTINUATIONS} per request, got {len(texts):,}"
+        )
+    if "" in texts:
+        raise ValueError(f"continuations[{texts.index('')}]: an empty text has nothing to score")
+    return texts
+
+
+@attrs.frozen
+class ContinuationsRequest:
+    """log p(continuation | context) for each continuation, summed over its tokens, in one
+    call: every verbalizer of a class distribution at once, the context evaluated once
+    (`Capabilities.continuations` says how many a backend takes). Each value equals what a
+    `LogprobRequest(context, continuation)` answers."""
+
+    context: str = attrs.field(validator=text)
+    continuations: tuple[str, ...] = attrs.field(converter=continuation_texts)
+    node: str | None = attrs.field(default=None, kw_only=True)
+    phase: Phase = attrs.field(default="score", kw_only=True, validator=_known_phase)
+    priority: int = attrs.field(default=0, kw_only=True, validator=integer())
+
+    def key(self) -> tuple[object, ...]:
+        return ("continuations", self.context, self.continuations)
+
+    async def ask(self, backend: Backend) -> Answer[tuple[float, ...]]:
+        """The backend's values, one per continuation in order. A count that differs, a NaN
+        or a positive value is a malformed answer (retried, never cached)."""
+        answer = as_answer(await backend.continuations(self))
+        values = tuple(answer.value)
+        if len(values) != len(self.continuations):
+            raise MalformedAnswer(
+                f"{backend.identity}: {len(values)} log-probabilities for "
+                f"{len(self.continuations)} continuations",
+                usage=answer.usage,
+            )
+        if not all(isinstance(v, int | float) and not math.isnan(v) and v <= 0 for v in values):
+            raise MalformedAnswer(
+                f"{backend.identity}: a continuation's log-probability is not a number <= 0",
+                usage=answer.usage,
+            )
+        return Answer(tuple(float(v) for v in values), usage=answer.usage)
+
+
+Request = GenerateRequest | LogprobRequest | TopLogprobsRequest | ContinuationsRequest
+Result = str | float | dict[str, float] | tuple[float, ...]
 UNKEYED_FIELDS = ("node", "phase", "priority")
 """Fields that do not change an answer: left out of `key()`, cache and single-flight keys."""
 
@@ -150,6 +205,17 @@ class Capabilities:
     context_window: int | None = None
     """The most tokens one call may hold, prompt and answer, when known: the trainer leaves
     out candidates whose demonstrations would not fit."""
+    continuations: int = attrs.field(default=0, validator=integer(0, MAX_CONTINUATIONS))
+    """How many continuations of one context one call (`ContinuationsRequest`) may score
+    (0: none): with exact log-probabilities, a class distribution with at most this many
+    verbalizers is then one call instead of one per verbalizer."""
+
+    def distribution_calls(self, verbalizers: int) -> int:
+        """Calls one class distribution over `verbalizers` verbalizers sends (the engine's
+        `classify`, and what the estimate counts for it)."""
+        if self.classification == "logprob" and self.continuations < verbalizers:
+            return verbalizers
+        return 1
 
     @property
     def classification(self) -> str:
@@ -222,6 +288,15 @@ class Backend:
         """Several log-probabilities in one request (when `capabilities.max_batch` > 1)."""
         raise NotImplementedError(
             f"{type(self).__qualname__} does not take several prompts per request"
+        )
+
+    async def continuations(
+        self, request: ContinuationsRequest
+    ) -> Sequence[float] | Answer[Sequence[float]]:
+        """log p(continuation | context) for each continuation, in order, in one call (when
+        `capabilities.continuations` > 0)."""
+        raise NotImplementedError(
+            f"{type(self).__qualname__} does not score several continuations per call"
         )
 
     async def top_logprobs(

@@ -113,6 +113,10 @@ def _estimate(trainer: dg.VariationalTrainer, config: RunConfig, task: dg.data.T
 
 def _estimate_line(estimate: dg.Estimate) -> str:
     line = f"at most {estimate.calls:,} calls and {estimate.tokens:,} tokens"
+    if estimate.expected_calls < estimate.calls:
+        line += (
+            f" (expected {estimate.expected_calls:,} calls and {estimate.expected_tokens:,} tokens)"
+        )
     if estimate.backward_calls:
         line += (
             f" on the forward model, {estimate.backward_calls:,} calls and "
@@ -268,7 +272,7 @@ async def _projection(
         for split in (task.dev, task.test):
             for start in range(0, len(split), EVALUATION_CHUNK):
                 size = min(EVALUATION_CHUNK, len(split) - start)
-                waves += 2 * forward_pass(trainer.net, size)
+                waves += 2 * forward_pass(trainer.net, trainer.engine.backend.capabilities, size)
     return f"projected wall time: about {duration(pace.seconds(waves))} ({_measured(pace)})"
 
 

@@ -151,3 +151,19 @@ def _by_output(
         ]
         for name, expected in targets.items()
     }
+
+
+async def example_scores(
+    net: Network, engine: Engine, examples: Sequence[Example], metric: Metric, places: Sequence[int]
+) -> list[float]:
+    """The metric on each of `examples`, the items `places` of a dataset (errors name those),
+    from one forward pass at phase ``eval`` and without a span of its own: a training run's
+    dev comparison scores the dev set a part at a time. The mean over a whole dataset is
+    `evaluate`'s value; each example's score is the one `evaluate` gives it."""
+    named = [
+        attrs.evolve(example, source=example.where(f"{DATA}[{place}]"))
+        for example, place in zip(examples, places, strict=True)
+    ]
+    targets = net.targets(named, DATA)
+    trace = await forward(net, engine, [example.input for example in named], phase="eval")
+    return list((await _scored(net, metric, trace, named, targets)).per_example)

@@ -28,6 +28,7 @@ import attrs
 from dlgraph._entry_points import METRICS
 from dlgraph._numbers import last_number
 from dlgraph._untrusted import excerpt
+from dlgraph._validate import number as finite_number
 from dlgraph.data.example import Example
 from dlgraph.errors import DlgraphError, MetricError
 from dlgraph.scoring import normalize_answer
@@ -44,15 +45,19 @@ class Metric:
     """A metric and the name errors, logs and results call it by.
 
     `compare` is set for metrics that score each output node alone (the built-ins); the
-    metric is then the mean over output nodes, and evaluations report each output's own."""
+    metric is then the mean over output nodes, and evaluations report each output's own.
+    `maximum` is the highest score the metric gives an example, when known (the built-ins':
+    1): a training run's dev comparison stops exactly once even that score on every example
+    left would not win; unknown, it stops only on its confidence bound."""
 
     name: str
     function: MetricFunction = attrs.field(repr=False)
     compare: Compare | None = attrs.field(default=None, kw_only=True, repr=False)
+    maximum: float | None = attrs.field(default=None, kw_only=True, validator=finite_number())
 
     @classmethod
-    def each_output(cls, name: str, compare: Compare) -> Metric:
-        """The mean of `compare` over the output nodes."""
+    def each_output(cls, name: str, compare: Compare, *, maximum: float | None = None) -> Metric:
+        """The mean of `compare` over the output nodes (at most `maximum` when each is)."""
 
         def function(outputs: Outputs, example: Example) -> float:
             if isinstance(outputs, str):
@@ -62,7 +67,7 @@ class Metric:
             scores = [compare(outputs[name], example.target[name]) for name in outputs]
             return math.fsum(scores) / len(scores)
 
-        return cls(name, function, compare=compare)
+        return cls(name, function, compare=compare, maximum=maximum)
 
     @property
     def is_async(self) -> bool:
@@ -98,6 +103,11 @@ class Metric:
     def checked(self, value: object, example: Example, where: str) -> float:
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
             if math.isfinite(float(value)):
+                if self.maximum is not None and float(value) > self.maximum:
+                    raise MetricError(
+                        f"{self.on(example, where)}: returned {float(value)}, above its "
+                        f"maximum {self.maximum}"
+                    )
                 return float(value)
         raise MetricError(
             f"{self.on(example, where)}: returned {excerpt(value)}; a metric returns a finite "
@@ -167,7 +177,7 @@ def token_f1(output: str, target: str) -> float:
 
 
 BUILTIN: dict[str, Metric] = {
-    name: Metric.each_output(name, compare)
+    name: Metric.each_output(name, compare, maximum=1.0)
     for name, compare in (
         ("exact", exact),
         ("contains", contains),

@@ -29,7 +29,7 @@ from dlgraph._validate import (
     stop_strings,
     text,
 )
-from dlgraph.backend import Phase
+from dlgraph.backend import Capabilities, Phase
 from dlgraph.data.example import Example
 from dlgraph.errors import DataError, GraphError
 from dlgraph.scoring import (
@@ -183,12 +183,12 @@ class NodeKind(Protocol):
         """Every output the node can give, when they are few; None when it writes text."""
         ...
 
-    def run_cost(self) -> Cost:
-        """What one run of the node sends."""
+    def run_cost(self, capabilities: Capabilities) -> Cost:
+        """What one run of the node sends to a backend that can do `capabilities`."""
         ...
 
-    def score_cost(self) -> Cost:
-        """What one log-likelihood of a target sends."""
+    def score_cost(self, capabilities: Capabilities) -> Cost:
+        """What one log-likelihood of a target sends to a backend that can do `capabilities`."""
         ...
 
     def posterior_size(self, samples: int) -> int:
@@ -272,13 +272,15 @@ class ClassKind:
     def outputs(self) -> tuple[str, ...]:
         return tuple(self.names)
 
-    def run_cost(self) -> Cost:
+    def run_cost(self, capabilities: Capabilities) -> Cost:
         """A run is a score: the distribution over the classes."""
-        return self.score_cost()
+        return self.score_cost(capabilities)
 
-    def score_cost(self) -> Cost:
-        """One call per verbalizer, twice when calibrated (the content-free input too)."""
-        calls = self._verbalizers
+    def score_cost(self, capabilities: Capabilities) -> Cost:
+        """The calls of one class distribution (one per verbalizer, or one in all, as the
+        backend allows: `Capabilities.distribution_calls`), twice when calibrated (the
+        content-free input too)."""
+        calls = capabilities.distribution_calls(self._verbalizers)
         return Cost(2 * calls if self.calibrate else calls, writes=False)
 
     def posterior_size(self, samples: int) -> int:
@@ -358,10 +360,10 @@ class TextKind:
     def outputs(self) -> None:
         return None
 
-    def run_cost(self) -> Cost:
+    def run_cost(self, capabilities: Capabilities) -> Cost:
         return Cost(1, writes=True)
 
-    def score_cost(self) -> Cost:
+    def score_cost(self, capabilities: Capabilities) -> Cost:
         return Cost(1, writes=False)
 
     def posterior_size(self, samples: int) -> int:

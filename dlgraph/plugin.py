@@ -8,7 +8,8 @@ each returns its plain value, or an `Answer` of it with the call's `CallUsage` w
 knows it (the server's token counts and stated limits). A failure raises a `BackendError`
 subclass (`TransientError` is retried, `RequestRejected` is not), which may carry the usage
 too (``error.usage``). State what the backend can do in `Capabilities` (its context window
-when known). A backend that sends work elsewhere whole overrides `Backend.handle` instead.
+when known; `continuations`, up to `MAX_CONTINUATIONS`, when it implements `continuations`:
+several continuations of one context scored in one call). A backend that sends work elsewhere whole overrides `Backend.handle` instead.
 
 **Shared limits** (group ``dlgraph.shared_limits``: a factory taking the endpoint's key and
 returning a `GrantSource`). The source lends `Grant`s of an endpoint's allowance to engines
@@ -39,12 +40,14 @@ from dlgraph._files import prepare_folder, write_atomic
 from dlgraph._validate import check_int, check_number, integer, number
 from dlgraph.answer import NO_USAGE, Answer, CallUsage, as_answer
 from dlgraph.backend import (
+    MAX_CONTINUATIONS,
     PHASES,
     Backend,
     BackendFactory,
     BackendRegistry,
     Batch,
     Capabilities,
+    ContinuationsRequest,
     GenerateRequest,
     LogprobRequest,
     Phase,
@@ -89,6 +92,7 @@ AddCommand = Callable[[Commands], None]
 __all__ = [
     "BACKENDS",
     "COMMANDS",
+    "MAX_CONTINUATIONS",
     "METRICS",
     "NO_USAGE",
     "PHASES",
@@ -103,6 +107,7 @@ __all__ = [
     "Batch",
     "CallUsage",
     "Capabilities",
+    "ContinuationsRequest",
     "CommandHandler",
     "Commands",
     "ConfigError",

@@ -23,7 +23,7 @@ from typing import Any, TypeGuard
 import attrs
 
 from dlgraph._files import write_atomic
-from dlgraph._untrusted import parse_json
+from dlgraph._untrusted import UnreadableFile, excerpt, parse_json, read_text
 from dlgraph.config import RunConfig
 from dlgraph.data import Example, Task
 from dlgraph.engine import Engine, LedgerSnapshot
@@ -128,6 +128,56 @@ async def _scores(
     }
 
 
+async def _before(
+    folder: RunFolder,
+    resume: bool,
+    net: Network,
+    engine: Engine,
+    task: Task,
+    hooks: RunHooks,
+    metric: Metric,
+) -> dict[str, float]:
+    """The scores before training: measured once per run and kept in the folder, since a
+    resumed run would score the same network on the same examples again."""
+    if resume and folder.before.exists():
+        return read_before(folder.before, task, metric)
+    scores = await _scores(net, engine, task, "before", hooks, metric)
+    sizes = {split: len(getattr(task, split)) for split in scores}
+    document = {"metric": metric.name, "examples": sizes, "scores": scores}
+    write_atomic(folder.before, json.dumps(document, indent=2) + "\n")
+    return scores
+
+
+def read_before(path: Path, task: Task, metric: Metric) -> dict[str, float]:
+    """A run folder's before.json, checked against the run resuming (a file is untrusted):
+    ConfigError names the file and what does not fit."""
+    try:
+        data = parse_json(read_text(path, "before.json file"))
+    except (UnreadableFile, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: {error}") from None
+    sizes = {split: len(getattr(task, split)) for split in SPLITS if getattr(task, split)}
+    try:
+        if not isinstance(data, dict) or set(data) != {"metric", "examples", "scores"}:
+            raise ValueError("expected an object of metric, examples and scores")
+        if data["metric"] != metric.name:
+            raise ValueError(
+                f"metric: {excerpt(data['metric'])}, where this run's is {metric.name!r}"
+            )
+        counts = data["examples"]
+        if (
+            not isinstance(counts, dict)
+            or counts != sizes
+            or any(isinstance(n, bool) for n in counts.values())
+        ):
+            raise ValueError(f"examples: {excerpt(counts)}, where this run's splits hold {sizes}")
+        scores = _scores_by_split(data, "scores", required=False)
+        if set(scores) != set(sizes):
+            raise ValueError(f"scores: {sorted(scores)}, where this run has {sorted(sizes)}")
+    except ValueError as error:
+        raise ConfigError(f"{path}: {error} (delete it to score the network again)") from None
+    return scores
+
+
 @attrs.frozen
 class TrainedRun:
     """What a finished run leaves: its result (as written), the trainer's own result, the
@@ -161,7 +211,7 @@ async def train_run(
     async with checked.opened():
         trainer = checked.trainer(config)
         await hooks.started(trainer, task)
-        before = await _scores(net, engine, task, "before", hooks, config.metric)
+        before = await _before(folder, resume, net, engine, task, hooks, config.metric)
         with hooks.training(config.schedule.steps) as on_step:
             fit = await trainer.fit(
                 task.train,

@@ -641,6 +641,54 @@ CASES = [
         r"phase='training': expected one of forward, posterior",
     ),
     Case(
+        "continuations as one string",
+        lambda t: dg.ContinuationsRequest("x", " yes"),  # type: ignore[arg-type]
+        TypeError,
+        r"continuations: expected a list of strings, got the string ' yes'",
+    ),
+    Case(
+        "no continuations to score",
+        lambda t: dg.ContinuationsRequest("x", []),
+        ValueError,
+        r"continuations: expected at least one text to score, got none",
+    ),
+    Case(
+        "an empty continuation",
+        lambda t: dg.ContinuationsRequest("x", [" yes", ""]),
+        ValueError,
+        r"continuations\[1\]: an empty text has nothing to score",
+    ),
+    Case(
+        "a continuation that is not text",
+        lambda t: dg.ContinuationsRequest("x", [" yes", 3]),  # type: ignore[list-item]
+        TypeError,
+        r"continuations: expected a list of strings, got an item 3",
+    ),
+    Case(
+        "more continuations than one request takes",
+        lambda t: dg.ContinuationsRequest("x", [" yes"] * 257),
+        ValueError,
+        r"continuations: at most 256 per request, got 257",
+    ),
+    Case(
+        "continuations after a context that is not text",
+        lambda t: dg.ContinuationsRequest(None, [" yes"]),  # type: ignore[arg-type]
+        TypeError,
+        r"context: expected str, got None",
+    ),
+    Case(
+        "continuations of an unknown phase",
+        lambda t: dg.ContinuationsRequest("x", [" yes"], phase="training"),  # type: ignore[arg-type]
+        ValueError,
+        r"phase='training': expected one of forward, posterior",
+    ),
+    Case(
+        "a backend stating it scores a negative number of continuations",
+        lambda t: dg.Capabilities(continuations=-1),
+        ValueError,
+        r"continuations must be >= 0, got -1",
+    ),
+    Case(
         "an unknown backend",
         lambda t: dg.connect("gpt9"),
         dg.UnknownBackend,
@@ -1166,6 +1214,30 @@ CASES = [
         r"^steps must be <= 10,000, got 10000000$",
     ),
     Case(
+        "stop_when_decided as text",
+        lambda t: dg.TrainerOptions(stop_when_decided="no"),
+        TypeError,
+        r"^stop_when_decided: expected bool \(true or false\), got 'no'$",
+    ),
+    Case(
+        "a decision confidence of one",
+        lambda t: dg.TrainerOptions(decision_confidence=1.0),
+        ValueError,
+        r"^decision_confidence: must be below 1 \(certainty needs every call\), got 1.0$",
+    ),
+    Case(
+        "a decision confidence of a coin toss",
+        lambda t: dg.TrainerOptions(decision_confidence=0.5),
+        ValueError,
+        r"^decision_confidence must be > 0.5, got 0.5$",
+    ),
+    Case(
+        "a decision confidence that is not a number",
+        lambda t: dg.TrainerOptions(decision_confidence=float("nan")),
+        ValueError,
+        r"^decision_confidence: expected a number, got NaN$",
+    ),
+    Case(
         "a billion prompt samples",
         lambda t: dg.TrainerOptions(num_prompt_samples=10**9),
         ValueError,
@@ -1392,6 +1464,13 @@ def yaml_alias_bomb(levels: int) -> bytes:
 RESUME = ("train", "{config}", "--resume", "--no-probe")
 
 
+def before_json(**fields: object) -> bytes:
+    """A before.json of CONFIG's run (4 dev and 4 test examples, accuracy), `fields` changed."""
+    scores = {"dev": 0.5, "test": 0.25}
+    document = {"metric": "exact", "examples": {"dev": 4, "test": 4}, "scores": scores}
+    return json.dumps(document | fields).encode()
+
+
 @attrs.frozen
 class CliCase:
     name: str
@@ -1404,6 +1483,12 @@ class CliCase:
     """Edits the payload of the checkpoint one training step of CONFIG leaves, in a folder
     the command then finds (the checksum is recomputed, as whoever edits one would). `train`
     reads a checkpoint once the run has started, so the error is then the last line."""
+    version: int | None = None
+    """The checkpoint's format version, when the case states one (2: as main wrote it, the
+    payload then has no best_results unless `checkpoint` puts them back)."""
+    run_file: tuple[str, bytes] | None = None
+    """A file of the folder one training step of CONFIG leaves, replaced by these bytes
+    before the command runs (in that folder, then found as a checkpoint case's is)."""
 
 
 CLI_CASES = [
@@ -1517,6 +1602,16 @@ CLI_CASES = [
         "an option as text",
         ("num_prompt_samples = 1", 'num_prompt_samples = "4"'),
         r"run.toml: \[train\] num_prompt_samples: expected int, got '4'",
+    ),
+    CliCase(
+        "stop_when_decided as a number",
+        ("num_prompt_samples = 1", "num_prompt_samples = 1\nstop_when_decided = 0"),
+        r"run.toml: \[train\] stop_when_decided: expected bool \(true or false\), got 0",
+    ),
+    CliCase(
+        "a decision confidence above one",
+        ("num_prompt_samples = 1", "num_prompt_samples = 1\ndecision_confidence = 1.5"),
+        r"run.toml: \[train\] decision_confidence: must be below 1",
     ),
     CliCase(
         "an unknown key", ("steps = 1", "stepz = 1"), r"run.toml: \[train\] unknown key 'stepz'"
@@ -1884,6 +1979,94 @@ CLI_CASES = [
         argv=RESUME,
         checkpoint=lambda payload: payload.update(evaluations_since_best=5),
     ),
+    CliCase(
+        "a checkpoint whose best network has a result for one dev example",
+        None,
+        r"checkpoint.json: best_results: 1 results for \d+ dev examples",
+        argv=RESUME,
+        checkpoint=lambda payload: payload.update(best_results=[1.0]),
+    ),
+    *(
+        CliCase(
+            f"a run folder whose {name}",
+            None,
+            message,
+            argv=RESUME,
+            run_file=("before.json", content),
+        )
+        for name, content, message in [
+            ("before.json is not JSON", b"{", r"out/before\.json: Expecting property name"),
+            ("before.json is not UTF-8", b"\xff{}", r"out/before\.json: not UTF-8 text"),
+            ("before.json nests without end", b"[" * 100_000, r"out/before\.json: .*nest"),
+            ("before.json is a list", b"[]", r"expected an object of metric, examples and scores"),
+            (
+                "before.json was measured under another metric",
+                before_json(metric="f1"),
+                r"before\.json: metric: 'f1', where this run's is 'exact' \(delete it",
+            ),
+            (
+                "before.json counts other examples",
+                before_json(examples={"dev": 5, "test": 4}),
+                r"before\.json: examples: .*'dev': 5.*, where this run's splits hold",
+            ),
+            (
+                "before.json counts examples as booleans",
+                before_json(examples={"dev": True, "test": 4}),
+                r"before\.json: examples: ",
+            ),
+            (
+                "before.json has a score that is no number",
+                before_json(scores={"dev": float("nan"), "test": 0.5}),
+                r"before\.json: 'scores': 'dev' must be dev or test with a finite score",
+            ),
+            (
+                "before.json misses a split",
+                before_json(scores={"dev": 0.5}),
+                r"before\.json: scores: \['dev'\], where this run has \['dev', 'test'\]",
+            ),
+        ]
+    ),
+    CliCase(
+        "a version-2 checkpoint that has best results",
+        None,
+        r"checkpoint.json: malformed checkpoint \(missing or unknown: best_results\)",
+        argv=RESUME,
+        checkpoint=lambda payload: payload.update(best_results=[1.0]),
+        version=2,
+    ),
+    CliCase(
+        "a version-2 checkpoint whose ledger is an object",
+        None,
+        r"checkpoint.json: ledger: expected a list of objects",
+        argv=RESUME,
+        checkpoint=lambda payload: payload.update(ledger={}),
+        version=2,
+    ),
+    CliCase(
+        "a version-2 checkpoint whose history skips a step",
+        None,
+        r"checkpoint.json: history: steps \[\] do not run 1..1",
+        argv=RESUME,
+        checkpoint=lambda payload: payload.update(history=[]),
+        version=2,
+    ),
+    CliCase(
+        "a checkpoint of a version to come",
+        None,
+        r"checkpoint.json: checkpoint version 4, expected 3 \(or 2, which is upgraded\)",
+        argv=RESUME,
+        checkpoint=lambda payload: None,
+        version=4,
+    ),
+    CliCase(
+        "a checkpoint whose best results are not its best score",
+        None,
+        r"checkpoint.json: best_results: their mean 100 is not best_score",
+        argv=RESUME,
+        checkpoint=lambda payload: payload.update(
+            best_results=[100.0] * len(payload["best_results"])
+        ),
+    ),
     # -- bounded work per input: values in a config (issue 21) ------------------------------
     CliCase(
         "an rpm of one call in 100,000 years",
@@ -1967,8 +2150,11 @@ _TRAINED: dict[str, Path] = {}
 """The folder of one training step of CONFIG, made once per child process."""
 
 
-def _crafted_checkpoint(folder: Path, edit: Callable[[dict[str, Any]], None]) -> None:
-    """`folder/out` as one training step of CONFIG left it, its checkpoint then edited."""
+def _crafted_checkpoint(
+    folder: Path, edit: Callable[[dict[str, Any]], None], version: int | None = None
+) -> None:
+    """`folder/out` as one training step of CONFIG left it, its checkpoint then edited (made
+    `version`, first, when given: version 2 has no best_results)."""
     if "out" not in _TRAINED:
         trained = Path(tempfile.mkdtemp()) / "run.toml"
         trained.write_text(CONFIG)
@@ -1978,10 +2164,18 @@ def _crafted_checkpoint(folder: Path, edit: Callable[[dict[str, Any]], None]) ->
     shutil.copytree(_TRAINED["out"], folder / "out")
     path = folder / "out" / "checkpoint" / "checkpoint.json"
     document = json.loads(path.read_text())
+    if version is not None:
+        document["version"] = version
+    if version == 2:
+        del document["payload"]["best_results"]
     edit(document["payload"])
     canonical = json.dumps(document["payload"], sort_keys=True, separators=(",", ":"))
     document["sha256"] = hashlib.sha256(canonical.encode()).hexdigest()
     path.write_text(json.dumps(document))
+
+
+def _unchanged(payload: dict[str, Any]) -> None:
+    return None
 
 
 def command_run(name: str, tmp: str) -> CommandRun:
@@ -1995,9 +2189,13 @@ def command_run(name: str, tmp: str) -> CommandRun:
     for file_name, content in case.files:
         (folder / file_name).parent.mkdir(parents=True, exist_ok=True)
         (folder / file_name).write_bytes(content)
-    before = {file_name: (folder / file_name).read_bytes() for file_name, _ in case.files}
-    if case.checkpoint is not None:
-        _crafted_checkpoint(folder, case.checkpoint)
+    if case.checkpoint is not None or case.run_file is not None:
+        _crafted_checkpoint(folder, case.checkpoint or _unchanged, case.version)
+    given = list(case.files)
+    if case.run_file is not None:
+        given.append((f"out/{case.run_file[0]}", case.run_file[1]))
+        (folder / given[-1][0]).write_bytes(case.run_file[1])
+    before = {file_name: (folder / file_name).read_bytes() for file_name, _ in given}
     argv = [arg.format(config=config, dir=folder) for arg in case.argv]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -2005,7 +2203,7 @@ def command_run(name: str, tmp: str) -> CommandRun:
             code: int | str = main(argv)
         except BaseException as error:  # a traceback is a failure of its own; report it
             code = f"{type(error).__name__}: {str(error)[:500]}"
-    after = {file_name: (folder / file_name).read_bytes() for file_name, _ in case.files}
+    after = {file_name: (folder / file_name).read_bytes() for file_name, _ in given}
     return CommandRun(code, out.getvalue(), files_kept=after == before)
 
 
@@ -2015,7 +2213,7 @@ def test_the_command_reports_bad_input_in_one_line_and_exits_2(tmp_path, case, l
     assert run.exit_code == 2, run
     out = run.out
     lines = [line for line in out.splitlines() if line.strip()]
-    if case.checkpoint is not None:
+    if case.checkpoint is not None or case.run_file is not None:
         lines = lines[-1:]
     assert len(lines) == 1 and lines[0].startswith("error: "), out
     assert re.search(case.message, lines[0]), lines[0]

@@ -71,8 +71,17 @@ def test_a_checkpoint_that_is_not_an_object_is_not_a_checkpoint(tmp_path, writte
 
 
 def test_a_checkpoint_keeps_scores_of_a_metric_beyond_zero_to_one(tmp_path, written) -> None:
-    checkpoint = read_with(tmp_path, written, best_score=1.5, initial_score=-0.5)
+    checkpoint = read_with(
+        tmp_path, written, best_score=1.5, initial_score=-0.5, best_results=[4.5, -1.5]
+    )
     assert (checkpoint.best_score, checkpoint.initial_score) == (1.5, -0.5)
+    assert checkpoint.best_results == [4.5, -1.5]
+
+
+def test_a_checkpoint_keeps_the_best_network_s_score_on_each_dev_example(written) -> None:
+    results = written["payload"]["best_results"]
+    assert len(results) == 20
+    assert sum(results) / len(results) == pytest.approx(written["payload"]["best_score"])
 
 
 def test_a_checkpoint_names_every_key_missing_or_unknown_in_order(tmp_path, written) -> None:
@@ -81,34 +90,84 @@ def test_a_checkpoint_names_every_key_missing_or_unknown_in_order(tmp_path, writ
         Checkpoint.read(write(tmp_path, written, payload | {"zz_extra": 1}))
 
 
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"best_score": "high"}, "best_score"),
-        ({"initial_score": float("inf")}, "initial_score"),
-        ({"initial_score": True}, "initial_score"),
-        ({"rng_state": [3, [1, 2, 3], None]}, "rng_state"),
-        ({"rng_state": [3, [1, 2, 3]]}, r"rng_state: expected \[version"),
-        ({"ledger": {}}, "ledger: expected a list of objects"),
-        ({"ledger": [{}, 1]}, "ledger: expected a list of objects"),
-        ({"step": -1, "history": []}, "step"),
-    ],
-    ids=[
-        "a best score that is text",
-        "an infinite initial score",
-        "an initial score that is a bool",
-        "an rng state random refuses",
-        "an rng state of two parts",
-        "a ledger that is an object",
-        "a ledger row that is a number",
-        "a negative step",
-    ],
-)
+DAMAGED = [
+    ({"best_score": "high"}, "best_score"),
+    ({"initial_score": float("inf")}, "initial_score"),
+    ({"initial_score": True}, "initial_score"),
+    ({"rng_state": [3, [1, 2, 3], None]}, "rng_state"),
+    ({"rng_state": [3, [1, 2, 3]]}, r"rng_state: expected \[version"),
+    ({"ledger": {}}, "ledger: expected a list of objects"),
+    ({"ledger": [{}, 1]}, "ledger: expected a list of objects"),
+    ({"step": -1, "history": []}, "step"),
+    ({"best_results": {"0": 1.0}}, "best_results: expected a list of per-example scores"),
+    ({"best_results": [1.0, "high"]}, r"best_results: score \[1\]: expected float"),
+    ({"best_results": [1.0, float("inf")]}, r"best_results: score \[1\]: expected a finite"),
+    ({"best_results": [True]}, r"best_results: score \[0\]: expected float"),
+    ({"best_results": None}, "best_results: expected a list"),
+]
+DAMAGED_IDS = [
+    "a best score that is text",
+    "an infinite initial score",
+    "an initial score that is a bool",
+    "an rng state random refuses",
+    "an rng state of two parts",
+    "a ledger that is an object",
+    "a ledger row that is a number",
+    "a negative step",
+    "best results as an object",
+    "a best result that is text",
+    "an infinite best result",
+    "a best result that is a bool",
+    "no best results",
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), DAMAGED, ids=DAMAGED_IDS)
 def test_a_checkpoint_with_a_damaged_field_is_refused_naming_it(
     tmp_path, written, changes, message
 ) -> None:
     with pytest.raises(dg.CheckpointError, match=message):
         read_with(tmp_path, written, **changes)
+
+
+def version_2(written: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The document and payload of a version-2 checkpoint (as main wrote them: no
+    best_results) holding what `written` holds."""
+    payload = {k: v for k, v in written["payload"].items() if k != "best_results"}
+    return written | {"version": 2}, payload
+
+
+def test_a_version_2_checkpoint_reads_back_without_best_results(tmp_path, written) -> None:
+    checkpoint = Checkpoint.read(write(tmp_path, *version_2(written)))
+    assert checkpoint is not None and (checkpoint.version, checkpoint.step) == (2, 1)
+    assert checkpoint.best_results is None
+    assert checkpoint.best_score == written["payload"]["best_score"]
+
+
+def test_a_version_2_checkpoint_that_has_best_results_is_malformed(tmp_path, written) -> None:
+    document, payload = version_2(written)
+    with pytest.raises(dg.CheckpointError, match=r"missing or unknown: best_results\)"):
+        Checkpoint.read(write(tmp_path, document, payload | {"best_results": [1.0] * 20}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [case for case in DAMAGED if "best_results" not in case[0]],
+    ids=[name for name in DAMAGED_IDS if "best result" not in name],
+)
+def test_a_version_2_checkpoint_with_a_damaged_field_is_refused_naming_it(
+    tmp_path, written, changes, message
+) -> None:
+    """Every check of version 3 but best_results holds for version 2 (as main checked it)."""
+    document, payload = version_2(written)
+    with pytest.raises(dg.CheckpointError, match=rf"checkpoint\.json: {message}"):
+        Checkpoint.read(write(tmp_path, document, payload | changes))
+
+
+@pytest.mark.parametrize("version", [1, 4, "3", True, None])
+def test_a_checkpoint_of_another_version_is_refused_naming_it(tmp_path, written, version) -> None:
+    with pytest.raises(dg.CheckpointError, match=r"checkpoint version .*, expected 3 \(or 2"):
+        Checkpoint.read(write(tmp_path, written | {"version": version}, written["payload"]))
 
 
 def test_a_checkpoints_memory_reads_back_what_it_remembered() -> None:
@@ -142,7 +201,7 @@ def test_a_checkpoint_edited_without_its_checksum_is_refused_as_corrupt(tmp_path
 
 def test_a_long_history_out_of_order_is_refused_in_one_short_line(tmp_path: Path) -> None:
     record = step_record(1).to_json()
-    fields = {field.name for field in attrs.fields(Checkpoint)}
+    fields = {field.name for field in attrs.fields(Checkpoint)} - {"version"}  # not written
     payload = dict.fromkeys(fields) | {"step": 500, "history": [record] * 500}
     with pytest.raises(dg.CheckpointError, match=r"do not run 1\.\.500") as error:
         Checkpoint.read(write(tmp_path, {"format": FORMAT, "version": VERSION}, payload))

@@ -32,6 +32,7 @@ OPTIONS = dict(
     posterior_temperature=1.0,
     min_weight=0.0,  # every posterior candidate is scored: the expectations are not pruned
     seed=3,
+    stop_when_decided=False,  # these pin the arithmetic of full scoring; races have their own tests
 )
 BATCH = 6
 
@@ -101,7 +102,7 @@ NETWORKS = {
 }
 
 
-def distinct(world: object, name: str) -> ScriptedModel:
+def distinct(world: object, name: str, continuations: int = 0) -> ScriptedModel:
     """The world's model, with every text it writes made unlike any other by a last line
     naming its prompt and seed (a line no world reads): proposals, posterior samples and the
     outputs of text nodes (which demonstrations and posteriors show) never coincide."""
@@ -114,7 +115,10 @@ def distinct(world: object, name: str) -> ScriptedModel:
             return text.split(END)[0].rstrip() + mark + END
         return text + mark
 
-    return ScriptedModel(generate=generate, logprob=world.logprob, name=name)
+    capabilities = dg.Capabilities(continuations=continuations)
+    return ScriptedModel(
+        generate=generate, logprob=world.logprob, name=name, capabilities=capabilities
+    )
 
 
 def counted(engine: dg.Engine) -> dict[tuple[str, str], int]:
@@ -147,14 +151,19 @@ CASES = [
 
 @asynccontextmanager
 async def trainer_on(
-    network: str, cache: bool = False, separate: bool = False, **options: object
+    network: str,
+    cache: bool = False,
+    separate: bool = False,
+    continuations: int = 0,
+    **options: object,
 ) -> AsyncIterator[tuple[dg.VariationalTrainer, dg.Engine, dg.Engine]]:
     """A trainer of `network` on its distinct world, and its forward and backward engines
-    (the backward one unused unless `separate`)."""
+    (the backward one unused unless `separate`), whose models score `continuations` of one
+    context in one call."""
     make, world, _ = NETWORKS[network]
     async with (
-        dg.Engine(distinct(world, "runs"), cache=cache) as engine,
-        dg.Engine(distinct(world, "writes"), cache=cache) as writer,
+        dg.Engine(distinct(world, "runs", continuations), cache=cache) as engine,
+        dg.Engine(distinct(world, "writes", continuations), cache=cache) as writer,
     ):
         backward = writer if separate else None
         trainer = dg.VariationalTrainer(make(), engine, backward=backward, **(OPTIONS | options))
@@ -169,11 +178,22 @@ def by_engine(waves: tuple[Wave, ...], separate: bool) -> list[dict[tuple[str, s
     return [side(waves, None), {}]
 
 
-async def run(network: str, demonstrations: int, separate: bool, steps: int):
+async def run(
+    network: str,
+    demonstrations: int,
+    separate: bool,
+    steps: int,
+    continuations: int = 0,
+    **options: object,
+):
     """Estimate a run, then make it (no cache: each request is sent); the estimate's calls
     and each engine's, by (node, phase)."""
     train, dev = NETWORKS[network][2]()
-    options = {"max_demonstrations": demonstrations, "separate": separate}
+    options |= {
+        "max_demonstrations": demonstrations,
+        "separate": separate,
+        "continuations": continuations,
+    }
     async with trainer_on(network, **options) as (trainer, engine, writer):
         estimate = trainer.estimate(steps, BATCH, train, len(dev))
         await trainer.fit(train, dev, steps, BATCH)
@@ -197,6 +217,25 @@ async def test_the_estimate_of_one_step_expects_exactly_the_calls_of_each_phase(
     )
 
 
+@pytest.mark.parametrize("network", list(NETWORKS))
+async def test_with_a_class_distribution_in_one_call_the_estimate_expects_each_phases_calls(
+    network: str,
+) -> None:
+    """On a backend that scores every verbalizer of a class distribution in one call, each
+    class node's run and score is one call: the estimate counts one, phase by phase, and
+    the dev evaluation of a class output sends one call per example."""
+    planned, sent = await run(network, 2, False, steps=1, continuations=8)
+    for counts, calls in zip(planned, sent, strict=True):
+        assert expected(counts) == calls
+        assert_bounded(counts, calls)
+    _, per_verbalizer = await run(network, 2, False, steps=1)
+    assert sum(sent[0].values()) < sum(per_verbalizer[0].values())
+    _, dev = NETWORKS[network][2]()
+    outputs = {"two outputs": ["first", "second"]}.get(network, ["answer"])
+    for name in outputs:
+        assert sent[0][name, "eval"] == 2 * len(dev)  # before the step and after it
+
+
 @pytest.mark.parametrize(("network", "demonstrations", "separate"), CASES)
 async def test_the_estimate_bounds_every_phase_of_a_run(
     network: str, demonstrations: int, separate: bool
@@ -207,6 +246,52 @@ async def test_the_estimate_bounds_every_phase_of_a_run(
     for counts, calls in zip(planned, sent, strict=True):
         assert_bounded(counts, calls)
     assert sum(sent[0].values()) > 0
+
+
+SCORING_MODES = [
+    pytest.param(decided, continuations, id=f"{label}-{calls}")
+    for decided, label in ((False, "full scoring"), (True, "stopping when decided"))
+    for continuations, calls in ((0, "a call per verbalizer"), (8, "a class in one call"))
+]
+"""bench/efficiency.py's row kinds (full: full scoring with a call per verbalizer), and the
+fourth combination."""
+
+
+@pytest.mark.parametrize("network", list(NETWORKS))
+@pytest.mark.parametrize(("decided", "continuations"), SCORING_MODES)
+async def test_in_every_scoring_mode_a_run_stays_within_the_estimate_s_upper_bound(
+    network: str, decided: bool, continuations: int
+) -> None:
+    """Three steps, with demonstrations: every (node, phase) sends at most what the estimate
+    allows, whether candidates are raced and comparisons stop or not, and whether a class
+    costs a call per verbalizer or one."""
+    planned, sent = await run(
+        network, 2, False, steps=3, continuations=continuations, stop_when_decided=decided
+    )
+    for counts, calls in zip(planned, sent, strict=True):
+        assert_bounded(counts, calls)
+    assert sum(sent[0].values()) > 0
+
+
+@pytest.mark.parametrize("network", list(NETWORKS))
+@pytest.mark.parametrize(("decided", "continuations"), SCORING_MODES)
+async def test_in_every_scoring_mode_each_step_reports_the_calls_it_sent(
+    network: str, decided: bool, continuations: int
+) -> None:
+    """A step's own waves, counted from its state by the estimate's arithmetic, expect what
+    the ledger counts (with no cache: the pairs each candidate was really scored on, fewer
+    than it could have been once a race drops it) and bound it."""
+    train, _ = NETWORKS[network][2]()
+    options = {"max_demonstrations": 2, "continuations": continuations}
+    async with trainer_on(network, stop_when_decided=decided, **options) as (trainer, engine, _):
+        for start in range(0, 3 * BATCH, BATCH):
+            before = counted(engine)
+            outcome = await trainer.step(train[start : start + BATCH])
+            sent = difference(counted(engine), before)
+            reported = by_key(outcome.waves)
+            assert expected(reported) == sent
+            assert_bounded(reported, sent)
+            trainer.apply(outcome)
 
 
 def difference(now: dict[tuple[str, str], int], was: dict[tuple[str, str], int]):

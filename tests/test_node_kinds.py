@@ -13,10 +13,30 @@ import dlgraph as dg
 from dlgraph.nodes import ClassKind, Cost, NodeCall, Parent
 from dlgraph.scoring import LOG_FLOOR
 
+EXACT = dg.Capabilities()
+SEVERAL = dg.Capabilities(continuations=3)
+
 
 def test_a_class_nodes_score_asks_once_per_verbalizer_and_twice_when_calibrated() -> None:
-    assert ClassKind(["yes|Yes", "no"]).score_cost() == Cost(3, writes=False)
-    assert ClassKind(["yes|Yes", "no"], calibrate=True).score_cost() == Cost(6, writes=False)
+    assert ClassKind(["yes|Yes", "no"]).score_cost(EXACT) == Cost(3, writes=False)
+    assert ClassKind(["yes|Yes", "no"], calibrate=True).score_cost(EXACT) == Cost(6, writes=False)
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "calls"),
+    [
+        (SEVERAL, 1),
+        (dg.Capabilities(continuations=2), 3),  # three verbalizers do not fit one call
+        (dg.Capabilities(exact_logprobs=False, top_logprobs=5), 1),
+        (dg.Capabilities(exact_logprobs=False), 1),
+    ],
+)
+def test_a_class_nodes_score_is_one_call_when_the_backend_answers_a_distribution_in_one(
+    capabilities: dg.Capabilities, calls: int
+) -> None:
+    kind = ClassKind(["yes|Yes", "no"])
+    assert kind.score_cost(capabilities) == kind.run_cost(capabilities) == Cost(calls, False)
+    assert ClassKind(["yes|Yes", "no"], calibrate=True).score_cost(capabilities).calls == 2 * calls
 
 
 async def test_a_class_nodes_posterior_weighs_its_output_first_then_every_other_class() -> None:

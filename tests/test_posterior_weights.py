@@ -13,7 +13,7 @@ from test_trainer import fan_in
 
 import dlgraph as dg
 from dlgraph.forward import Trace
-from dlgraph.train.elbo import ScoreJob, Term, elbo, example_scores, expectation_terms, prune
+from dlgraph.train.elbo import ScoreJob, Term, add_scores, elbo, expectation_terms, prune
 from dlgraph.train.step import Posterior, StepState
 
 
@@ -84,7 +84,8 @@ def test_an_output_nodes_terms_lighter_than_the_minimum_weight_are_left_out() ->
 def test_an_examples_score_is_the_sum_of_its_weighted_terms() -> None:
     first, second = Term({}, "yes", 0.75), Term({}, "no", 0.25)
     jobs = [ScoreJob(0, 0, first), ScoreJob(0, 0, second), ScoreJob(0, 1, first)]
-    scores = example_scores(jobs, [-1.0, -2.0, -0.5], [frozenset()], examples=2)
+    scores: list[list[float | None]] = [[None, None]]
+    add_scores(scores, jobs, [-1.0, -2.0, -0.5])
     assert scores == [[-3.0, -0.5]]
 
 

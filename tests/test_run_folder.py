@@ -7,12 +7,16 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from dlgraph._files import MANIFEST
 from dlgraph.cli import main
+from dlgraph.config import RunConfig
+from dlgraph.runs import RunHooks, train_run
 from dlgraph.train.folder import RUN_FILES, RunFolder
 
 CONFIG = """
@@ -186,3 +190,34 @@ def test_each_engines_journal_is_a_file_the_run_folder_owns(tmp_path: Path, engi
     assert journal.parent == tmp_path / "out"
     assert journal.name == f"ledger-{engine}.jsonl"
     assert journal.name in RUN_FILES  # a new run clears it, a resumed one keeps counting it
+
+
+class Labels(RunHooks):
+    """Records what a run evaluates."""
+
+    def __init__(self) -> None:
+        self.evaluated: list[str] = []
+
+    @contextmanager
+    def evaluating(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
+        self.evaluated.append(label)
+        yield lambda done: None
+
+
+async def test_a_resumed_run_does_not_score_the_network_before_training_again(config) -> None:
+    """The scores before training are kept in the folder (before.json), as the checkpoint
+    keeps the steps: the resumed process reports them without a call."""
+    first, again = Labels(), Labels()
+    done = await train_run(RunConfig.read(config), hooks=first)
+    resumed = await train_run(RunConfig.read(config, ["train.steps=2"]), resume=True, hooks=again)
+    assert first.evaluated == ["dev (before)", "test (before)", "dev (after)", "test (after)"]
+    assert again.evaluated == ["dev (after)", "test (after)"]
+    assert resumed.result.before == done.result.before
+    assert [record.step for record in resumed.fit.history] == [1, 2]
+
+
+async def test_a_new_run_scores_the_network_before_training_again(config) -> None:
+    await train_run(RunConfig.read(config))
+    again = Labels()
+    await train_run(RunConfig.read(config), hooks=again)
+    assert again.evaluated[:2] == ["dev (before)", "test (before)"]

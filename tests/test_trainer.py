@@ -63,6 +63,8 @@ TRAIN_OPTIONS = dict(
     seed=1,
     max_demonstrations=0,  # these worlds test instructions; demonstrations have their own
 )
+FULL_SCORING = dict(stop_when_decided=False)
+"""For tests of what every candidate scores on every example (races have their own)."""
 
 
 async def fit(net, world, train, dev, steps=6, **options):
@@ -194,7 +196,7 @@ async def test_corrupt_checkpoint_is_refused(tmp_path) -> None:
     [
         (lambda d: d | {"format": "other.tool"}, "not a dlgraph checkpoint"),
         (lambda d: [d], "not a dlgraph checkpoint"),
-        (lambda d: d | {"version": 1}, "checkpoint version 1, expected 2"),
+        (lambda d: d | {"version": 1}, "checkpoint version 1, expected 3"),
     ],
     ids=["another format", "not an object", "another version"],
 )
@@ -281,7 +283,7 @@ async def test_estimate_bounds_the_calls_a_run_makes() -> None:
     train, dev = single_word_task(40, seed=1), single_word_task(40, seed=2)
     model = world.model()
     async with dg.Engine(model, cache=False) as engine:
-        trainer = dg.VariationalTrainer(dln2(), engine, **TRAIN_OPTIONS)
+        trainer = dg.VariationalTrainer(dln2(), engine, **TRAIN_OPTIONS, **FULL_SCORING)
         estimate = trainer.estimate(3, 10, train, dev_size=len(dev))
         await trainer.fit(train, dev, steps=3, batch_size=10)
     assert len(model.calls) <= estimate.calls <= 6 * len(model.calls)
@@ -293,7 +295,7 @@ async def test_estimate_lays_out_a_dln2_run_in_the_waves_the_trainer_sends() -> 
     10, 6 proposals, 5 hidden samples, memory 5, no demonstrations, dev 20, two steps."""
     train = single_word_task(40, seed=1)
     async with dg.Engine(LetterWorld().model()) as engine:
-        trainer = dg.VariationalTrainer(dln2(), engine, **TRAIN_OPTIONS)
+        trainer = dg.VariationalTrainer(dln2(), engine, **TRAIN_OPTIONS, **FULL_SCORING)
         estimate = trainer.estimate(2, 10, train, dev_size=20)
     dev = [Wave(False, "generate", 20), Wave(False, "score", 20 * 4)]
     forward = [Wave(False, "generate", 10), Wave(False, "score", 10 * 4)]
@@ -395,7 +397,9 @@ async def test_trust_region_charges_a_candidate_what_it_loses_against_the_curren
     world = LetterWorld(direct=True)
     batch = single_word_task(8, seed=3)
     async with dg.Engine(world.model()) as engine:
-        trainer = dg.VariationalTrainer(dln1(), engine, **TRAIN_OPTIONS, trust_region=2.0)
+        trainer = dg.VariationalTrainer(
+            dln1(), engine, **TRAIN_OPTIONS, **FULL_SCORING, trust_region=2.0
+        )
         outcome = await trainer.step(batch)
 
     def logliks(prompt: str) -> list[float]:
@@ -414,7 +418,9 @@ async def test_trust_region_charges_a_candidate_what_it_loses_against_the_curren
 async def test_the_memory_keeps_the_best_candidates_a_step_scored() -> None:
     world = LetterWorld(direct=True)
     async with dg.Engine(world.model()) as engine:
-        trainer = dg.VariationalTrainer(dln1(), engine, **TRAIN_OPTIONS, memory_size=2)
+        trainer = dg.VariationalTrainer(
+            dln1(), engine, **TRAIN_OPTIONS, **FULL_SCORING, memory_size=2
+        )
         outcome = await trainer.step(single_word_task(8, seed=3))
         trainer.apply(outcome)
     scored = outcome.scored["answer"]
@@ -664,6 +670,9 @@ def test_trainer_options_take_every_value_down_to_their_bounds() -> None:
         ("use_posterior", "yes", "expected bool"),
         ("seed", 1.5, "expected int"),
         ("scoring", "best", "must be in"),
+        ("stop_when_decided", 1, "expected bool"),
+        ("decision_confidence", 0.5, "must be > 0.5"),
+        ("decision_confidence", 1.0, "must be below 1"),
     ],
 )
 def test_trainer_options_refuse_a_value_outside_their_bounds(field, value, message) -> None:

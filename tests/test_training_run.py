@@ -7,23 +7,28 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import anyio
 import attrs
 import pytest
 from dlgraph_sim import ScriptedModel
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from test_trainer import CHECKPOINT_EDITS
 
 import dlgraph as dg
 from dlgraph.errors import BudgetExhausted
 from dlgraph.metrics import resolve_metric
 from dlgraph.train.candidates import Memory
+from dlgraph.train.checkpoint import _digest
 from dlgraph.train.options import TrainerOptions
+from dlgraph.train.race import Tally
 from dlgraph.train.records import StepOutcome
 from dlgraph.train.run import Schedule, Training, logged_steps
+from dlgraph.train.waves import Wave
 
 HALF, YES, NO = "Say half.", "Say yes.", "Say no."
 """Prompts and the dev accuracy they get: 0.5, 1.0, 0.0."""
@@ -59,6 +64,7 @@ class ScriptedLearner:
     memory: Memory = attrs.field(factory=lambda: Memory(4))
     steps_done: int = 0
     batches: list[list[str]] = attrs.field(factory=list)
+    tally: Tally = attrs.field(factory=Tally)
 
     def __attrs_post_init__(self) -> None:
         self.net = dg.Network()
@@ -72,6 +78,9 @@ class ScriptedLearner:
 
     def check_data(self, train: Sequence[dg.Example], dev: Sequence[dg.Example]) -> None:
         return None
+
+    def planned(self, step: int, batch: int, dev_size: int, evaluates: bool) -> list[Wave]:
+        return []  # no prior: the run's tally holds only what was sent
 
     async def step(self, batch: Sequence[dg.Example]) -> StepOutcome:
         self.batches.append([example.input for example in batch])
@@ -232,6 +241,147 @@ def step_record(step: int) -> dg.StepRecord:
         calls=0,
         tokens=0,
     )
+
+
+# -- a checkpoint of format version 2, written by main before best_results ----------------------
+
+VERSION_2 = Path(__file__).parent / "checkpoints" / "v2-after-two-steps.json"
+"""Left by `interrupted_after_two_steps` on main (see checkpoints/README.md)."""
+
+
+def version_2_folder(folder: Path, edit: Callable[[dict], dict] | None = None) -> Path:
+    """`folder` holding the version-2 checkpoint, its payload replaced by what `edit` makes
+    of it (the checksum recomputed, as whoever edits one would)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    document = json.loads(VERSION_2.read_text())
+    if edit is not None:
+        document["payload"] = edit(document["payload"])
+        document["sha256"] = _digest(document["payload"])
+    (folder / "checkpoint.json").write_text(json.dumps(document))
+    return folder
+
+
+def eval_calls(learner: ScriptedLearner) -> int:
+    return learner.engine.statistics().by_phase()["eval"].calls
+
+
+async def one_dev_evaluation() -> int:
+    """The calls of scoring the network the checkpoint keeps as best on the whole dev set."""
+    model = ScriptedModel(logprob=follows_the_prompt)
+    net = ScriptedLearner([]).net
+    net.set_parameter("answer", dg.Parameter(YES))
+    async with dg.Engine(model) as engine:
+        await dg.evaluate(net, engine, DEV)
+    return len(model.calls)
+
+
+def test_the_version_2_checkpoint_holds_what_this_branch_writes_but_best_results(tmp_path) -> None:
+    """The fixture is the state this code reaches too: the same steps, networks, scores,
+    memory and random state; only best_results (and the fingerprint's options, the ledger)
+    are new."""
+    anyio.run(interrupted_after_two_steps, tmp_path)
+    written = json.loads((tmp_path / "checkpoint.json").read_text())["payload"]
+    old = json.loads(VERSION_2.read_text())["payload"]
+    new = {"best_results", "fingerprint", "ledger"}
+    assert set(written) - set(old) == {"best_results"}
+    assert {k: v for k, v in written.items() if k not in new} == {
+        k: v for k, v in old.items() if k not in new
+    }
+
+
+async def test_a_version_2_checkpoint_resumes_scoring_its_best_network_on_dev_once(
+    tmp_path,
+) -> None:
+    """Upgrading mid-run: the run goes on from step 2 as from this version's own checkpoint,
+    plus exactly one dev evaluation (the best network's results, which version 2 lacks), and
+    its next save writes them as version 3."""
+    upgraded = ScriptedLearner([YES, NO, None, None])
+    result = await run(upgraded, 4, checkpoint_dir=version_2_folder(tmp_path / "v2"))
+    await interrupted_after_two_steps(tmp_path / "v3")
+    resumed = ScriptedLearner([YES, NO, None, None])
+    reference = await run(resumed, 4, checkpoint_dir=tmp_path / "v3")
+    assert result.history == reference.history and result.stopped == "steps"
+    assert (result.initial_dev_score, result.best_dev_score) == (0.5, 1.0)
+    assert upgraded.batches == resumed.batches  # the random state read as main wrote it
+    assert eval_calls(upgraded) == eval_calls(resumed) + await one_dev_evaluation()
+    written, expected = (
+        json.loads((tmp_path / name / "checkpoint.json").read_text()) for name in ("v2", "v3")
+    )
+    assert written["version"] == 3
+    assert written["payload"]["best_results"] == expected["payload"]["best_results"] == [1.0, 1.0]
+    assert written["payload"]["fingerprint"] == expected["payload"]["fingerprint"]
+
+
+async def test_a_version_2_checkpoint_resumes_under_full_scoring_too(tmp_path) -> None:
+    """Version 2 knew no scoring settings, so its fingerprint holds under either: here the
+    rebuild, then the whole dev set after steps 3 and 4 (step 4's the same requests as step
+    3's, which the engine's cache answers)."""
+    full = ScriptedLearner([YES, NO, None, None], options=TrainerOptions(stop_when_decided=False))
+    result = await run(full, 4, checkpoint_dir=version_2_folder(tmp_path))
+    assert [record.dev_score for record in result.history] == [1.0, 0.0, 0.0, 0.0]
+    one = await one_dev_evaluation()
+    assert eval_calls(full) == 2 * one
+    assert full.engine.statistics().by_phase()["eval"].cache_hits == one
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["version"] == 3
+
+
+async def test_a_version_2_checkpoint_with_no_step_left_is_not_scored_again(tmp_path) -> None:
+    learner = ScriptedLearner([YES, NO])
+    result = await run(learner, 2, checkpoint_dir=version_2_folder(tmp_path))
+    assert [record.step for record in result.history] == [1, 2]
+    assert learner.engine.statistics().total.calls == 0
+    assert result.best_dev_score == 1.0 and result.network.prompts() == {"answer": YES}
+
+
+async def test_a_version_2_checkpoint_whose_best_network_now_scores_otherwise_moves_the_best_score(
+    tmp_path, caplog
+) -> None:
+    """The rebuilt results are what later steps are compared with, so the best score
+    follows them (logged): here the checkpoint claimed 0.5 for a network that scores 1.0."""
+    folder = version_2_folder(tmp_path, lambda payload: payload | {"best_score": 0.5})
+    result = await run(ScriptedLearner([YES, NO, None, None]), 3, checkpoint_dir=folder)
+    assert result.best_dev_score == 1.0
+    assert "scores 1 on dev now, 0.5 when the checkpoint was written" in caplog.text
+
+
+REMEMBERED = [[{"prompt": f"Say {i}.", "demonstrations": []}, -1.0] for i in range(4000)]
+
+VERSION_2_DAMAGE = [
+    *CHECKPOINT_EDITS,  # each damage a version-3 checkpoint is refused for, but best_results
+    ("fields", lambda p: p | {"best_results": [1.0, 1.0]}, r"missing or unknown: best_results"),
+    ("fields", lambda p: {k: v for k, v in p.items() if k != "memory"}, r"unknown: memory"),
+    (
+        "memory",
+        lambda p: p | {"memory": {"answer": REMEMBERED}},
+        r"memory: node 'answer' remembers 4,000 parameters",
+    ),
+    (
+        "evaluations_since_best",
+        lambda p: p | {"evaluations_since_best": 3},
+        r"evaluations_since_best: 3 evaluations in 2 steps",
+    ),
+    ("fingerprint", lambda p: p | {"fingerprint": "0" * 64}, r"written for another setup"),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "edit", "message"),
+    VERSION_2_DAMAGE,
+    ids=[f"{damage[0]}-{i}" for i, damage in enumerate(VERSION_2_DAMAGE)],
+)
+async def test_a_damaged_version_2_checkpoint_is_refused_naming_file_and_field(
+    tmp_path, field: str, edit: Callable[[dict], dict], message: str
+) -> None:
+    """As strictly as main read it: every field checked, checked against the run, nothing
+    changed and no call made before the refusal."""
+    folder = version_2_folder(tmp_path, edit)
+    before = (folder / "checkpoint.json").read_bytes()
+    learner = ScriptedLearner([YES, NO, None, None])
+    with pytest.raises(dg.CheckpointError, match=rf"checkpoint\.json: .*{message}"):
+        await run(learner, 4, checkpoint_dir=folder)
+    assert learner.net.prompts() == {"answer": HALF} and learner.steps_done == 0
+    assert learner.engine.statistics().total.calls == 0
+    assert (folder / "checkpoint.json").read_bytes() == before
 
 
 async def test_a_run_makes_the_nested_folders_of_its_checkpoint_and_step_log(

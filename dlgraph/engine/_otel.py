@@ -16,9 +16,11 @@ A call's span follows the GenAI client-span conventions (`SEMCONV_VERSION`, v1.3
 * opt-in (``Tracing(record_content=True)``): ``gen_ai.input.messages`` and
   ``gen_ai.output.messages``, JSON strings (spans take no structured values);
 * dlgraph's: ``dlgraph.node``, ``dlgraph.phase``, ``dlgraph.request.kind`` (``generate``,
-  ``logprob``, ``top_logprobs``), ``dlgraph.attempts`` (backend attempts: retries, and the
+  ``logprob``, ``top_logprobs``, ``continuations``), ``dlgraph.request.continuations`` (how
+  many a continuations request scores), ``dlgraph.attempts`` (backend attempts: retries, and the
   re-sends of a refused batch being split, included), ``dlgraph.retries``,
-  ``dlgraph.cache_hit``, ``dlgraph.shared``, ``dlgraph.logprob``, ``dlgraph.cancelled``;
+  ``dlgraph.cache_hit``, ``dlgraph.shared``, ``dlgraph.logprob`` (``dlgraph.logprobs``, one per
+  continuation), ``dlgraph.cancelled``;
 * events: ``dlgraph.rate_limited`` per 429 (``dlgraph.retry_after_s``, the pause the server
   asked), ``dlgraph.attempt_failed`` per other failed attempt (``error.type``,
   ``dlgraph.error.message``).
@@ -48,7 +50,14 @@ import attrs
 from opentelemetry import context, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from dlgraph.backend import Backend, GenerateRequest, LogprobRequest, Request, TopLogprobsRequest
+from dlgraph.backend import (
+    Backend,
+    ContinuationsRequest,
+    GenerateRequest,
+    LogprobRequest,
+    Request,
+    TopLogprobsRequest,
+)
 from dlgraph.engine.ledger import Ledger
 from dlgraph.engine.spans import AttributeValue, Tracer
 from dlgraph.engine.stage import Batch, Call, Outcome, Work
@@ -66,6 +75,7 @@ KINDS: Mapping[type, str] = {
     GenerateRequest: "generate",
     LogprobRequest: "logprob",
     TopLogprobsRequest: "top_logprobs",
+    ContinuationsRequest: "continuations",
 }
 
 
@@ -250,6 +260,8 @@ class CallSpans:
                 attributes["gen_ai.request.stop_sequences"] = request.stop
         elif isinstance(request, TopLogprobsRequest):
             attributes["dlgraph.request.top_logprobs"] = request.count
+        elif isinstance(request, ContinuationsRequest):
+            attributes["dlgraph.request.continuations"] = len(request.continuations)
         if self.record_content:
             attributes["gen_ai.input.messages"] = _input_messages(request)
         return attributes
@@ -269,6 +281,8 @@ class CallSpans:
                 attributes["dlgraph.shared"] = True
             if isinstance(outcome, float | int):
                 attributes["dlgraph.logprob"] = float(outcome)
+            elif isinstance(outcome, tuple):
+                attributes["dlgraph.logprobs"] = outcome
             elif self.record_content and outcome is not None:
                 attributes["gen_ai.output.messages"] = _output_messages(outcome)
         call.span.set_attributes(attributes)
@@ -285,6 +299,9 @@ def _input_messages(request: Request) -> str:
         messages = [_text("user", request.prompt)]
     elif isinstance(request, LogprobRequest):
         messages = [_text("user", request.context), _text("assistant", request.target)]
+    elif isinstance(request, ContinuationsRequest):
+        texts = request.continuations
+        messages = [_text("user", request.context), *(_text("assistant", t) for t in texts)]
     else:
         messages = [_text("user", request.context)]
     return json.dumps(messages, ensure_ascii=False)

@@ -32,7 +32,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from dlgraph.backend import GenerateRequest, LogprobRequest, Result
+from dlgraph.backend import ContinuationsRequest, GenerateRequest, LogprobRequest, Result
 from dlgraph.engine.ledger import Ledger
 from dlgraph.engine.stage import Call, Outcome, Work
 from dlgraph.errors import CacheError
@@ -307,13 +307,24 @@ async def open_store(cache: bool | str | os.PathLike[str]) -> Store | None:
     return await SqliteStore.open(cache)
 
 
-def fits(value: object, work: Work) -> TypeGuard[Result]:
+def _is_logprob(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value <= 0
+
+
+def fits(value: object, work: Work) -> TypeGuard[Result | list[float]]:
     """Whether a stored value is a valid answer to this request (a foreign or damaged row is
-    not, nor first-token alternatives with no alternative, which older versions could store)."""
+    not, nor first-token alternatives with no alternative, which older versions could store).
+    Continuations' values come back from disk (JSON) as a list, answered as a tuple."""
     if isinstance(work, GenerateRequest):
         return isinstance(value, str)
     if isinstance(work, LogprobRequest):
-        return isinstance(value, int | float) and not isinstance(value, bool) and value <= 0
+        return _is_logprob(value)
+    if isinstance(work, ContinuationsRequest):
+        return (
+            isinstance(value, tuple | list)
+            and len(value) == len(work.continuations)
+            and all(_is_logprob(v) for v in value)
+        )
     return (
         isinstance(value, dict)
         and bool(value)
@@ -338,7 +349,7 @@ class Cache:
         found = await self.store.get(key)
         if found is not None and fits(found, work):
             self.ledger.add(work, cache_hits=1)
-            return found
+            return tuple(found) if isinstance(found, list) else found
         result = await self.inner(work)
         assert not isinstance(result, list), "the cache sits above the coalescer"
         await self.store.put(key, result)

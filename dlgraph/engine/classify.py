@@ -1,6 +1,8 @@
 """P(class | context) from the best the backend offers, chosen by its capabilities.
 
-* ``logprob``: the exact log-probability of every verbalizer after a space, summed per class;
+* ``logprob``: the exact log-probability of every verbalizer after a space, summed per class:
+  all in one `ContinuationsRequest` when the backend scores that many continuations in one
+  call (`Capabilities.continuations`), else one `LogprobRequest` per verbalizer;
 * ``top_logprobs``: each class's verbalizers among the first token's alternatives;
 * ``generate``: one greedy generation, mapped to a class.
 
@@ -14,13 +16,14 @@ looks like an answer. The request refuses such an answer from the backend
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import attrs
 
 from dlgraph._tasks import map_concurrently
 from dlgraph.backend import (
     Capabilities,
+    ContinuationsRequest,
     GenerateRequest,
     LogprobRequest,
     Phase,
@@ -43,23 +46,33 @@ class ClassQuery:
     phase: Phase
     priority: int
 
+    def continuations(self, targets: Sequence[str]) -> ContinuationsRequest:
+        """Every target after the context, in one request."""
+        return ContinuationsRequest(
+            self.context, targets, node=self.node, phase=self.phase, priority=self.priority
+        )
+
+    def logprob(self, target: str) -> LogprobRequest:
+        return LogprobRequest(
+            self.context, target, node=self.node, phase=self.phase, priority=self.priority
+        )
+
 
 async def _by_logprob(send: Send, query: ClassQuery, capabilities: Capabilities) -> list[float]:
     words = [(c, word) for c, spec in enumerate(query.classes) for word in verbalizers(spec)]
+    targets = [" " + word for _, word in words]
+    if capabilities.distribution_calls(len(words)) == 1:
+        values = await send(query.continuations(targets))
+        assert isinstance(values, tuple)
+        scores = list(values)
+    else:
 
-    async def score(pair: tuple[int, str]) -> float:
-        request = LogprobRequest(
-            query.context,
-            " " + pair[1],
-            node=query.node,
-            phase=query.phase,
-            priority=query.priority,
-        )
-        value = await send(request)
-        assert isinstance(value, float | int)
-        return float(value)
+        async def score(target: str) -> float:
+            value = await send(query.logprob(target))
+            assert isinstance(value, float | int)
+            return float(value)
 
-    scores = await map_concurrently(score, words)
+        scores = await map_concurrently(score, targets)
     return [
         logsumexp([s for (c, _), s in zip(words, scores, strict=True) if c == index] or [-math.inf])
         for index in range(len(query.classes))

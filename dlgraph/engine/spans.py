@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from dlgraph.engine.ledger import Ledger
     from dlgraph.engine.stage import Call
 
-AttributeValue = str | bool | int | float | Sequence[str]
+AttributeValue = str | bool | int | float | Sequence[str] | Sequence[float]
 
 
 class SpanNotes(Protocol):

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from dlgraph.backend import Backend, GenerateRequest, LogprobRequest, Request
+from dlgraph.backend import Backend, ContinuationsRequest, GenerateRequest, LogprobRequest, Request
 from dlgraph.engine.stage import Work, requests_of
 
 
-def prompt_text(request: Request) -> str:
+def prompt_tokens(backend: Backend, request: Request) -> int:
+    """The tokens a request puts before the model: several continuations share one context,
+    counted once."""
     if isinstance(request, GenerateRequest):
-        return request.prompt
+        return backend.count_tokens(request.prompt)
     if isinstance(request, LogprobRequest):
-        return request.context + request.target
-    return request.context
+        return backend.count_tokens(request.context + request.target)
+    if isinstance(request, ContinuationsRequest):
+        context = backend.count_tokens(request.context)
+        return context + sum(backend.count_tokens(text) for text in request.continuations)
+    return backend.count_tokens(request.context)
 
 
 def estimated_tokens(backend: Backend, work: Work) -> tuple[int, int]:
     """(prompt tokens, tokens reserved for the answer), as servers charge a request."""
     prompt = answer = 0
     for request in requests_of(work):
-        prompt += backend.count_tokens(prompt_text(request))
+        prompt += prompt_tokens(backend, request)
         answer += request.max_tokens if isinstance(request, GenerateRequest) else 0
     return prompt, answer

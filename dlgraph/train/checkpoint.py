@@ -4,12 +4,17 @@ A checkpoint is untrusted on load: after the checksum, every field is parsed and
 strictly as the code that wrote it (networks through `Network.from_json`, step records field
 by field, the random state by restoring it into a scratch generator), and the step numbers
 must run 1..step. Only a checkpoint that passes all of it is returned; nothing is half-loaded.
+
+Version 2 (written before runs kept the best network's per-example dev results) is read as it
+was written, field by field as strictly, without `best_results`: the run resuming it scores
+the best network on dev once to rebuild them, and its next save writes version 3.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 from collections.abc import Callable, Mapping
@@ -28,7 +33,12 @@ from dlgraph.train.options import TrainerOptions
 from dlgraph.train.records import StepRecord
 
 FORMAT = "dlgraph.checkpoint"
-VERSION = 2
+VERSION = 3
+WITHOUT_RESULTS = 2
+"""The version before `best_results`, still read (and rewritten as `VERSION` by the next save)."""
+OPTIONS_SINCE_VERSION_3 = ("stop_when_decided", "decision_confidence")
+"""Trainer options that came with version 3, so a version-2 checkpoint's fingerprint left them
+out: they decide how later steps score, not what a checkpoint holds, so any value resumes it."""
 FILENAME = "checkpoint.json"
 BEST_FILENAME = "best.json"
 """The best network so far, beside the checkpoint."""
@@ -53,13 +63,21 @@ class Checkpoint:
     best_score: float | None
     initial_score: float | None
     evaluations_since_best: int
+    best_results: list[float] | None
+    """The best network's metric score on each dev example, any finite number (their mean is
+    `best_score`; what a step's comparison is against); None read from a version-2
+    checkpoint, which did not keep them."""
     memory: Memory
     rng_state: tuple[Any, ...]
     history: list[StepRecord]
     """Every finished step's record, in order: the source of truth for the step log."""
     ledger: list[dict[str, Any]]
+    version: int = attrs.field(default=VERSION, kw_only=True)
+    """The format version it was read from (a written checkpoint is always `VERSION`)."""
 
     def to_json(self) -> dict[str, Any]:
+        if self.best_results is None:
+            raise ValueError("a checkpoint is written with the best network's dev results")
         version, internal, gauss = self.rng_state
         return {
             "step": self.step,
@@ -69,6 +87,7 @@ class Checkpoint:
             "best_score": self.best_score,
             "initial_score": self.initial_score,
             "evaluations_since_best": self.evaluations_since_best,
+            "best_results": self.best_results,
             "memory": self.memory.to_json(),
             "rng_state": [version, list(internal), gauss],
             "history": [record.to_json() for record in self.history],
@@ -97,18 +116,26 @@ class Checkpoint:
             raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({error})") from error
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise CheckpointError(f"{path}: not a dlgraph checkpoint")
-        if document.get("version") != VERSION:
+        version = document.get("version")
+        if version not in (VERSION, WITHOUT_RESULTS):
             raise CheckpointError(
-                f"{path}: checkpoint version {excerpt(document.get('version'))}, expected {VERSION}"
+                f"{path}: checkpoint version {excerpt(version)}, expected {VERSION} "
+                f"(or {WITHOUT_RESULTS}, which is upgraded)"
             )
         payload = document.get("payload")
         if not isinstance(payload, dict) or document.get("sha256") != _digest(payload):
             raise CheckpointError(f"{path}: checksum mismatch, the checkpoint is corrupt")
-        return cls.from_json(payload, path)
+        return cls.from_json(payload, path, VERSION if version == VERSION else WITHOUT_RESULTS)
 
     @classmethod
-    def from_json(cls, payload: Mapping[str, Any], path: Path) -> Checkpoint:
-        fields = {field.name for field in attrs.fields(cls)}
+    def from_json(
+        cls, payload: Mapping[str, Any], path: Path, version: int = VERSION
+    ) -> Checkpoint:
+        """The checkpoint a payload of format `version` holds; a version-2 payload has every
+        field but `best_results` (one that has it is as malformed as it always was)."""
+        fields = {field.name for field in attrs.fields(cls)} - {"version"}
+        if version == WITHOUT_RESULTS:
+            fields.discard("best_results")
         if set(payload) != fields:
             odd = sorted(set(payload) ^ fields)
             raise CheckpointError(
@@ -135,15 +162,23 @@ class Checkpoint:
                 "evaluations_since_best",
                 lambda: check_int("evaluations_since_best", payload["evaluations_since_best"], 0),
             ),
+            best_results=(
+                None
+                if version == WITHOUT_RESULTS
+                else _field(path, "best_results", lambda: _results(payload["best_results"]))
+            ),
             memory=_field(path, "memory", lambda: Memory.from_json(MEMORY_SIZE, payload["memory"])),
             rng_state=_field(path, "rng_state", lambda: _rng_state(payload["rng_state"])),
             history=history,
             ledger=_field(path, "ledger", lambda: _ledger(payload["ledger"])),
+            version=version,
         )
 
-    def check_fits(self, net: Network, options: TrainerOptions, path: Path) -> None:
+    def check_fits(self, net: Network, options: TrainerOptions, dev_size: int, path: Path) -> None:
         """CheckpointError unless this checkpoint could have been written by a run of `net`
-        under `options`: its networks have the run's structure, and what it counts stays
+        under `options` on a dev set of `dev_size` examples: its networks have the run's
+        structure, the best network's results (when it has them: version 3) cover the dev set
+        with best_score their mean (a comparison is decided against them), and what it counts stays
         within the run's settings (a crafted checkpoint could otherwise hold thousands of
         remembered parameters, each scored again at every step). The checksum proves
         nothing here: whoever edits a checkpoint can recompute it."""
@@ -169,6 +204,18 @@ class Checkpoint:
                 raise CheckpointError(
                     f"{path}: memory: node {excerpt(node_name)} remembers {count:,} parameters; "
                     f"this run remembers at most {options.memory_size} (memory_size)"
+                )
+        results = self.best_results
+        if results is not None and len(results) != dev_size:
+            raise CheckpointError(
+                f"{path}: best_results: {len(results):,} results for {dev_size:,} dev examples"
+            )
+        if self.best_score is not None and results:
+            mean = math.fsum(results) / len(results)
+            if not math.isclose(mean, self.best_score, rel_tol=1e-9, abs_tol=1e-12):
+                raise CheckpointError(
+                    f"{path}: best_results: their mean {mean:g} is not best_score "
+                    f"{self.best_score:g}"
                 )
         if self.evaluations_since_best > self.step:
             raise CheckpointError(
@@ -198,6 +245,14 @@ def _score(value: object) -> float | None:
     if value is None:
         return None
     return check_number("score", value)  # a metric's mean: any finite number
+
+
+def _results(value: object) -> list[float]:
+    """The best network's metric score on each dev example: each any finite number, as
+    `_score` reads their mean (a bool, text, NaN or an infinity is refused, naming its place)."""
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list of per-example scores, got {excerpt(value)}")
+    return [check_number(f"score [{index}]", each) for index, each in enumerate(value)]
 
 
 def _rng_state(value: object) -> tuple[Any, ...]:

@@ -9,7 +9,7 @@ values and the targets range over its own posterior candidates.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
@@ -19,6 +19,7 @@ from dlgraph.nodes import Parameter
 from dlgraph.train.candidates import shown_examples
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.posterior import posterior_size
+from dlgraph.train.race import Race
 from dlgraph.train.step import Probe, Scores, Sizes, StandIn, StepSetup, StepState
 from dlgraph.train.waves import Calls, Count, Wave, action, wave
 
@@ -96,33 +97,45 @@ class ScoreJob:
 
 
 def score_jobs(
-    terms: Sequence[Sequence[Term]], excluded: Sequence[frozenset[int]]
+    terms: Sequence[Sequence[Term]],
+    excluded: Sequence[frozenset[int]],
+    candidates: Iterable[int],
+    examples: Iterable[int],
 ) -> list[ScoreJob]:
-    """Every candidate's terms on every example but those its own demonstrations show
-    (scoring it there would reward copying)."""
+    """The candidates' terms on the examples but those a candidate's own demonstrations
+    show (scoring it there would reward copying)."""
+    chosen = list(examples)
     return [
         ScoreJob(c, i, term)
-        for c in range(len(excluded))
-        for i, example_terms in enumerate(terms)
+        for c in candidates
+        for i in chosen
         if i not in excluded[c]
-        for term in example_terms
+        for term in terms[i]
     ]
 
 
-def example_scores(
-    jobs: Sequence[ScoreJob],
-    weighted: Sequence[float],
-    excluded: Sequence[frozenset[int]],
-    examples: int,
-) -> list[list[float | None]]:
-    """For each candidate, each example's expected log-likelihood (the sum of its jobs'
-    weighted scores), or None for an example the candidate was not scored on."""
-    scores: list[list[float | None]] = [
-        [None if i in shown else 0.0 for i in range(examples)] for shown in excluded
-    ]
+def add_scores(
+    scores: list[list[float | None]], jobs: Sequence[ScoreJob], weighted: Sequence[float]
+) -> None:
+    """Add each job's weighted score to its candidate's score on its example (None until
+    the first of that example's terms is scored)."""
     for job, value in zip(jobs, weighted, strict=True):
         scores[job.candidate][job.example] = (scores[job.candidate][job.example] or 0.0) + value
-    return scores
+
+
+def utilities(
+    scores: Sequence[Sequence[float | None]], trust_region: float
+) -> list[list[float | None]]:
+    """Each candidate's per-example contribution to its ELBO: its score, less the trust
+    region's charge for what it loses against the current one (candidate 0) there."""
+    current = scores[0]
+    return [
+        [
+            s if s is None or c is None else s - trust_region * max(0.0, c - s)
+            for s, c in zip(candidate, current, strict=True)
+        ]
+        for candidate in scores
+    ]
 
 
 def elbo(scores: Sequence[Sequence[float | None]], trust_region: float) -> list[float]:
@@ -160,16 +173,21 @@ class ScorePhase:
         state.scored = dict(zip(names, scored, strict=True))
 
     async def _elbos(self, name: str, state: StepState) -> list[tuple[Parameter, float]]:
-        """Node `name`'s candidates with their ELBOs; the state keeps how many (example,
-        term) pairs each was scored on, which is what the step reports it sent."""
+        """Node `name`'s candidates still in the race at its end with their ELBOs (the
+        current one first, always scored in full); the state keeps how many (example, term)
+        pairs each could have been and was scored on, which is what the step reports."""
         setup = self.setup
         candidates = state.candidates[name]
         terms = expectation_terms(setup.net, name, state, setup.options.min_weight)
         excluded = [shown_examples(setup.net, name, c, state) for c in candidates]
-        jobs = score_jobs(terms, excluded)
-        state.score_counts[name] = [0] * len(candidates)
-        for job in jobs:
-            state.score_counts[name][job.candidate] += 1
+        trust = setup.options.trust_region if name in setup.net.output_nodes() else 0.0
+        race = Race.of(setup.options)
+        if not candidates:  # none fitted the context window
+            state.score_counts[name] = state.score_sent[name] = []
+            return []
+        scores: list[list[float | None]] = [[None] * state.examples for _ in candidates]
+        sent = [0] * len(candidates)
+        alive = list(range(len(candidates)))
 
         async def score(job: ScoreJob) -> float:
             term, parameter = job.term, candidates[job.candidate]
@@ -178,10 +196,20 @@ class ScorePhase:
             )
             return term.weight * loglik
 
-        weighted = await map_concurrently(score, jobs)
-        trust = setup.options.trust_region if name in setup.net.output_nodes() else 0.0
-        per_example = example_scores(jobs, weighted, excluded, state.examples)
-        return list(zip(candidates, elbo(per_example, trust), strict=True))
+        rounds = race.rounds(state.examples)
+        for number, examples in enumerate(rounds, 1):
+            jobs = score_jobs(terms, excluded, alive, examples)
+            add_scores(scores, jobs, await map_concurrently(score, jobs))
+            for job in jobs:
+                sent[job.candidate] += 1
+            halve = number < len(rounds)
+            alive = race.survivors(utilities(scores, trust), alive, halve=halve)
+        state.score_counts[name] = [0] * len(candidates)
+        for job in score_jobs(terms, excluded, range(len(candidates)), range(state.examples)):
+            state.score_counts[name][job.candidate] += 1
+        state.score_sent[name] = sent
+        elbos = elbo(scores, trust)
+        return [(candidates[c], elbos[c]) for c in alive]
 
     def waves(self, sizes: Sizes) -> list[Wave]:
         """Every trained node's scores together, on the forward engine."""

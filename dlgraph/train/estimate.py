@@ -8,33 +8,56 @@ step that evaluates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from dlgraph.backend import Capabilities
 from dlgraph.data.example import Example
 from dlgraph.graph import Graph
 from dlgraph.train.plan import Plan, forward_waves
+from dlgraph.train.race import Race
 from dlgraph.train.records import Estimate
 from dlgraph.train.run import Schedule
 from dlgraph.train.step import StepPhase, StepSetup
-from dlgraph.train.waves import Wave
+from dlgraph.train.waves import Wave, scaled
 
 
-def forward_pass(net: Graph, examples: int) -> list[Wave]:
-    """An evaluation outside the steps: a forward pass over `examples` inputs."""
-    return forward_waves(net, examples, "eval")
+def forward_pass(net: Graph, capabilities: Capabilities, examples: int) -> list[Wave]:
+    """An evaluation outside the steps: a forward pass over `examples` inputs, on a backend
+    that can do `capabilities`."""
+    return forward_waves(net, capabilities, examples, "eval")
+
+
+def step_waves(
+    phases: Sequence[StepPhase],
+    setup: StepSetup,
+    batch: int,
+    step: int,
+    dev_size: int,
+    evaluates: bool,
+) -> list[Wave]:
+    """Step `step`'s phases over its plan, and the comparison with the best network on dev
+    after it when it `evaluates`, as the prior expects them."""
+    waves = [each for phase in phases for each in phase.waves(Plan(setup, batch, step))]
+    if evaluates:
+        share = Race.of(setup.options).dev_share
+        waves += forward_waves(setup.net, setup.capabilities, dev_size, "eval", share)
+    return waves
 
 
 def run_waves(
-    phases: Sequence[StepPhase], setup: StepSetup, schedule: Schedule, batch: int, dev_size: int
+    phases: Sequence[StepPhase],
+    setup: StepSetup,
+    schedule: Schedule,
+    batch: int,
+    dev_size: int,
+    factors: Mapping[str, float],
 ) -> list[Wave]:
-    """Every step's phases over its plan, between the dev evaluations."""
-    evaluation = forward_pass(setup.net, dev_size)
-    waves = list(evaluation)
+    """The first dev evaluation, whole, then every step's waves, their expected calls scaled
+    by phase as the run so far went (`factors`; none before the run)."""
+    waves = forward_pass(setup.net, setup.capabilities, dev_size)
     for step in range(1, schedule.steps + 1):
-        plan = Plan(setup, batch, step)
-        waves += [each for phase in phases for each in phase.waves(plan)]
-        if schedule.evaluates_after(step):
-            waves += evaluation
+        evaluates = schedule.evaluates_after(step)
+        waves += scaled(step_waves(phases, setup, batch, step, dev_size, evaluates), factors)
     return waves
 
 
@@ -44,22 +67,27 @@ def estimate(
     schedule: Schedule,
     train: Sequence[Example],
     dev_size: int,
+    factors: Mapping[str, float] | None = None,
 ) -> Estimate:
-    """Upper bounds on calls and tokens (no cache hits, no pruning of light candidates); with
-    a separate backward engine its share is counted apart."""
+    """Upper bounds on calls and tokens (no cache hits, no pruning of light candidates, no
+    race or comparison stopped early), and the calls and tokens expected: the prior's (races
+    and comparisons stopping at the shares `dlgraph.train.race` states), scaled by phase by
+    `factors` (what a run sent so far over the prior, `Tally.factors`); with a separate
+    backward engine its share is counted apart."""
     batch = schedule.batch_size if not train else min(schedule.batch_size, len(train))
-    waves = tuple(run_waves(phases, setup, schedule, batch, dev_size))
-    forward = sum(w.calls for w in waves if not w.backward)
-    backward = sum(w.calls for w in waves if w.backward)
+    waves = tuple(run_waves(phases, setup, schedule, batch, dev_size, factors or {}))
     per_call, per_proposal = _tokens_per_call(setup, train, batch)
-    if setup.backward is setup.engine:
-        calls = forward + backward
-        return Estimate(calls=calls, tokens=calls * per_call, waves=waves)
+    one_engine = setup.backward is setup.engine
+    forward = [w for w in waves if one_engine or not w.backward]
+    backward = [w for w in waves if not one_engine and w.backward]
+    calls, expected = sum(w.calls for w in forward), sum(w.expected for w in forward)
     return Estimate(
-        calls=forward,
-        tokens=forward * per_call,
-        backward_calls=backward,
-        backward_tokens=backward * per_proposal,
+        calls=calls,
+        tokens=calls * per_call,
+        expected_calls=expected,
+        expected_tokens=expected * per_call,
+        backward_calls=sum(w.calls for w in backward),
+        backward_tokens=sum(w.calls for w in backward) * per_proposal,
         waves=waves,
     )
 

@@ -21,6 +21,7 @@ from dlgraph.errors import ConfigError
 from dlgraph.train.checkpoint import BEST_FILENAME, FILENAME
 
 RESULT = "result.json"
+BEFORE = "before.json"
 STEPS = "steps.jsonl"
 NETWORK = "network.json"
 CHECKPOINT = "checkpoint"
@@ -33,7 +34,7 @@ def journal_name(engine: str) -> str:
 
 
 RUN_FILES = frozenset(
-    {RESULT, STEPS, NETWORK, f"{CHECKPOINT}/{FILENAME}", f"{CHECKPOINT}/{BEST_FILENAME}"}
+    {RESULT, BEFORE, STEPS, NETWORK, f"{CHECKPOINT}/{FILENAME}", f"{CHECKPOINT}/{BEST_FILENAME}"}
     | {journal_name(engine) for engine in ENGINES}
 )
 
@@ -77,6 +78,12 @@ class RunFolder:
     @property
     def result(self) -> Path:
         return self.path / RESULT
+
+    @property
+    def before(self) -> Path:
+        """The network's scores before training, kept so that a resumed run does not
+        score them again."""
+        return self.path / BEFORE
 
     @property
     def network(self) -> Path:

@@ -18,6 +18,13 @@ def _optional_names(names: Iterable[str] | None) -> tuple[str, ...] | None:
     return None if names is None else strings(names, "trainable")
 
 
+def _below_one(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value >= 1:
+        raise ValueError(
+            f"{attribute.name}: must be below 1 (certainty needs every call), got {value}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class TrainerOptions:
     num_prompt_samples: int = attrs.field(default=10, validator=integer(1, MAX_COUNT))
@@ -53,6 +60,17 @@ class TrainerOptions:
         default="auto", validator=attrs.validators.in_(("auto", "logprob", "accuracy"))
     )
     """How a candidate prompt is scored: exact log-likelihood, or sampled accuracy."""
+    stop_when_decided: bool = attrs.field(default=True, validator=boolean)
+    """Stop scoring what is already decided: candidates are raced over the batch's examples
+    against the current parameter (always scored in full), and each step's dev evaluation
+    is a paired comparison with the best network that stops once it cannot win or is a
+    loser at `decision_confidence`. False: every candidate on every example and the whole
+    dev set after every step (full scoring: about three times the calls)."""
+    decision_confidence: float = attrs.field(
+        default=0.95, validator=[number(0.5, above=True), _below_one]
+    )
+    """One-sided confidence with which a race drops a candidate and a dev comparison
+    declares a loser (ignored under full scoring)."""
     seed: int = attrs.field(default=0, validator=integer())
 
     def to_json(self) -> dict[str, Any]:

@@ -14,24 +14,31 @@ import random
 
 import attrs
 
-from dlgraph.backend import Phase
+from dlgraph.backend import Capabilities, Phase
 from dlgraph.forward import forward, run_node
 from dlgraph.graph import Graph
 from dlgraph.train.candidates import Memory, other_candidates
 from dlgraph.train.elbo import ScorePhase, term_count
 from dlgraph.train.posterior import PosteriorPhase
 from dlgraph.train.proposals import Fits, ProposePhase
+from dlgraph.train.race import Race
 from dlgraph.train.step import Probe, Scores, Sizes, StandIn, StepPhase, StepSetup, StepState
 from dlgraph.train.waves import Calls, Count, Wave, action, wave
 
 
-def forward_waves(net: Graph, examples: int, phase: Phase) -> list[Wave]:
-    """A forward pass over `examples` inputs: one wave per depth (the calls a forward pass
-    sends together, deeper ones first under a rate limit), each node's runs on every input."""
+def forward_waves(
+    net: Graph, capabilities: Capabilities, examples: int, phase: Phase, share: float = 1.0
+) -> list[Wave]:
+    """A forward pass over `examples` inputs on a backend that can do `capabilities`: one
+    wave per depth (the calls a forward pass sends together, deeper ones first under a rate
+    limit), each node's runs on every input; a `share` of the inputs expected (a dev
+    comparison that stops once decided)."""
     depths: dict[int, list[Calls]] = {}
+    expected = round(examples * share)
     for name in net.topological_order():
-        cost = net.node(name).kind.run_cost()
-        calls = Calls(name, phase, action(cost), Count(examples * cost.calls))
+        cost = net.node(name).kind.run_cost(capabilities)
+        count = Count(examples * cost.calls, expected * cost.calls)
+        calls = Calls(name, phase, action(cost), count)
         depths.setdefault(net.depth(name), []).append(calls)
     return [each for depth in sorted(depths) for each in wave(False, depths[depth])]
 
@@ -48,7 +55,8 @@ class ForwardPhase:
         state.trace = await forward(self.setup.net, self.setup.engine, inputs)
 
     def waves(self, sizes: Sizes) -> list[Wave]:
-        return forward_waves(self.setup.net, sizes.examples, "forward")
+        setup = self.setup
+        return forward_waves(setup.net, setup.capabilities, sizes.examples, "forward")
 
     def probe(self, wave: Wave, stand_in: StandIn) -> Probe:
         """One run of the wave's first node, as the forward pass runs it."""
@@ -57,7 +65,7 @@ class ForwardPhase:
         async def one(tag: int) -> int:
             values = stand_in(tag).trace.values(0)
             await run_node(net, self.setup.engine_for(wave), name, values, phase="forward")
-            return net.node(name).kind.run_cost().calls
+            return net.node(name).kind.run_cost(self.setup.capabilities).calls
 
         return one
 
@@ -80,7 +88,8 @@ def step_phases(
 @attrs.frozen
 class Plan:
     """The sizes of step `step` (from 1) of a run, known before it: a batch of `examples`,
-    every candidate a node may have (at most) and those it will have by then (expected)."""
+    every candidate a node may have (at most) and those it will have by then, scored on the
+    share of the batch a race is expected to reach (expected)."""
 
     setup: StepSetup
     examples: int
@@ -91,4 +100,6 @@ class Plan:
         terms = term_count(setup.net, name, setup.options)
         has_demonstrations = bool(setup.net.node(name).demonstrations)
         others = other_candidates(setup.options, self.step, self.examples, has_demonstrations)
-        return Scores(Count(self.examples) * terms, others * terms)
+        share = Race.of(setup.options).expected_share(self.examples)
+        raced = Count(others.calls, round(others.expected * share))
+        return Scores(Count(self.examples) * terms, raced * terms)

@@ -142,17 +142,25 @@ class FitResult:
 
 @attrs.frozen
 class Estimate:
-    """Upper bounds on what a run will spend, computed before any call; with a separate
-    backward engine, `calls` and `tokens` are the forward engine's."""
+    """What a run will spend, computed before any call: upper bounds, and the calls and
+    tokens expected once races and dev comparisons stop when decided; with a separate
+    backward engine, `calls`, `tokens` and the expected ones are the forward engine's."""
 
     calls: int
     tokens: int
+    expected_calls: int = attrs.field(
+        default=attrs.Factory(lambda self: self.calls, takes_self=True)
+    )
+    expected_tokens: int = attrs.field(
+        default=attrs.Factory(lambda self: self.tokens, takes_self=True)
+    )
     backward_calls: int = 0
     backward_tokens: int = 0
     waves: tuple[Wave, ...] = attrs.field(default=(), repr=False, eq=False)
     """The run's calls as the trainer will send them, together in waves."""
     unknown: tuple[str, ...] = ()
-    """What the run spends that the estimate cannot know (an async metric's own calls)."""
+    """What the run spends that the estimate cannot know (an async metric's own calls):
+    left out of the upper bounds and the expected figures alike."""
 
     def seconds(self, pace: Pace) -> float:
         """The run's projected wall time at the measured pace (`VariationalTrainer.pace`)."""

@@ -7,6 +7,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import os
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,9 +25,19 @@ from dlgraph.evaluation import evaluate
 from dlgraph.metrics import DEFAULT, Metric
 from dlgraph.network import Network
 from dlgraph.train.candidates import Memory
-from dlgraph.train.checkpoint import BEST_FILENAME, FILENAME, Checkpoint
+from dlgraph.train.checkpoint import (
+    BEST_FILENAME,
+    FILENAME,
+    OPTIONS_SINCE_VERSION_3,
+    VERSION,
+    WITHOUT_RESULTS,
+    Checkpoint,
+)
+from dlgraph.train.compare import Comparison, Key, Referee, Results, network_key
 from dlgraph.train.options import TrainerOptions
+from dlgraph.train.race import Tally
 from dlgraph.train.records import FitResult, StepOutcome, StepRecord
+from dlgraph.train.waves import Wave, by_phase
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +83,13 @@ class Learner(Protocol):
     rng: random.Random
     memory: Memory
     steps_done: int
+    tally: Tally
 
     @property
     def engines(self) -> list[Engine]: ...
 
     def check_data(self, train: Sequence[Example], dev: Sequence[Example]) -> None: ...
+    def planned(self, step: int, batch: int, dev_size: int, evaluates: bool) -> list[Wave]: ...
     async def step(self, batch: Sequence[Example]) -> StepOutcome: ...
     def apply(self, outcome: StepOutcome) -> None: ...
 
@@ -99,15 +112,25 @@ class Training:
     best_score: float | None = attrs.field(default=None, init=False)
     initial_score: float | None = attrs.field(default=None, init=False)
     evaluations_since_best: int = attrs.field(default=0, init=False)
+    incumbent: list[float] | None = attrs.field(factory=list, init=False)
+    """The best network's metric score on each dev example (their mean is `best_score`);
+    None after resuming a version-2 checkpoint, until the next step rebuilds them."""
+    known: dict[Key, Results] = attrs.field(factory=dict, init=False)
+    """Every network's dev results this process scored, so that none is scored twice."""
 
-    def fingerprint(self) -> str:
-        """Identifies a run's setup: structure (not prompts), options, data and batch size."""
+    def fingerprint(self, version: int = VERSION) -> str:
+        """Identifies a run's setup: structure (not prompts), options, data and batch size, as
+        a checkpoint of format `version` states it (version 2 knew fewer options)."""
         structure = self.trainer.net.to_json()
         for node in structure["nodes"]:
             node.pop("prompt")
+        options = self.trainer.options.to_json()
+        if version == WITHOUT_RESULTS:
+            for name in OPTIONS_SINCE_VERSION_3:
+                del options[name]
         setup = {
             "network": structure,
-            "options": self.trainer.options.to_json(),
+            "options": options,
             "batch_size": self.schedule.batch_size,
             "train": [[e.input, e.target] for e in self.train],
             "dev": [[e.input, e.target] for e in self.dev],
@@ -126,15 +149,18 @@ class Training:
         try:
             if not await self._resume(fingerprint):
                 self.best = trainer.net.copy()  # kept even if the budget ends the first evaluation
-                self.initial_score = await evaluate(
-                    trainer.net, trainer.engine, self.dev, metric=self.metric
-                )
+                score = await evaluate(trainer.net, trainer.engine, self.dev, metric=self.metric)
+                self.incumbent = list(score.per_example)
+                self.known[network_key(trainer.net)] = dict(enumerate(self.incumbent))
+                self.initial_score = float(score)
                 self.best_score = self.initial_score
             while trainer.steps_done < self.schedule.steps:
                 patience = self.schedule.patience
                 if patience is not None and self.evaluations_since_best >= patience:
                     stopped = "early_stopping"
                     break
+                if self.incumbent is None:
+                    await self._rebuild_incumbent()
                 record = await self._traced_step()
                 self._save(fingerprint)
                 self._log(record)
@@ -169,25 +195,34 @@ class Training:
     async def _one_step(self) -> StepRecord:
         """Run, apply and evaluate one step; on any error nothing of it is kept."""
         trainer = self.trainer
-        before = _spent(trainer)
+        before, phases_before = _spent(trainer), _by_phase(trainer)
         rng_state = trainer.rng.getstate()
         try:
             batch = trainer.rng.sample(self.train, min(self.schedule.batch_size, len(self.train)))
-            outcome = await trainer.step(batch)
             number = trainer.steps_done + 1
-            dev_score = None
-            if self.schedule.evaluates_after(number):
+            evaluates = self.schedule.evaluates_after(number)
+            planned = trainer.planned(number, len(batch), len(self.dev), evaluates)
+            outcome = await trainer.step(batch)
+            comparison = None
+            if evaluates:
                 candidate = trainer.net.copy()
                 for name, parameter in outcome.parameters.items():
                     candidate.set_parameter(name, parameter)
-                dev_score = await evaluate(candidate, trainer.engine, self.dev, metric=self.metric)
+                comparison = await self._compare(candidate)
         except BaseException:
             trainer.rng.setstate(rng_state)
             raise
         trainer.apply(outcome)
         trainer.steps_done = number
-        if dev_score is not None:
-            self._consider(dev_score)
+        sent = _by_phase(trainer)
+        trainer.tally.add(
+            {phase: calls - phases_before.get(phase, 0) for phase, calls in sent.items()},
+            {phase: count.expected for phase, count in by_phase(planned).items()},
+        )
+        dev_score = None
+        if comparison is not None:
+            self._consider(comparison)
+            dev_score = comparison.score
         spent = _spent(trainer)
         record = StepRecord(
             step=number,
@@ -207,9 +242,61 @@ class Training:
         self.history.append(record)
         return record
 
-    def _consider(self, dev_score: float) -> None:
-        if self.best_score is None or dev_score > self.best_score:
-            self.best, self.best_score = self.trainer.net.copy(), dev_score
+    async def _rebuild_incumbent(self) -> None:
+        """The best network's per-example dev results, which a version-2 checkpoint did not
+        keep: one dev evaluation (phase ``eval``, counted like any), before the first step
+        after resuming it; the next save writes them (version 3). Its mean becomes the best
+        score, which the comparisons are against (a backend that no longer answers as it did
+        moves it; logged)."""
+        assert self.best is not None
+        score = await evaluate(self.best, self.trainer.engine, self.dev, metric=self.metric)
+        if self.best_score is not None and not math.isclose(
+            score, self.best_score, rel_tol=1e-9, abs_tol=1e-12
+        ):
+            logger.warning(
+                "the best network scores %g on dev now, %g when the checkpoint was written; "
+                "later steps are compared with %g",
+                score,
+                self.best_score,
+                score,
+            )
+        self.incumbent = list(score.per_example)
+        self.known[network_key(self.best)] = dict(enumerate(self.incumbent))
+        self.best_score = float(score)
+
+    async def _compare(self, candidate: Network) -> Comparison:
+        """The step's dev evaluation: `candidate` against the best network so far under the
+        run's metric, stopped once settled (`dlgraph.train.compare`); what it scored is kept
+        and tallied."""
+        trainer = self.trainer
+        assert self.incumbent is not None, "rebuilt before the step"
+        key = network_key(candidate)
+        with trainer.engine.tracer.span("evaluate", examples=len(self.dev)) as span:
+            comparison = await Referee.of(trainer.options, self.metric).compare(
+                candidate,
+                trainer.engine,
+                self.dev,
+                self.order,
+                self.incumbent,
+                self.known.get(key, {}),
+            )
+            span.set("score", comparison.score)
+            span.set("scored", comparison.scored)
+        self.known[key] = comparison.results
+        return comparison
+
+    @property
+    def order(self) -> list[int]:
+        """The dev examples in the order comparisons score them: shuffled once per run (a
+        dev file sorted by class would otherwise settle nothing until its end)."""
+        order = list(range(len(self.dev)))
+        random.Random(self.trainer.options.seed).shuffle(order)
+        return order
+
+    def _consider(self, comparison: Comparison) -> None:
+        if comparison.is_better:
+            self.best, self.best_score = self.trainer.net.copy(), comparison.score
+            self.incumbent = [comparison.results[i] for i in range(len(self.dev))]
             self.evaluations_since_best = 0
         else:
             self.evaluations_since_best += 1
@@ -255,7 +342,7 @@ class Training:
         if self.checkpoint_dir is None:
             return
         trainer = self.trainer
-        assert self.best is not None
+        assert self.best is not None and self.incumbent is not None
         Checkpoint(
             step=trainer.steps_done,
             fingerprint=fingerprint,
@@ -264,6 +351,7 @@ class Training:
             best_score=self.best_score,
             initial_score=self.initial_score,
             evaluations_since_best=self.evaluations_since_best,
+            best_results=list(self.incumbent),
             memory=trainer.memory,
             rng_state=trainer.rng.getstate(),
             history=list(self.history),
@@ -278,6 +366,8 @@ class Training:
         checkpoint = Checkpoint.read(self.checkpoint_dir)
         if checkpoint is None:
             return False
+        if checkpoint.version != VERSION:
+            fingerprint = self.fingerprint(checkpoint.version)
         if checkpoint.fingerprint != fingerprint:
             raise CheckpointError(
                 f"{Path(self.checkpoint_dir) / FILENAME}: written for another setup "
@@ -285,7 +375,9 @@ class Training:
                 "use a new checkpoint_dir or the original setup"
             )
         trainer = self.trainer
-        checkpoint.check_fits(trainer.net, trainer.options, Path(self.checkpoint_dir) / FILENAME)
+        checkpoint.check_fits(
+            trainer.net, trainer.options, len(self.dev), Path(self.checkpoint_dir) / FILENAME
+        )
         for name, parameter in checkpoint.network.parameters().items():
             trainer.net.set_parameter(name, parameter)
         trainer.memory = checkpoint.memory
@@ -296,7 +388,14 @@ class Training:
         self.best, self.best_score = checkpoint.best_network, checkpoint.best_score
         self.initial_score = checkpoint.initial_score
         self.evaluations_since_best = checkpoint.evaluations_since_best
-        logger.info("resumed from step %d", checkpoint.step)
+        if checkpoint.best_results is None:
+            self.incumbent = None  # rebuilt before the next step (`_rebuild_incumbent`)
+        else:
+            self.incumbent = list(checkpoint.best_results)
+            self.known[network_key(checkpoint.best_network)] = dict(enumerate(self.incumbent))
+        logger.info(
+            "resumed from step %d (checkpoint version %d)", checkpoint.step, checkpoint.version
+        )
         await self._replay_log()
         return True
 
@@ -320,6 +419,15 @@ def _make_folder(what: str, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CheckpointError(f"{what} {folder}: cannot be made ({error.strerror})") from None
+
+
+def _by_phase(trainer: Learner) -> dict[str, int]:
+    """The calls the trainer's engines made so far, by phase."""
+    calls: dict[str, int] = {}
+    for engine in trainer.engines:
+        for phase, usage in engine.statistics().by_phase().items():
+            calls[phase] = calls.get(phase, 0) + usage.calls
+    return calls
 
 
 def _spent(trainer: Learner) -> Usage:

@@ -65,7 +65,7 @@ class LogprobScorer(Scorer):
         return await node.loglik(parents, target, call)
 
     def cost(self, kind: Kind) -> Cost:
-        return kind.score_cost()
+        return kind.score_cost(self.engine.backend.capabilities)
 
     def repeats_run(self, kind: Kind) -> bool:
         return kind.score_repeats_run
@@ -82,7 +82,7 @@ class AccuracyScorer(Scorer):
         return 0.0 if node.kind.is_correct(output.text, target) else LOG_FLOOR
 
     def cost(self, kind: Kind) -> Cost:
-        return kind.run_cost()
+        return kind.run_cost(self.engine.backend.capabilities)
 
     def repeats_run(self, kind: Kind) -> bool:
         return True

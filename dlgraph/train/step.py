@@ -13,6 +13,7 @@ from typing import Protocol
 
 import attrs
 
+from dlgraph.backend import Capabilities
 from dlgraph.data.example import Example
 from dlgraph.engine import Engine
 from dlgraph.forward import Trace
@@ -40,6 +41,11 @@ class StepSetup:
 
     def engine_for(self, wave: Wave) -> Engine:
         return self.backward if wave.backward else self.engine
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the forward engine's backend can do: how many calls a node's run sends."""
+        return self.engine.backend.capabilities
 
     @property
     def cached(self) -> bool:
@@ -85,7 +91,9 @@ class StepState:
     scored: dict[str, list[tuple[Parameter, float]]] = attrs.field(factory=dict)
     """Per trained node, every candidate with its ELBO (the current one first)."""
     score_counts: dict[str, list[int]] = attrs.field(factory=dict)
-    """Per trained node, the (example, term) pairs scored for each candidate."""
+    """Per trained node, the (example, term) pairs each candidate could be scored on."""
+    score_sent: dict[str, list[int]] = attrs.field(factory=dict)
+    """Per trained node, those each candidate was scored on (fewer once a race drops it)."""
 
     @property
     def examples(self) -> int:
@@ -93,7 +101,8 @@ class StepState:
 
     def scores(self, name: str) -> Scores:
         current, *others = self.score_counts[name] or [0]  # none: no candidate fitted
-        return Scores(Count(current), Count(sum(others)))
+        _, *others_sent = self.score_sent[name] or [0]
+        return Scores(Count(current), Count(sum(others), sum(others_sent)))
 
 
 @attrs.frozen

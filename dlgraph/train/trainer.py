@@ -27,10 +27,11 @@ from dlgraph.metrics import MetricLike, resolve_metric
 from dlgraph.network import Network
 from dlgraph.nodes import Parameter
 from dlgraph.train.candidates import Memory
-from dlgraph.train.estimate import estimate
+from dlgraph.train.estimate import estimate, step_waves
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.pace import Pace, measure_pace
 from dlgraph.train.plan import step_phases
+from dlgraph.train.race import Tally
 from dlgraph.train.records import Estimate, FitResult, StepOutcome
 from dlgraph.train.run import Schedule, StepCallback, Training
 from dlgraph.train.scorers import AccuracyScorer, LogprobScorer, Scorer
@@ -71,6 +72,7 @@ class VariationalTrainer:
         self.rng = random.Random(self.options.seed)
         self.memory = Memory(self.options.memory_size)
         self.steps_done = 0
+        self.tally = Tally()
 
     @property
     def engines(self) -> list[Engine]:
@@ -229,15 +231,24 @@ class VariationalTrainer:
         *,
         metric: MetricLike = None,
     ) -> Estimate:
-        """Upper bounds on calls and tokens for a run (no cache hits, no pruning); an async
-        `metric` may call models of its own, which the estimate says it does not know."""
+        """Upper bounds on calls and tokens for a run (no cache hits, no pruning, no early
+        stops), and the calls and tokens expected: the prior's, scaled by phase as this
+        trainer's steps so far went (`tally`). An async `metric` may call models of its
+        own, which neither figure counts and the estimate names in `unknown`."""
         chosen = resolve_metric(metric)
         schedule = Schedule(steps=steps, batch_size=batch_size, eval_every=eval_every)
         setup = self._setup()
-        found = estimate(self._phases(setup), setup, schedule, train, dev_size)
+        factors = self.tally.factors()
+        found = estimate(self._phases(setup), setup, schedule, train, dev_size, factors)
         if not chosen.is_async:
             return found
         return attrs.evolve(found, unknown=(f"the calls of the async metric {chosen.name!r}",))
+
+    def planned(self, step: int, batch: int, dev_size: int, evaluates: bool) -> list[Wave]:
+        """What the prior expects step `step` (from 1) and its dev comparison to send, which
+        the run's `tally` holds its calls against."""
+        setup = self._setup()
+        return step_waves(self._phases(setup), setup, batch, step, dev_size, evaluates)
 
     async def pace(self, examples: Sequence[Example], batch_size: int = 20) -> Pace:
         """Time a few calls of each action the run's waves hold, on each engine, so that

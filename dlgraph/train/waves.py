@@ -18,7 +18,7 @@ says so by the gap between the two.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Literal, get_args
 
 import attrs
@@ -99,3 +99,25 @@ def by_key(waves: Iterable[Wave]) -> dict[tuple[str, str], Count]:
             key = (part.node, part.phase)
             counts[key] = counts.get(key, NONE) + part.count
     return counts
+
+
+def by_phase(waves: Iterable[Wave]) -> dict[str, Count]:
+    """The waves' calls by phase."""
+    counts: dict[str, Count] = {}
+    for (_, phase), count in by_key(waves).items():
+        counts[phase] = counts.get(phase, NONE) + count
+    return counts
+
+
+def scaled(waves: Iterable[Wave], factors: Mapping[str, float]) -> list[Wave]:
+    """The waves with each part's expected calls scaled by its phase's factor (what a run
+    sent so far over what was expected of it), never above its calls at most."""
+    rescaled = []
+    for each in waves:
+        parts = []
+        for part in each.parts:
+            expected = round(part.count.expected * factors.get(part.phase, 1.0))
+            count = Count(part.count.calls, min(part.count.calls, expected))
+            parts.append(attrs.evolve(part, count=count))
+        rescaled += wave(each.backward, parts)
+    return rescaled

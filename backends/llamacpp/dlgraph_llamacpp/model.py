@@ -21,6 +21,7 @@ import anyio.to_thread
 import attrs
 
 import dlgraph as dg
+from dlgraph import plugin
 from dlgraph_llamacpp.batching import Scheduler
 from dlgraph_llamacpp.evaluator import PrefixEvaluator
 from dlgraph_llamacpp.guard import ExtraBuffers, Verdict, decide
@@ -52,6 +53,10 @@ def _auto_or_boolean(instance: object, attribute: attrs.Attribute[Any], value: o
         raise TypeError(f'{attribute.name}: expected "auto", true or false, got {value!r}')
 
 
+def _continuations(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    plugin.check_int(attribute.name, value, 0, plugin.MAX_CONTINUATIONS)
+
+
 @attrs.define(eq=False, slots=False)
 class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
     """A GGUF model in this process (Gemma 3 270M by default).
@@ -79,6 +84,10 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
     batching: bool = attrs.field(default=True, validator=_boolean)
     deterministic: bool = attrs.field(default=False, validator=_boolean)
     extra_buffers: ExtraBuffers = attrs.field(default="auto", validator=_auto_or_boolean)
+    max_continuations: int = attrs.field(default=plugin.MAX_CONTINUATIONS, validator=_continuations)
+    """The most verbalizers one call scores after one evaluated context
+    (`ContinuationsRequest`); 0: one log-probability call per verbalizer, the scoring measured
+    before one-call classes (the prefix is still shared in the KV cache, the calls are not)."""
     verdict: Verdict | None = attrs.field(default=None, init=False)
     """Whether extra buffer types are in use, and why; known once the model is loaded."""
     _native: NativeModel | None = attrs.field(default=None, init=False, repr=False)
@@ -97,6 +106,7 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
             max_batch=1,
             max_concurrency=None if self.batching else 1,
             context_window=self.context_size,
+            continuations=self.max_continuations,
         )
 
     @property
@@ -252,6 +262,30 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
         self._check_length(len(context) + len(target))
         return await self.scheduler.logprob(context, target, priority=request.priority)
 
+    async def continuations(self, request: dg.ContinuationsRequest) -> tuple[float, ...]:
+        """Each continuation's log-probability after the context, the context evaluated once:
+        the scheduler answers a one-token continuation from the row kept where the context
+        ends, and a longer one shares the context's cells (the serial path keeps them)."""
+        if not self.batching:
+            return await anyio.to_thread.run_sync(
+                self._serial_continuations, request, limiter=self._serial
+            )
+        context = self.tokenize(request.context, add_bos=True)
+        targets = [self.tokenize(text, add_bos=False) for text in request.continuations]
+        self._check_length(len(context) + max(len(target) for target in targets))
+        values = [0.0] * len(targets)
+
+        async def score(index: int) -> None:
+            if targets[index]:
+                values[index] = await self.scheduler.logprob(
+                    context, targets[index], priority=request.priority
+                )
+
+        async with anyio.create_task_group() as group:
+            for index in range(len(targets)):
+                group.start_soon(score, index)
+        return tuple(values)
+
     async def generate(self, request: dg.GenerateRequest) -> str:
         if not self.batching:
             return await anyio.to_thread.run_sync(
@@ -275,6 +309,14 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
             return 0.0
         self._check_length(len(context) + len(target))
         return self.evaluator.target_logprob(context, target)
+
+    def _serial_continuations(self, request: dg.ContinuationsRequest) -> tuple[float, ...]:
+        context = self.tokenize(request.context, add_bos=True)
+        targets = [self.tokenize(text, add_bos=False) for text in request.continuations]
+        self._check_length(len(context) + max(len(target) for target in targets))
+        return tuple(
+            self.evaluator.target_logprob(context, target) if target else 0.0 for target in targets
+        )
 
     def _serial_generate(self, request: dg.GenerateRequest) -> str:
         self._check_length(len(self.tokenize(request.prompt, add_bos=True)) + request.max_tokens)

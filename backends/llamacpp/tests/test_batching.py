@@ -343,3 +343,30 @@ def test_threads_follow_the_allowed_cores_and_give_up_one_another_process_keeps_
     finally:
         hog.kill()
         hog.wait()
+
+
+async def test_continuations_of_one_context_equal_separate_logprob_calls_on_the_real_model() -> (
+    None
+):
+    """A class distribution in one call (`ContinuationsRequest`): the context evaluated once,
+    each continuation's value what a `logprob` call of its own returns, batched or serial."""
+    context = "Is this tweet positive, negative or neutral?\nTweet: my flight was cancelled again.\nAnswer:"
+    texts = (" positive", " Positive", " negative", " Negative", " neutral", " not sure at all")
+    request = dg.ContinuationsRequest(context, texts)
+    async with batched() as model:
+        assert model.capabilities.continuations >= len(texts)
+        joint = await model.continuations(request)
+        evaluated = model.scheduler.statistics().evaluated_tokens
+        length = len(model.tokenize(context, add_bos=True))
+    async with batched() as model:
+        separate = [await model.logprob(dg.LogprobRequest(context, t)) for t in texts]
+    async with LlamaCppModel(n_ctx=256, batching=False) as serial:
+        serial_joint = await serial.continuations(request)
+        alone = [await serial.logprob(dg.LogprobRequest(context, t)) for t in texts]
+    assert evaluated < 2 * length  # the context once, then only the longer continuation
+    assert joint == pytest.approx(separate, abs=1e-4)
+    assert serial_joint == pytest.approx(alone, abs=1e-5)
+    # one-token continuations read the same row either way; a longer one is decoded in
+    # batches of another shape by the two paths (a difference of the paths, not of the call)
+    assert joint[:5] == pytest.approx(alone[:5], abs=1e-3)
+    assert len(set(joint)) == len(texts)  # each its own value, none a neighbour's

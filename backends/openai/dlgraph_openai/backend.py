@@ -75,6 +75,13 @@ class OpenAIBackend(dg.Backend):
     timeout_s: float = 60.0
     max_batch: int | None = None
     """Prompts per request when coalescing (default: the profile's)."""
+    max_continuations: int | None = attrs.field(
+        default=None, validator=plugin.integer(0, plugin.MAX_CONTINUATIONS)
+    )
+    """The most verbalizers one request scores together (`ContinuationsRequest`). Default: a
+    request's prompts, where the profile echoes several (vllm, openai, azure, sim); lower only
+    (a profile that cannot echo several takes none); 0: one log-probability request per
+    verbalizer, the scoring measured before one-call classes."""
     connections: int = 256
     tokenizer: Callable[[str], int] | None = None
     """Counts tokens as the server does (e.g. with tiktoken), for rate limits and budgets;
@@ -116,11 +123,17 @@ class OpenAIBackend(dg.Backend):
     @property
     def capabilities(self) -> dg.Capabilities:  # type: ignore[override]
         completions = self.api == "completions"
+        max_batch = (self.max_batch or self.profile.max_batch) if completions else 1
+        echo = completions and self.profile.echo_logprobs
+        several = min(max_batch, plugin.MAX_CONTINUATIONS) if echo and max_batch > 1 else 0
+        if self.max_continuations is not None:
+            several = min(several, self.max_continuations)
         return dg.Capabilities(
             exact_logprobs=completions
             and (self.profile.echo_logprobs or self.profile.prompt_logprobs),
             top_logprobs=self.profile.top_logprobs,
-            max_batch=(self.max_batch or self.profile.max_batch) if completions else 1,
+            max_batch=max_batch,
+            continuations=several,
             context_window=self.context_window
             or self.profile.context_window
             or self._served_window,
@@ -346,6 +359,15 @@ class OpenAIBackend(dg.Backend):
                     )
                 ]
             )
+
+    @_scrubbing
+    async def continuations(self, request: dg.ContinuationsRequest) -> dg.Answer[list[float]]:
+        """Several continuations of one context as one echo request of several prompts (the
+        context repeated in each: the server charges it each time, and a server with prefix
+        caching, as vLLM, evaluates it once)."""
+        return await self.logprob_batch(
+            [dg.LogprobRequest(request.context, text) for text in request.continuations]
+        )
 
     @_scrubbing
     async def top_logprobs(self, request: dg.TopLogprobsRequest) -> dg.Answer[dict[str, float]]:

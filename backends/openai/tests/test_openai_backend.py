@@ -319,6 +319,64 @@ async def test_logprob_requests_are_coalesced_into_one_echo_request() -> None:
     assert server.count() - sent == 1 and len(server.attempts[-1].prompts) == 3
 
 
+async def test_a_class_distribution_is_one_echo_request_of_every_verbalizer() -> None:
+    """A profile with echo and several prompts per request (vLLM's, the simulated server's)
+    scores a class distribution in one request; its values are the single logprobs'."""
+    classes = ["yes|Yes", "no|No"]
+    async with SimServer(ServerConfig(api_key=KEY)) as server:
+        async with dg.Engine(backend(server)) as engine:
+            assert engine.backend.capabilities.continuations == 64
+            joint = await engine.classify("Is the sky blue? Answer:", classes)
+        assert server.count() == 1 and len(server.attempts[-1].prompts) == 4
+        async with dg.Engine(backend(server, max_batch=1)) as engine:
+            assert engine.backend.capabilities.continuations == 0
+            separate = await engine.classify("Is the sky blue? Answer:", classes)
+    assert server.count() == 1 + 4
+    assert joint == pytest.approx(separate, abs=1e-9)
+
+
+async def test_max_continuations_0_scores_each_verbalizer_in_a_request_of_its_own() -> None:
+    """The scoring of runs before one-call classes, for comparing with them: only the class
+    distribution changes (`max_batch`, and so coalescing, stay the profile's)."""
+    classes = ["yes|Yes", "no|No"]
+    async with SimServer(ServerConfig(api_key=KEY)) as server:
+        async with dg.Engine(backend(server, max_continuations=0)) as engine:
+            capabilities = engine.backend.capabilities
+            assert (capabilities.continuations, capabilities.max_batch) == (0, 64)
+            separate = await engine.classify("Is the sky blue? Answer:", classes)
+            assert engine.statistics().total.calls == 4
+        async with dg.Engine(backend(server)) as engine:
+            joint = await engine.classify("Is the sky blue? Answer:", classes)
+            assert engine.statistics().total.calls == 1
+    assert joint == pytest.approx(separate, abs=1e-9)
+
+
+def test_max_continuations_lowers_what_the_profile_allows_never_raises_it() -> None:
+    def continuations(profile: str, value: int) -> int:
+        chosen = OpenAIBackend(
+            "m", base_url="http://127.0.0.1:1/v1", profile=profile, max_continuations=value
+        )
+        return chosen.capabilities.continuations
+
+    assert continuations("vllm", 8) == 8 and continuations("vllm", 200) == 64
+    assert continuations("llamacpp", 8) == 0
+
+
+@pytest.mark.parametrize("value", [-1, 257, True, "8"])
+def test_a_max_continuations_that_is_no_count_is_refused(value: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="max_continuations"):
+        OpenAIBackend("m", profile="vllm", max_continuations=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("profile", ["llamacpp", "llama-cpp-python", "ollama"])
+def test_a_profile_without_several_echoed_prompts_per_request_scores_no_continuations(
+    profile: str,
+) -> None:
+    chosen = OpenAIBackend("m", base_url="http://127.0.0.1:1/v1", profile=profile)
+    assert chosen.capabilities.continuations == 0
+    assert OpenAIBackend("m", profile="vllm").capabilities.continuations == 64
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [

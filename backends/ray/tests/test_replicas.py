@@ -10,6 +10,7 @@ import anyio
 import pytest
 import ray
 from dlgraph_ray import ReplicaPool
+from dlgraph_sim import ScriptedModel
 from dlgraph_sim.server import ServerConfig, ServerProcess
 
 import dlgraph as dg
@@ -115,6 +116,27 @@ async def test_a_replicas_answer_brings_the_servers_token_counts_to_the_engine()
         async with dg.Engine(backend, cache=False) as engine:
             await engine.generate("a b c d e f", max_tokens=2)
     assert engine.statistics().total.tokens_in == 6
+
+
+async def test_a_class_distribution_in_one_call_is_forwarded_whole_to_a_replica() -> None:
+    """The pool states the replica's capability and sends the continuations request as one
+    unit of work; the values are the replica backend's."""
+    backend = dg.connect(
+        "ray",
+        backend="sim",
+        replicas=1,
+        num_cpus=0.5,
+        capabilities=dg.Capabilities(continuations=8),
+    )
+    assert backend.capabilities.continuations == 8
+    async with dg.Engine(backend, cache=False) as engine:
+        distribution = await engine.classify("Is it so? Answer:", ["yes|Yes", "no"])
+        assert engine.statistics().total.calls == 1
+    local = ScriptedModel(capabilities=dg.Capabilities(continuations=8))
+    async with dg.Engine(local) as engine:
+        assert distribution == pytest.approx(
+            await engine.classify("Is it so? Answer:", ["yes|Yes", "no"])
+        )
 
 
 @pytest.mark.parametrize(

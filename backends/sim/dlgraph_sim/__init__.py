@@ -2,7 +2,9 @@
 
 ``ScriptedModel(generate=fn, logprob=fn)`` answers each request with what the functions say,
 can wait a given latency and raise scripted failures, and records every call with its start
-and end time so that tests can count and order calls.
+and end time so that tests can count and order calls. Given
+``capabilities=dg.Capabilities(continuations=n)``, it scores several continuations of one
+context in one call, each as `logprob` scores it alone.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ __all__ = ["CallRecord", "ScriptedModel", "stable_random"]
 
 GenerateRule = Callable[[dg.GenerateRequest], str]
 LogprobRule = Callable[[dg.LogprobRequest], float]
-FaultRule = Callable[[dg.GenerateRequest | dg.LogprobRequest, int], Exception | None]
+ScriptedRequest = dg.GenerateRequest | dg.LogprobRequest | dg.ContinuationsRequest
+FaultRule = Callable[[ScriptedRequest, int], Exception | None]
 
 
 def stable_random(*parts: object) -> float:
@@ -56,10 +59,10 @@ def _as_rule(rule: GenerateRule | Mapping[str, str]) -> GenerateRule:
 
 @attrs.frozen
 class CallRecord:
-    request: dg.GenerateRequest | dg.LogprobRequest
+    request: ScriptedRequest
     started: float
     finished: float
-    result: str | float | None
+    result: str | float | tuple[float, ...] | None
 
 
 @attrs.define(eq=False)
@@ -85,7 +88,8 @@ class ScriptedModel(dg.Backend):
         return f"sim:{self.name}"
 
     def count(self, kind: str = "", node: str | None = None, phase: str | None = None) -> int:
-        """How many calls match: kind ``generate`` / ``logprob``, node and phase."""
+        """How many calls match: kind ``generate`` / ``logprob`` (every scoring call, one or
+        several continuations), node and phase."""
         return sum(
             1
             for record in self.calls
@@ -114,6 +118,33 @@ class ScriptedModel(dg.Backend):
 
     async def logprob(self, request: dg.LogprobRequest) -> float:
         return float(await self._answer(request, self.logprob_rule))
+
+    async def continuations(self, request: dg.ContinuationsRequest) -> tuple[float, ...]:
+        """One call: each continuation as `logprob` scores it alone (same node and phase)."""
+        if len(request.continuations) > self.capabilities.continuations:
+            raise dg.RequestRejected(
+                f"{self.identity}: {len(request.continuations)} continuations in one call, "
+                f"{self.capabilities.continuations} at most"
+            )
+
+        def rule(asked: dg.ContinuationsRequest) -> tuple[float, ...]:
+            return tuple(
+                float(
+                    self.logprob_rule(
+                        dg.LogprobRequest(
+                            asked.context,
+                            text,
+                            node=asked.node,
+                            phase=asked.phase,
+                            priority=asked.priority,
+                        )
+                    )
+                )
+                for text in asked.continuations
+            )
+
+        result: tuple[float, ...] = await self._answer(request, rule)
+        return result
 
     async def aclose(self) -> None:
         self.closed = True
