@@ -11,6 +11,7 @@ untrusted) by whoever collects results. Whoever starts a run follows it through 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -128,6 +129,10 @@ async def _scores(
     }
 
 
+BEFORE_MAX_BYTES = 64 * 1024
+"""A before.json holds a few numbers: a larger file is not one a run wrote."""
+
+
 async def _before(
     folder: RunFolder,
     resume: bool,
@@ -140,42 +145,66 @@ async def _before(
     """The scores before training: measured once per run and kept in the folder, since a
     resumed run would score the same network on the same examples again."""
     if resume and folder.before.exists():
-        return read_before(folder.before, task, metric)
+        return read_before(folder.before, net, task, metric)
     scores = await _scores(net, engine, task, "before", hooks, metric)
-    sizes = {split: len(getattr(task, split)) for split in scores}
-    document = {"metric": metric.name, "examples": sizes, "scores": scores}
+    document = {
+        "metric": metric.name,
+        "examples": _split_sizes(task),
+        "digest": _before_digest(net, task, metric),
+        "scores": scores,
+    }
     write_atomic(folder.before, json.dumps(document, indent=2) + "\n")
     return scores
 
 
-def read_before(path: Path, task: Task, metric: Metric) -> dict[str, float]:
+def read_before(path: Path, net: Network, task: Task, metric: Metric) -> dict[str, float]:
     """A run folder's before.json, checked against the run resuming (a file is untrusted):
-    ConfigError names the file and what does not fit."""
+    ConfigError names the file and what does not fit, the metric, the splits' sizes, then
+    the network and examples it was measured on (by their digest)."""
     try:
+        if path.stat().st_size > BEFORE_MAX_BYTES:
+            raise UnreadableFile(f"larger than {BEFORE_MAX_BYTES:,} bytes")
         data = parse_json(read_text(path, "before.json file"))
-    except (UnreadableFile, json.JSONDecodeError) as error:
+    except (OSError, UnreadableFile, json.JSONDecodeError) as error:
         raise ConfigError(f"{path}: {error}") from None
-    sizes = {split: len(getattr(task, split)) for split in SPLITS if getattr(task, split)}
+    sizes = _split_sizes(task)
     try:
-        if not isinstance(data, dict) or set(data) != {"metric", "examples", "scores"}:
-            raise ValueError("expected an object of metric, examples and scores")
+        if not isinstance(data, dict) or set(data) != {"metric", "examples", "digest", "scores"}:
+            raise ValueError("expected an object of metric, examples, digest and scores")
+        if not isinstance(data["metric"], str):
+            raise ValueError(f"metric: expected a metric's name, got {excerpt(data['metric'])}")
         if data["metric"] != metric.name:
-            raise ValueError(
-                f"metric: {excerpt(data['metric'])}, where this run's is {metric.name!r}"
-            )
+            raise ValueError(f"metric: {data['metric']!r}, where this run's is {metric.name!r}")
         counts = data["examples"]
         if (
             not isinstance(counts, dict)
             or counts != sizes
-            or any(isinstance(n, bool) for n in counts.values())
+            or any(type(n) is not int for n in counts.values())
         ):
             raise ValueError(f"examples: {excerpt(counts)}, where this run's splits hold {sizes}")
+        if data["digest"] != _before_digest(net, task, metric):
+            raise ValueError("measured on another network or other examples than this run's")
         scores = _scores_by_split(data, "scores", required=False)
         if set(scores) != set(sizes):
             raise ValueError(f"scores: {sorted(scores)}, where this run has {sorted(sizes)}")
     except ValueError as error:
         raise ConfigError(f"{path}: {error} (delete it to score the network again)") from None
     return scores
+
+
+def _split_sizes(task: Task) -> dict[str, int]:
+    return {split: len(getattr(task, split)) for split in SPLITS if getattr(task, split)}
+
+
+def _before_digest(net: Network, task: Task, metric: Metric) -> str:
+    """What the scores before training were measured on: the network, prompts and all, the
+    metric and every example of each split."""
+    measured = {
+        "network": net.to_json(),
+        "metric": metric.name,
+        **{split: [[e.input, e.target] for e in getattr(task, split)] for split in SPLITS},
+    }
+    return hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()
 
 
 @attrs.frozen
@@ -212,7 +241,12 @@ async def train_run(
         trainer = checked.trainer(config)
         await hooks.started(trainer, task)
         before = await _before(folder, resume, net, engine, task, hooks, config.metric)
-        with hooks.training(config.schedule.steps) as on_step:
+        with hooks.training(config.schedule.steps) as follow:
+
+            def on_step(record: StepRecord) -> None:
+                folder.past_result()
+                follow(record)
+
             fit = await trainer.fit(
                 task.train,
                 task.dev,

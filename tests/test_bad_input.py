@@ -1464,11 +1464,13 @@ def yaml_alias_bomb(levels: int) -> bytes:
 RESUME = ("train", "{config}", "--resume", "--no-probe")
 
 
-def before_json(**fields: object) -> bytes:
-    """A before.json of CONFIG's run (4 dev and 4 test examples, accuracy), `fields` changed."""
-    scores = {"dev": 0.5, "test": 0.25}
-    document = {"metric": "exact", "examples": {"dev": 4, "test": 4}, "scores": scores}
-    return json.dumps(document | fields).encode()
+def before_json(**fields: object) -> Callable[[bytes], bytes]:
+    """The run's own before.json with `fields` changed."""
+    return lambda original: json.dumps(json.loads(original) | fields).encode()
+
+
+def replaced_by(content: bytes) -> Callable[[bytes], bytes]:
+    return lambda original: content
 
 
 @attrs.frozen
@@ -1486,8 +1488,8 @@ class CliCase:
     version: int | None = None
     """The checkpoint's format version, when the case states one (2: as main wrote it, the
     payload then has no best_results unless `checkpoint` puts them back)."""
-    run_file: tuple[str, bytes] | None = None
-    """A file of the folder one training step of CONFIG leaves, replaced by these bytes
+    run_file: tuple[str, Callable[[bytes], bytes]] | None = None
+    """A file of the folder one training step of CONFIG leaves and what to make of its bytes
     before the command runs (in that folder, then found as a checkpoint case's is)."""
 
 
@@ -1992,13 +1994,49 @@ CLI_CASES = [
             None,
             message,
             argv=RESUME,
-            run_file=("before.json", content),
+            run_file=("before.json", edit),
         )
-        for name, content, message in [
-            ("before.json is not JSON", b"{", r"out/before\.json: Expecting property name"),
-            ("before.json is not UTF-8", b"\xff{}", r"out/before\.json: not UTF-8 text"),
-            ("before.json nests without end", b"[" * 100_000, r"out/before\.json: .*nest"),
-            ("before.json is a list", b"[]", r"expected an object of metric, examples and scores"),
+        for name, edit, message in [
+            (
+                "before.json is not JSON",
+                replaced_by(b"{"),
+                r"out/before\.json: Expecting property name",
+            ),
+            (
+                "before.json is not UTF-8",
+                replaced_by(b"\xff{}"),
+                r"out/before\.json: not UTF-8 text",
+            ),
+            (
+                "before.json nests without end",
+                replaced_by(b"[" * 60_000),
+                r"out/before\.json: .*nest",
+            ),
+            (
+                "before.json is larger than a run writes",
+                replaced_by(b" " * 70_000 + b"{}"),
+                r"out/before\.json: larger than 65,536 bytes",
+            ),
+            (
+                "before.json is a list",
+                replaced_by(b"[]"),
+                r"expected an object of metric, examples, digest and scores",
+            ),
+            (
+                "before.json names its metric in a list",
+                before_json(metric=["exact"]),
+                r"before\.json: metric: expected a metric's name, got \['exact'\]",
+            ),
+            (
+                "before.json counts examples as fractions",
+                before_json(examples={"dev": 4.0, "test": 4}),
+                r"before\.json: examples: ",
+            ),
+            (
+                "before.json was measured on another network or other examples",
+                before_json(digest="0" * 64),
+                r"before\.json: measured on another network or other examples than this run's",
+            ),
             (
                 "before.json was measured under another metric",
                 before_json(metric="f1"),
@@ -2193,8 +2231,10 @@ def command_run(name: str, tmp: str) -> CommandRun:
         _crafted_checkpoint(folder, case.checkpoint or _unchanged, case.version)
     given = list(case.files)
     if case.run_file is not None:
-        given.append((f"out/{case.run_file[0]}", case.run_file[1]))
-        (folder / given[-1][0]).write_bytes(case.run_file[1])
+        name, edit = case.run_file
+        path = folder / "out" / name
+        path.write_bytes(edit(path.read_bytes()))
+        given.append((f"out/{name}", path.read_bytes()))
     before = {file_name: (folder / file_name).read_bytes() for file_name, _ in given}
     argv = [arg.format(config=config, dir=folder) for arg in case.argv]
     out = io.StringIO()

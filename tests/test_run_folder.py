@@ -7,12 +7,13 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+import dlgraph as dg
 from dlgraph._files import MANIFEST
 from dlgraph.cli import main
 from dlgraph.config import RunConfig
@@ -221,3 +222,90 @@ async def test_a_new_run_scores_the_network_before_training_again(config) -> Non
     again = Labels()
     await train_run(RunConfig.read(config), hooks=again)
     assert again.evaluated[:2] == ["dev (before)", "test (before)"]
+
+
+JSONL = """
+[backend]
+name = "sim"
+
+[data]
+source = "jsonl"
+train = "train.jsonl"
+dev = "dev.jsonl"
+test = "test.jsonl"
+classes = ["yes|Yes", "no|No"]
+instruction = "Does the word end with a vowel?"
+
+[train]
+steps = 1
+batch_size = 2
+num_prompt_samples = 1
+
+[output]
+dir = "out"
+"""
+
+
+def jsonl_run(folder: Path, test_words: Sequence[str]) -> Path:
+    """A run of four examples per split whose test examples are `test_words`."""
+
+    def write(name: str, words: Sequence[str]) -> None:
+        lines = [
+            json.dumps({"input": w, "target": "yes" if w[-1] in "aeiou" else "no"}) for w in words
+        ]
+        (folder / name).write_text("\n".join(lines) + "\n")
+
+    write("train.jsonl", ["kata", "milk", "rope", "sand"])
+    write("dev.jsonl", ["lima", "fork", "tide", "card"])
+    write("test.jsonl", test_words)
+    (folder / "run.toml").write_text(JSONL)
+    return folder / "run.toml"
+
+
+def test_a_resume_on_other_test_examples_of_the_same_size_refuses_the_scores_before(
+    tmp_path: Path, capsys
+) -> None:
+    """The checkpoint covers train and dev; before.json covers what it measured, so a test
+    split swapped for another of the same size is not reported with the old split's score."""
+    config = jsonl_run(tmp_path, ["bala", "nest", "pine", "word"])
+    assert train(config) == 0
+    kept = files(tmp_path / "out")
+    jsonl_run(tmp_path, ["cola", "mint", "lane", "bird"])
+    capsys.readouterr()
+    assert train(config, "--resume") == 2
+    error = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "before.json: measured on another network or other examples than this run's" in error
+    assert files(tmp_path / "out") == kept
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["data.dev=5", 'train.metric="contains"', "train.num_prompt_samples=2"],
+    ids=["before.json's examples", "before.json's metric", "the checkpoint's options"],
+)
+def test_a_refused_resume_of_a_finished_run_keeps_its_result(
+    tmp_path: Path, config: Path, capsys, setting: str
+) -> None:
+    assert train(config) == 0
+    kept = files(tmp_path / "out")
+    capsys.readouterr()
+    assert train(config, "--resume", "--set", setting) == 2
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("error: ")
+    assert files(tmp_path / "out") == kept
+
+
+async def test_a_resumed_run_removes_its_old_result_once_it_saves_a_new_step(config) -> None:
+    """Until then the folder still holds the finished run; from then its result would claim
+    a run the checkpoint has moved past."""
+    await train_run(RunConfig.read(config))
+    result = config.parent / "out" / "result.json"
+    seen: list[bool] = []
+
+    class Watch(RunHooks):
+        @contextmanager
+        def training(self, steps: int) -> Iterator[Callable[[dg.StepRecord], None]]:
+            seen.append(result.exists())
+            yield lambda record: seen.append(result.exists())
+
+    await train_run(RunConfig.read(config, ["train.steps=2"]), resume=True, hooks=Watch())
+    assert seen == [True, False] and result.exists()

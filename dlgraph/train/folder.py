@@ -2,9 +2,10 @@
 that it ever deletes.
 
 The folder is recognisably dlgraph's by its manifest (`dlgraph._files.MANIFEST`), which lists
-the run's files. A new run deletes the files the manifest lists (never a folder tree), a
-resumed one only ``result.json`` (whose presence means the run finished), and keeps the
-ledger journals so that its totals and budget count every call of the run; either is refused,
+the run's files. A new run deletes the files the manifest lists (never a folder tree); a
+resumed one deletes only ``result.json`` (whose presence means the run finished), and only
+once its first new step is saved, so that a resume refused or failing before then leaves the
+finished run whole; it keeps the ledger journals so that its totals and budget count every call of the run; either is refused,
 naming them, where files dlgraph did not write stand at a run's names or in its
 ``checkpoint`` folder.
 """
@@ -48,7 +49,8 @@ class RunFolder:
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, resume: bool) -> RunFolder:
         """Check the folder and claim it for a run (ConfigError names foreign files); a new
-        run clears the last run's files, a resumed one keeps all but its result."""
+        run clears the last run's files, a resumed one keeps them (`past_result` removes its
+        result once it has moved on)."""
         folder = Path(path)
         try:
             prepare_folder(
@@ -56,7 +58,7 @@ class RunFolder:
                 "run",
                 RUN_FILES,
                 writes=RUN_FILES,
-                deletes={RESULT} if resume else RUN_FILES,
+                deletes=set() if resume else RUN_FILES,
             )
         except ConfigError as error:
             if _is_an_older_run(folder):
@@ -88,6 +90,11 @@ class RunFolder:
     @property
     def network(self) -> Path:
         return self.path / NETWORK
+
+    def past_result(self) -> None:
+        """The run has saved a step its result does not hold: remove ``result.json``, which
+        would claim the run finished."""
+        self.result.unlink(missing_ok=True)
 
     def journal(self, engine: str) -> Path:
         """Where `engine`'s calls are recorded as they are sent: a resumed run counts the
