@@ -133,41 +133,61 @@ BEFORE_MAX_BYTES = 64 * 1024
 """A before.json holds a few numbers: a larger file is not one a run wrote."""
 
 
+@attrs.frozen
+class _Measured:
+    """What the scores before training are scores of: a network on a task's splits under a
+    metric, by a model (the forward engine's backend and its options)."""
+
+    net: Network
+    task: Task
+    metric: Metric
+    model: Mapping[str, Any]
+
+    def digest(self) -> str:
+        measured = {
+            "network": self.net.to_json(),
+            "metric": self.metric.name,
+            "model": self.model,
+            **{split: [[e.input, e.target] for e in getattr(self.task, split)] for split in SPLITS},
+        }
+        text = json.dumps(measured, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _model(config: RunConfig) -> dict[str, Any]:
+    return {"backend": config.forward.backend, "options": config.forward.backend_options}
+
+
 async def _before(
-    folder: RunFolder,
-    resume: bool,
-    net: Network,
-    engine: Engine,
-    task: Task,
-    hooks: RunHooks,
-    metric: Metric,
+    folder: RunFolder, resume: bool, measured: _Measured, engine: Engine, hooks: RunHooks
 ) -> dict[str, float]:
     """The scores before training: measured once per run and kept in the folder, since a
     resumed run would score the same network on the same examples again."""
     if resume and folder.before.exists():
-        return read_before(folder.before, net, task, metric)
+        return read_before(folder.before, measured)
+    net, task, metric = measured.net, measured.task, measured.metric
     scores = await _scores(net, engine, task, "before", hooks, metric)
     document = {
         "metric": metric.name,
         "examples": _split_sizes(task),
-        "digest": _before_digest(net, task, metric),
+        "digest": measured.digest(),
         "scores": scores,
     }
     write_atomic(folder.before, json.dumps(document, indent=2) + "\n")
     return scores
 
 
-def read_before(path: Path, net: Network, task: Task, metric: Metric) -> dict[str, float]:
+def read_before(path: Path, measured: _Measured) -> dict[str, float]:
     """A run folder's before.json, checked against the run resuming (a file is untrusted):
     ConfigError names the file and what does not fit, the metric, the splits' sizes, then
-    the network and examples it was measured on (by their digest)."""
+    the network, model and examples it was measured on (by their digest)."""
     try:
         if path.stat().st_size > BEFORE_MAX_BYTES:
             raise UnreadableFile(f"larger than {BEFORE_MAX_BYTES:,} bytes")
         data = parse_json(read_text(path, "before.json file"))
     except (OSError, UnreadableFile, json.JSONDecodeError) as error:
         raise ConfigError(f"{path}: {error}") from None
-    sizes = _split_sizes(task)
+    sizes, metric = _split_sizes(measured.task), measured.metric
     try:
         if not isinstance(data, dict) or set(data) != {"metric", "examples", "digest", "scores"}:
             raise ValueError("expected an object of metric, examples, digest and scores")
@@ -182,8 +202,8 @@ def read_before(path: Path, net: Network, task: Task, metric: Metric) -> dict[st
             or any(type(n) is not int for n in counts.values())
         ):
             raise ValueError(f"examples: {excerpt(counts)}, where this run's splits hold {sizes}")
-        if data["digest"] != _before_digest(net, task, metric):
-            raise ValueError("measured on another network or other examples than this run's")
+        if data["digest"] != measured.digest():
+            raise ValueError("measured on another network, model or other examples than this run's")
         scores = _scores_by_split(data, "scores", required=False)
         if set(scores) != set(sizes):
             raise ValueError(f"scores: {sorted(scores)}, where this run has {sorted(sizes)}")
@@ -194,17 +214,6 @@ def read_before(path: Path, net: Network, task: Task, metric: Metric) -> dict[st
 
 def _split_sizes(task: Task) -> dict[str, int]:
     return {split: len(getattr(task, split)) for split in SPLITS if getattr(task, split)}
-
-
-def _before_digest(net: Network, task: Task, metric: Metric) -> str:
-    """What the scores before training were measured on: the network, prompts and all, the
-    metric and every example of each split."""
-    measured = {
-        "network": net.to_json(),
-        "metric": metric.name,
-        **{split: [[e.input, e.target] for e in getattr(task, split)] for split in SPLITS},
-    }
-    return hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()
 
 
 @attrs.frozen
@@ -240,7 +249,8 @@ async def train_run(
     async with checked.opened():
         trainer = checked.trainer(config)
         await hooks.started(trainer, task)
-        before = await _before(folder, resume, net, engine, task, hooks, config.metric)
+        measured = _Measured(net, task, config.metric, _model(config))
+        before = await _before(folder, resume, measured, engine, hooks)
         with hooks.training(config.schedule.steps) as follow:
 
             def on_step(record: StepRecord) -> None:

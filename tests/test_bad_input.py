@@ -2035,7 +2035,7 @@ CLI_CASES = [
             (
                 "before.json was measured on another network or other examples",
                 before_json(digest="0" * 64),
-                r"before\.json: measured on another network or other examples than this run's",
+                r"before\.json: measured on another network, model or other examples than this run's",
             ),
             (
                 "before.json was measured under another metric",

@@ -15,7 +15,13 @@ import dlgraph as dg
 from dlgraph.metrics import DEFAULT, Metric, exact
 from dlgraph.train.checkpoint import Checkpoint
 from dlgraph.train.compare import Referee
-from dlgraph.train.race import Race
+from dlgraph.train.race import (
+    EXPECTED_DEV_SHARE,
+    Race,
+    Tally,
+    is_settled_worse,
+    paired_upper_bound,
+)
 
 SEEDS = range(4)
 
@@ -294,3 +300,96 @@ async def test_a_run_under_a_metric_beyond_0_and_1_checkpoints_its_scores_and_re
     assert [record.step for record in resumed.history] == [1, 2]
     assert {record.metric for record in resumed.history} == {"points"}
     assert resumed.best_dev_score >= first.best_dev_score
+
+
+def test_race_neither_ranks_nor_drops_a_candidate_paired_on_fewer_than_five_examples() -> None:
+    """Candidate 1's demonstrations show three of the round's five examples: two pairs say
+    little, so halving passes it by (and candidate 2, worse on five, goes)."""
+    current = [-1.0, -1.3, -0.8, -1.1, -2.0]
+    shown = [None, None, None, -3.0, -3.0]
+    worse = [s - 0.5 for s in current]
+    better = [s + 0.5 for s in current]
+    alive = Race(1.645).survivors([current, shown, worse, better], [0, 1, 2, 3], halve=True)
+    assert alive == [0, 1, 3]
+
+
+def test_race_ranks_alike_in_any_order_when_every_candidate_scores_minus_infinity_somewhere() -> (
+    None
+):
+    """-inf on an example for everyone is no difference between them (it made every mean NaN,
+    and the ranking followed the list order)."""
+    inf = float("-inf")
+    current = [-1.0, -1.2, inf, -0.9, -1.1]
+    best = [-0.2, -0.3, inf, -0.1, -0.2]
+    middle = [-0.9, -1.0, inf, -0.8, -1.0]
+    worst = [-2.0, -2.5, inf, -1.9, -2.2]
+    for order in ([best, middle, worst], [worst, middle, best]):
+        utilities = [current, *order]
+        alive = Race(1.645).survivors(utilities, [0, 1, 2, 3], halve=True)
+        assert [utilities[c] for c in alive] == [current, best]
+
+
+# -- the race's arithmetic ------------------------------------------------------------------
+
+
+def test_the_paired_bound_is_the_mean_plus_z_standard_errors_of_the_sample() -> None:
+    differences = [1.0, 2.0, 3.0, 6.0]  # mean 3, sample variance 14 / 3
+    assert paired_upper_bound(differences, 2.0) == pytest.approx(3 + 2 * (14 / 3 / 4) ** 0.5)
+    assert paired_upper_bound([-1.0, -2.0], 1.0) == pytest.approx(-1.5 + 0.5)
+    assert paired_upper_bound([-5.0], 1.0) == float("inf")  # one difference: no spread known
+
+
+def test_a_loser_is_settled_from_five_differences_whose_bound_is_below_zero() -> None:
+    assert not is_settled_worse([-1.0] * 4, 1.645)
+    assert is_settled_worse([-1.0] * 5, 1.645)
+    assert not is_settled_worse([-1.0, -1.0, -1.0, -1.0, 3.0], 1.645)
+
+
+@pytest.mark.parametrize(
+    ("examples", "share"),
+    [(0, 1.0), (4, 1.0), (10, 0.5 + 0.5 * 0.5), (20, 0.25 + 0.25 * 0.5 + 0.5 * 0.25)],
+)
+def test_a_race_is_expected_to_send_each_rounds_share_halved_after_every_round(
+    examples: int, share: float
+) -> None:
+    assert Race(1.645).expected_share(examples) == pytest.approx(share)
+    assert Race(None).expected_share(examples) == 1.0
+
+
+def test_a_step_is_expected_to_compare_on_part_of_dev_only_when_stopping_early() -> None:
+    assert Race(None).dev_share == 1.0
+    assert Race(1.645).dev_share == EXPECTED_DEV_SHARE < 1
+
+
+def test_the_tally_sums_each_phase_and_scales_by_what_was_sent_over_what_was_expected() -> None:
+    tally = Tally()
+    tally.add({"score": 10, "eval": 4}, {"score": 40, "eval": 8, "propose": 2})
+    tally.add({"score": 20, "propose": 2}, {"score": 20, "eval": 0, "propose": 2})
+    assert tally.sent == {"score": 30, "eval": 4, "propose": 2}
+    assert tally.expected == {"score": 60, "eval": 8, "propose": 4}
+    assert tally.factors() == {"score": 0.5, "eval": 0.5, "propose": 0.5}
+    tally.add({"forward": 3}, {"forward": 0})
+    assert "forward" not in tally.factors()  # nothing expected: no factor
+
+
+def test_halving_keeps_the_better_half_by_mean_difference_to_the_current_parameter() -> None:
+    """Six noisy candidates (no bound settles any of them): the three best by their mean
+    difference to the current parameter go on, wherever they stand in the list."""
+    best = [3.0, -2.0, 4.0, -1.0, 1.0]  # mean 1.0
+    noise = [3.0, -3.0, 3.0, -3.0, 0.0]
+
+    def mean_of(mu: float) -> list[float]:
+        return [b + n + mu - 1.0 for b, n in zip(best, noise, strict=True)]
+
+    field = [
+        [0.0] * 5,
+        mean_of(0.3),
+        mean_of(-0.2),
+        best,
+        mean_of(0.5),
+        mean_of(-0.3),
+        mean_of(-0.4),
+    ]
+    alive = Race(1.645).survivors(field, list(range(7)), halve=True)
+    assert alive == [0, 1, 3, 4]
+    assert Race(1.645).survivors(field, list(range(7)), halve=False) == list(range(7))

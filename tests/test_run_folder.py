@@ -274,7 +274,9 @@ def test_a_resume_on_other_test_examples_of_the_same_size_refuses_the_scores_bef
     capsys.readouterr()
     assert train(config, "--resume") == 2
     error = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "before.json: measured on another network or other examples than this run's" in error
+    assert (
+        "before.json: measured on another network, model or other examples than this run's" in error
+    )
     assert files(tmp_path / "out") == kept
 
 
@@ -309,3 +311,17 @@ async def test_a_resumed_run_removes_its_old_result_once_it_saves_a_new_step(con
 
     await train_run(RunConfig.read(config, ["train.steps=2"]), resume=True, hooks=Watch())
     assert seen == [True, False] and result.exists()
+
+
+def test_a_resume_with_another_model_refuses_the_scores_before(
+    tmp_path: Path, config: Path, capsys
+) -> None:
+    """The checkpoint does not name the model; before.json does, so the old model's scores are
+    not reported beside the new one's after training."""
+    assert train(config) == 0
+    kept = files(tmp_path / "out")
+    capsys.readouterr()
+    assert train(config, "--resume", "--set", 'backend.options.name="scripted-2"') == 2
+    error = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "before.json: measured on another network, model or other examples" in error
+    assert files(tmp_path / "out") == kept

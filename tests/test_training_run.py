@@ -27,7 +27,7 @@ from dlgraph.train.checkpoint import _digest
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.race import Tally
 from dlgraph.train.records import StepOutcome
-from dlgraph.train.run import Schedule, Training, logged_steps
+from dlgraph.train.run import KNOWN_NETWORKS, Schedule, Training, logged_steps
 from dlgraph.train.waves import Wave
 
 HALF, YES, NO = "Say half.", "Say yes.", "Say no."
@@ -483,3 +483,36 @@ async def test_a_run_that_trains_no_demonstrations_resumes_from_its_checkpoint(
     result = await run(resumed, 2, checkpoint_dir=tmp_path)
     assert len(resumed.batches) == 1  # step 1 was not taken again
     assert [record.step for record in result.history] == [1, 2]
+
+
+async def test_a_long_run_keeps_the_dev_results_of_its_most_recent_networks_only() -> None:
+    """A network proposed again within the bound costs no dev call, one from long before is
+    scored again: the run's memory of results stays bounded however many networks it scores."""
+    prompts = [f"Say {i}." for i in range(KNOWN_NETWORKS + 10)]
+    learner = ScriptedLearner([*prompts, prompts[-5], prompts[0]])
+    learner.engine = dg.Engine(ScriptedModel(logprob=follows_the_prompt), cache=False)
+    schedule = Schedule(steps=len(prompts) + 2, batch_size=3)
+    async with learner.engine:
+        training = Training(learner, TRAIN, DEV, schedule)
+        await training.execute()
+    assert len(training.known) == KNOWN_NETWORKS
+    recent, forgotten = training.history[-2:]
+    assert recent.calls == 0 and forgotten.calls > 0
+
+
+async def test_a_step_that_keeps_the_initial_network_costs_no_dev_call() -> None:
+    learner = ScriptedLearner([None, None])
+    learner.engine = dg.Engine(ScriptedModel(logprob=follows_the_prompt), cache=False)
+    result = await run(learner, 2)
+    assert [record.calls for record in result.history] == [0, 0]
+    assert result.best_dev_score == result.initial_dev_score == 0.5
+
+
+async def test_the_runs_tally_holds_every_steps_calls_by_phase() -> None:
+    """What the expected figure scales the prior by: the calls of the steps (here, their dev
+    comparisons), not those of the first evaluation before them."""
+    learner = ScriptedLearner([YES, NO])
+    learner.engine = dg.Engine(ScriptedModel(logprob=follows_the_prompt), cache=False)
+    result = await run(learner, 2)
+    assert learner.tally.sent == {"eval": sum(record.calls for record in result.history)}
+    assert learner.tally.sent["eval"] > 0

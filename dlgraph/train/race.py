@@ -82,19 +82,21 @@ class Race:
     ) -> list[int]:
         """The candidates still in the race: the current one (0) always, the leader, and of
         the others the better half when `halve` (more rounds follow), each unless its paired
-        difference to the leader is settled below zero. `utilities[c][i]` is candidate c's
-        score on example i, None where not scored."""
+        difference to the leader is settled below zero. A candidate paired with the current
+        one on fewer than `MIN_EXAMPLES` examples (its demonstrations show the others) is
+        neither ranked nor dropped yet. `utilities[c][i]` is candidate c's score on example
+        i, None where not scored."""
         if self.z is None:
             return alive
         current = utilities[0]
-
-        def advantage(c: int) -> float:
+        advantages = {}
+        for c in alive:
             pairs = _paired(utilities[c], current)
-            return sum(pairs) / len(pairs) if pairs else -math.inf
-
-        others = sorted((c for c in alive if c != 0), key=advantage, reverse=True)
-        kept = set(others[: math.ceil(len(others) / 2)] if halve else others)
-        leader = max(alive, key=lambda c: 0.0 if c == 0 else advantage(c))
+            if c != 0 and len(pairs) >= MIN_EXAMPLES:
+                advantages[c] = sum(pairs) / len(pairs)
+        ranked = sorted(advantages, key=lambda c: (-advantages[c], c))
+        kept = set(alive) - set(ranked[math.ceil(len(ranked) / 2) :] if halve else ())
+        leader = max([0, *ranked], key=lambda c: advantages.get(c, 0.0))
         z = self.z
         return [
             c
@@ -117,7 +119,13 @@ class Race:
 
 
 def _paired(candidate: Sequence[float | None], other: Sequence[float | None]) -> list[float]:
-    return [c - o for c, o in zip(candidate, other, strict=True) if c is not None and o is not None]
+    """Differences on the examples both were scored on; none where both scored the same,
+    even -inf (which would make every mean NaN and the ranking depend on list order)."""
+    return [
+        0.0 if c == o else c - o
+        for c, o in zip(candidate, other, strict=True)
+        if c is not None and o is not None
+    ]
 
 
 @attrs.define

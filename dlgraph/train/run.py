@@ -49,6 +49,12 @@ MAX_STEPS = 10_000
 million calls, and the estimate before a run lays out every step."""
 
 
+KNOWN_NETWORKS = 64
+"""Networks whose dev results a run keeps, the most recently used: the ones it revisits (the
+best, the current one, remembered candidates proposed again) within a bound on long runs
+with large dev sets."""
+
+
 @attrs.frozen(kw_only=True)
 class Schedule:
     """How long a training goes and when it evaluates: the keywords of `fit`, the [train]
@@ -116,7 +122,8 @@ class Training:
     """The best network's metric score on each dev example (their mean is `best_score`);
     None after resuming a version-2 checkpoint, until the next step rebuilds them."""
     known: dict[Key, Results] = attrs.field(factory=dict, init=False)
-    """Every network's dev results this process scored, so that none is scored twice."""
+    """The dev results of the networks this process scored most recently (at most
+    `KNOWN_NETWORKS`), so that none of them is scored twice."""
 
     def fingerprint(self, version: int = VERSION) -> str:
         """Identifies a run's setup: structure (not prompts), options, data and batch size, as
@@ -151,7 +158,7 @@ class Training:
                 self.best = trainer.net.copy()  # kept even if the budget ends the first evaluation
                 score = await evaluate(trainer.net, trainer.engine, self.dev, metric=self.metric)
                 self.incumbent = list(score.per_example)
-                self.known[network_key(trainer.net)] = dict(enumerate(self.incumbent))
+                self._know(network_key(trainer.net), dict(enumerate(self.incumbent)))
                 self.initial_score = float(score)
                 self.best_score = self.initial_score
             while trainer.steps_done < self.schedule.steps:
@@ -261,7 +268,7 @@ class Training:
                 score,
             )
         self.incumbent = list(score.per_example)
-        self.known[network_key(self.best)] = dict(enumerate(self.incumbent))
+        self._know(network_key(self.best), dict(enumerate(self.incumbent)))
         self.best_score = float(score)
 
     async def _compare(self, candidate: Network) -> Comparison:
@@ -282,8 +289,15 @@ class Training:
             )
             span.set("score", comparison.score)
             span.set("scored", comparison.scored)
-        self.known[key] = comparison.results
+        self._know(key, comparison.results)
         return comparison
+
+    def _know(self, key: Key, results: Results) -> None:
+        """Keep a network's dev results, as the most recently used of `KNOWN_NETWORKS`."""
+        self.known.pop(key, None)
+        self.known[key] = results
+        while len(self.known) > KNOWN_NETWORKS:
+            del self.known[next(iter(self.known))]
 
     @property
     def order(self) -> list[int]:
@@ -392,7 +406,7 @@ class Training:
             self.incumbent = None  # rebuilt before the next step (`_rebuild_incumbent`)
         else:
             self.incumbent = list(checkpoint.best_results)
-            self.known[network_key(checkpoint.best_network)] = dict(enumerate(self.incumbent))
+            self._know(network_key(checkpoint.best_network), dict(enumerate(self.incumbent)))
         logger.info(
             "resumed from step %d (checkpoint version %d)", checkpoint.step, checkpoint.version
         )
