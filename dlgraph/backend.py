@@ -140,6 +140,16 @@ class ContinuationsRequest:
     def key(self) -> tuple[object, ...]:
         return ("continuations", self.context, self.continuations)
 
+    def each(self) -> list[LogprobRequest]:
+        """Each continuation as the `LogprobRequest` whose value it equals (same node, phase
+        and priority)."""
+        return [
+            LogprobRequest(
+                self.context, text, node=self.node, phase=self.phase, priority=self.priority
+            )
+            for text in self.continuations
+        ]
+
     async def ask(self, backend: Backend) -> Answer[tuple[float, ...]]:
         """The backend's values, one per continuation in order. A count that differs, a NaN
         or a positive value is a malformed answer (retried, never cached)."""

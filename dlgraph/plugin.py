@@ -9,7 +9,8 @@ knows it (the server's token counts and stated limits). A failure raises a `Back
 subclass (`TransientError` is retried, `RequestRejected` is not), which may carry the usage
 too (``error.usage``). State what the backend can do in `Capabilities` (its context window
 when known; `continuations`, up to `MAX_CONTINUATIONS`, when it implements `continuations`:
-several continuations of one context scored in one call). A backend that sends work elsewhere whole overrides `Backend.handle` instead.
+several continuations of one context scored in one call). A backend that sends work elsewhere
+whole overrides `Backend.handle` instead.
 
 **Shared limits** (group ``dlgraph.shared_limits``: a factory taking the endpoint's key and
 returning a `GrantSource`). The source lends `Grant`s of an endpoint's allowance to engines

@@ -5,9 +5,9 @@ The folder is recognisably dlgraph's by its manifest (`dlgraph._files.MANIFEST`)
 the run's files. A new run deletes the files the manifest lists (never a folder tree); a
 resumed one deletes only ``result.json`` (whose presence means the run finished), and only
 once its first new step is saved, so that a resume refused or failing before then leaves the
-finished run whole; it keeps the ledger journals so that its totals and budget count every call of the run; either is refused,
-naming them, where files dlgraph did not write stand at a run's names or in its
-``checkpoint`` folder.
+finished run whole; it keeps the ledger journals so that its totals and budget count every
+call of the run. Either is refused, naming them, where files dlgraph did not write stand at a
+run's names or in its ``checkpoint`` folder.
 """
 
 from __future__ import annotations

@@ -157,8 +157,7 @@ class Training:
             if not await self._resume(fingerprint):
                 self.best = trainer.net.copy()  # kept even if the budget ends the first evaluation
                 score = await evaluate(trainer.net, trainer.engine, self.dev, metric=self.metric)
-                self.incumbent = list(score.per_example)
-                self._know(network_key(trainer.net), dict(enumerate(self.incumbent)))
+                self._hold_best(trainer.net, score.per_example)
                 self.initial_score = float(score)
                 self.best_score = self.initial_score
             while trainer.steps_done < self.schedule.steps:
@@ -267,8 +266,7 @@ class Training:
                 self.best_score,
                 score,
             )
-        self.incumbent = list(score.per_example)
-        self._know(network_key(self.best), dict(enumerate(self.incumbent)))
+        self._hold_best(self.best, score.per_example)
         self.best_score = float(score)
 
     async def _compare(self, candidate: Network) -> Comparison:
@@ -291,6 +289,12 @@ class Training:
             span.set("scored", comparison.scored)
         self._know(key, comparison.results)
         return comparison
+
+    def _hold_best(self, net: Network, results: Sequence[float]) -> None:
+        """`net`'s per-example dev results as the best network's: what comparisons are
+        against, and known, so that `net` is not scored on dev again."""
+        self.incumbent = list(results)
+        self._know(network_key(net), dict(enumerate(self.incumbent)))
 
     def _know(self, key: Key, results: Results) -> None:
         """Keep a network's dev results, as the most recently used of `KNOWN_NETWORKS`."""
@@ -405,8 +409,7 @@ class Training:
         if checkpoint.best_results is None:
             self.incumbent = None  # rebuilt before the next step (`_rebuild_incumbent`)
         else:
-            self.incumbent = list(checkpoint.best_results)
-            self._know(network_key(checkpoint.best_network), dict(enumerate(self.incumbent)))
+            self._hold_best(checkpoint.best_network, checkpoint.best_results)
         logger.info(
             "resumed from step %d (checkpoint version %d)", checkpoint.step, checkpoint.version
         )

@@ -270,9 +270,7 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
             return await anyio.to_thread.run_sync(
                 self._serial_continuations, request, limiter=self._serial
             )
-        context = self.tokenize(request.context, add_bos=True)
-        targets = [self.tokenize(text, add_bos=False) for text in request.continuations]
-        self._check_length(len(context) + max(len(target) for target in targets))
+        context, targets = self._continuation_tokens(request)
         values = [0.0] * len(targets)
 
         async def score(index: int) -> None:
@@ -310,10 +308,18 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
         self._check_length(len(context) + len(target))
         return self.evaluator.target_logprob(context, target)
 
-    def _serial_continuations(self, request: dg.ContinuationsRequest) -> tuple[float, ...]:
+    def _continuation_tokens(
+        self, request: dg.ContinuationsRequest
+    ) -> tuple[list[int], list[list[int]]]:
+        """The context's tokens and each continuation's, refused when the longest would not
+        fit the context window after it."""
         context = self.tokenize(request.context, add_bos=True)
         targets = [self.tokenize(text, add_bos=False) for text in request.continuations]
         self._check_length(len(context) + max(len(target) for target in targets))
+        return context, targets
+
+    def _serial_continuations(self, request: dg.ContinuationsRequest) -> tuple[float, ...]:
+        context, targets = self._continuation_tokens(request)
         return tuple(
             self.evaluator.target_logprob(context, target) if target else 0.0 for target in targets
         )

@@ -365,9 +365,7 @@ class OpenAIBackend(dg.Backend):
         """Several continuations of one context as one echo request of several prompts (the
         context repeated in each: the server charges it each time, and a server with prefix
         caching, as vLLM, evaluates it once)."""
-        return await self.logprob_batch(
-            [dg.LogprobRequest(request.context, text) for text in request.continuations]
-        )
+        return await self.logprob_batch(request.each())
 
     @_scrubbing
     async def top_logprobs(self, request: dg.TopLogprobsRequest) -> dg.Answer[dict[str, float]]:

@@ -128,20 +128,7 @@ class ScriptedModel(dg.Backend):
             )
 
         def rule(asked: dg.ContinuationsRequest) -> tuple[float, ...]:
-            return tuple(
-                float(
-                    self.logprob_rule(
-                        dg.LogprobRequest(
-                            asked.context,
-                            text,
-                            node=asked.node,
-                            phase=asked.phase,
-                            priority=asked.priority,
-                        )
-                    )
-                )
-                for text in asked.continuations
-            )
+            return tuple(float(self.logprob_rule(each)) for each in asked.each())
 
         result: tuple[float, ...] = await self._answer(request, rule)
         return result
