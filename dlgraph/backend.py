@@ -220,12 +220,16 @@ class Capabilities:
     (0: none): with exact log-probabilities, a class distribution with at most this many
     verbalizers is then one call instead of one per verbalizer."""
 
+    def continuation_calls(self, continuations: int) -> int:
+        """Calls that score `continuations` continuations of one context (the engine's
+        `logprobs`, and what the estimate counts for it): one when a call takes them all,
+        else one each."""
+        return 1 if continuations <= max(1, self.continuations) else continuations
+
     def distribution_calls(self, verbalizers: int) -> int:
         """Calls one class distribution over `verbalizers` verbalizers sends (the engine's
         `classify`, and what the estimate counts for it)."""
-        if self.classification == "logprob" and self.continuations < verbalizers:
-            return verbalizers
-        return 1
+        return self.continuation_calls(verbalizers) if self.classification == "logprob" else 1
 
     @property
     def classification(self) -> str:

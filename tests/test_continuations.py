@@ -157,3 +157,96 @@ def test_a_limit_on_tokens_charges_the_context_once_and_each_continuation() -> N
     texts = request.continuations
     once = model.count_tokens(CONTEXT) + sum(map(model.count_tokens, texts))
     assert estimated_tokens(model, request) == (once, 0)
+
+
+# -- several targets of one context: a text node's candidates --------------------------------
+
+TARGETS = [" left", " right", " left twice", " back to the start"]
+
+
+async def test_several_targets_of_one_context_are_one_call_each_valued_as_alone() -> None:
+    together, each = scripted(), scripted(dg.Capabilities())
+    async with dg.Engine(together) as one, dg.Engine(each) as other:
+        joint = await one.logprobs(CONTEXT, TARGETS, node="reason", phase="posterior")
+        alone = [await other.logprob(CONTEXT, t) for t in TARGETS]
+        usage = one.statistics().by_key["reason", "posterior"]
+    (call,) = together.calls
+    assert isinstance(call.request, dg.ContinuationsRequest)
+    assert call.request.continuations == tuple(TARGETS) and usage.calls == 1
+    assert joint == pytest.approx(alone, abs=1e-12)
+    assert len(each.calls) == len(TARGETS)
+
+
+async def test_more_targets_than_one_call_takes_are_one_call_each() -> None:
+    model = scripted(dg.Capabilities(continuations=3))
+    async with dg.Engine(model) as engine:
+        values = await engine.logprobs(CONTEXT, TARGETS)
+    assert [type(call.request) for call in model.calls] == [dg.LogprobRequest] * len(TARGETS)
+    assert values == [logprob(dg.LogprobRequest(CONTEXT, t)) for t in TARGETS]
+
+
+async def test_a_hidden_node_s_candidates_are_scored_in_one_call_per_example_alike() -> None:
+    """DLN-2 on a backend that takes several continuations: the hidden node's posterior
+    prior (its candidates after its forward inputs) and each candidate prompt's scores on
+    an example's posterior candidates are one call each, and the step decides exactly as
+    with one call per target (the same weights, the same ELBOs)."""
+    from test_estimate import BATCH, NETWORKS, trainer_on
+
+    train, _ = NETWORKS["dln2"][2]()
+    outcomes, calls = [], []
+    for continuations in (0, 8):
+        async with trainer_on("dln2", continuations=continuations) as (trainer, engine, _):
+            outcomes.append(await trainer.step(train[:BATCH]))
+            calls.append(engine.statistics().by_key)
+    each, together = outcomes
+    assert together.posteriors["reason"] == each.posteriors["reason"]
+    for name in ("reason", "answer"):
+        assert [p for p, _ in together.scored[name]] == [p for p, _ in each.scored[name]]
+        assert [s for _, s in together.scored[name]] == pytest.approx(
+            [s for _, s in each.scored[name]], abs=1e-9
+        )
+    candidates = len(each.posteriors["reason"].candidates[0])
+    assert candidates > 2
+    one, many = calls[1], calls[0]
+    draws = candidates - 1  # the forward output, then the samples (generated, not scored)
+    assert many["reason", "posterior"].calls == BATCH * (draws + candidates)
+    assert one["reason", "posterior"].calls == BATCH * (draws + 1)
+    assert one["reason", "score"].calls * candidates == many["reason", "score"].calls
+
+
+async def test_a_target_asked_twice_in_one_call_is_scored_once() -> None:
+    model = scripted()
+    async with dg.Engine(model) as engine:
+        values = await engine.logprobs(CONTEXT, [" left", " right", " left"])
+    (call,) = model.calls
+    assert call.request.continuations == (" left", " right")
+    assert values[0] == values[2] != values[1]
+
+
+async def test_no_continuation_of_a_context_is_scored_twice_whichever_request_asks() -> None:
+    """Scored in a continuations request, each continuation answers a later request for it
+    alone; a later request for known ones and new ones sends only the new ones; one for known
+    ones only sends nothing."""
+    model = scripted()
+    async with dg.Engine(model) as engine:
+        first = await engine.logprobs(CONTEXT, TARGETS[:2])
+        alone = await engine.logprob(CONTEXT, TARGETS[1])
+        more = await engine.logprobs(CONTEXT, TARGETS)
+        known = await engine.logprobs(CONTEXT, [TARGETS[3], TARGETS[0]])
+        hits = engine.statistics().total.cache_hits
+    sent = [call.request.continuations for call in model.calls]
+    assert sent == [tuple(TARGETS[:2]), tuple(TARGETS[2:])]
+    assert alone == first[1] and more[:2] == first and known == [more[3], more[0]]
+    assert hits == 2
+    assert more == [logprob(dg.LogprobRequest(CONTEXT, t)) for t in TARGETS]
+
+
+async def test_continuations_known_from_a_cache_on_disk_are_not_scored_again(tmp_path) -> None:
+    path = tmp_path / "cache.sqlite"
+    async with dg.Engine(scripted(), cache=path) as engine:
+        before = await engine.logprobs(CONTEXT, TARGETS)
+    model = scripted()
+    async with dg.Engine(model, cache=path) as engine:
+        again = await engine.logprobs(CONTEXT, TARGETS[1:3])
+        alone = await engine.logprob(CONTEXT, TARGETS[3])
+    assert model.calls == [] and again == before[1:3] and alone == before[3]

@@ -57,8 +57,7 @@ async def test_a_calibrated_class_node_divides_out_the_bias_it_shows_without_con
     parents = [Parent(dg.INPUT, "Input", "some text")]
     async with dg.Engine(ScriptedModel(logprob=biased)) as engine:
         call = NodeCall(engine=engine, phase="score")
-        loglik = await node.kind.loglik(node, parents, "yes", call)
-        unknown = await node.kind.loglik(node, parents, "maybe", call)
+        loglik, unknown = await node.logliks(parents, ["yes", "maybe"], call)
     assert loglik == pytest.approx(math.log(0.5))  # 0.8 / 0.8 against 0.2 / 0.2, normalised
     assert unknown == LOG_FLOOR  # no class of the node: the floor
 

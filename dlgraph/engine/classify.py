@@ -37,11 +37,10 @@ Send = Callable[[Request], Awaitable[Result]]
 
 
 @attrs.frozen
-class ClassQuery:
-    """One classification: the context, the class specs, and who asks."""
+class Query:
+    """Who asks, and after what context."""
 
     context: str
-    classes: tuple[str, ...]
     node: str | None
     phase: Phase
     priority: int
@@ -58,21 +57,37 @@ class ClassQuery:
         )
 
 
+@attrs.frozen
+class ClassQuery(Query):
+    """One classification: the context, who asks, and the class specs."""
+
+    classes: tuple[str, ...] = ()
+
+
+async def continuation_scores(
+    send: Send, capabilities: Capabilities, query: Query, targets: Sequence[str]
+) -> list[float]:
+    """log p(target | context) of each target, in as few calls as the backend allows
+    (`Capabilities.continuation_calls`): all in one `ContinuationsRequest`, else one
+    `LogprobRequest` each."""
+    unique = list(dict.fromkeys(targets))  # a target asked twice is scored once
+    if len(unique) > 1 and capabilities.continuation_calls(len(unique)) == 1:
+        values = await send(query.continuations(unique))
+        assert isinstance(values, tuple)
+        scored = dict(zip(unique, values, strict=True))
+        return [scored[target] for target in targets]
+
+    async def score(target: str) -> float:
+        value = await send(query.logprob(target))
+        assert isinstance(value, float | int)
+        return float(value)
+
+    return await map_concurrently(score, targets)
+
+
 async def _by_logprob(send: Send, query: ClassQuery, capabilities: Capabilities) -> list[float]:
     words = [(c, word) for c, spec in enumerate(query.classes) for word in verbalizers(spec)]
-    targets = [" " + word for _, word in words]
-    if capabilities.distribution_calls(len(words)) == 1:
-        values = await send(query.continuations(targets))
-        assert isinstance(values, tuple)
-        scores = list(values)
-    else:
-
-        async def score(target: str) -> float:
-            value = await send(query.logprob(target))
-            assert isinstance(value, float | int)
-            return float(value)
-
-        scores = await map_concurrently(score, targets)
+    scores = await continuation_scores(send, capabilities, query, [" " + word for _, word in words])
     return [
         logsumexp([s for (c, _), s in zip(words, scores, strict=True) if c == index] or [-math.inf])
         for index in range(len(query.classes))

@@ -66,7 +66,7 @@ from dlgraph.backend import (
     Result,
 )
 from dlgraph.engine.cache import Cache, Store, open_store
-from dlgraph.engine.classify import ClassQuery, class_distribution
+from dlgraph.engine.classify import ClassQuery, Query, class_distribution, continuation_scores
 from dlgraph.engine.coalescer import Coalescer, Split
 from dlgraph.engine.journal import Journal
 from dlgraph.engine.ledger import Ledger
@@ -351,6 +351,23 @@ class Engine(anyio.AsyncContextManagerMixin):
         assert isinstance(result, float | int)
         return float(result)
 
+    async def logprobs(
+        self,
+        context: str,
+        targets: Sequence[str],
+        *,
+        node: str | None = None,
+        phase: Phase = "score",
+        priority: int = 0,
+    ) -> list[float]:
+        """log p(target | context) of each target, in order: in one call when the backend
+        scores that many continuations of a context at once (`Capabilities.continuations`),
+        else one call each; every value as `logprob` gives it."""
+        query = Query(context, node, phase, priority)
+        return await continuation_scores(
+            self.request, self.backend.capabilities, query, list(targets)
+        )
+
     async def classify(
         self,
         context: str,
@@ -367,7 +384,7 @@ class Engine(anyio.AsyncContextManagerMixin):
             raise ValueError(
                 f"classes: expected class specs such as 'yes|Yes', got {excerpt(classes)}"
             )
-        query = ClassQuery(context, specs, node, phase, priority)
+        query = ClassQuery(context, node, phase, priority, specs)
         return await class_distribution(self.request, self.backend.capabilities, query)
 
     @property

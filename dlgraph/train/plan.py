@@ -102,4 +102,5 @@ class Plan:
         others = other_candidates(setup.options, self.step, self.examples, has_demonstrations)
         share = Race.of(setup.options).expected_share(self.examples)
         raced = Count(others.calls, round(others.expected * share))
-        return Scores(Count(self.examples) * terms, raced * terms)
+        calls = ScorePhase(setup).example_calls(name, terms)
+        return Scores(Count(self.examples) * calls, raced * calls)

@@ -91,9 +91,9 @@ class StepState:
     scored: dict[str, list[tuple[Parameter, float]]] = attrs.field(factory=dict)
     """Per trained node, every candidate with its ELBO (the current one first)."""
     score_counts: dict[str, list[int]] = attrs.field(factory=dict)
-    """Per trained node, the (example, term) pairs each candidate could be scored on."""
+    """Per trained node, the calls each candidate's scores could send."""
     score_sent: dict[str, list[int]] = attrs.field(factory=dict)
-    """Per trained node, those each candidate was scored on (fewer once a race drops it)."""
+    """Per trained node, those each candidate's scores sent (fewer once a race drops it)."""
 
     @property
     def examples(self) -> int:
@@ -107,9 +107,9 @@ class StepState:
 
 @attrs.frozen
 class Scores:
-    """The (example, term) pairs a node's candidates are scored on, at most and as expected:
-    the current parameter's, which every other candidate is measured against, and all the
-    others' together."""
+    """The calls that score a node's candidates, at most and as expected: the current
+    parameter's, which every other candidate is measured against, and all the others'
+    together."""
 
     current: Count
     others: Count
