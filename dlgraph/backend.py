@@ -19,7 +19,7 @@ import attrs
 
 from dlgraph._entry_points import BACKENDS
 from dlgraph._untrusted import excerpt
-from dlgraph._validate import MAX_TOKENS, integer, number, stop_strings, strings, text
+from dlgraph._validate import MAX_TOKENS, boolean, integer, number, stop_strings, strings, text
 from dlgraph.answer import Answer, as_answer
 from dlgraph.errors import BackendError, MalformedAnswer, UnknownBackend
 
@@ -219,6 +219,9 @@ class Capabilities:
     """How many continuations of one context one call (`ContinuationsRequest`) may score
     (0: none): with exact log-probabilities, a class distribution with at most this many
     verbalizers is then one call instead of one per verbalizer."""
+    repeats_context: bool = attrs.field(default=False, validator=boolean)
+    """A `ContinuationsRequest` sends (and a server charges) the context once per
+    continuation, as a list of prompts does, rather than once."""
 
     def continuation_calls(self, continuations: int) -> int:
         """Calls that score `continuations` continuations of one context (the engine's
@@ -226,10 +229,30 @@ class Capabilities:
         else one each."""
         return 1 if continuations <= max(1, self.continuations) else continuations
 
+    def reads_first_token(self, verbalizers: int) -> bool:
+        """Whether a class distribution over `verbalizers` verbalizers is read from the
+        first token's alternatives first: one context sent instead of one per verbalizer,
+        where a class in one call would repeat it (`repeats_context`). Exact all the same:
+        a verbalizer that is not one of the alternatives is then scored as a continuation."""
+        return (
+            self.classification == "logprob"
+            and self.repeats_context
+            and self.top_logprobs > 0
+            and self.continuation_calls(verbalizers) == 1
+        )
+
     def distribution_calls(self, verbalizers: int) -> int:
-        """Calls one class distribution over `verbalizers` verbalizers sends (the engine's
-        `classify`, and what the estimate counts for it)."""
-        return self.continuation_calls(verbalizers) if self.classification == "logprob" else 1
+        """Calls one class distribution over `verbalizers` verbalizers sends at most (the
+        engine's `classify`, and what the estimate counts for it): two when read from the
+        first token (the alternatives, then any verbalizer they lack, all in one call)."""
+        if self.classification != "logprob":
+            return 1
+        return 2 if self.reads_first_token(verbalizers) else self.continuation_calls(verbalizers)
+
+    def expected_distribution_calls(self, verbalizers: int) -> int:
+        """The calls a class distribution is expected to send: one when read from the first
+        token (its verbalizers expected among the alternatives), else what it sends."""
+        return 1 if self.reads_first_token(verbalizers) else self.distribution_calls(verbalizers)
 
     @property
     def classification(self) -> str:

@@ -158,6 +158,10 @@ class Cost:
 
     calls: int
     writes: bool
+    expected: int = attrs.field(
+        default=attrs.Factory(lambda self: self.calls, takes_self=True), kw_only=True
+    )
+    """The calls expected (a class read from the first token: one, at most two)."""
 
 
 class NodeKind(Protocol):
@@ -283,8 +287,10 @@ class ClassKind:
         """The calls of one class distribution, whatever the targets read from it (one per
         verbalizer, or one in all, as the backend allows: `Capabilities.distribution_calls`),
         twice when calibrated (the content-free input too)."""
+        factor = 2 if self.calibrate else 1
         calls = capabilities.distribution_calls(self._verbalizers)
-        return Cost(2 * calls if self.calibrate else calls, writes=False)
+        expected = capabilities.expected_distribution_calls(self._verbalizers)
+        return Cost(factor * calls, writes=False, expected=factor * expected)
 
     def posterior_size(self, samples: int) -> int:
         return len(self.classes)

@@ -2,7 +2,11 @@
 
 * ``logprob``: the exact log-probability of every verbalizer after a space, summed per class:
   all in one `ContinuationsRequest` when the backend scores that many continuations in one
-  call (`Capabilities.continuations`), else one `LogprobRequest` per verbalizer;
+  call (`Capabilities.continuations`), else one `LogprobRequest` per verbalizer. Where such a
+  call would repeat the context for each verbalizer (a list of prompts over HTTP,
+  `Capabilities.repeats_context`) and the backend gives first-token alternatives, a verbalizer
+  that is one token among them is read from one `TopLogprobsRequest` (one context sent), and
+  only those it lacks are scored as continuations: the same values, fewer tokens;
 * ``top_logprobs``: each class's verbalizers among the first token's alternatives;
 * ``generate``: one greedy generation, mapped to a class.
 
@@ -56,6 +60,12 @@ class Query:
             self.context, target, node=self.node, phase=self.phase, priority=self.priority
         )
 
+    def top_logprobs(self, count: int) -> TopLogprobsRequest:
+        """The first token's `count` most likely alternatives after the context."""
+        return TopLogprobsRequest(
+            self.context, count=count, node=self.node, phase=self.phase, priority=self.priority
+        )
+
 
 @attrs.frozen
 class ClassQuery(Query):
@@ -87,24 +97,37 @@ async def continuation_scores(
 
 async def _by_logprob(send: Send, query: ClassQuery, capabilities: Capabilities) -> list[float]:
     words = [(c, word) for c, spec in enumerate(query.classes) for word in verbalizers(spec)]
-    scores = await continuation_scores(send, capabilities, query, [" " + word for _, word in words])
+    targets = [" " + word for _, word in words]
+    if capabilities.reads_first_token(len(targets)):
+        scores = await _first_token_then_continuations(send, query, capabilities, targets)
+    else:
+        scores = await continuation_scores(send, capabilities, query, targets)
     return [
         logsumexp([s for (c, _), s in zip(words, scores, strict=True) if c == index] or [-math.inf])
         for index in range(len(query.classes))
     ]
 
 
+async def _first_token_then_continuations(
+    send: Send, query: Query, capabilities: Capabilities, targets: Sequence[str]
+) -> list[float]:
+    """Each target's exact log-probability: a target that is one token among the first
+    token's alternatives is its alternative's (one context sent for them all); the others
+    are scored as continuations."""
+    top = await send(query.top_logprobs(capabilities.top_logprobs))
+    assert isinstance(top, dict)
+    scores = {target: top[target] for target in targets if target in top}
+    missing = [target for target in targets if target not in scores]
+    if missing:
+        found = await continuation_scores(send, capabilities, query, missing)
+        scores.update(zip(missing, found, strict=True))
+    return [scores[target] for target in targets]
+
+
 async def _by_top_logprobs(
     send: Send, query: ClassQuery, capabilities: Capabilities
 ) -> list[float]:
-    request = TopLogprobsRequest(
-        query.context,
-        count=capabilities.top_logprobs,
-        node=query.node,
-        phase=query.phase,
-        priority=query.priority,
-    )
-    top = await send(request)
+    top = await send(query.top_logprobs(capabilities.top_logprobs))
     assert isinstance(top, dict) and top, "an empty answer is refused below"
     return [_class_score(spec, top) for spec in query.classes]
 

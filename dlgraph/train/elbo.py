@@ -15,7 +15,7 @@ import attrs
 
 from dlgraph._tasks import map_concurrently
 from dlgraph.graph import Graph
-from dlgraph.nodes import Parameter
+from dlgraph.nodes import Cost, Parameter
 from dlgraph.train.candidates import shown_examples
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.posterior import posterior_size
@@ -210,8 +210,8 @@ class ScorePhase:
         alive = list(range(len(candidates)))
         kind = setup.net.node(name).kind
 
-        def calls(job: ScoreJob) -> int:
-            return setup.scorer.cost(kind, len(job.terms)).calls
+        def cost(job: ScoreJob) -> Cost:
+            return setup.scorer.cost(kind, len(job.terms))
 
         async def score(job: ScoreJob) -> float:
             values = job.terms[0].values
@@ -230,12 +230,12 @@ class ScorePhase:
             jobs = score_jobs(terms, excluded, alive, examples)
             add_scores(scores, jobs, await map_concurrently(score, jobs))
             for job in jobs:
-                sent[job.candidate] += calls(job)
+                sent[job.candidate] += cost(job).expected
             halve = number < len(rounds)
             alive = race.survivors(utilities(scores, trust), alive, halve=halve)
         state.score_counts[name] = [0] * len(candidates)
         for job in score_jobs(terms, excluded, range(len(candidates)), range(state.examples)):
-            state.score_counts[name][job.candidate] += calls(job)
+            state.score_counts[name][job.candidate] += cost(job).calls
         state.score_sent[name] = sent
         elbos = elbo(scores, trust)
         return [(candidates[c], elbos[c]) for c in alive]
@@ -253,14 +253,15 @@ class ScorePhase:
             current = Count(current.calls, 0)
         return Calls(name, "score", action(cost), current + scores.others)
 
-    def example_calls(self, name: str, terms: int) -> int:
-        """The calls that score one candidate of node `name` on one example's `terms` terms:
+    def example_cost(self, name: str, terms: int) -> Cost:
+        """What scoring one candidate of node `name` on one example's `terms` terms sends:
         all at once when they read the same inputs (`shares_inputs`), else one score each."""
         setup = self.setup
         kind = setup.net.node(name).kind
         if shares_inputs(setup.net, name):
-            return setup.scorer.cost(kind, terms).calls
-        return terms * setup.scorer.cost(kind).calls
+            return setup.scorer.cost(kind, terms)
+        cost = setup.scorer.cost(kind)
+        return Cost(terms * cost.calls, cost.writes, expected=terms * cost.expected)
 
     def current_known(self, name: str) -> bool:
         """Whether the forward engine's cache answers the current parameter's scores: they

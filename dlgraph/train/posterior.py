@@ -89,10 +89,10 @@ class PosteriorPhase:
         kind = setup.net.node(scored).kind
         if scored == self.name:
             cost = setup.scorer.cost(kind, size)
-            return Calls(scored, "posterior", action(cost), Count(examples * cost.calls))
+            return Calls(scored, "posterior", action(cost), Count(examples).times(cost))
         cost = setup.scorer.cost(kind)
         known = 1 if setup.cached and setup.scorer.repeats_run(kind) else 0
-        count = Count(examples * size * cost.calls, examples * (size - known) * cost.calls)
+        count = Count(examples * size, examples * (size - known)).times(cost)
         return Calls(scored, "posterior", action(cost), count)
 
     def probe(self, wave: Wave, stand_in: StandIn) -> Probe:

@@ -134,6 +134,7 @@ class OpenAIBackend(dg.Backend):
             top_logprobs=self.profile.top_logprobs,
             max_batch=max_batch,
             continuations=several,
+            repeats_context=True,
             context_window=self.context_window
             or self.profile.context_window
             or self._served_window,
