@@ -127,9 +127,10 @@ def continuation_texts(values: Sequence[str]) -> tuple[str, ...]:
 @attrs.frozen
 class ContinuationsRequest:
     """log p(continuation | context) for each continuation, summed over its tokens, in one
-    call: every verbalizer of a class distribution at once, the context evaluated once
-    (`Capabilities.continuations` says how many a backend takes). Each value equals what a
-    `LogprobRequest(context, continuation)` answers."""
+    call: every verbalizer of a class distribution at once, or a text node's targets on the
+    same inputs; the context evaluated once in process, sent once per continuation over HTTP
+    (`Capabilities.continuations` says how many a backend takes, `repeats_context` which).
+    Each value equals what a `LogprobRequest(context, continuation)` answers."""
 
     context: str = attrs.field(validator=text)
     continuations: tuple[str, ...] = attrs.field(converter=continuation_texts)
@@ -218,7 +219,8 @@ class Capabilities:
     continuations: int = attrs.field(default=0, validator=integer(0, MAX_CONTINUATIONS))
     """How many continuations of one context one call (`ContinuationsRequest`) may score
     (0: none): with exact log-probabilities, a class distribution with at most this many
-    verbalizers is then one call instead of one per verbalizer."""
+    verbalizers, or a text node's several targets on the same inputs, is then one call
+    instead of one per continuation."""
     repeats_context: bool = attrs.field(default=False, validator=boolean)
     """A `ContinuationsRequest` sends (and a server charges) the context once per
     continuation, as a list of prompts does, rather than once."""
@@ -232,12 +234,14 @@ class Capabilities:
     def reads_first_token(self, verbalizers: int) -> bool:
         """Whether a class distribution over `verbalizers` verbalizers is read from the
         first token's alternatives first: one context sent instead of one per verbalizer,
-        where a class in one call would repeat it (`repeats_context`). Exact all the same:
-        a verbalizer that is not one of the alternatives is then scored as a continuation."""
+        where a class in one call would repeat it (`repeats_context`), and the alternatives
+        may hold every verbalizer. Exact all the same: a verbalizer that is not one of the
+        alternatives is then scored as a continuation, in a second call (fewer tokens, one
+        more request)."""
         return (
             self.classification == "logprob"
             and self.repeats_context
-            and self.top_logprobs > 0
+            and 1 < verbalizers <= self.top_logprobs
             and self.continuation_calls(verbalizers) == 1
         )
 

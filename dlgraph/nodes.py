@@ -163,6 +163,11 @@ class Cost:
     )
     """The calls expected (a class read from the first token: one, at most two)."""
 
+    @expected.validator
+    def _at_most_calls(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if not 0 <= value <= self.calls:
+            raise ValueError(f"expected calls {value} outside 0..{self.calls}")
+
 
 class NodeKind(Protocol):
     """What a kind of node must say; `ClassKind` and `TextKind` are the two there are."""
@@ -285,8 +290,9 @@ class ClassKind:
 
     def score_cost(self, capabilities: Capabilities, targets: int = 1) -> Cost:
         """The calls of one class distribution, whatever the targets read from it (one per
-        verbalizer, or one in all, as the backend allows: `Capabilities.distribution_calls`),
-        twice when calibrated (the content-free input too)."""
+        verbalizer, or one in all, or the first token's alternatives and then those they lack:
+        `Capabilities.distribution_calls`), twice when calibrated (the content-free input
+        too)."""
         factor = 2 if self.calibrate else 1
         calls = capabilities.distribution_calls(self._verbalizers)
         expected = capabilities.expected_distribution_calls(self._verbalizers)

@@ -15,6 +15,7 @@ from test_tracing import Spans
 import dlgraph as dg
 from dlgraph.engine.journal import read_journal
 from dlgraph.engine.tokens import estimated_tokens
+from dlgraph.nodes import Cost
 
 CONTEXT = "Is the tweet positive, negative or neutral? Tweet: the flight was late. Answer:"
 CLASSES = ["positive|Positive", "negative|Negative", "neutral|Neutral"]
@@ -159,6 +160,17 @@ def test_a_limit_on_tokens_charges_the_context_once_and_each_continuation() -> N
     assert estimated_tokens(model, request) == (once, 0)
 
 
+def test_a_limit_on_tokens_charges_the_context_with_each_continuation_where_it_is_repeated() -> (
+    None
+):
+    """A list of prompts over HTTP sends the context with every continuation, and the server
+    charges it each time."""
+    model = scripted(dg.Capabilities(continuations=8, repeats_context=True))
+    request = dg.ContinuationsRequest(CONTEXT, [" positive", " negative", " neutral"])
+    each = sum(model.count_tokens(CONTEXT) + model.count_tokens(t) for t in request.continuations)
+    assert estimated_tokens(model, request) == (each, 0)
+
+
 # -- several targets of one context: a text node's candidates --------------------------------
 
 TARGETS = [" left", " right", " left twice", " back to the start"]
@@ -234,10 +246,12 @@ async def test_no_continuation_of_a_context_is_scored_twice_whichever_request_as
         more = await engine.logprobs(CONTEXT, TARGETS)
         known = await engine.logprobs(CONTEXT, [TARGETS[3], TARGETS[0]])
         hits = engine.statistics().total.cache_hits
-    sent = [call.request.continuations for call in model.calls]
-    assert sent == [tuple(TARGETS[:2]), tuple(TARGETS[2:])]
+        one_new = await engine.logprobs(CONTEXT, [TARGETS[2], " ahead"])
+    sent = [call.request for call in model.calls]
+    assert [r.continuations for r in sent[:2]] == [tuple(TARGETS[:2]), tuple(TARGETS[2:])]
+    assert sent[2:] == [dg.LogprobRequest(CONTEXT, " ahead")]  # one left: batchable alone
     assert alone == first[1] and more[:2] == first and known == [more[3], more[0]]
-    assert hits == 2
+    assert hits == 2 and one_new[0] == more[2]
     assert more == [logprob(dg.LogprobRequest(CONTEXT, t)) for t in TARGETS]
 
 
@@ -250,3 +264,34 @@ async def test_continuations_known_from_a_cache_on_disk_are_not_scored_again(tmp
         again = await engine.logprobs(CONTEXT, TARGETS[1:3])
         alone = await engine.logprob(CONTEXT, TARGETS[3])
     assert model.calls == [] and again == before[1:3] and alone == before[3]
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "reads"),
+    [
+        (dg.Capabilities(continuations=8, top_logprobs=5, repeats_context=True), True),
+        (dg.Capabilities(continuations=8, top_logprobs=3, repeats_context=True), False),
+        (dg.Capabilities(continuations=8, top_logprobs=5), False),  # in process: no saving
+        (dg.Capabilities(continuations=0, top_logprobs=5, repeats_context=True), False),
+        (dg.Capabilities(exact_logprobs=False, top_logprobs=5, repeats_context=True), False),
+    ],
+    ids=["over http", "more verbalizers than alternatives", "in process", "one each", "chat"],
+)
+def test_a_class_is_read_from_the_first_token_only_where_that_sends_fewer_tokens(
+    capabilities: dg.Capabilities, reads: bool
+) -> None:
+    """Four verbalizers: read from one first-token request where a class in one call would
+    repeat the context four times and the alternatives may hold all four (two calls at most,
+    one expected)."""
+    assert capabilities.reads_first_token(4) is reads
+    assert not capabilities.reads_first_token(1)
+    if reads:
+        assert (
+            capabilities.distribution_calls(4),
+            capabilities.expected_distribution_calls(4),
+        ) == (2, 1)
+
+
+def test_a_cost_never_expects_more_calls_than_it_may_send() -> None:
+    with pytest.raises(ValueError, match="expected calls 3 outside 0..2"):
+        Cost(2, writes=False, expected=3)

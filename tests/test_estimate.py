@@ -358,6 +358,38 @@ async def test_with_a_cache_dln2_s_current_prompts_scores_are_expected_from_the_
         assert counts[name, "score"].expected < counts[name, "score"].calls
 
 
+def class_hidden() -> dg.Network:
+    """A hidden class node (a topic) the answer reads beside the input."""
+    net = dg.Network()
+    net.add_node("topic", prompt="Name the topic.", classes=PAIR_CLASSES)
+    net.add_node("answer", prompt="Answer the question.", classes=PAIR_CLASSES)
+    for edge in [(dg.INPUT, "topic"), ("topic", "answer"), (dg.INPUT, "answer")]:
+        net.add_edge(*edge)
+    return net
+
+
+@pytest.mark.parametrize("continuations", [0, 8])
+@pytest.mark.parametrize("scoring", ["logprob", "accuracy"])
+@pytest.mark.parametrize("prior", [True, False])
+async def test_with_a_cache_a_hidden_class_node_s_prior_and_scores_are_expected_from_its_run(
+    continuations: int, scoring: str, prior: bool
+) -> None:
+    """A hidden class node's prior over its classes is the distribution its forward run
+    read, and so are its current prompt's scores: the cache answers them, with or without
+    the prior in the posterior, and the estimate expects each (node, phase) as sent."""
+    train = word_pair_task(24, 1)
+    options = {"max_demonstrations": 0, "scoring": scoring, "posterior_prior": prior}
+    world = LetterWorld(pair=True)
+    async with dg.Engine(distinct(world, "runs", continuations), cache=True) as engine:
+        trainer = dg.VariationalTrainer(class_hidden(), engine, **(OPTIONS | options))
+        counts = side(trainer.estimate(1, BATCH, train, dev_size=0).waves, None)
+        await trainer.step(train[:BATCH])
+        sent = counted(engine)
+    assert expected(counts) == sent
+    assert_bounded(counts, sent)
+    assert counts["topic", "score"].expected < counts["topic", "score"].calls
+
+
 # -- the plan's arithmetic, written out by hand -------------------------------------------------
 
 

@@ -363,6 +363,16 @@ class Cache:
         found = await self.store.get(self.key(work))
         return found if found is not None and fits(found, work) else None
 
+    @staticmethod
+    def _rest(work: ContinuationsRequest, missing: list[int]) -> Work:
+        """What to send for the continuations at `missing`: the request itself when none is
+        known, one `LogprobRequest` (which a coalescer can batch) for one, else those."""
+        if len(missing) == len(work.continuations):
+            return work
+        if len(missing) == 1:
+            return work.each()[missing[0]]
+        return attrs.evolve(work, continuations=[work.continuations[i] for i in missing])
+
     async def _continuations(self, work: ContinuationsRequest) -> tuple[float, ...]:
         """Those continuations not known already, sent; each kept as its `LogprobRequest`."""
         parts = work.each()
@@ -371,9 +381,9 @@ class Cache:
         if not missing:
             self.ledger.add(work, cache_hits=1)
         else:
-            texts = [work.continuations[i] for i in missing]
-            asked = work if len(missing) == len(parts) else attrs.evolve(work, continuations=texts)
-            result = await self.inner(asked)
+            result = await self.inner(self._rest(work, missing))
+            if isinstance(result, int | float):
+                result = (result,)
             assert isinstance(result, tuple), "a continuations request answers a tuple"
             for i, value in zip(missing, result, strict=True):
                 values[i] = value

@@ -56,6 +56,7 @@ from dlgraph._validate import (
     class_strings,
     instance_of,
     integer,
+    strings,
 )
 from dlgraph.backend import (
     Backend,
@@ -360,13 +361,15 @@ class Engine(anyio.AsyncContextManagerMixin):
         phase: Phase = "score",
         priority: int = 0,
     ) -> list[float]:
-        """log p(target | context) of each target, in order: in one call when the backend
-        scores that many continuations of a context at once (`Capabilities.continuations`),
-        else one call each; every value as `logprob` gives it."""
+        """log p(target | context) of each (non-empty) target, in order: in one call when the
+        backend scores that many continuations of a context at once
+        (`Capabilities.continuations`), else one call each; every value as `logprob` gives
+        it."""
         query = Query(context, node, phase, priority)
-        return await continuation_scores(
-            self.request, self.backend.capabilities, query, list(targets)
-        )
+        texts = strings(targets, "targets")
+        if "" in texts:
+            raise ValueError(f"targets[{texts.index('')}]: an empty text has nothing to score")
+        return await continuation_scores(self.request, self.backend.capabilities, query, texts)
 
     async def classify(
         self,

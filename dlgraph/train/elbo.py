@@ -266,17 +266,19 @@ class ScorePhase:
     def current_known(self, name: str) -> bool:
         """Whether the forward engine's cache answers the current parameter's scores: they
         send what the forward pass sent (its expectation runs over the forward values alone
-        and a score repeats a run), or what the posterior's evidence scored (a hidden node's
-        prior over its own candidates; an output node's likelihood with its one hidden
-        parent's candidates as inputs)."""
+        and a score repeats a run; a hidden class node's over its classes, which its run
+        read), or what the posterior's evidence scored (a hidden node's prior over its own
+        candidates; an output node's likelihood with its one hidden parent's candidates as
+        inputs)."""
         setup = self.setup
         net, options = setup.net, setup.options
         if not setup.cached:
             return False
+        repeats = setup.scorer.repeats_run(net.node(name).kind)
         if term_count(net, name, options) == 1:
-            return setup.scorer.repeats_run(net.node(name).kind)
+            return repeats
         if name in net.hidden_nodes():
-            return options.posterior_prior
+            return options.posterior_prior or repeats
         hidden = [p for p in net.parents(name) if p in net.hidden_nodes()]
         return len(hidden) == 1 and options.posterior_likelihood
 
@@ -288,6 +290,6 @@ class ScorePhase:
             state = stand_in(tag)
             values, target = state.trace.values(0), state.targets[name][0]
             await setup.scorer.loglik(setup.net, name, values, target, phase="score")
-            return setup.scorer.cost(setup.net.node(name).kind).calls
+            return setup.scorer.cost(setup.net.node(name).kind).expected
 
         return one

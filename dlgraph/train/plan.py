@@ -65,7 +65,7 @@ class ForwardPhase:
         async def one(tag: int) -> int:
             values = stand_in(tag).trace.values(0)
             await run_node(net, self.setup.engine_for(wave), name, values, phase="forward")
-            return net.node(name).kind.run_cost(self.setup.capabilities).calls
+            return net.node(name).kind.run_cost(self.setup.capabilities).expected
 
         return one
 

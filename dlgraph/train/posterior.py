@@ -83,16 +83,18 @@ class PosteriorPhase:
     def _scores(self, scored: str, examples: int, size: int) -> Calls:
         """Node `scored`'s evidence for `size` candidates on each of `examples` examples: the
         node itself scores all its candidates on the same inputs at once (its prior), a child
-        each candidate as its input; the first candidate, the forward output, repeats what
-        the forward pass ran when a score is a run, and a cache answers it."""
+        each candidate as its input. Where a score is a run (a class node), a cache answers
+        what repeats the forward pass: the prior, and a child's score of the first candidate,
+        the forward output."""
         setup = self.setup
         kind = setup.net.node(scored).kind
-        if scored == self.name:
+        repeats = setup.cached and setup.scorer.repeats_run(kind)
+        if scored == self.name:  # a class node's prior is the distribution its run read
             cost = setup.scorer.cost(kind, size)
-            return Calls(scored, "posterior", action(cost), Count(examples).times(cost))
+            count = Count(examples, 0 if repeats else examples).times(cost)
+            return Calls(scored, "posterior", action(cost), count)
         cost = setup.scorer.cost(kind)
-        known = 1 if setup.cached and setup.scorer.repeats_run(kind) else 0
-        count = Count(examples * size, examples * (size - known)).times(cost)
+        count = Count(examples * size, examples * (size - repeats)).times(cost)
         return Calls(scored, "posterior", action(cost), count)
 
     def probe(self, wave: Wave, stand_in: StandIn) -> Probe:
@@ -112,7 +114,7 @@ class PosteriorPhase:
             state = stand_in(tag)
             values, target = state.trace.values(0), state.targets[node.name][0]
             await setup.scorer.loglik(setup.net, node.name, values, target, phase="posterior")
-            return setup.scorer.cost(node.kind).calls
+            return setup.scorer.cost(node.kind).expected
 
         return sample if wave.backward else evidence
 

@@ -93,7 +93,8 @@ class StepState:
     score_counts: dict[str, list[int]] = attrs.field(factory=dict)
     """Per trained node, the calls each candidate's scores could send."""
     score_sent: dict[str, list[int]] = attrs.field(factory=dict)
-    """Per trained node, those each candidate's scores sent (fewer once a race drops it)."""
+    """Per trained node, the calls each candidate's scores are expected to have sent (fewer
+    once a race drops it; a class read from the first token counts one call)."""
 
     @property
     def examples(self) -> int:
@@ -101,8 +102,8 @@ class StepState:
 
     def scores(self, name: str) -> Scores:
         current, *others = self.score_counts[name] or [0]  # none: no candidate fitted
-        _, *others_sent = self.score_sent[name] or [0]
-        return Scores(Count(current), Count(sum(others), sum(others_sent)))
+        current_sent, *others_sent = self.score_sent[name] or [0]
+        return Scores(Count(current, current_sent), Count(sum(others), sum(others_sent)))
 
 
 @attrs.frozen
