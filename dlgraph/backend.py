@@ -224,6 +224,10 @@ class Capabilities:
     repeats_context: bool = attrs.field(default=False, validator=boolean)
     """A `ContinuationsRequest` sends (and a server charges) the context once per
     continuation, as a list of prompts does, rather than once."""
+    first_token_classes: bool = attrs.field(default=False, validator=boolean)
+    """Where `repeats_context`, read a class distribution from the first token's
+    alternatives first (`reads_first_token`): the backend's choice of fewer tokens over,
+    sometimes, one more request."""
 
     def continuation_calls(self, continuations: int) -> int:
         """Calls that score `continuations` continuations of one context (the engine's
@@ -241,6 +245,7 @@ class Capabilities:
         return (
             self.classification == "logprob"
             and self.repeats_context
+            and self.first_token_classes
             and 1 < verbalizers <= self.top_logprobs
             and self.continuation_calls(verbalizers) == 1
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import anyio
+import attrs
 import pytest
 from dlgraph_sim import ScriptedModel, stable_random
 from test_tracing import Spans
@@ -266,16 +267,29 @@ async def test_continuations_known_from_a_cache_on_disk_are_not_scored_again(tmp
     assert model.calls == [] and again == before[1:3] and alone == before[3]
 
 
+HTTP = dg.Capabilities(
+    continuations=8, top_logprobs=5, repeats_context=True, first_token_classes=True
+)
+
+
 @pytest.mark.parametrize(
     ("capabilities", "reads"),
     [
-        (dg.Capabilities(continuations=8, top_logprobs=5, repeats_context=True), True),
-        (dg.Capabilities(continuations=8, top_logprobs=3, repeats_context=True), False),
-        (dg.Capabilities(continuations=8, top_logprobs=5), False),  # in process: no saving
-        (dg.Capabilities(continuations=0, top_logprobs=5, repeats_context=True), False),
-        (dg.Capabilities(exact_logprobs=False, top_logprobs=5, repeats_context=True), False),
+        (HTTP, True),
+        (attrs.evolve(HTTP, top_logprobs=3), False),
+        (attrs.evolve(HTTP, repeats_context=False), False),  # in process: no saving
+        (attrs.evolve(HTTP, first_token_classes=False), False),  # the backend's choice
+        (attrs.evolve(HTTP, continuations=0), False),
+        (attrs.evolve(HTTP, exact_logprobs=False), False),
     ],
-    ids=["over http", "more verbalizers than alternatives", "in process", "one each", "chat"],
+    ids=[
+        "over http",
+        "more verbalizers than alternatives",
+        "in process",
+        "turned off",
+        "one each",
+        "chat",
+    ],
 )
 def test_a_class_is_read_from_the_first_token_only_where_that_sends_fewer_tokens(
     capabilities: dg.Capabilities, reads: bool

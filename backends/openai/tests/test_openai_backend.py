@@ -369,6 +369,17 @@ async def test_a_verbalizer_the_alternatives_lack_is_scored_as_a_continuation() 
     assert joint[1] < 0.5  # " no" alone: still a real probability, not the floor
 
 
+async def test_without_first_token_classes_every_verbalizer_is_one_request_of_several() -> None:
+    """For a server limited by requests rather than tokens: one request whatever the
+    alternatives hold, the context in each of its prompts."""
+    async with SimServer(ServerConfig(api_key=KEY), answers(unlikely=" No")) as server:
+        assert not backend(server, first_token_classes=False).capabilities.reads_first_token(4)
+        joint, sent = await distribution(server, first_token_classes=False)
+        separate, _ = await distribution(server, max_continuations=0)
+    assert sent == [tuple(QUESTION + t for t in (" yes", " Yes", " no", " No"))]
+    assert joint == pytest.approx(separate, abs=1e-9)
+
+
 async def test_max_continuations_0_scores_each_verbalizer_in_a_request_of_its_own() -> None:
     """The scoring of runs before one-call classes, for comparing with them: only the class
     distribution changes (`max_batch`, and so coalescing, stay the profile's)."""
@@ -397,6 +408,12 @@ def test_max_continuations_lowers_what_the_profile_allows_never_raises_it() -> N
 def test_a_max_continuations_that_is_no_count_is_refused(value: object) -> None:
     with pytest.raises((TypeError, ValueError), match="max_continuations"):
         OpenAIBackend("m", profile="vllm", max_continuations=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_a_first_token_classes_that_is_no_boolean_is_refused(value: object) -> None:
+    with pytest.raises(TypeError, match="first_token_classes: expected bool"):
+        OpenAIBackend("m", profile="vllm", first_token_classes=value)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("profile", ["llamacpp", "llama-cpp-python", "ollama"])
