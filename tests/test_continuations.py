@@ -231,9 +231,11 @@ async def test_a_target_asked_twice_in_one_call_is_scored_once() -> None:
     model = scripted()
     async with dg.Engine(model) as engine:
         values = await engine.logprobs(CONTEXT, [" left", " right", " left"])
-    (call,) = model.calls
-    assert call.request.continuations == (" left", " right")
+        alone = await engine.logprobs(CONTEXT, [" back", " back"])
+    first, second = (call.request for call in model.calls)
+    assert first.continuations == (" left", " right")
     assert values[0] == values[2] != values[1]
+    assert second == dg.LogprobRequest(CONTEXT, " back") and alone[0] == alone[1]
 
 
 async def test_no_continuation_of_a_context_is_scored_twice_whichever_request_asks() -> None:

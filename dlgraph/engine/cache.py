@@ -337,10 +337,10 @@ def fits(value: object, work: Work) -> TypeGuard[Result | list[float]]:
 
 @attrs.define(eq=False)
 class Cache:
-    """Successful results by request key; failures are never cached. A continuation scored
-    in a `ContinuationsRequest` is also kept as the `LogprobRequest` it equals, so that no
-    (context, continuation) is sent twice: a request for continuations that are all known
-    is answered here, one for some of them sends only the others."""
+    """Successful results by request key; failures are never cached. Each continuation of a
+    `ContinuationsRequest` is kept as the `LogprobRequest` it equals, so that no (context,
+    continuation) is sent twice: a request for continuations that are all known is answered
+    here, one for some of them sends only the others."""
 
     inner: Call
     key: Callable[[Work], Hashable]
@@ -348,7 +348,7 @@ class Cache:
     store: Store
 
     async def __call__(self, work: Work) -> Outcome:
-        found = await self._get(work)
+        found = await self._get(work)  # a continuations request: as older versions kept it
         if found is not None:
             self.ledger.add(work, cache_hits=1)
             return tuple(found) if isinstance(found, list) else found
@@ -390,5 +390,4 @@ class Cache:
                 await self.store.put(self.key(parts[i]), value)
         answer = tuple(float(value) for value in values if isinstance(value, int | float))
         assert len(answer) == len(parts), "every value is a known or a new log-probability"
-        await self.store.put(self.key(work), answer)
         return answer
