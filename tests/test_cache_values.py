@@ -33,6 +33,9 @@ CONTINUATIONS = dg.ContinuationsRequest("context", [" yes", " no"])
         ({"yes": -0.1, 7: -2.0}, TOP, False),
         ({"yes": "-0.1"}, TOP, False),
         (["yes", -0.1], TOP, False),
+        ({"yes": -0.1, "no": math.inf}, TOP, False),
+        ({"yes": 3.0}, TOP, False),
+        ({"yes": -math.inf, "no": 0.0}, TOP, True),
         ((-0.1, -2.0), CONTINUATIONS, True),
         ([-0.1, -2], CONTINUATIONS, True),  # from disk: JSON has no tuple
         ([-0.1], CONTINUATIONS, False),

@@ -69,12 +69,14 @@ async def test_the_distribution_in_one_call_equals_the_one_of_a_call_per_verbali
     assert math.fsum(joint) == pytest.approx(1.0)
 
 
-async def test_more_verbalizers_than_one_call_takes_are_asked_one_call_each() -> None:
-    model = scripted(dg.Capabilities(continuations=5))
+async def test_more_verbalizers_than_one_call_takes_are_asked_in_as_few_calls_as_fit() -> None:
+    model = scripted(dg.Capabilities(continuations=4))
     async with dg.Engine(model) as engine:
-        await engine.classify(CONTEXT, CLASSES)
-    assert len(model.calls) == 6
-    assert all(isinstance(call.request, dg.LogprobRequest) for call in model.calls)
+        chunked = await engine.classify(CONTEXT, CLASSES)
+    async with dg.Engine(scripted(dg.Capabilities())) as engine:
+        each = await engine.classify(CONTEXT, CLASSES)
+    sizes = sorted(len(call.request.continuations) for call in model.calls)
+    assert sizes == [2, 4] and chunked == pytest.approx(each, abs=1e-12)
 
 
 async def test_a_distribution_asked_again_is_answered_from_the_cache(tmp_path) -> None:
@@ -190,11 +192,20 @@ async def test_several_targets_of_one_context_are_one_call_each_valued_as_alone(
     assert len(each.calls) == len(TARGETS)
 
 
-async def test_more_targets_than_one_call_takes_are_one_call_each() -> None:
-    model = scripted(dg.Capabilities(continuations=3))
+@pytest.mark.parametrize(
+    ("continuations", "sent"),
+    [(3, [dg.ContinuationsRequest, dg.LogprobRequest]), (1, [dg.LogprobRequest] * 4)],
+    ids=["three a call", "one a call"],
+)
+async def test_more_targets_than_one_call_takes_are_as_few_calls_as_fit(
+    continuations: int, sent: list[type]
+) -> None:
+    model = scripted(dg.Capabilities(continuations=continuations))
     async with dg.Engine(model) as engine:
         values = await engine.logprobs(CONTEXT, TARGETS)
-    assert [type(call.request) for call in model.calls] == [dg.LogprobRequest] * len(TARGETS)
+    assert sorted(type(call.request).__name__ for call in model.calls) == sorted(
+        kind.__name__ for kind in sent
+    )
     assert values == [logprob(dg.LogprobRequest(CONTEXT, t)) for t in TARGETS]
 
 
@@ -311,3 +322,37 @@ def test_a_class_is_read_from_the_first_token_only_where_that_sends_fewer_tokens
 def test_a_cost_never_expects_more_calls_than_it_may_send() -> None:
     with pytest.raises(ValueError, match="expected calls 3 outside 0..2"):
         Cost(2, writes=False, expected=3)
+
+
+# -- what a log-probability is, on every path -------------------------------------------------
+
+
+def answering(value: float, capabilities: dg.Capabilities) -> ScriptedModel:
+    return ScriptedModel(logprob=lambda request: value, capabilities=capabilities)
+
+
+@pytest.mark.parametrize("capabilities", [dg.Capabilities(), SEVERAL], ids=["each", "together"])
+@pytest.mark.parametrize("value", [1e-7, -0.0, -math.inf])
+async def test_a_server_s_rounding_above_zero_is_zero_alike_alone_and_together(
+    value: float, capabilities: dg.Capabilities
+) -> None:
+    async with dg.Engine(answering(value, capabilities), retry=FAST) as engine:
+        alone = await engine.logprob(CONTEXT, " yes")
+        together = await engine.logprobs(CONTEXT, [" yes", " no"])
+    assert alone == together[0] == together[1] == min(value, 0.0)
+
+
+@pytest.mark.parametrize("capabilities", [dg.Capabilities(), SEVERAL], ids=["each", "together"])
+@pytest.mark.parametrize("value", [0.5, math.inf, math.nan])
+async def test_a_value_that_is_no_log_probability_is_malformed_alike_alone_and_together(
+    value: float, capabilities: dg.Capabilities
+) -> None:
+    """Retried, then refused, whichever request asked it: never a value of a distribution."""
+    async with dg.Engine(answering(value, capabilities), retry=FAST) as engine:
+        for ask in (
+            lambda: engine.logprob(CONTEXT, " yes"),
+            lambda: engine.logprobs(CONTEXT, [" yes", " no"]),
+            lambda: engine.classify(CONTEXT, CLASSES),
+        ):
+            with pytest.raises(dg.RetriesExhausted, match="is not a number <= 0"):
+                await ask()

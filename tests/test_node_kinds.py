@@ -26,7 +26,8 @@ def test_a_class_nodes_score_asks_once_per_verbalizer_and_twice_when_calibrated(
     ("capabilities", "calls"),
     [
         (SEVERAL, 1),
-        (dg.Capabilities(continuations=2), 3),  # three verbalizers do not fit one call
+        (dg.Capabilities(continuations=2), 2),  # three verbalizers: two calls of two at most
+        (dg.Capabilities(continuations=1), 3),  # one a call: one each
         (dg.Capabilities(exact_logprobs=False, top_logprobs=5), 1),
         (dg.Capabilities(exact_logprobs=False), 1),
     ],

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import sqlite3
 import threading
@@ -328,10 +327,7 @@ def fits(value: object, work: Work) -> TypeGuard[Result | list[float]]:
     return (
         isinstance(value, dict)
         and bool(value)
-        and all(
-            isinstance(k, str) and isinstance(v, int | float) and not math.isnan(v)
-            for k, v in value.items()
-        )
+        and all(isinstance(k, str) and _is_logprob(v) for k, v in value.items())
     )
 
 

@@ -6,7 +6,8 @@
   call would repeat the context for each verbalizer (a list of prompts over HTTP,
   `Capabilities.repeats_context`) and the backend gives first-token alternatives, a verbalizer
   that is one token among them is read from one `TopLogprobsRequest` (one context sent), and
-  only those it lacks are scored as continuations: the same values, fewer tokens;
+  only those it lacks are scored as continuations: the same values, fewer tokens (not after a
+  context that ends in whitespace, which a tokenizer may join to the verbalizer);
 * ``top_logprobs``: each class's verbalizers among the first token's alternatives;
 * ``generate``: one greedy generation, mapped to a class.
 
@@ -19,6 +20,7 @@ looks like an answer. The request refuses such an answer from the backend
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -78,27 +80,32 @@ async def continuation_scores(
     send: Send, capabilities: Capabilities, query: Query, targets: Sequence[str]
 ) -> list[float]:
     """log p(target | context) of each target, in as few calls as the backend allows
-    (`Capabilities.continuation_calls`): all in one `ContinuationsRequest`, else one
-    `LogprobRequest` each."""
-    unique = list(dict.fromkeys(targets))  # a target asked twice is scored once
-    if len(unique) > 1 and capabilities.continuation_calls(len(unique)) == 1:
-        values = await send(query.continuations(unique))
+    (`Capabilities.continuation_calls`): `ContinuationsRequest`s of as many as one takes,
+    else one `LogprobRequest` each; a target asked twice is scored once."""
+    unique = list(dict.fromkeys(targets))
+    size = capabilities.continuations if capabilities.continuations > 1 else 1
+    chunks = [unique[start : start + size] for start in range(0, len(unique), size)]
+
+    async def score(chunk: list[str]) -> list[float]:
+        if len(chunk) == 1:
+            value = await send(query.logprob(chunk[0]))
+            assert isinstance(value, float | int)
+            return [float(value)]
+        values = await send(query.continuations(chunk))
         assert isinstance(values, tuple)
-        scored = dict(zip(unique, values, strict=True))
-        return [scored[target] for target in targets]
+        return list(values)
 
-    async def score(target: str) -> float:
-        value = await send(query.logprob(target))
-        assert isinstance(value, float | int)
-        return float(value)
-
-    return await map_concurrently(score, targets)
+    values = list(itertools.chain(*await map_concurrently(score, chunks)))
+    scored = dict(zip(unique, values, strict=True))
+    return [scored[target] for target in targets]
 
 
 async def _by_logprob(send: Send, query: ClassQuery, capabilities: Capabilities) -> list[float]:
     words = [(c, word) for c, spec in enumerate(query.classes) for word in verbalizers(spec)]
     targets = [" " + word for _, word in words]
-    if capabilities.reads_first_token(len(targets)):
+    # after whitespace, a tokenizer may join it to a verbalizer's first token, which is then
+    # not the token that follows the context: only continuations are exact there
+    if capabilities.reads_first_token(len(targets)) and not query.context[-1:].isspace():
         scores = await _first_token_then_continuations(send, query, capabilities, targets)
     else:
         scores = await continuation_scores(send, capabilities, query, targets)

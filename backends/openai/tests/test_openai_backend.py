@@ -346,6 +346,18 @@ async def distribution(server: SimServer, **options) -> tuple[list[float], list[
     return found, [attempt.prompts for attempt in server.attempts[before:]]
 
 
+async def test_a_positive_log_probability_is_malformed_alone_and_in_a_coalesced_request() -> None:
+    model = SimModel(token_logprob=lambda prefix, token: 0.5)
+    async with SimServer(ServerConfig(api_key=KEY), model) as server:
+        policy = dg.RetryPolicy(deadline_s=0.3, initial_wait_s=0.01, max_wait_s=0.02)
+        async with dg.Engine(backend(server), coalesce_ms=20, retry=policy) as engine:
+            with pytest.raises(dg.RetriesExhausted, match="is not a number <= 0"):
+                await map_concurrently(
+                    lambda i: engine.logprob("Context number", f" {i}"), range(3)
+                )
+    assert any(len(attempt.prompts) == 3 for attempt in server.attempts)
+
+
 async def test_a_class_distribution_is_read_from_the_first_token_s_alternatives() -> None:
     """A profile with echo and several prompts per request (vLLM's, the simulated server's)
     would repeat the context in one prompt per verbalizer: it asks the first token's
@@ -357,6 +369,21 @@ async def test_a_class_distribution_is_read_from_the_first_token_s_alternatives(
         separate, each = await distribution(server, max_continuations=0)
     assert sent == [(QUESTION,)] and server.attempts[0].path.endswith("/completions")
     assert len(each) == 4  # a request per verbalizer, the context in each
+    assert joint == pytest.approx(separate, abs=1e-9)
+
+
+@pytest.mark.parametrize("end", [" ", "\n"])
+async def test_after_a_context_that_ends_in_whitespace_every_verbalizer_is_a_continuation(
+    end: str,
+) -> None:
+    """A tokenizer may join the whitespace to a verbalizer's first token, which is then not
+    the token that follows the context: the first token's alternatives would not be exact."""
+    async with SimServer(ServerConfig(api_key=KEY), answers()) as server:
+        async with dg.Engine(backend(server)) as engine:
+            joint = await engine.classify(QUESTION + end, YES_NO)
+        async with dg.Engine(backend(server, max_continuations=0)) as engine:
+            separate = await engine.classify(QUESTION + end, YES_NO)
+    assert len(server.attempts[0].prompts) == 4  # one request, every verbalizer echoed
     assert joint == pytest.approx(separate, abs=1e-9)
 
 
