@@ -19,7 +19,7 @@ import attrs
 
 from dlgraph._entry_points import BACKENDS
 from dlgraph._untrusted import excerpt
-from dlgraph._validate import MAX_TOKENS, integer, number, stop_strings, strings, text
+from dlgraph._validate import MAX_TOKENS, boolean, integer, number, stop_strings, strings, text
 from dlgraph.answer import Answer, as_answer
 from dlgraph.errors import BackendError, MalformedAnswer, UnknownBackend
 
@@ -70,8 +70,11 @@ class LogprobRequest:
     def key(self) -> tuple[object, ...]:
         return ("logprob", self.context, self.target)
 
-    def ask(self, backend: Backend) -> Awaitable[float | Answer[float]]:
-        return backend.logprob(self)
+    async def ask(self, backend: Backend) -> Answer[float]:
+        """The backend's value; one that is no log-probability (`logprob_value`) is a
+        malformed answer (retried, never cached)."""
+        answer = as_answer(await backend.logprob(self))
+        return Answer(checked_logprobs(backend, [answer.value], answer)[0], usage=answer.usage)
 
 
 @attrs.frozen
@@ -89,8 +92,9 @@ class TopLogprobsRequest:
 
     async def ask(self, backend: Backend) -> Answer[dict[str, float]]:
         """The backend's alternatives. None at all (a shape the backend could not read) or a
-        NaN is a malformed answer, retried: with no alternative every class would fall to the
-        same floor, a uniform distribution that looks like an answer."""
+        value that is no log-probability (`logprob_value`) is a malformed answer, retried:
+        with no alternative every class would fall to the same floor, a uniform distribution
+        that looks like an answer."""
         answer = as_answer(await backend.top_logprobs(self))
         alternatives = answer.value
         if not alternatives:
@@ -98,11 +102,37 @@ class TopLogprobsRequest:
                 f"{backend.identity}: no first-token alternatives in the answer",
                 usage=answer.usage,
             )
-        if any(math.isnan(value) for value in alternatives.values()):
+        values = checked_logprobs(backend, list(alternatives.values()), answer)
+        return Answer(dict(zip(alternatives, values, strict=True)), usage=answer.usage)
+
+
+ROUNDING = 1e-6
+"""A log-probability this little above 0 is a server's rounding of 0, not a malformed answer."""
+
+
+def logprob_value(value: object) -> float | None:
+    """`value` as a log-probability: a number at most 0, -inf included (up to `ROUNDING`
+    above 0 is 0); None for anything else (NaN, +inf, a larger number, a bool, a text)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if math.isnan(value) or value > ROUNDING:
+        return None
+    return min(float(value), 0.0)
+
+
+def checked_logprobs(
+    backend: Backend, values: Sequence[object], answer: Answer[Any]
+) -> list[float]:
+    """`values` as log-probabilities (`logprob_value`); one that is none makes the answer
+    malformed (retried, never cached), whichever request asked it."""
+    checked = [logprob_value(value) for value in values]
+    for value, found in zip(values, checked, strict=True):
+        if found is None:
             raise MalformedAnswer(
-                f"{backend.identity}: a first-token log-probability is NaN", usage=answer.usage
+                f"{backend.identity}: the log-probability {value!r} is not a number <= 0",
+                usage=answer.usage,
             )
-        return answer
+    return [value for value in checked if value is not None]
 
 
 MAX_CONTINUATIONS = 256
@@ -127,9 +157,10 @@ def continuation_texts(values: Sequence[str]) -> tuple[str, ...]:
 @attrs.frozen
 class ContinuationsRequest:
     """log p(continuation | context) for each continuation, summed over its tokens, in one
-    call: every verbalizer of a class distribution at once, the context evaluated once
-    (`Capabilities.continuations` says how many a backend takes). Each value equals what a
-    `LogprobRequest(context, continuation)` answers."""
+    call: every verbalizer of a class distribution at once, or a text node's targets on the
+    same inputs; the context evaluated once in process, sent once per continuation over HTTP
+    (`Capabilities.continuations` says how many a backend takes, `repeats_context` which).
+    Each value equals what a `LogprobRequest(context, continuation)` answers."""
 
     context: str = attrs.field(validator=text)
     continuations: tuple[str, ...] = attrs.field(converter=continuation_texts)
@@ -161,12 +192,7 @@ class ContinuationsRequest:
                 f"{len(self.continuations)} continuations",
                 usage=answer.usage,
             )
-        if not all(isinstance(v, int | float) and not math.isnan(v) and v <= 0 for v in values):
-            raise MalformedAnswer(
-                f"{backend.identity}: a continuation's log-probability is not a number <= 0",
-                usage=answer.usage,
-            )
-        return Answer(tuple(float(v) for v in values), usage=answer.usage)
+        return Answer(tuple(checked_logprobs(backend, values, answer)), usage=answer.usage)
 
 
 Request = GenerateRequest | LogprobRequest | TopLogprobsRequest | ContinuationsRequest
@@ -189,11 +215,21 @@ class Batch:
     def priority(self) -> int:
         return max(request.priority for request in self.requests)
 
-    def ask(self, backend: Backend) -> Awaitable[Sequence[Result] | Answer[Sequence[Result]]]:
+    async def ask(self, backend: Backend) -> Sequence[Result] | Answer[Sequence[Result]]:
+        """The backend's values, in order; a log-probability that is none is a malformed
+        answer, as alone."""
         generate = [r for r in self.requests if isinstance(r, GenerateRequest)]
         if generate:
-            return backend.generate_batch(generate)
-        return backend.logprob_batch([r for r in self.requests if isinstance(r, LogprobRequest)])
+            return await backend.generate_batch(generate)
+        logprobs = [r for r in self.requests if isinstance(r, LogprobRequest)]
+        answer = as_answer(await backend.logprob_batch(logprobs))
+        values = list(answer.value)
+        if len(values) != len(logprobs):
+            raise MalformedAnswer(
+                f"{backend.identity}: {len(values)} log-probabilities for {len(logprobs)} prompts",
+                usage=answer.usage,
+            )
+        return Answer(checked_logprobs(backend, values, answer), usage=answer.usage)
 
 
 Work = Request | Batch
@@ -218,14 +254,51 @@ class Capabilities:
     continuations: int = attrs.field(default=0, validator=integer(0, MAX_CONTINUATIONS))
     """How many continuations of one context one call (`ContinuationsRequest`) may score
     (0: none): with exact log-probabilities, a class distribution with at most this many
-    verbalizers is then one call instead of one per verbalizer."""
+    verbalizers, or a text node's several targets on the same inputs, is then one call
+    instead of one per continuation."""
+    repeats_context: bool = attrs.field(default=False, validator=boolean)
+    """A `ContinuationsRequest` sends (and a server charges) the context once per
+    continuation, as a list of prompts does, rather than once."""
+    first_token_classes: bool = attrs.field(default=False, validator=boolean)
+    """Where `repeats_context`, read a class distribution from the first token's
+    alternatives first (`reads_first_token`): the backend's choice of fewer tokens over,
+    sometimes, one more request."""
+
+    def continuation_calls(self, continuations: int) -> int:
+        """Calls that score `continuations` continuations of one context (the engine's
+        `logprobs`, and what the estimate counts for it): as many as one call takes in
+        each, or one each where a call takes one or none."""
+        if self.continuations < 2:
+            return continuations
+        return -(-continuations // self.continuations)
+
+    def reads_first_token(self, verbalizers: int) -> bool:
+        """Whether a class distribution over `verbalizers` verbalizers is read from the
+        first token's alternatives first: one context sent instead of one per verbalizer,
+        where a class in one call would repeat it (`repeats_context`), and the alternatives
+        may hold every verbalizer. Exact all the same: a verbalizer that is not one of the
+        alternatives is then scored as a continuation, in a second call (fewer tokens, one
+        more request)."""
+        return (
+            self.classification == "logprob"
+            and self.repeats_context
+            and self.first_token_classes
+            and 1 < verbalizers <= self.top_logprobs
+            and self.continuation_calls(verbalizers) == 1
+        )
 
     def distribution_calls(self, verbalizers: int) -> int:
-        """Calls one class distribution over `verbalizers` verbalizers sends (the engine's
-        `classify`, and what the estimate counts for it)."""
-        if self.classification == "logprob" and self.continuations < verbalizers:
-            return verbalizers
-        return 1
+        """Calls one class distribution over `verbalizers` verbalizers sends at most (the
+        engine's `classify`, and what the estimate counts for it): two when read from the
+        first token (the alternatives, then any verbalizer they lack, all in one call)."""
+        if self.classification != "logprob":
+            return 1
+        return 2 if self.reads_first_token(verbalizers) else self.continuation_calls(verbalizers)
+
+    def expected_distribution_calls(self, verbalizers: int) -> int:
+        """The calls a class distribution is expected to send: one when read from the first
+        token (its verbalizers expected among the alternatives), else what it sends."""
+        return 1 if self.reads_first_token(verbalizers) else self.distribution_calls(verbalizers)
 
     @property
     def classification(self) -> str:

@@ -158,6 +158,15 @@ class Cost:
 
     calls: int
     writes: bool
+    expected: int = attrs.field(
+        default=attrs.Factory(lambda self: self.calls, takes_self=True), kw_only=True
+    )
+    """The calls expected (a class read from the first token: one, at most two)."""
+
+    @expected.validator
+    def _at_most_calls(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if not 0 <= value <= self.calls:
+            raise ValueError(f"expected calls {value} outside 0..{self.calls}")
 
 
 class NodeKind(Protocol):
@@ -187,8 +196,9 @@ class NodeKind(Protocol):
         """What one run of the node sends to a backend that can do `capabilities`."""
         ...
 
-    def score_cost(self, capabilities: Capabilities) -> Cost:
-        """What one log-likelihood of a target sends to a backend that can do `capabilities`."""
+    def score_cost(self, capabilities: Capabilities, targets: int = 1) -> Cost:
+        """What the log-likelihoods of `targets` targets on the same inputs (`logliks`) send
+        to a backend that can do `capabilities`."""
         ...
 
     def posterior_size(self, samples: int) -> int:
@@ -211,9 +221,11 @@ class NodeKind(Protocol):
         self, node: LanguageNode, parents: Sequence[Parent], call: NodeCall
     ) -> NodeOutput: ...
 
-    async def loglik(
-        self, node: LanguageNode, parents: Sequence[Parent], target: str, call: NodeCall
-    ) -> float: ...
+    async def logliks(
+        self, node: LanguageNode, parents: Sequence[Parent], targets: Sequence[str], call: NodeCall
+    ) -> list[float]:
+        """log p(target | the node reading `parents`) of each target, in order."""
+        ...
 
 
 def _classes(instance: ClassKind, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
@@ -276,12 +288,15 @@ class ClassKind:
         """A run is a score: the distribution over the classes."""
         return self.score_cost(capabilities)
 
-    def score_cost(self, capabilities: Capabilities) -> Cost:
-        """The calls of one class distribution (one per verbalizer, or one in all, as the
-        backend allows: `Capabilities.distribution_calls`), twice when calibrated (the
-        content-free input too)."""
+    def score_cost(self, capabilities: Capabilities, targets: int = 1) -> Cost:
+        """The calls of one class distribution, whatever the targets read from it (one per
+        verbalizer, or one in all, or the first token's alternatives and then those they lack:
+        `Capabilities.distribution_calls`), twice when calibrated (the content-free input
+        too)."""
+        factor = 2 if self.calibrate else 1
         calls = capabilities.distribution_calls(self._verbalizers)
-        return Cost(2 * calls if self.calibrate else calls, writes=False)
+        expected = capabilities.expected_distribution_calls(self._verbalizers)
+        return Cost(factor * calls, writes=False, expected=factor * expected)
 
     def posterior_size(self, samples: int) -> int:
         return len(self.classes)
@@ -321,13 +336,14 @@ class ClassKind:
         best = max(range(len(distribution)), key=distribution.__getitem__)
         return NodeOutput(rendered, self.names[best])
 
-    async def loglik(
-        self, node: LanguageNode, parents: Sequence[Parent], target: str, call: NodeCall
-    ) -> float:
+    async def logliks(
+        self, node: LanguageNode, parents: Sequence[Parent], targets: Sequence[str], call: NodeCall
+    ) -> list[float]:
+        """Every target read from one distribution."""
         _, distribution = await self.distribution(node, parents, call)
         names = self.names
-        p = distribution[names.index(target)] if target in names else 0.0
-        return max(math.log(p), LOG_FLOOR) if p > 0 else LOG_FLOOR
+        probabilities = [distribution[names.index(t)] if t in names else 0.0 for t in targets]
+        return [max(math.log(p), LOG_FLOOR) if p > 0 else LOG_FLOOR for p in probabilities]
 
 
 @attrs.frozen
@@ -363,8 +379,9 @@ class TextKind:
     def run_cost(self, capabilities: Capabilities) -> Cost:
         return Cost(1, writes=True)
 
-    def score_cost(self, capabilities: Capabilities) -> Cost:
-        return Cost(1, writes=False)
+    def score_cost(self, capabilities: Capabilities, targets: int = 1) -> Cost:
+        """The targets' continuations of the rendered input: `Capabilities.continuation_calls`."""
+        return Cost(capabilities.continuation_calls(targets), writes=False)
 
     def posterior_size(self, samples: int) -> int:
         return samples + 1
@@ -399,11 +416,15 @@ class TextKind:
         )
         return output.strip()
 
-    async def loglik(
-        self, node: LanguageNode, parents: Sequence[Parent], target: str, call: NodeCall
-    ) -> float:
+    async def logliks(
+        self, node: LanguageNode, parents: Sequence[Parent], targets: Sequence[str], call: NodeCall
+    ) -> list[float]:
+        """Each target as a continuation of the rendered input (after a space)."""
         rendered = node.render(parents, parameter=call.parameter)
-        return await call.engine.logprob(rendered, " " + target, node=node.name, phase=call.phase)
+        continuations = [" " + target for target in targets]
+        return await call.engine.logprobs(
+            rendered, continuations, node=node.name, phase=call.phase, priority=call.priority
+        )
 
 
 Kind = ClassKind | TextKind
@@ -487,7 +508,15 @@ class LanguageNode:
 
     async def loglik(self, parents: Sequence[Parent], target: str, call: NodeCall) -> float:
         """log p(target | this node reading `parents`, under the call's parameter)."""
-        return await self.kind.loglik(self, parents, target, call)
+        return (await self.logliks(parents, [target], call))[0]
+
+    async def logliks(
+        self, parents: Sequence[Parent], targets: Sequence[str], call: NodeCall
+    ) -> list[float]:
+        """log p(target | this node reading `parents`) of each target: the inputs rendered
+        once, and as few calls as the node's kind and the backend allow
+        (`NodeKind.score_cost`)."""
+        return await self.kind.logliks(self, parents, targets, call)
 
     def targets(self, examples: Sequence[Example], name: str) -> list[str]:
         """The examples' targets as this node names answers; DataError naming the example

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from dlgraph._entry_points import BACKENDS, COMMANDS, METRICS, SHARED_LIMITS, PluginGroup
 from dlgraph._files import prepare_folder, write_atomic
-from dlgraph._validate import check_int, check_number, integer, number
+from dlgraph._validate import boolean, check_int, check_number, integer, number
 from dlgraph.answer import NO_USAGE, Answer, CallUsage, as_answer
 from dlgraph.backend import (
     MAX_CONTINUATIONS,
@@ -138,6 +138,7 @@ __all__ = [
     "VariationalTrainer",
     "Work",
     "as_answer",
+    "boolean",
     "check_int",
     "check_number",
     "connect",

@@ -75,6 +75,11 @@ async def _generate(**options: object) -> None:
         await engine.generate("x", **options)  # type: ignore[arg-type]
 
 
+async def _logprobs(targets: object) -> None:
+    async with dg.Engine(MODEL.current) as engine:
+        await engine.logprobs("x", targets)  # type: ignore[arg-type]
+
+
 async def _classify(classes: object) -> None:
     async with dg.Engine(MODEL.current) as engine:
         await engine.classify("x", classes)  # type: ignore[arg-type]
@@ -687,6 +692,24 @@ CASES = [
         lambda t: dg.Capabilities(continuations=-1),
         ValueError,
         r"continuations must be >= 0, got -1",
+    ),
+    Case(
+        "a backend stating whether it repeats a context with a string",
+        lambda t: dg.Capabilities(repeats_context="yes"),  # type: ignore[arg-type]
+        TypeError,
+        r"repeats_context: expected bool \(true or false\), got 'yes'",
+    ),
+    Case(
+        "several targets of one context that are not texts",
+        lambda t: dg.ContinuationsRequest("x", [" yes", 3]),  # type: ignore[list-item]
+        TypeError,
+        r"continuations",
+    ),
+    Case(
+        "several targets of one context given as one string",
+        lambda t: _logprobs(" yes"),
+        TypeError,
+        r"targets: expected a list of strings, got the string ' yes'",
     ),
     Case(
         "an unknown backend",

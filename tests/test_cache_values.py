@@ -14,6 +14,7 @@ from dlgraph.engine.cache import fits
 GENERATE = dg.GenerateRequest("hi")
 LOGPROB = dg.LogprobRequest("context", "target")
 TOP = dg.TopLogprobsRequest("context")
+CONTINUATIONS = dg.ContinuationsRequest("context", [" yes", " no"])
 
 
 @pytest.mark.parametrize(
@@ -32,6 +33,19 @@ TOP = dg.TopLogprobsRequest("context")
         ({"yes": -0.1, 7: -2.0}, TOP, False),
         ({"yes": "-0.1"}, TOP, False),
         (["yes", -0.1], TOP, False),
+        ({"yes": -0.1, "no": math.inf}, TOP, False),
+        ({"yes": 3.0}, TOP, False),
+        ({"yes": -math.inf, "no": 0.0}, TOP, True),
+        ((-0.1, -2.0), CONTINUATIONS, True),
+        ([-0.1, -2], CONTINUATIONS, True),  # from disk: JSON has no tuple
+        ([-0.1], CONTINUATIONS, False),
+        ([-0.1, -2.0, -3.0], CONTINUATIONS, False),
+        ([-0.1, 0.5], CONTINUATIONS, False),
+        ([0.5, 0.5], CONTINUATIONS, False),
+        ([-0.1, True], CONTINUATIONS, False),
+        (["-0.1", "-2"], CONTINUATIONS, False),
+        ({"yes": -0.1, "no": -2.0}, CONTINUATIONS, False),
+        (-0.1, CONTINUATIONS, False),
     ],
 )
 def test_the_cache_answers_only_with_a_value_of_the_requests_kind(value, work, answers) -> None:

@@ -64,7 +64,9 @@ async def test_an_empty_answer_once_is_retried_and_the_next_answer_used() -> Non
 async def test_a_nan_alternative_is_a_malformed_answer() -> None:
     model = FirstTokenModel(lambda n: {" yes": math.nan, " no": -1.0})
     async with dg.Engine(model, retry=FAST) as engine:
-        with pytest.raises(dg.RetriesExhausted, match="a first-token log-probability is NaN"):
+        with pytest.raises(
+            dg.RetriesExhausted, match="the log-probability nan is not a number <= 0"
+        ):
             await engine.classify("Is it hot? Answer:", ["yes", "no"])
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import anyio
+import attrs
 import pytest
 from dlgraph_sim import ScriptedModel, stable_random
 from test_tracing import Spans
@@ -15,6 +16,7 @@ from test_tracing import Spans
 import dlgraph as dg
 from dlgraph.engine.journal import read_journal
 from dlgraph.engine.tokens import estimated_tokens
+from dlgraph.nodes import Cost
 
 CONTEXT = "Is the tweet positive, negative or neutral? Tweet: the flight was late. Answer:"
 CLASSES = ["positive|Positive", "negative|Negative", "neutral|Neutral"]
@@ -67,12 +69,14 @@ async def test_the_distribution_in_one_call_equals_the_one_of_a_call_per_verbali
     assert math.fsum(joint) == pytest.approx(1.0)
 
 
-async def test_more_verbalizers_than_one_call_takes_are_asked_one_call_each() -> None:
-    model = scripted(dg.Capabilities(continuations=5))
+async def test_more_verbalizers_than_one_call_takes_are_asked_in_as_few_calls_as_fit() -> None:
+    model = scripted(dg.Capabilities(continuations=4))
     async with dg.Engine(model) as engine:
-        await engine.classify(CONTEXT, CLASSES)
-    assert len(model.calls) == 6
-    assert all(isinstance(call.request, dg.LogprobRequest) for call in model.calls)
+        chunked = await engine.classify(CONTEXT, CLASSES)
+    async with dg.Engine(scripted(dg.Capabilities())) as engine:
+        each = await engine.classify(CONTEXT, CLASSES)
+    sizes = sorted(len(call.request.continuations) for call in model.calls)
+    assert sizes == [2, 4] and chunked == pytest.approx(each, abs=1e-12)
 
 
 async def test_a_distribution_asked_again_is_answered_from_the_cache(tmp_path) -> None:
@@ -157,3 +161,198 @@ def test_a_limit_on_tokens_charges_the_context_once_and_each_continuation() -> N
     texts = request.continuations
     once = model.count_tokens(CONTEXT) + sum(map(model.count_tokens, texts))
     assert estimated_tokens(model, request) == (once, 0)
+
+
+def test_a_limit_on_tokens_charges_the_context_with_each_continuation_where_it_is_repeated() -> (
+    None
+):
+    """A list of prompts over HTTP sends the context with every continuation, and the server
+    charges it each time."""
+    model = scripted(dg.Capabilities(continuations=8, repeats_context=True))
+    request = dg.ContinuationsRequest(CONTEXT, [" positive", " negative", " neutral"])
+    each = sum(model.count_tokens(CONTEXT) + model.count_tokens(t) for t in request.continuations)
+    assert estimated_tokens(model, request) == (each, 0)
+
+
+# -- several targets of one context: a text node's candidates --------------------------------
+
+TARGETS = [" left", " right", " left twice", " back to the start"]
+
+
+async def test_several_targets_of_one_context_are_one_call_each_valued_as_alone() -> None:
+    together, each = scripted(), scripted(dg.Capabilities())
+    async with dg.Engine(together) as one, dg.Engine(each) as other:
+        joint = await one.logprobs(CONTEXT, TARGETS, node="reason", phase="posterior")
+        alone = [await other.logprob(CONTEXT, t) for t in TARGETS]
+        usage = one.statistics().by_key["reason", "posterior"]
+    (call,) = together.calls
+    assert isinstance(call.request, dg.ContinuationsRequest)
+    assert call.request.continuations == tuple(TARGETS) and usage.calls == 1
+    assert joint == pytest.approx(alone, abs=1e-12)
+    assert len(each.calls) == len(TARGETS)
+
+
+@pytest.mark.parametrize(
+    ("continuations", "sent"),
+    [(3, [dg.ContinuationsRequest, dg.LogprobRequest]), (1, [dg.LogprobRequest] * 4)],
+    ids=["three a call", "one a call"],
+)
+async def test_more_targets_than_one_call_takes_are_as_few_calls_as_fit(
+    continuations: int, sent: list[type]
+) -> None:
+    model = scripted(dg.Capabilities(continuations=continuations))
+    async with dg.Engine(model) as engine:
+        values = await engine.logprobs(CONTEXT, TARGETS)
+    assert sorted(type(call.request).__name__ for call in model.calls) == sorted(
+        kind.__name__ for kind in sent
+    )
+    assert values == [logprob(dg.LogprobRequest(CONTEXT, t)) for t in TARGETS]
+
+
+async def test_a_hidden_node_s_candidates_are_scored_in_one_call_per_example_alike() -> None:
+    """DLN-2 on a backend that takes several continuations: the hidden node's posterior
+    prior (its candidates after its forward inputs) and each candidate prompt's scores on
+    an example's posterior candidates are one call each, and the step decides exactly as
+    with one call per target (the same weights, the same ELBOs)."""
+    from test_estimate import BATCH, NETWORKS, trainer_on
+
+    train, _ = NETWORKS["dln2"][2]()
+    outcomes, calls = [], []
+    for continuations in (0, 8):
+        async with trainer_on("dln2", continuations=continuations) as (trainer, engine, _):
+            outcomes.append(await trainer.step(train[:BATCH]))
+            calls.append(engine.statistics().by_key)
+    each, together = outcomes
+    assert together.posteriors["reason"] == each.posteriors["reason"]
+    for name in ("reason", "answer"):
+        assert [p for p, _ in together.scored[name]] == [p for p, _ in each.scored[name]]
+        assert [s for _, s in together.scored[name]] == pytest.approx(
+            [s for _, s in each.scored[name]], abs=1e-9
+        )
+    candidates = len(each.posteriors["reason"].candidates[0])
+    assert candidates > 2
+    one, many = calls[1], calls[0]
+    draws = candidates - 1  # the forward output, then the samples (generated, not scored)
+    assert many["reason", "posterior"].calls == BATCH * (draws + candidates)
+    assert one["reason", "posterior"].calls == BATCH * (draws + 1)
+    assert one["reason", "score"].calls * candidates == many["reason", "score"].calls
+
+
+async def test_a_target_asked_twice_in_one_call_is_scored_once() -> None:
+    model = scripted()
+    async with dg.Engine(model) as engine:
+        values = await engine.logprobs(CONTEXT, [" left", " right", " left"])
+        alone = await engine.logprobs(CONTEXT, [" back", " back"])
+    first, second = (call.request for call in model.calls)
+    assert first.continuations == (" left", " right")
+    assert values[0] == values[2] != values[1]
+    assert second == dg.LogprobRequest(CONTEXT, " back") and alone[0] == alone[1]
+
+
+async def test_no_continuation_of_a_context_is_scored_twice_whichever_request_asks() -> None:
+    """Scored in a continuations request, each continuation answers a later request for it
+    alone; a later request for known ones and new ones sends only the new ones; one for known
+    ones only sends nothing."""
+    model = scripted()
+    async with dg.Engine(model) as engine:
+        first = await engine.logprobs(CONTEXT, TARGETS[:2])
+        alone = await engine.logprob(CONTEXT, TARGETS[1])
+        more = await engine.logprobs(CONTEXT, TARGETS)
+        known = await engine.logprobs(CONTEXT, [TARGETS[3], TARGETS[0]])
+        hits = engine.statistics().total.cache_hits
+        one_new = await engine.logprobs(CONTEXT, [TARGETS[2], " ahead"])
+    sent = [call.request for call in model.calls]
+    assert [r.continuations for r in sent[:2]] == [tuple(TARGETS[:2]), tuple(TARGETS[2:])]
+    assert sent[2:] == [dg.LogprobRequest(CONTEXT, " ahead")]  # one left: batchable alone
+    assert alone == first[1] and more[:2] == first and known == [more[3], more[0]]
+    assert hits == 2 and one_new[0] == more[2]
+    assert more == [logprob(dg.LogprobRequest(CONTEXT, t)) for t in TARGETS]
+
+
+async def test_continuations_known_from_a_cache_on_disk_are_not_scored_again(tmp_path) -> None:
+    path = tmp_path / "cache.sqlite"
+    async with dg.Engine(scripted(), cache=path) as engine:
+        before = await engine.logprobs(CONTEXT, TARGETS)
+    model = scripted()
+    async with dg.Engine(model, cache=path) as engine:
+        again = await engine.logprobs(CONTEXT, TARGETS[1:3])
+        alone = await engine.logprob(CONTEXT, TARGETS[3])
+    assert model.calls == [] and again == before[1:3] and alone == before[3]
+
+
+HTTP = dg.Capabilities(
+    continuations=8, top_logprobs=5, repeats_context=True, first_token_classes=True
+)
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "reads"),
+    [
+        (HTTP, True),
+        (attrs.evolve(HTTP, top_logprobs=3), False),
+        (attrs.evolve(HTTP, repeats_context=False), False),  # in process: no saving
+        (attrs.evolve(HTTP, first_token_classes=False), False),  # the backend's choice
+        (attrs.evolve(HTTP, continuations=0), False),
+        (attrs.evolve(HTTP, exact_logprobs=False), False),
+    ],
+    ids=[
+        "over http",
+        "more verbalizers than alternatives",
+        "in process",
+        "turned off",
+        "one each",
+        "chat",
+    ],
+)
+def test_a_class_is_read_from_the_first_token_only_where_that_sends_fewer_tokens(
+    capabilities: dg.Capabilities, reads: bool
+) -> None:
+    """Four verbalizers: read from one first-token request where a class in one call would
+    repeat the context four times and the alternatives may hold all four (two calls at most,
+    one expected)."""
+    assert capabilities.reads_first_token(4) is reads
+    assert not capabilities.reads_first_token(1)
+    if reads:
+        assert (
+            capabilities.distribution_calls(4),
+            capabilities.expected_distribution_calls(4),
+        ) == (2, 1)
+
+
+def test_a_cost_never_expects_more_calls_than_it_may_send() -> None:
+    with pytest.raises(ValueError, match="expected calls 3 outside 0..2"):
+        Cost(2, writes=False, expected=3)
+
+
+# -- what a log-probability is, on every path -------------------------------------------------
+
+
+def answering(value: float, capabilities: dg.Capabilities) -> ScriptedModel:
+    return ScriptedModel(logprob=lambda request: value, capabilities=capabilities)
+
+
+@pytest.mark.parametrize("capabilities", [dg.Capabilities(), SEVERAL], ids=["each", "together"])
+@pytest.mark.parametrize("value", [1e-7, -0.0, -math.inf])
+async def test_a_server_s_rounding_above_zero_is_zero_alike_alone_and_together(
+    value: float, capabilities: dg.Capabilities
+) -> None:
+    async with dg.Engine(answering(value, capabilities), retry=FAST) as engine:
+        alone = await engine.logprob(CONTEXT, " yes")
+        together = await engine.logprobs(CONTEXT, [" yes", " no"])
+    assert alone == together[0] == together[1] == min(value, 0.0)
+
+
+@pytest.mark.parametrize("capabilities", [dg.Capabilities(), SEVERAL], ids=["each", "together"])
+@pytest.mark.parametrize("value", [0.5, math.inf, math.nan])
+async def test_a_value_that_is_no_log_probability_is_malformed_alike_alone_and_together(
+    value: float, capabilities: dg.Capabilities
+) -> None:
+    """Retried, then refused, whichever request asked it: never a value of a distribution."""
+    async with dg.Engine(answering(value, capabilities), retry=FAST) as engine:
+        for ask in (
+            lambda: engine.logprob(CONTEXT, " yes"),
+            lambda: engine.logprobs(CONTEXT, [" yes", " no"]),
+            lambda: engine.classify(CONTEXT, CLASSES),
+        ):
+            with pytest.raises(dg.RetriesExhausted, match="is not a number <= 0"):
+                await ask()

@@ -339,6 +339,57 @@ async def test_with_a_cache_the_current_prompts_scores_are_expected_from_the_for
         assert engine.statistics().by_key[name, "score"].cache_hits == BATCH * 4
 
 
+@pytest.mark.parametrize("continuations", [0, 8])
+async def test_with_a_cache_dln2_s_current_prompts_scores_are_expected_from_the_posterior(
+    continuations: int,
+) -> None:
+    """The posterior weighs each hidden candidate by the hidden node's prompt (its prior) and
+    the answer node's (the answer given the candidate): exactly the current prompts' scores
+    over the posterior's candidates. The cache answers them, and the estimate expects no
+    such call, whether a node's targets are one call or one each."""
+    train, _ = NETWORKS["dln2"][2]()
+    options = {"cache": True, "max_demonstrations": 0, "continuations": continuations}
+    async with trainer_on("dln2", **options) as (trainer, engine, _):
+        counts = side(trainer.estimate(1, BATCH, train, dev_size=0).waves, None)
+        await trainer.step(train[:BATCH])
+    assert expected(counts) == counted(engine)
+    for name in ("reason", "answer"):
+        assert engine.statistics().by_key[name, "score"].cache_hits > 0
+        assert counts[name, "score"].expected < counts[name, "score"].calls
+
+
+def class_hidden() -> dg.Network:
+    """A hidden class node (a topic) the answer reads beside the input."""
+    net = dg.Network()
+    net.add_node("topic", prompt="Name the topic.", classes=PAIR_CLASSES)
+    net.add_node("answer", prompt="Answer the question.", classes=PAIR_CLASSES)
+    for edge in [(dg.INPUT, "topic"), ("topic", "answer"), (dg.INPUT, "answer")]:
+        net.add_edge(*edge)
+    return net
+
+
+@pytest.mark.parametrize("continuations", [0, 8])
+@pytest.mark.parametrize("scoring", ["logprob", "accuracy"])
+@pytest.mark.parametrize("prior", [True, False])
+async def test_with_a_cache_a_hidden_class_node_s_prior_and_scores_are_expected_from_its_run(
+    continuations: int, scoring: str, prior: bool
+) -> None:
+    """A hidden class node's prior over its classes is the distribution its forward run
+    read, and so are its current prompt's scores: the cache answers them, with or without
+    the prior in the posterior, and the estimate expects each (node, phase) as sent."""
+    train = word_pair_task(24, 1)
+    options = {"max_demonstrations": 0, "scoring": scoring, "posterior_prior": prior}
+    world = LetterWorld(pair=True)
+    async with dg.Engine(distinct(world, "runs", continuations), cache=True) as engine:
+        trainer = dg.VariationalTrainer(class_hidden(), engine, **(OPTIONS | options))
+        counts = side(trainer.estimate(1, BATCH, train, dev_size=0).waves, None)
+        await trainer.step(train[:BATCH])
+        sent = counted(engine)
+    assert expected(counts) == sent
+    assert_bounded(counts, sent)
+    assert counts["topic", "score"].expected < counts["topic", "score"].calls
+
+
 # -- the plan's arithmetic, written out by hand -------------------------------------------------
 
 
@@ -398,7 +449,7 @@ def test_a_demonstration_set_is_expected_to_be_scored_on_the_examples_it_does_no
 def test_an_output_node_is_expected_over_its_largest_parent_posterior() -> None:
     """Its hidden parents' candidates are aligned: a topic node's four classes and a text
     node's forward output and two samples make four terms per example. A class node's own
-    prior costs its classes' calls."""
+    prior is one class distribution, which every class is read from."""
     net = dg.Network()
     net.add_node("topic", prompt="Name the topic.", classes=PAIR_CLASSES)
     net.add_node("reason", prompt="Read the input.", max_tokens=16)
@@ -409,7 +460,7 @@ def test_an_output_node_is_expected_over_its_largest_parent_posterior() -> None:
     counts = planned(net, max_demonstrations=0)
     candidates = 1 + 2 + 3 + 1  # current, remembered, proposals, current without demonstrations
     assert counts["answer", "score"].calls == candidates * BATCH * 4 * 4
-    assert counts["topic", "posterior"].calls == BATCH * 4 * 4  # each class, under 4 classes
+    assert counts["topic", "posterior"].calls == BATCH * 4  # one distribution: 4 verbalizers
 
 
 def test_without_posterior_inference_nothing_is_sampled_and_an_example_is_one_term() -> None:

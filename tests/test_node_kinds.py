@@ -26,7 +26,8 @@ def test_a_class_nodes_score_asks_once_per_verbalizer_and_twice_when_calibrated(
     ("capabilities", "calls"),
     [
         (SEVERAL, 1),
-        (dg.Capabilities(continuations=2), 3),  # three verbalizers do not fit one call
+        (dg.Capabilities(continuations=2), 2),  # three verbalizers: two calls of two at most
+        (dg.Capabilities(continuations=1), 3),  # one a call: one each
         (dg.Capabilities(exact_logprobs=False, top_logprobs=5), 1),
         (dg.Capabilities(exact_logprobs=False), 1),
     ],
@@ -57,8 +58,7 @@ async def test_a_calibrated_class_node_divides_out_the_bias_it_shows_without_con
     parents = [Parent(dg.INPUT, "Input", "some text")]
     async with dg.Engine(ScriptedModel(logprob=biased)) as engine:
         call = NodeCall(engine=engine, phase="score")
-        loglik = await node.kind.loglik(node, parents, "yes", call)
-        unknown = await node.kind.loglik(node, parents, "maybe", call)
+        loglik, unknown = await node.logliks(parents, ["yes", "maybe"], call)
     assert loglik == pytest.approx(math.log(0.5))  # 0.8 / 0.8 against 0.2 / 0.2, normalised
     assert unknown == LOG_FLOOR  # no class of the node: the floor
 

@@ -301,14 +301,16 @@ async def test_estimate_lays_out_a_dln2_run_in_the_waves_the_trainer_sends() -> 
     forward = [Wave(False, "generate", 10), Wave(False, "score", 10 * 4)]
     posterior = [
         Wave(True, "generate", 10 * 5),  # 5 samples besides the forward output
-        Wave(False, "score", 10 * 6 * (4 + 1)),  # the child's likelihood and the prior
+        # the child's likelihood (the forward output's from the cache: the forward pass's)
+        # and the prior (one call per candidate: this model scores one continuation a call)
+        Wave(False, "score", 10 * 6 * (4 + 1), 10 * 5 * 4 + 10 * 6),
     ]
     propose = [Wave(True, "propose", 6 * 2)]
     candidates = 2 + 5 + 6  # current (and it without demonstrations), memory, proposals
     per_candidate = 10 * 6 * 1 + 10 * 6 * 4  # reason over its 6 samples, answer over reason's
 
     def scores(remembered: int) -> list[Wave]:
-        expected = (6 + remembered + 1) * per_candidate  # new, remembered, current (not cached)
+        expected = (6 + remembered) * per_candidate  # the current's: the posterior's, cached
         return [Wave(False, "score", candidates * per_candidate, expected)]
 
     first = forward + posterior + propose + scores(0)

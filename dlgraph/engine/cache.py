@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import sqlite3
 import threading
@@ -328,16 +327,16 @@ def fits(value: object, work: Work) -> TypeGuard[Result | list[float]]:
     return (
         isinstance(value, dict)
         and bool(value)
-        and all(
-            isinstance(k, str) and isinstance(v, int | float) and not math.isnan(v)
-            for k, v in value.items()
-        )
+        and all(isinstance(k, str) and _is_logprob(v) for k, v in value.items())
     )
 
 
 @attrs.define(eq=False)
 class Cache:
-    """Successful results by request key; failures are never cached."""
+    """Successful results by request key; failures are never cached. Each continuation of a
+    `ContinuationsRequest` is kept as the `LogprobRequest` it equals, so that no (context,
+    continuation) is sent twice: a request for continuations that are all known is answered
+    here, one for some of them sends only the others."""
 
     inner: Call
     key: Callable[[Work], Hashable]
@@ -345,12 +344,46 @@ class Cache:
     store: Store
 
     async def __call__(self, work: Work) -> Outcome:
-        key = self.key(work)
-        found = await self.store.get(key)
-        if found is not None and fits(found, work):
+        found = await self._get(work)  # a continuations request: as older versions kept it
+        if found is not None:
             self.ledger.add(work, cache_hits=1)
             return tuple(found) if isinstance(found, list) else found
+        if isinstance(work, ContinuationsRequest):
+            return await self._continuations(work)
         result = await self.inner(work)
         assert not isinstance(result, list), "the cache sits above the coalescer"
-        await self.store.put(key, result)
+        await self.store.put(self.key(work), result)
         return result
+
+    async def _get(self, work: Work) -> Result | list[float] | None:
+        found = await self.store.get(self.key(work))
+        return found if found is not None and fits(found, work) else None
+
+    @staticmethod
+    def _rest(work: ContinuationsRequest, missing: list[int]) -> Work:
+        """What to send for the continuations at `missing`: the request itself when none is
+        known, one `LogprobRequest` (which a coalescer can batch) for one, else those."""
+        if len(missing) == len(work.continuations):
+            return work
+        if len(missing) == 1:
+            return work.each()[missing[0]]
+        return attrs.evolve(work, continuations=[work.continuations[i] for i in missing])
+
+    async def _continuations(self, work: ContinuationsRequest) -> tuple[float, ...]:
+        """Those continuations not known already, sent; each kept as its `LogprobRequest`."""
+        parts = work.each()
+        values = [await self._get(part) for part in parts]
+        missing = [i for i, value in enumerate(values) if value is None]
+        if not missing:
+            self.ledger.add(work, cache_hits=1)
+        else:
+            result = await self.inner(self._rest(work, missing))
+            if isinstance(result, int | float):
+                result = (result,)
+            assert isinstance(result, tuple), "a continuations request answers a tuple"
+            for i, value in zip(missing, result, strict=True):
+                values[i] = value
+                await self.store.put(self.key(parts[i]), value)
+        answer = tuple(float(value) for value in values if isinstance(value, int | float))
+        assert len(answer) == len(parts), "every value is a known or a new log-probability"
+        return answer

@@ -2,7 +2,12 @@
 
 * ``logprob``: the exact log-probability of every verbalizer after a space, summed per class:
   all in one `ContinuationsRequest` when the backend scores that many continuations in one
-  call (`Capabilities.continuations`), else one `LogprobRequest` per verbalizer;
+  call (`Capabilities.continuations`), else one `LogprobRequest` per verbalizer. Where such a
+  call would repeat the context for each verbalizer (a list of prompts over HTTP,
+  `Capabilities.repeats_context`) and the backend gives first-token alternatives, a verbalizer
+  that is one token among them is read from one `TopLogprobsRequest` (one context sent), and
+  only those it lacks are scored as continuations: the same values, fewer tokens (not after a
+  context that ends in whitespace, which a tokenizer may join to the verbalizer);
 * ``top_logprobs``: each class's verbalizers among the first token's alternatives;
 * ``generate``: one greedy generation, mapped to a class.
 
@@ -15,6 +20,7 @@ looks like an answer. The request refuses such an answer from the backend
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -37,11 +43,10 @@ Send = Callable[[Request], Awaitable[Result]]
 
 
 @attrs.frozen
-class ClassQuery:
-    """One classification: the context, the class specs, and who asks."""
+class Query:
+    """Who asks, and after what context."""
 
     context: str
-    classes: tuple[str, ...]
     node: str | None
     phase: Phase
     priority: int
@@ -57,39 +62,79 @@ class ClassQuery:
             self.context, target, node=self.node, phase=self.phase, priority=self.priority
         )
 
+    def top_logprobs(self, count: int) -> TopLogprobsRequest:
+        """The first token's `count` most likely alternatives after the context."""
+        return TopLogprobsRequest(
+            self.context, count=count, node=self.node, phase=self.phase, priority=self.priority
+        )
+
+
+@attrs.frozen
+class ClassQuery(Query):
+    """One classification: the context, who asks, and the class specs."""
+
+    classes: tuple[str, ...] = ()
+
+
+async def continuation_scores(
+    send: Send, capabilities: Capabilities, query: Query, targets: Sequence[str]
+) -> list[float]:
+    """log p(target | context) of each target, in as few calls as the backend allows
+    (`Capabilities.continuation_calls`): `ContinuationsRequest`s of as many as one takes,
+    else one `LogprobRequest` each; a target asked twice is scored once."""
+    unique = list(dict.fromkeys(targets))
+    size = capabilities.continuations if capabilities.continuations > 1 else 1
+    chunks = [unique[start : start + size] for start in range(0, len(unique), size)]
+
+    async def score(chunk: list[str]) -> list[float]:
+        if len(chunk) == 1:
+            value = await send(query.logprob(chunk[0]))
+            assert isinstance(value, float | int)
+            return [float(value)]
+        values = await send(query.continuations(chunk))
+        assert isinstance(values, tuple)
+        return list(values)
+
+    values = list(itertools.chain(*await map_concurrently(score, chunks)))
+    scored = dict(zip(unique, values, strict=True))
+    return [scored[target] for target in targets]
+
 
 async def _by_logprob(send: Send, query: ClassQuery, capabilities: Capabilities) -> list[float]:
     words = [(c, word) for c, spec in enumerate(query.classes) for word in verbalizers(spec)]
     targets = [" " + word for _, word in words]
-    if capabilities.distribution_calls(len(words)) == 1:
-        values = await send(query.continuations(targets))
-        assert isinstance(values, tuple)
-        scores = list(values)
+    # after whitespace, a tokenizer may join it to a verbalizer's first token, which is then
+    # not the token that follows the context: only continuations are exact there
+    if capabilities.reads_first_token(len(targets)) and not query.context[-1:].isspace():
+        scores = await _first_token_then_continuations(send, query, capabilities, targets)
     else:
-
-        async def score(target: str) -> float:
-            value = await send(query.logprob(target))
-            assert isinstance(value, float | int)
-            return float(value)
-
-        scores = await map_concurrently(score, targets)
+        scores = await continuation_scores(send, capabilities, query, targets)
     return [
         logsumexp([s for (c, _), s in zip(words, scores, strict=True) if c == index] or [-math.inf])
         for index in range(len(query.classes))
     ]
 
 
+async def _first_token_then_continuations(
+    send: Send, query: Query, capabilities: Capabilities, targets: Sequence[str]
+) -> list[float]:
+    """Each target's exact log-probability: a target that is one token among the first
+    token's alternatives is its alternative's (one context sent for them all); the others
+    are scored as continuations."""
+    top = await send(query.top_logprobs(capabilities.top_logprobs))
+    assert isinstance(top, dict)
+    scores = {target: top[target] for target in targets if target in top}
+    missing = [target for target in targets if target not in scores]
+    if missing:
+        found = await continuation_scores(send, capabilities, query, missing)
+        scores.update(zip(missing, found, strict=True))
+    return [scores[target] for target in targets]
+
+
 async def _by_top_logprobs(
     send: Send, query: ClassQuery, capabilities: Capabilities
 ) -> list[float]:
-    request = TopLogprobsRequest(
-        query.context,
-        count=capabilities.top_logprobs,
-        node=query.node,
-        phase=query.phase,
-        priority=query.priority,
-    )
-    top = await send(request)
+    top = await send(query.top_logprobs(capabilities.top_logprobs))
     assert isinstance(top, dict) and top, "an empty answer is refused below"
     return [_class_score(spec, top) for spec in query.classes]
 

@@ -56,6 +56,7 @@ from dlgraph._validate import (
     class_strings,
     instance_of,
     integer,
+    strings,
 )
 from dlgraph.backend import (
     Backend,
@@ -66,7 +67,7 @@ from dlgraph.backend import (
     Result,
 )
 from dlgraph.engine.cache import Cache, Store, open_store
-from dlgraph.engine.classify import ClassQuery, class_distribution
+from dlgraph.engine.classify import ClassQuery, Query, class_distribution, continuation_scores
 from dlgraph.engine.coalescer import Coalescer, Split
 from dlgraph.engine.journal import Journal
 from dlgraph.engine.ledger import Ledger
@@ -351,6 +352,25 @@ class Engine(anyio.AsyncContextManagerMixin):
         assert isinstance(result, float | int)
         return float(result)
 
+    async def logprobs(
+        self,
+        context: str,
+        targets: Sequence[str],
+        *,
+        node: str | None = None,
+        phase: Phase = "score",
+        priority: int = 0,
+    ) -> list[float]:
+        """log p(target | context) of each (non-empty) target, in order: in one call when the
+        backend scores that many continuations of a context at once
+        (`Capabilities.continuations`), else one call each; every value as `logprob` gives
+        it."""
+        query = Query(context, node, phase, priority)
+        texts = strings(targets, "targets")
+        if "" in texts:
+            raise ValueError(f"targets[{texts.index('')}]: an empty text has nothing to score")
+        return await continuation_scores(self.request, self.backend.capabilities, query, texts)
+
     async def classify(
         self,
         context: str,
@@ -367,7 +387,7 @@ class Engine(anyio.AsyncContextManagerMixin):
             raise ValueError(
                 f"classes: expected class specs such as 'yes|Yes', got {excerpt(classes)}"
             )
-        query = ClassQuery(context, specs, node, phase, priority)
+        query = ClassQuery(context, node, phase, priority, specs)
         return await class_distribution(self.request, self.backend.capabilities, query)
 
     @property

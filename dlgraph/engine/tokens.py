@@ -8,13 +8,16 @@ from dlgraph.engine.stage import Work, requests_of
 
 def prompt_tokens(backend: Backend, request: Request) -> int:
     """The tokens a request puts before the model: several continuations share one context,
-    counted once."""
+    counted once, or once each where the backend sends it with each
+    (`Capabilities.repeats_context`)."""
     if isinstance(request, GenerateRequest):
         return backend.count_tokens(request.prompt)
     if isinstance(request, LogprobRequest):
         return backend.count_tokens(request.context + request.target)
     if isinstance(request, ContinuationsRequest):
         context = backend.count_tokens(request.context)
+        if backend.capabilities.repeats_context:
+            context *= len(request.continuations)
         return context + sum(backend.count_tokens(text) for text in request.continuations)
     return backend.count_tokens(request.context)
 

@@ -15,7 +15,7 @@ import attrs
 
 from dlgraph._tasks import map_concurrently
 from dlgraph.graph import Graph
-from dlgraph.nodes import Parameter
+from dlgraph.nodes import Cost, Parameter
 from dlgraph.train.candidates import shown_examples
 from dlgraph.train.options import TrainerOptions
 from dlgraph.train.posterior import posterior_size
@@ -89,11 +89,13 @@ def term_count(net: Graph, name: str, options: TrainerOptions) -> int:
 
 @attrs.frozen
 class ScoreJob:
-    """One weighted term of one example, scored under one candidate."""
+    """Weighted terms of one example that share their inputs, scored under one candidate in
+    one `Scorer.logliks` (a hidden node's own posterior candidates; an output node's terms
+    each read other inputs, one per job)."""
 
     candidate: int
     example: int
-    term: Term
+    terms: tuple[Term, ...]
 
 
 def score_jobs(
@@ -103,15 +105,33 @@ def score_jobs(
     examples: Iterable[int],
 ) -> list[ScoreJob]:
     """The candidates' terms on the examples but those a candidate's own demonstrations
-    show (scoring it there would reward copying)."""
+    show (scoring it there would reward copying), those with the same inputs together."""
     chosen = list(examples)
     return [
-        ScoreJob(c, i, term)
+        ScoreJob(c, i, group)
         for c in candidates
         for i in chosen
         if i not in excluded[c]
-        for term in terms[i]
+        for group in _same_inputs(terms[i])
     ]
+
+
+def _same_inputs(terms: Sequence[Term]) -> list[tuple[Term, ...]]:
+    """Runs of consecutive terms reading the same inputs."""
+    groups: list[list[Term]] = []
+    for term in terms:
+        if groups and groups[-1][0].values == term.values:
+            groups[-1].append(term)
+        else:
+            groups.append([term])
+    return [tuple(group) for group in groups]
+
+
+def shares_inputs(net: Graph, name: str) -> bool:
+    """Whether the terms of each example's expectation of node `name` read the same inputs
+    (a hidden node's: its own posterior candidates after its forward inputs), so that one
+    `Scorer.logliks` scores them all."""
+    return name in net.hidden_nodes()
 
 
 def add_scores(
@@ -174,8 +194,8 @@ class ScorePhase:
 
     async def _elbos(self, name: str, state: StepState) -> list[tuple[Parameter, float]]:
         """Node `name`'s candidates still in the race at its end with their ELBOs (the
-        current one first, always scored in full); the state keeps how many (example, term)
-        pairs each could have been and was scored on, which is what the step reports."""
+        current one first, always scored in full); the state keeps the calls each could have
+        sent and sent, which is what the step reports."""
         setup = self.setup
         candidates = state.candidates[name]
         terms = expectation_terms(setup.net, name, state, setup.options.min_weight)
@@ -188,25 +208,34 @@ class ScorePhase:
         scores: list[list[float | None]] = [[None] * state.examples for _ in candidates]
         sent = [0] * len(candidates)
         alive = list(range(len(candidates)))
+        kind = setup.net.node(name).kind
+
+        def cost(job: ScoreJob) -> Cost:
+            return setup.scorer.cost(kind, len(job.terms))
 
         async def score(job: ScoreJob) -> float:
-            term, parameter = job.term, candidates[job.candidate]
-            loglik = await setup.scorer.loglik(
-                setup.net, name, term.values, term.target, parameter=parameter, phase="score"
+            values = job.terms[0].values
+            logliks = await setup.scorer.logliks(
+                setup.net,
+                name,
+                values,
+                [term.target for term in job.terms],
+                parameter=candidates[job.candidate],
+                phase="score",
             )
-            return term.weight * loglik
+            return sum(t.weight * loglik for t, loglik in zip(job.terms, logliks, strict=True))
 
         rounds = race.rounds(state.examples)
         for number, examples in enumerate(rounds, 1):
             jobs = score_jobs(terms, excluded, alive, examples)
             add_scores(scores, jobs, await map_concurrently(score, jobs))
             for job in jobs:
-                sent[job.candidate] += 1
+                sent[job.candidate] += cost(job).expected
             halve = number < len(rounds)
             alive = race.survivors(utilities(scores, trust), alive, halve=halve)
         state.score_counts[name] = [0] * len(candidates)
         for job in score_jobs(terms, excluded, range(len(candidates)), range(state.examples)):
-            state.score_counts[name][job.candidate] += 1
+            state.score_counts[name][job.candidate] += cost(job).calls
         state.score_sent[name] = sent
         elbos = elbo(scores, trust)
         return [(candidates[c], elbos[c]) for c in alive]
@@ -216,26 +245,42 @@ class ScorePhase:
         return wave(False, [self._calls(name, sizes.scores(name)) for name in self.setup.trainable])
 
     def _calls(self, name: str, scores: Scores) -> Calls:
-        """A node's score calls, from the (example, term) pairs its candidates are scored
-        on: the current parameter's are expected from the cache when they repeat the forward
-        pass."""
+        """A node's score calls: the current parameter's are expected from the cache when
+        an earlier phase asked them (`current_known`)."""
         cost = self.setup.scorer.cost(self.setup.net.node(name).kind)
         current = scores.current
-        if self.repeats_forward(name):
+        if self.current_known(name):
             current = Count(current.calls, 0)
-        return Calls(name, "score", action(cost), (current + scores.others) * cost.calls)
+        return Calls(name, "score", action(cost), current + scores.others)
 
-    def repeats_forward(self, name: str) -> bool:
-        """Whether the current parameter's scores send what the forward pass sent (its
-        expectation runs over the forward values alone and a score repeats a run), so that
-        the forward engine's cache answers them."""
+    def example_cost(self, name: str, terms: int) -> Cost:
+        """What scoring one candidate of node `name` on one example's `terms` terms sends:
+        all at once when they read the same inputs (`shares_inputs`), else one score each."""
         setup = self.setup
         kind = setup.net.node(name).kind
-        return (
-            setup.cached
-            and term_count(setup.net, name, setup.options) == 1
-            and setup.scorer.repeats_run(kind)
-        )
+        if shares_inputs(setup.net, name):
+            return setup.scorer.cost(kind, terms)
+        cost = setup.scorer.cost(kind)
+        return Cost(terms * cost.calls, cost.writes, expected=terms * cost.expected)
+
+    def current_known(self, name: str) -> bool:
+        """Whether the forward engine's cache answers the current parameter's scores: they
+        send what the forward pass sent (its expectation runs over the forward values alone
+        and a score repeats a run; a hidden class node's over its classes, which its run
+        read), or what the posterior's evidence scored (a hidden node's prior over its own
+        candidates; an output node's likelihood with its one hidden parent's candidates as
+        inputs)."""
+        setup = self.setup
+        net, options = setup.net, setup.options
+        if not setup.cached:
+            return False
+        repeats = setup.scorer.repeats_run(net.node(name).kind)
+        if term_count(net, name, options) == 1:
+            return repeats
+        if name in net.hidden_nodes():
+            return options.posterior_prior or repeats
+        hidden = [p for p in net.parents(name) if p in net.hidden_nodes()]
+        return len(hidden) == 1 and options.posterior_likelihood
 
     def probe(self, wave: Wave, stand_in: StandIn) -> Probe:
         """One score of the wave's first node, at its own parameter, on a stand-in batch."""
@@ -245,6 +290,6 @@ class ScorePhase:
             state = stand_in(tag)
             values, target = state.trace.values(0), state.targets[name][0]
             await setup.scorer.loglik(setup.net, name, values, target, phase="score")
-            return setup.scorer.cost(setup.net.node(name).kind).calls
+            return setup.scorer.cost(setup.net.node(name).kind).expected
 
         return one

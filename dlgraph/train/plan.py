@@ -37,7 +37,7 @@ def forward_waves(
     expected = round(examples * share)
     for name in net.topological_order():
         cost = net.node(name).kind.run_cost(capabilities)
-        count = Count(examples * cost.calls, expected * cost.calls)
+        count = Count(examples, expected).times(cost)
         calls = Calls(name, phase, action(cost), count)
         depths.setdefault(net.depth(name), []).append(calls)
     return [each for depth in sorted(depths) for each in wave(False, depths[depth])]
@@ -65,7 +65,7 @@ class ForwardPhase:
         async def one(tag: int) -> int:
             values = stand_in(tag).trace.values(0)
             await run_node(net, self.setup.engine_for(wave), name, values, phase="forward")
-            return net.node(name).kind.run_cost(self.setup.capabilities).calls
+            return net.node(name).kind.run_cost(self.setup.capabilities).expected
 
         return one
 
@@ -102,4 +102,5 @@ class Plan:
         others = other_candidates(setup.options, self.step, self.examples, has_demonstrations)
         share = Race.of(setup.options).expected_share(self.examples)
         raced = Count(others.calls, round(others.expected * share))
-        return Scores(Count(self.examples) * terms, raced * terms)
+        each = ScorePhase(setup).example_cost(name, terms)
+        return Scores(Count(self.examples).times(each), raced.times(each))

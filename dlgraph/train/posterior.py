@@ -67,25 +67,35 @@ class PosteriorPhase:
         state.targets[name] = posterior.targets
 
     def waves(self, sizes: Sizes) -> list[Wave]:
-        """The samples, then every candidate's evidence. (The forward output's evidence
-        from a class child repeats the forward pass, which a cache answers; the expected
-        figure still counts it.)"""
+        """The samples, then every candidate's evidence."""
         setup, name = self.setup, self.name
         if not setup.options.use_posterior:
             return []
         samples = setup.net.node(name).kind.posterior_draws(setup.options.num_hidden_samples)
-        candidates = sizes.examples * posterior_size(setup.net, name, setup.options)
+        size = posterior_size(setup.net, name, setup.options)
         evidence = [
-            self._scores(scored, candidates)
+            self._scores(scored, sizes.examples, size)
             for scored in evidence_nodes(setup.net, name, setup.options)
         ]
         draws = Calls(name, "posterior", "generate", Count(sizes.examples * samples))
         return wave(True, [draws]) + wave(False, evidence)
 
-    def _scores(self, name: str, count: int) -> Calls:
-        """`count` scores of node `name`."""
-        cost = self.setup.scorer.cost(self.setup.net.node(name).kind)
-        return Calls(name, "posterior", action(cost), Count(count * cost.calls))
+    def _scores(self, scored: str, examples: int, size: int) -> Calls:
+        """Node `scored`'s evidence for `size` candidates on each of `examples` examples: the
+        node itself scores all its candidates on the same inputs at once (its prior), a child
+        each candidate as its input. Where a score is a run (a class node), a cache answers
+        what repeats the forward pass: the prior, and a child's score of the first candidate,
+        the forward output."""
+        setup = self.setup
+        kind = setup.net.node(scored).kind
+        repeats = setup.cached and setup.scorer.repeats_run(kind)
+        if scored == self.name:  # a class node's prior is the distribution its run read
+            cost = setup.scorer.cost(kind, size)
+            count = Count(examples, 0 if repeats else examples).times(cost)
+            return Calls(scored, "posterior", action(cost), count)
+        cost = setup.scorer.cost(kind)
+        count = Count(examples * size, examples * (size - repeats)).times(cost)
+        return Calls(scored, "posterior", action(cost), count)
 
     def probe(self, wave: Wave, stand_in: StandIn) -> Probe:
         """One posterior sample (on the backward engine), or one candidate's evidence from
@@ -104,7 +114,7 @@ class PosteriorPhase:
             state = stand_in(tag)
             values, target = state.trace.values(0), state.targets[node.name][0]
             await setup.scorer.loglik(setup.net, node.name, values, target, phase="posterior")
-            return setup.scorer.cost(node.kind).calls
+            return setup.scorer.cost(node.kind).expected
 
         return sample if wave.backward else evidence
 
@@ -140,32 +150,36 @@ class PosteriorPhase:
 
     async def _infer(self, state: StepState, candidates: list[list[str]]) -> Posterior:
         """Weights of the candidates from their evidence; the children's targets must be set."""
-        jobs = [(i, k) for i, cands in enumerate(candidates) for k in range(len(cands))]
+        temperature = self.setup.options.posterior_temperature
 
-        async def evidence(job: tuple[int, int]) -> float:
-            i, k = job
-            return await self._evidence(state, i, candidates[i][k])
+        async def weights(i: int) -> tuple[float, ...]:
+            evidence = await self._evidence(state, i, candidates[i])
+            return tuple(normalize_log_scores([e / temperature for e in evidence]))
 
-        scores = await map_concurrently(evidence, jobs)
-        per_example: list[list[float]] = [[] for _ in candidates]
-        for (i, _), score in zip(jobs, scores, strict=True):
-            per_example[i].append(score / self.setup.options.posterior_temperature)
         return Posterior(
             tuple(tuple(c) for c in candidates),
-            tuple(tuple(normalize_log_scores(s)) for s in per_example),
+            tuple(await map_concurrently(weights, range(len(candidates)))),
         )
 
-    async def _evidence(self, state: StepState, i: int, candidate: str) -> float:
-        """The log-likelihood of the children's targets with `candidate` as the node's output
-        on example `i`, plus the candidate's own under the node's prompt (its prior)."""
+    async def _evidence(self, state: StepState, i: int, candidates: list[str]) -> list[float]:
+        """For each candidate output of the node on example `i`: the log-likelihood of the
+        children's targets with it as the node's output, plus its own under the node's
+        prompt (its prior; every candidate's in as few calls as the backend allows)."""
         net, name, scorer = self.setup.net, self.name, self.setup.scorer
-        values = state.trace.values(i) | {name: candidate}
-        total = 0.0
-        for node in evidence_nodes(net, name, self.setup.options):
+        inputs = state.trace.values(i)
+
+        async def terms(node: str) -> list[float]:
             if node == name:
-                inputs = state.trace.values(i)
-                total += await scorer.loglik(net, name, inputs, candidate, phase="posterior")
-            else:
-                target = state.targets[node][i]
-                total += await scorer.loglik(net, node, values, target, phase="posterior")
-        return total
+                return await scorer.logliks(net, name, inputs, candidates, phase="posterior")
+            target = state.targets[node][i]
+
+            async def likelihood(candidate: str) -> float:
+                values = inputs | {name: candidate}
+                return await scorer.loglik(net, node, values, target, phase="posterior")
+
+            return await map_concurrently(likelihood, candidates)
+
+        by_node = await map_concurrently(terms, evidence_nodes(net, name, self.setup.options))
+        return [sum(column, 0.0) for column in zip(*by_node, strict=True)] or [0.0] * len(
+            candidates
+        )

@@ -37,17 +37,32 @@ class Scorer(abc.ABC):
         phase: Phase,
     ) -> float:
         """log p(target | node `name` reading `values`, under `parameter` or its own)."""
+        scores = await self.logliks(net, name, values, [target], parameter=parameter, phase=phase)
+        return scores[0]
+
+    async def logliks(
+        self,
+        net: Graph,
+        name: str,
+        values: Mapping[str, str],
+        targets: Sequence[str],
+        *,
+        parameter: Parameter | None = None,
+        phase: Phase,
+    ) -> list[float]:
+        """`loglik` of each target on the same inputs, in as few calls as `cost` says."""
         call = NodeCall(engine=self.engine, phase=phase, parameter=parameter)
-        return await self._score(net.node(name), net.parent_values(name, values), target, call)
+        return await self._scores(net.node(name), net.parent_values(name, values), targets, call)
 
     @abc.abstractmethod
-    async def _score(
-        self, node: LanguageNode, parents: Sequence[Parent], target: str, call: NodeCall
-    ) -> float: ...
+    async def _scores(
+        self, node: LanguageNode, parents: Sequence[Parent], targets: Sequence[str], call: NodeCall
+    ) -> list[float]: ...
 
     @abc.abstractmethod
-    def cost(self, kind: Kind) -> Cost:
-        """What one score of a node of this kind sends."""
+    def cost(self, kind: Kind, targets: int = 1) -> Cost:
+        """What the scores of `targets` targets of a node of this kind on the same inputs
+        send."""
 
     @abc.abstractmethod
     def repeats_run(self, kind: Kind) -> bool:
@@ -59,13 +74,13 @@ class Scorer(abc.ABC):
 class LogprobScorer(Scorer):
     """Exact log-likelihood, as the node's kind computes it."""
 
-    async def _score(
-        self, node: LanguageNode, parents: Sequence[Parent], target: str, call: NodeCall
-    ) -> float:
-        return await node.loglik(parents, target, call)
+    async def _scores(
+        self, node: LanguageNode, parents: Sequence[Parent], targets: Sequence[str], call: NodeCall
+    ) -> list[float]:
+        return await node.logliks(parents, targets, call)
 
-    def cost(self, kind: Kind) -> Cost:
-        return kind.score_cost(self.engine.backend.capabilities)
+    def cost(self, kind: Kind, targets: int = 1) -> Cost:
+        return kind.score_cost(self.engine.backend.capabilities, targets)
 
     def repeats_run(self, kind: Kind) -> bool:
         return kind.score_repeats_run
@@ -75,13 +90,14 @@ class LogprobScorer(Scorer):
 class AccuracyScorer(Scorer):
     """For backends without log-probs: 0 if the node's greedy output is right, else the floor."""
 
-    async def _score(
-        self, node: LanguageNode, parents: Sequence[Parent], target: str, call: NodeCall
-    ) -> float:
+    async def _scores(
+        self, node: LanguageNode, parents: Sequence[Parent], targets: Sequence[str], call: NodeCall
+    ) -> list[float]:
+        """One run serves every target."""
         output = await node.run(parents, call)
-        return 0.0 if node.kind.is_correct(output.text, target) else LOG_FLOOR
+        return [0.0 if node.kind.is_correct(output.text, t) else LOG_FLOOR for t in targets]
 
-    def cost(self, kind: Kind) -> Cost:
+    def cost(self, kind: Kind, targets: int = 1) -> Cost:
         return kind.run_cost(self.engine.backend.capabilities)
 
     def repeats_run(self, kind: Kind) -> bool:

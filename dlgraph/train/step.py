@@ -91,9 +91,10 @@ class StepState:
     scored: dict[str, list[tuple[Parameter, float]]] = attrs.field(factory=dict)
     """Per trained node, every candidate with its ELBO (the current one first)."""
     score_counts: dict[str, list[int]] = attrs.field(factory=dict)
-    """Per trained node, the (example, term) pairs each candidate could be scored on."""
+    """Per trained node, the calls each candidate's scores could send."""
     score_sent: dict[str, list[int]] = attrs.field(factory=dict)
-    """Per trained node, those each candidate was scored on (fewer once a race drops it)."""
+    """Per trained node, the calls each candidate's scores are expected to have sent (fewer
+    once a race drops it; a class read from the first token counts one call)."""
 
     @property
     def examples(self) -> int:
@@ -101,15 +102,15 @@ class StepState:
 
     def scores(self, name: str) -> Scores:
         current, *others = self.score_counts[name] or [0]  # none: no candidate fitted
-        _, *others_sent = self.score_sent[name] or [0]
-        return Scores(Count(current), Count(sum(others), sum(others_sent)))
+        current_sent, *others_sent = self.score_sent[name] or [0]
+        return Scores(Count(current, current_sent), Count(sum(others), sum(others_sent)))
 
 
 @attrs.frozen
 class Scores:
-    """The (example, term) pairs a node's candidates are scored on, at most and as expected:
-    the current parameter's, which every other candidate is measured against, and all the
-    others' together."""
+    """The calls that score a node's candidates, at most and as expected: the current
+    parameter's, which every other candidate is measured against, and all the others'
+    together."""
 
     current: Count
     others: Count

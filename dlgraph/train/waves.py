@@ -49,6 +49,11 @@ class Count:
     def __mul__(self, factor: int) -> Count:
         return Count(self.calls * factor, self.expected * factor)
 
+    def times(self, cost: Cost) -> Count:
+        """This many runs or scores that each cost `cost`: its calls at most, its expected
+        calls as expected."""
+        return Count(self.calls * cost.calls, self.expected * cost.expected)
+
 
 NONE = Count(0)
 

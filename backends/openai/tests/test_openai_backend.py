@@ -15,7 +15,8 @@ import pytest
 from dlgraph_openai import PROFILES, OpenAIBackend
 from dlgraph_openai.errors import retry_after_s
 from dlgraph_openai.profiles import Profile
-from dlgraph_sim.server import ServerConfig, SimServer
+from dlgraph_sim import stable_random
+from dlgraph_sim.server import ServerConfig, SimModel, SimServer
 
 import dlgraph as dg
 from dlgraph._tasks import map_concurrently
@@ -319,36 +320,104 @@ async def test_logprob_requests_are_coalesced_into_one_echo_request() -> None:
     assert server.count() - sent == 1 and len(server.attempts[-1].prompts) == 3
 
 
-async def test_a_class_distribution_is_one_echo_request_of_every_verbalizer() -> None:
+QUESTION = "Is the sky blue? Answer:"
+YES_NO = ["yes|Yes", "no|No"]
+
+
+def answers(unlikely: str | None = None) -> SimModel:
+    """A model sure to answer with a yes/no verbalizer (each far likelier than any other
+    word), but for `unlikely`, which no first-token alternative shows."""
+
+    def token_logprob(prefix: str, token: str) -> float:
+        if token == unlikely:
+            return -9.0
+        if token.strip().lower() in ("yes", "no"):
+            return -1.0 - stable_random(prefix, token)
+        return -5.0 - stable_random(prefix, token)
+
+    return SimModel(token_logprob=token_logprob)
+
+
+async def distribution(server: SimServer, **options) -> tuple[list[float], list[tuple[str, ...]]]:
+    """A yes/no distribution, and the prompts of each request it sent."""
+    before = len(server.attempts)
+    async with dg.Engine(backend(server, **options)) as engine:
+        found = await engine.classify(QUESTION, YES_NO)
+    return found, [attempt.prompts for attempt in server.attempts[before:]]
+
+
+async def test_a_positive_log_probability_is_malformed_alone_and_in_a_coalesced_request() -> None:
+    model = SimModel(token_logprob=lambda prefix, token: 0.5)
+    async with SimServer(ServerConfig(api_key=KEY), model) as server:
+        policy = dg.RetryPolicy(deadline_s=0.3, initial_wait_s=0.01, max_wait_s=0.02)
+        async with dg.Engine(backend(server), coalesce_ms=20, retry=policy) as engine:
+            with pytest.raises(dg.RetriesExhausted, match="is not a number <= 0"):
+                await map_concurrently(
+                    lambda i: engine.logprob("Context number", f" {i}"), range(3)
+                )
+    assert any(len(attempt.prompts) == 3 for attempt in server.attempts)
+
+
+async def test_a_class_distribution_is_read_from_the_first_token_s_alternatives() -> None:
     """A profile with echo and several prompts per request (vLLM's, the simulated server's)
-    scores a class distribution in one request; its values are the single logprobs'."""
-    classes = ["yes|Yes", "no|No"]
-    async with SimServer(ServerConfig(api_key=KEY)) as server:
+    would repeat the context in one prompt per verbalizer: it asks the first token's
+    alternatives instead, one context, and its values are the exact per-verbalizer ones."""
+    async with SimServer(ServerConfig(api_key=KEY), answers()) as server:
+        capabilities = backend(server).capabilities
+        assert capabilities.continuations == 64 and capabilities.reads_first_token(4)
+        joint, sent = await distribution(server)
+        separate, each = await distribution(server, max_continuations=0)
+    assert sent == [(QUESTION,)] and server.attempts[0].path.endswith("/completions")
+    assert len(each) == 4  # a request per verbalizer, the context in each
+    assert joint == pytest.approx(separate, abs=1e-9)
+
+
+@pytest.mark.parametrize("end", [" ", "\n"])
+async def test_after_a_context_that_ends_in_whitespace_every_verbalizer_is_a_continuation(
+    end: str,
+) -> None:
+    """A tokenizer may join the whitespace to a verbalizer's first token, which is then not
+    the token that follows the context: the first token's alternatives would not be exact."""
+    async with SimServer(ServerConfig(api_key=KEY), answers()) as server:
         async with dg.Engine(backend(server)) as engine:
-            assert engine.backend.capabilities.continuations == 64
-            joint = await engine.classify("Is the sky blue? Answer:", classes)
-        assert server.count() == 1 and len(server.attempts[-1].prompts) == 4
-        async with dg.Engine(backend(server, max_batch=1)) as engine:
-            assert engine.backend.capabilities.continuations == 0
-            separate = await engine.classify("Is the sky blue? Answer:", classes)
-    assert server.count() == 1 + 4
+            joint = await engine.classify(QUESTION + end, YES_NO)
+        async with dg.Engine(backend(server, max_continuations=0)) as engine:
+            separate = await engine.classify(QUESTION + end, YES_NO)
+    assert len(server.attempts[0].prompts) == 4  # one request, every verbalizer echoed
+    assert joint == pytest.approx(separate, abs=1e-9)
+
+
+async def test_a_verbalizer_the_alternatives_lack_is_scored_as_a_continuation() -> None:
+    async with SimServer(ServerConfig(api_key=KEY), answers(unlikely=" No")) as server:
+        joint, sent = await distribution(server)
+        separate, _ = await distribution(server, max_continuations=0)
+    assert sent == [(QUESTION,), (QUESTION + " No",)]
+    assert joint == pytest.approx(separate, abs=1e-9)
+    assert joint[1] < 0.5  # " no" alone: still a real probability, not the floor
+
+
+async def test_without_first_token_classes_every_verbalizer_is_one_request_of_several() -> None:
+    """For a server limited by requests rather than tokens: one request whatever the
+    alternatives hold, the context in each of its prompts."""
+    async with SimServer(ServerConfig(api_key=KEY), answers(unlikely=" No")) as server:
+        assert not backend(server, first_token_classes=False).capabilities.reads_first_token(4)
+        joint, sent = await distribution(server, first_token_classes=False)
+        separate, _ = await distribution(server, max_continuations=0)
+    assert sent == [tuple(QUESTION + t for t in (" yes", " Yes", " no", " No"))]
     assert joint == pytest.approx(separate, abs=1e-9)
 
 
 async def test_max_continuations_0_scores_each_verbalizer_in_a_request_of_its_own() -> None:
     """The scoring of runs before one-call classes, for comparing with them: only the class
     distribution changes (`max_batch`, and so coalescing, stay the profile's)."""
-    classes = ["yes|Yes", "no|No"]
-    async with SimServer(ServerConfig(api_key=KEY)) as server:
-        async with dg.Engine(backend(server, max_continuations=0)) as engine:
-            capabilities = engine.backend.capabilities
-            assert (capabilities.continuations, capabilities.max_batch) == (0, 64)
-            separate = await engine.classify("Is the sky blue? Answer:", classes)
-            assert engine.statistics().total.calls == 4
-        async with dg.Engine(backend(server)) as engine:
-            joint = await engine.classify("Is the sky blue? Answer:", classes)
-            assert engine.statistics().total.calls == 1
-    assert joint == pytest.approx(separate, abs=1e-9)
+    async with SimServer(ServerConfig(api_key=KEY), answers()) as server:
+        chosen = backend(server, max_continuations=0).capabilities
+        assert (chosen.continuations, chosen.max_batch) == (0, 64)
+        assert not chosen.reads_first_token(4) and chosen.distribution_calls(4) == 4
+        separate, each = await distribution(server, max_continuations=0)
+        joint, one = await distribution(server)
+    assert sorted(each) == sorted((QUESTION + t,) for t in (" yes", " Yes", " no", " No"))
+    assert len(one) == 1 and joint == pytest.approx(separate, abs=1e-9)
 
 
 def test_max_continuations_lowers_what_the_profile_allows_never_raises_it() -> None:
@@ -366,6 +435,12 @@ def test_max_continuations_lowers_what_the_profile_allows_never_raises_it() -> N
 def test_a_max_continuations_that_is_no_count_is_refused(value: object) -> None:
     with pytest.raises((TypeError, ValueError), match="max_continuations"):
         OpenAIBackend("m", profile="vllm", max_continuations=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_a_first_token_classes_that_is_no_boolean_is_refused(value: object) -> None:
+    with pytest.raises(TypeError, match="first_token_classes: expected bool"):
+        OpenAIBackend("m", profile="vllm", first_token_classes=value)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("profile", ["llamacpp", "llama-cpp-python", "ollama"])
