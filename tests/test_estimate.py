@@ -489,3 +489,88 @@ async def test_the_pace_of_a_run_with_batches_of_one_example_is_measured(
     assert pace.backward.latency["propose"].calls == 1
     if "generate" in pace.backward.latency:
         assert pace.backward.latency["generate"].calls == 1
+
+
+# -- which current scores the cache answers, and the shares of what is expected ---------------
+
+
+def reads_two_thoughts() -> dg.Network:
+    """An answer that reads the input and two hidden nodes."""
+    net = dg.Network()
+    net.add_node("topic", prompt="Name the topic.", classes=PAIR_CLASSES)
+    net.add_node("reason", prompt="Read the input.", max_tokens=16)
+    net.add_node("answer", prompt="Answer the question.", classes=YES_NO)
+    for edge in [(dg.INPUT, "topic"), (dg.INPUT, "reason"), (dg.INPUT, "answer")]:
+        net.add_edge(*edge)
+    for parent in ("topic", "reason"):
+        net.add_edge(parent, "answer")
+    return net
+
+
+@pytest.mark.parametrize(
+    ("network", "options", "known"),
+    [
+        (dln2, {}, True),
+        (dln2, {"posterior_likelihood": False}, False),
+        (reads_two_thoughts, {}, False),
+    ],
+    ids=["one hidden parent", "no likelihood in the posterior", "two hidden parents"],
+)
+def test_an_output_s_current_scores_are_expected_from_the_cache_only_where_the_posterior_asked(
+    network: Callable[[], dg.Network], options: dict[str, object], known: bool
+) -> None:
+    """The posterior scores the answer under its current prompt with one hidden parent's
+    candidate in place; with two, an ELBO term puts both parents' candidates in place at
+    once, which nothing asked before. Against the same estimate without a cache."""
+
+    def unexpected(cache: bool) -> int:
+        model = LetterWorld().model()
+        settings = OPTIONS | {"max_demonstrations": 0} | options
+        trainer = dg.VariationalTrainer(network(), dg.Engine(model, cache=cache), **settings)
+        score = by_key(trainer.estimate(1, BATCH).waves)["answer", "score"]
+        return score.calls - score.expected
+
+    assert (unexpected(cache=True) > unexpected(cache=False)) is known
+
+
+def test_without_likelihood_or_prior_every_posterior_candidate_weighs_alike() -> None:
+    train, _ = NETWORKS["dln2"][2]()
+    options = {"posterior_likelihood": False, "posterior_prior": False}
+
+    async def step():  # noqa: ANN202
+        async with trainer_on("dln2", **options) as (trainer, _, _):
+            return await trainer.step(train[:BATCH])
+
+    import anyio
+
+    weights = anyio.run(step).posteriors["reason"].weights
+    assert all(len(set(example)) == 1 and len(example) > 1 for example in weights)
+
+
+def test_a_comparison_is_expected_over_its_share_of_dev_in_whole_calls() -> None:
+    from dlgraph.train.plan import forward_waves
+
+    capabilities = dg.Capabilities()
+    (wave,) = forward_waves(dln1(), capabilities, 20, "eval", share=0.62)
+    assert (wave.calls, wave.expected) == (20 * 4, 12 * 4)  # round(12.4) examples, 4 calls each
+    assert isinstance(wave.expected, int)
+    for steps in (1, 3):  # a race expects whole calls too, never more than it may send
+        for count in planned(dln1(), steps=steps, max_demonstrations=2).values():
+            assert isinstance(count.expected, int) and count.expected <= count.calls
+
+
+def test_the_trust_region_charges_output_nodes_only() -> None:
+    """A hidden node's targets are the posterior's, not a fixed answer the current prompt
+    is trusted on: its ELBO is the plain mean whatever the trust region."""
+    import anyio
+
+    train, _ = NETWORKS["dln2"][2]()
+
+    async def step(trust: float):  # noqa: ANN202
+        options = {"trust_region": trust, "stop_when_decided": False}
+        async with trainer_on("dln2", **options) as (trainer, _, _):
+            return (await trainer.step(train[:BATCH])).scored
+
+    plain, trusted = anyio.run(step, 0.0), anyio.run(step, 5.0)
+    assert trusted["reason"] == plain["reason"]
+    assert [s for _, s in trusted["answer"]] != [s for _, s in plain["answer"]]

@@ -393,3 +393,13 @@ def test_halving_keeps_the_better_half_by_mean_difference_to_the_current_paramet
     alive = Race(1.645).survivors(field, list(range(7)), halve=True)
     assert alive == [0, 1, 3, 4]
     assert Race(1.645).survivors(field, list(range(7)), halve=False) == list(range(7))
+
+
+def test_a_race_charges_a_candidate_the_trust_region_on_what_it_loses_to_the_current_one() -> None:
+    """Per example, as the ELBO does over the whole batch: a loss of 2 nats costs 2 x 0.5
+    more, a gain costs nothing, an example either was not scored on stays unscored."""
+    from dlgraph.train.elbo import utilities
+
+    current, candidate = [-1.0, -2.0, None, -1.0], [-3.0, -1.0, -2.0, None]
+    assert utilities([current, candidate], 0.5) == [current, [-4.0, -1.0, -2.0, None]]
+    assert utilities([current, candidate], 0.0) == [current, candidate]

@@ -82,12 +82,15 @@ class OpenAIBackend(dg.Backend):
     request's prompts, where the profile echoes several (vllm, openai, azure, sim); lower only
     (a profile that cannot echo several takes none); 0: one log-probability request per
     verbalizer, the scoring measured before one-call classes."""
-    first_token_classes: bool = attrs.field(default=True, validator=plugin.boolean)
+    first_token_classes: bool | None = attrs.field(
+        default=None, validator=attrs.validators.optional(plugin.boolean)
+    )
     """Where the profile echoes several prompts, read a class distribution's verbalizers from
     the first token's alternatives first: the context sent once instead of once per
     verbalizer, and a second request for any verbalizer the alternatives lack (exact values
     either way). False: every verbalizer in one request of several prompts, for a server
-    limited by requests rather than tokens."""
+    limited by requests rather than tokens. Default: the profile's (on for openai, azure and
+    sim, which bill or limit tokens; off for vllm, which caches the repeated context)."""
     connections: int = 256
     tokenizer: Callable[[str], int] | None = None
     """Counts tokens as the server does (e.g. with tiktoken), for rate limits and budgets;
@@ -141,7 +144,9 @@ class OpenAIBackend(dg.Backend):
             max_batch=max_batch,
             continuations=several,
             repeats_context=True,
-            first_token_classes=self.first_token_classes,
+            first_token_classes=self.profile.first_token_classes
+            if self.first_token_classes is None
+            else self.first_token_classes,
             context_window=self.context_window
             or self.profile.context_window
             or self._served_window,

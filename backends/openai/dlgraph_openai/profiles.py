@@ -47,6 +47,10 @@ class Profile:
     """First-token alternatives available (chat ``top_logprobs`` / completions ``logprobs``)."""
     max_batch: int = attrs.field(default=1, validator=_count(1))
     """Prompts per /v1/completions request."""
+    first_token_classes: bool = False
+    """A class distribution read from the first token's alternatives first (the backend's
+    `first_token_classes`): where tokens are billed or limited, fewer tokens are worth the
+    second request a verbalizer missing from them costs."""
     context_window: int | None = attrs.field(default=None, validator=plugin.integer(1))
     """The most tokens one call may hold, prompt and answer, when the profile knows it."""
     model_info: bool = False
@@ -66,6 +70,7 @@ PROFILES = {
             echo_max_tokens=0,
             top_logprobs=5,
             max_batch=20,
+            first_token_classes=True,
         ),
         Profile(
             name="azure",
@@ -77,6 +82,7 @@ PROFILES = {
             echo_max_tokens=0,
             top_logprobs=5,
             max_batch=20,
+            first_token_classes=True,
         ),
         Profile(
             name="vllm",
@@ -129,6 +135,7 @@ PROFILES = {
             top_logprobs=10,
             max_batch=64,
             model_info=True,
+            first_token_classes=True,  # as a hosted API: bench/efficiency.py's TPM run
         ),
     )
 }

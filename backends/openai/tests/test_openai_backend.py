@@ -437,10 +437,28 @@ def test_a_max_continuations_that_is_no_count_is_refused(value: object) -> None:
         OpenAIBackend("m", profile="vllm", max_continuations=value)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("value", ["false", 0, None])
+@pytest.mark.parametrize("value", ["false", 0, 1])
 def test_a_first_token_classes_that_is_no_boolean_is_refused(value: object) -> None:
     with pytest.raises(TypeError, match="first_token_classes: expected bool"):
         OpenAIBackend("m", profile="vllm", first_token_classes=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("profile", "default"), [("openai", True), ("azure", True), ("sim", True), ("vllm", False)]
+)
+def test_classes_are_read_from_the_first_token_where_the_profile_bills_tokens(
+    profile: str, default: bool
+) -> None:
+    """A hosted API bills and limits tokens; a vLLM server of one's own caches the context a
+    list of prompts repeats, so one request of every verbalizer costs it less. Either way the
+    backend's setting decides."""
+
+    def reads(**options: object) -> bool:
+        chosen = OpenAIBackend("m", base_url="http://127.0.0.1:1/v1", profile=profile, **options)
+        return chosen.capabilities.reads_first_token(4)
+
+    assert reads() is default
+    assert reads(first_token_classes=True) and not reads(first_token_classes=False)
 
 
 @pytest.mark.parametrize("profile", ["llamacpp", "llama-cpp-python", "ollama"])
