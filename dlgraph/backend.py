@@ -125,14 +125,16 @@ def checked_logprobs(
 ) -> list[float]:
     """`values` as log-probabilities (`logprob_value`); one that is none makes the answer
     malformed (retried, never cached), whichever request asked it."""
-    checked = [logprob_value(value) for value in values]
-    for value, found in zip(values, checked, strict=True):
+    checked = []
+    for value in values:
+        found = logprob_value(value)
         if found is None:
             raise MalformedAnswer(
                 f"{backend.identity}: the log-probability {value!r} is not a number <= 0",
                 usage=answer.usage,
             )
-    return [value for value in checked if value is not None]
+        checked.append(found)
+    return checked
 
 
 MAX_CONTINUATIONS = 256
@@ -216,20 +218,14 @@ class Batch:
         return max(request.priority for request in self.requests)
 
     async def ask(self, backend: Backend) -> Sequence[Result] | Answer[Sequence[Result]]:
-        """The backend's values, in order; a log-probability that is none is a malformed
-        answer, as alone."""
+        """The backend's values, in order (the engine checks their count); a log-probability
+        that is none is a malformed answer, as alone."""
         generate = [r for r in self.requests if isinstance(r, GenerateRequest)]
         if generate:
             return await backend.generate_batch(generate)
         logprobs = [r for r in self.requests if isinstance(r, LogprobRequest)]
         answer = as_answer(await backend.logprob_batch(logprobs))
-        values = list(answer.value)
-        if len(values) != len(logprobs):
-            raise MalformedAnswer(
-                f"{backend.identity}: {len(values)} log-probabilities for {len(logprobs)} prompts",
-                usage=answer.usage,
-            )
-        return Answer(checked_logprobs(backend, values, answer), usage=answer.usage)
+        return Answer(checked_logprobs(backend, list(answer.value), answer), usage=answer.usage)
 
 
 Work = Request | Batch

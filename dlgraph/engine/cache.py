@@ -31,7 +31,13 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from dlgraph.backend import ContinuationsRequest, GenerateRequest, LogprobRequest, Result
+from dlgraph.backend import (
+    ContinuationsRequest,
+    GenerateRequest,
+    LogprobRequest,
+    Result,
+    logprob_value,
+)
 from dlgraph.engine.ledger import Ledger
 from dlgraph.engine.stage import Call, Outcome, Work
 from dlgraph.errors import CacheError
@@ -307,7 +313,8 @@ async def open_store(cache: bool | str | os.PathLike[str]) -> Store | None:
 
 
 def _is_logprob(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value <= 0
+    """A log-probability as the engine answers one (`logprob_value`, after its rounding)."""
+    return logprob_value(value) == value
 
 
 def fits(value: object, work: Work) -> TypeGuard[Result | list[float]]:
