@@ -22,6 +22,7 @@ from test_trainer import YES_NO, dln1, dln2
 
 import dlgraph as dg
 from dlgraph.train.proposals import END
+from dlgraph.train.race import Race
 from dlgraph.train.waves import Count, Wave, by_key
 
 OPTIONS = dict(
@@ -431,6 +432,26 @@ def test_the_estimate_expects_the_memory_to_fill_with_each_steps_new_candidates(
     each = [scores[0]] + [b - a for a, b in zip(scores, scores[1:], strict=False)]
     remembered = [min(10, new * (n - 1)) * BATCH for n in range(1, 6)]
     assert each == [(per_step + r) * 4 for r in remembered]  # 4 calls a score: yes|Yes, no|No
+
+
+@pytest.mark.parametrize(("batch", "kept"), [(6, 2), (12, 1)])
+def test_a_racing_run_expects_its_memory_to_fill_with_what_each_race_keeps(
+    batch: int, kept: int
+) -> None:
+    """Only the candidates still in a race at its end are remembered: of three proposals,
+    two after the one halving of a batch of six (rounds of 5 and 1 examples), one after the
+    two halvings of a batch of twelve (5, 5, 2); step n expects those of the steps before it
+    (up to the memory's ten), each scored on the race's share of the batch."""
+    share = Race(1.645).expected_share(batch)
+    scores = [
+        planned(dln1(), steps, batch, memory_size=10, max_demonstrations=0, stop_when_decided=True)[
+            "answer", "score"
+        ].expected
+        for steps in range(1, 6)
+    ]
+    each = [scores[0]] + [b - a for a, b in zip(scores, scores[1:], strict=False)]
+    others = [3 + min(10, kept * (n - 1)) for n in range(1, 6)]
+    assert each == [round(o * batch * share) * 4 for o in others]
 
 
 @pytest.mark.parametrize(("batch", "shown"), [(1, 0), (2, 1), (3, 2), (6, 2)])

@@ -112,6 +112,14 @@ class Race:
             return 1.0
         return sum(len(r) / examples * 0.5**k for k, r in enumerate(self.rounds(examples)))
 
+    def kept(self, candidates: int, examples: int) -> int:
+        """Of `candidates` other than the current parameter, how many are expected still in
+        the race at its end (the field halved after every round but the last; the bound's
+        drops, which depend on the data, left out): those a step's memory takes in."""
+        for _ in self.rounds(examples)[1:]:
+            candidates = math.ceil(candidates / 2)
+        return candidates
+
     @property
     def dev_share(self) -> float:
         """The share of the dev set a step's comparison is expected to score."""
