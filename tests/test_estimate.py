@@ -103,7 +103,7 @@ NETWORKS = {
 }
 
 
-def distinct(world: object, name: str, continuations: int = 0) -> ScriptedModel:
+def distinct(world: object, name: str, continuations: int = 0, samples: int = 0) -> ScriptedModel:
     """The world's model, with every text it writes made unlike any other by a last line
     naming its prompt and seed (a line no world reads): proposals, posterior samples and the
     outputs of text nodes (which demonstrations and posteriors show) never coincide."""
@@ -116,7 +116,7 @@ def distinct(world: object, name: str, continuations: int = 0) -> ScriptedModel:
             return text.split(END)[0].rstrip() + mark + END
         return text + mark
 
-    capabilities = dg.Capabilities(continuations=continuations)
+    capabilities = dg.Capabilities(continuations=continuations, samples=samples)
     return ScriptedModel(
         generate=generate, logprob=world.logprob, name=name, capabilities=capabilities
     )
@@ -156,15 +156,16 @@ async def trainer_on(
     cache: bool = False,
     separate: bool = False,
     continuations: int = 0,
+    samples: int = 0,
     **options: object,
 ) -> AsyncIterator[tuple[dg.VariationalTrainer, dg.Engine, dg.Engine]]:
     """A trainer of `network` on its distinct world, and its forward and backward engines
     (the backward one unused unless `separate`), whose models score `continuations` of one
-    context in one call."""
+    context, and draw `samples` samples of one prompt, in one call."""
     make, world, _ = NETWORKS[network]
     async with (
-        dg.Engine(distinct(world, "runs", continuations), cache=cache) as engine,
-        dg.Engine(distinct(world, "writes", continuations), cache=cache) as writer,
+        dg.Engine(distinct(world, "runs", continuations, samples), cache=cache) as engine,
+        dg.Engine(distinct(world, "writes", continuations, samples), cache=cache) as writer,
     ):
         backward = writer if separate else None
         trainer = dg.VariationalTrainer(make(), engine, backward=backward, **(OPTIONS | options))
@@ -185,6 +186,7 @@ async def run(
     separate: bool,
     steps: int,
     continuations: int = 0,
+    samples: int = 0,
     **options: object,
 ):
     """Estimate a run, then make it (no cache: each request is sent); the estimate's calls
@@ -194,6 +196,7 @@ async def run(
         "max_demonstrations": demonstrations,
         "separate": separate,
         "continuations": continuations,
+        "samples": samples,
     }
     async with trainer_on(network, **options) as (trainer, engine, writer):
         estimate = trainer.estimate(steps, BATCH, train, len(dev))
@@ -235,6 +238,25 @@ async def test_with_a_class_distribution_in_one_call_the_estimate_expects_each_p
     outputs = {"two outputs": ["first", "second"]}.get(network, ["answer"])
     for name in outputs:
         assert sent[0][name, "eval"] == 2 * len(dev)  # before the step and after it
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["one engine", "a backward engine"])
+@pytest.mark.parametrize("network", ["dln2", "three layers with fan-in"])
+async def test_with_samples_drawn_in_one_call_the_estimate_expects_each_phases_calls(
+    network: str, separate: bool
+) -> None:
+    """On a backend that draws several samples of one prompt in one call, a hidden node's
+    posterior samples of an example are one call: the estimate counts one, phase by phase,
+    on the engine that draws them."""
+    planned, sent = await run(network, 0, separate, steps=1, samples=8)
+    for counts, calls in zip(planned, sent, strict=True):
+        assert expected(counts) == calls
+        assert_bounded(counts, calls)
+    _, each = await run(network, 0, separate, steps=1)
+    side = 1 if separate else 0
+    hidden = {"dln2": ["reason"], "three layers with fan-in": ["a", "b", "m"]}[network]
+    for name in hidden:  # two samples an example: one call instead of two
+        assert each[side][name, "posterior"] - sent[side][name, "posterior"] == BATCH
 
 
 @pytest.mark.parametrize(("network", "demonstrations", "separate"), CASES)

@@ -56,6 +56,7 @@ from dlgraph.backend import (
     GenerateRequest,
     LogprobRequest,
     Request,
+    SamplesRequest,
     TopLogprobsRequest,
 )
 from dlgraph.engine.ledger import Ledger
@@ -76,6 +77,7 @@ KINDS: Mapping[type, str] = {
     LogprobRequest: "logprob",
     TopLogprobsRequest: "top_logprobs",
     ContinuationsRequest: "continuations",
+    SamplesRequest: "samples",
 }
 
 
@@ -252,12 +254,14 @@ class CallSpans:
         }
         if request.node is not None:
             attributes["dlgraph.node"] = request.node
-        if isinstance(request, GenerateRequest):
+        if isinstance(request, GenerateRequest | SamplesRequest):
             attributes["gen_ai.request.max_tokens"] = request.max_tokens
             attributes["gen_ai.request.temperature"] = request.temperature
             attributes["gen_ai.request.seed"] = request.seed
             if request.stop:
                 attributes["gen_ai.request.stop_sequences"] = request.stop
+            if isinstance(request, SamplesRequest):
+                attributes["gen_ai.request.choice.count"] = request.count
         elif isinstance(request, TopLogprobsRequest):
             attributes["dlgraph.request.top_logprobs"] = request.count
         elif isinstance(request, ContinuationsRequest):
@@ -281,7 +285,7 @@ class CallSpans:
                 attributes["dlgraph.shared"] = True
             if isinstance(outcome, float | int):
                 attributes["dlgraph.logprob"] = float(outcome)
-            elif isinstance(outcome, tuple):
+            elif isinstance(outcome, tuple) and not all(isinstance(v, str) for v in outcome):
                 attributes["dlgraph.logprobs"] = outcome
             elif self.record_content and outcome is not None:
                 attributes["gen_ai.output.messages"] = _output_messages(outcome)
@@ -295,7 +299,7 @@ def _text(role: str, content: str) -> dict[str, Any]:
 
 def _input_messages(request: Request) -> str:
     """The conventions' input messages, as a JSON string (spans take no structured values)."""
-    if isinstance(request, GenerateRequest):
+    if isinstance(request, GenerateRequest | SamplesRequest):
         messages = [_text("user", request.prompt)]
     elif isinstance(request, LogprobRequest):
         messages = [_text("user", request.context), _text("assistant", request.target)]
@@ -308,7 +312,13 @@ def _input_messages(request: Request) -> str:
 
 
 def _output_messages(outcome: Outcome) -> str:
-    """A generation as the conventions' output messages (backends do not say why it ended);
-    first-token alternatives as one JSON text part."""
-    content = outcome if isinstance(outcome, str) else json.dumps(outcome, ensure_ascii=False)
-    return json.dumps([_text("assistant", content) | {"finish_reason": "unknown"}])
+    """A generation as the conventions' output messages (backends do not say why it ended),
+    several samples as one message each; first-token alternatives as one JSON text part."""
+    if isinstance(outcome, tuple) and all(isinstance(v, str) for v in outcome):
+        contents = [str(v) for v in outcome]
+    elif isinstance(outcome, str):
+        contents = [outcome]
+    else:
+        contents = [json.dumps(outcome, ensure_ascii=False)]
+    messages = [_text("assistant", c) | {"finish_reason": "unknown"} for c in contents]
+    return json.dumps(messages)

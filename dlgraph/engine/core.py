@@ -51,6 +51,7 @@ import attrs
 from dlgraph._tasks import single_errors
 from dlgraph._untrusted import excerpt
 from dlgraph._validate import (
+    check_int,
     check_number,
     check_path,
     class_strings,
@@ -74,6 +75,7 @@ from dlgraph.engine.ledger import Ledger
 from dlgraph.engine.limiter import Limiter, RateLimits, concurrency_ceiling, per_minute
 from dlgraph.engine.metered import Metered
 from dlgraph.engine.retry import Retry, RetryPolicy
+from dlgraph.engine.sampling import MAX_DRAWN, draw_samples
 from dlgraph.engine.shared import GrantPool, GrantSource
 from dlgraph.engine.single_flight import SingleFlight
 from dlgraph.engine.spans import OFF, Tracer
@@ -336,6 +338,36 @@ class Engine(anyio.AsyncContextManagerMixin):
         result = await self.request(request)
         assert isinstance(result, str)
         return result
+
+    async def samples(
+        self,
+        prompt: str,
+        count: int,
+        *,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        stop: Sequence[str] = (),
+        seed: int = 0,
+        node: str | None = None,
+        phase: Phase = "forward",
+        priority: int = 0,
+    ) -> list[str]:
+        """`count` samples of one prompt, of seeds `seed` to `seed + count - 1`: in one call
+        where the backend draws that many (`Capabilities.samples`: the prompt sent and
+        charged once), else one call each; sample i is the one `generate` with seed
+        `seed + i` stands for, and the cache answers either for the other."""
+        check_int("count", count, 0, MAX_DRAWN)
+        first = GenerateRequest(
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stop=stop,
+            seed=seed,
+            node=node,
+            phase=phase,
+            priority=priority,
+        )
+        return await draw_samples(self.request, self.backend.capabilities, first, count)
 
     async def logprob(
         self,

@@ -551,3 +551,66 @@ def test_the_window_is_read_from_either_servers_model_list_and_nothing_else(body
     from dlgraph_openai.answers import context_window
 
     assert context_window(body, "m") == window
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+async def test_samples_of_one_prompt_are_one_request_of_n_billed_the_prompt_once(api: str) -> None:
+    """Five posterior samples of one prompt: one request with ``n``, each sample the one its
+    seed gives in a request of its own, and the prompt's tokens counted once."""
+    prompt = "Think of a word that ends in e:"
+    async with SimServer(ServerConfig(api_key=KEY)) as server:
+        async with dg.Engine(backend(server, api=api), cache=False) as engine:
+            together = await engine.samples(prompt, 5, temperature=1.0, max_tokens=6, seed=2)
+            usage = engine.statistics().total
+        requests = server.count("ok")
+        async with dg.Engine(backend(server, api=api, max_samples=0), cache=False) as engine:
+            each = await engine.samples(prompt, 5, temperature=1.0, max_tokens=6, seed=2)
+            alone = engine.statistics().total
+    assert requests == 1 and server.count("ok") == 6
+    assert together == each and len(set(together)) == 5
+    assert usage.tokens_in * 5 == alone.tokens_in
+    assert usage.tokens_out == alone.tokens_out
+
+
+@pytest.mark.parametrize(
+    ("profile", "samples"),
+    [("openai", 128), ("azure", 128), ("vllm", 64), ("sim", 64), ("llamacpp", 0), ("ollama", 0)],
+)
+def test_samples_are_drawn_together_where_the_profile_s_server_takes_n(
+    profile: str, samples: int
+) -> None:
+    def drawn(**options: object) -> int:
+        chosen = OpenAIBackend("m", base_url="http://127.0.0.1:1/v1", profile=profile, **options)
+        return chosen.capabilities.samples
+
+    assert drawn() == samples
+    assert drawn(max_samples=4) == min(4, samples) and drawn(max_samples=0) == 0
+
+
+@pytest.mark.parametrize("value", [-1, 129, True, "8"])
+def test_a_max_samples_that_is_no_count_is_refused(value: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="max_samples"):
+        OpenAIBackend("m", profile="vllm", max_samples=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("max_samples = -2", r"max_samples must be >= 0, got -2"),
+        ('max_samples = "all"', r"max_samples: expected int, got 'all'"),
+        ('first_token_classes = "no"', r"first_token_classes: expected bool"),
+    ],
+)
+def test_a_config_with_a_wrong_openai_option_names_file_and_section(
+    tmp_path, option: str, message: str
+) -> None:
+    from dlgraph.config import RunConfig
+
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '[backend]\nname = "openai"\n'
+        f'options = {{ base_url = "http://127.0.0.1:1/v1", model = "m", profile = "vllm", {option} }}\n'
+        '[data]\ntask = "tweets"\n[network]\nkind = "dln1"\n'
+    )
+    with pytest.raises(dg.ConfigError, match=rf"run.toml: \[backend\] {message}"):
+        RunConfig.read(config).forward.build()
