@@ -20,7 +20,16 @@ import attrs
 
 from dlgraph._entry_points import BACKENDS
 from dlgraph._untrusted import excerpt
-from dlgraph._validate import MAX_TOKENS, boolean, integer, number, stop_strings, strings, text
+from dlgraph._validate import (
+    MAX_TOKENS,
+    boolean,
+    check_text,
+    integer,
+    number,
+    stop_strings,
+    strings,
+    text,
+)
 from dlgraph.answer import Answer, as_answer
 from dlgraph.errors import BackendError, MalformedAnswer, UnknownBackend
 
@@ -36,6 +45,12 @@ def _known_phase(instance: Any, attribute: attrs.Attribute[str], value: str) -> 
         raise ValueError(f"{attribute.name}={excerpt(value)}: expected one of {', '.join(PHASES)}")
 
 
+def _node_name(instance: Any, attribute: attrs.Attribute[str | None], value: object) -> None:
+    """Who asks, as the ledger and tracing name it: a node's name, or None."""
+    if value is not None:
+        check_text(attribute.name, value)
+
+
 @attrs.frozen
 class _Sampling:
     """What a generation is asked with: a prompt and how to sample its continuation."""
@@ -45,7 +60,7 @@ class _Sampling:
     temperature: float = attrs.field(default=0.0, kw_only=True, validator=number(0))
     stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=stop_strings)
     seed: int = attrs.field(default=0, kw_only=True, validator=integer())
-    node: str | None = attrs.field(default=None, kw_only=True)
+    node: str | None = attrs.field(default=None, kw_only=True, validator=_node_name)
     phase: Phase = attrs.field(default="forward", kw_only=True, validator=_known_phase)
     priority: int = attrs.field(default=0, kw_only=True, validator=integer())
     """When the rate limit is the bottleneck, higher goes first (deeper nodes finish a batch sooner)."""
@@ -119,7 +134,7 @@ class LogprobRequest:
 
     context: str = attrs.field(validator=text)
     target: str = attrs.field(validator=text)
-    node: str | None = attrs.field(default=None, kw_only=True)
+    node: str | None = attrs.field(default=None, kw_only=True, validator=_node_name)
     phase: Phase = attrs.field(default="score", kw_only=True, validator=_known_phase)
     priority: int = attrs.field(default=0, kw_only=True, validator=integer())
 
@@ -139,7 +154,7 @@ class TopLogprobsRequest:
 
     context: str = attrs.field(validator=text)
     count: int = attrs.field(default=20, kw_only=True, validator=integer(1))
-    node: str | None = attrs.field(default=None, kw_only=True)
+    node: str | None = attrs.field(default=None, kw_only=True, validator=_node_name)
     phase: Phase = attrs.field(default="score", kw_only=True, validator=_known_phase)
     priority: int = attrs.field(default=0, kw_only=True, validator=integer())
 
@@ -222,7 +237,7 @@ class ContinuationsRequest:
 
     context: str = attrs.field(validator=text)
     continuations: tuple[str, ...] = attrs.field(converter=continuation_texts)
-    node: str | None = attrs.field(default=None, kw_only=True)
+    node: str | None = attrs.field(default=None, kw_only=True, validator=_node_name)
     phase: Phase = attrs.field(default="score", kw_only=True, validator=_known_phase)
     priority: int = attrs.field(default=0, kw_only=True, validator=integer())
 

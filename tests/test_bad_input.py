@@ -717,6 +717,18 @@ CASES = [
         r"targets: expected a list of strings, got the string ' yes'",
     ),
     Case(
+        "a request naming its node with a number",
+        lambda t: dg.LogprobRequest("x", "y", node=3),  # type: ignore[arg-type]
+        TypeError,
+        r"node: expected str, got 3",
+    ),
+    Case(
+        "a generation naming its node with a list",
+        lambda t: _generate(node=["reason"]),
+        TypeError,
+        r"node: expected str, got \['reason'\]",
+    ),
+    Case(
         "samples of one prompt counted with a bool",
         lambda t: dg.SamplesRequest("x", count=True),  # type: ignore[arg-type]
         TypeError,

@@ -356,3 +356,37 @@ async def test_a_value_that_is_no_log_probability_is_malformed_alike_alone_and_t
         ):
             with pytest.raises(dg.RetriesExhausted, match="is not a number <= 0"):
                 await ask()
+
+
+def refuses_more_than(most: int):
+    """A server fault: a request of more than `most` continuations is refused (a 400)."""
+
+    def fault(request: object, number: int) -> Exception | None:
+        if isinstance(request, dg.ContinuationsRequest) and len(request.continuations) > most:
+            return dg.RequestRejected(f"at most {most} prompts per request")
+        return None
+
+    return fault
+
+
+async def test_more_continuations_than_the_server_takes_are_halved_until_taken() -> None:
+    """A backend set to send more continuations per request than its server takes (a user's
+    `max_batch` above the server's): the refused request is split in halves, each taken, and
+    the values are those of one request each."""
+    model = scripted(fault=refuses_more_than(3))
+    async with dg.Engine(model, retry=FAST) as engine:
+        distribution = await engine.classify(CONTEXT, CLASSES)
+        usage = engine.statistics().total
+    sizes = [len(call.request.continuations) for call in model.calls]
+    assert sizes == [6, 3, 3]
+    async with dg.Engine(scripted(dg.Capabilities())) as engine:
+        assert distribution == pytest.approx(await engine.classify(CONTEXT, CLASSES), abs=1e-12)
+    assert usage.calls == 3 and usage.errors == 1
+
+
+async def test_a_continuation_refused_alone_fails_with_the_server_s_refusal() -> None:
+    model = scripted(fault=refuses_more_than(0))
+    async with dg.Engine(model, retry=FAST) as engine:
+        with pytest.raises(dg.RequestRejected, match="at most 0 prompts"):
+            await engine.logprobs(CONTEXT, TARGETS)
+    assert len(model.calls) == 2 * len(TARGETS) - 1  # halved down to single continuations

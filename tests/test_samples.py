@@ -216,3 +216,17 @@ async def test_a_hidden_node_s_posterior_samples_are_one_call_per_example_alike(
     assert calls[0]["reason", "posterior"].calls - calls[1]["reason", "posterior"].calls == (
         BATCH * 2  # three samples an example: one call instead of three
     )
+
+
+async def test_more_samples_than_the_server_draws_at_once_are_halved_until_drawn() -> None:
+    def fault(request: object, number: int) -> Exception | None:
+        if isinstance(request, dg.SamplesRequest) and request.count > 2:
+            return dg.RequestRejected("n must be at most 2")
+        return None
+
+    model = scripted(fault=fault)
+    async with dg.Engine(model, retry=FAST) as engine:
+        texts = await engine.samples(PROMPT, 5, temperature=1.0)
+    asked = [(call.request.seed, call.request.count) for call in model.calls]
+    assert sorted(asked) == [(0, 2), (0, 5), (2, 1), (2, 3), (3, 2)]
+    assert texts == alone(5)

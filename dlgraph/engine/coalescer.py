@@ -1,4 +1,5 @@
-"""Compatible requests arriving close together go out as one multi-prompt request.
+"""Compatible requests arriving close together go out as one multi-prompt request; a request
+of several parts that the server refuses is split.
 
 A request opens a batch (or joins the open one with the same sampling fields); the batch is
 sent when it is full or when its window has passed, by a task in the engine's task group.
@@ -13,7 +14,14 @@ import anyio
 import anyio.abc
 import attrs
 
-from dlgraph.backend import GenerateRequest, LogprobRequest, Result
+from dlgraph._tasks import map_concurrently
+from dlgraph.backend import (
+    ContinuationsRequest,
+    GenerateRequest,
+    LogprobRequest,
+    Result,
+    SamplesRequest,
+)
 from dlgraph.engine.stage import Batch, Call, Outcome, Work, batch_key
 from dlgraph.errors import BackendError, RequestRejected
 
@@ -105,13 +113,18 @@ class Coalescer:
 
 @attrs.define(eq=False)
 class Split:
-    """A multi-prompt request the server refuses is split in halves until the refused
-    prompt fails alone; the other prompts still get their answers. The halves keep the batch's
-    place in the limiter's queue, and a half that fails for another reason fails alone."""
+    """A request of several parts the server refuses (too many prompts, choices or
+    continuations for it) is split in halves until it is taken or one part fails alone.
+    A multi-prompt `Batch`: the other prompts still get their answers, and a half that fails
+    for another reason fails alone; the halves keep the batch's place in the limiter's queue.
+    Several continuations or samples (`ContinuationsRequest`, `SamplesRequest`): the halves'
+    values joined, in order, or the first failure."""
 
     inner: Call
 
     async def __call__(self, work: Work) -> Outcome:
+        if isinstance(work, ContinuationsRequest | SamplesRequest):
+            return await self._parts(work)
         if not isinstance(work, Batch):
             return await self.inner(work)
         try:
@@ -139,3 +152,32 @@ class Split:
             task_group.start_soon(run, 0)
             task_group.start_soon(run, 1)
         return results[0] + results[1]  # type: ignore[return-value]
+
+    async def _parts(self, work: ContinuationsRequest | SamplesRequest) -> Outcome:
+        try:
+            return await self.inner(work)
+        except RequestRejected:
+            if len(work.each()) == 1:
+                raise
+        halves: list[Work] = list(_halves(work))
+        values = await map_concurrently(self, halves)
+        joined = [value for half in values for value in half]  # type: ignore[union-attr]
+        return tuple(joined)  # type: ignore[return-value]
+
+
+def _halves(
+    work: ContinuationsRequest | SamplesRequest,
+) -> list[ContinuationsRequest] | list[SamplesRequest]:
+    """The first half of a request's parts, and the others, each a request of its own."""
+    if isinstance(work, ContinuationsRequest):
+        texts = work.continuations
+        middle = len(texts) // 2
+        return [
+            attrs.evolve(work, continuations=texts[:middle]),
+            attrs.evolve(work, continuations=texts[middle:]),
+        ]
+    middle = work.count // 2
+    return [
+        attrs.evolve(work, count=middle),
+        attrs.evolve(work, seed=work.seed + middle, count=work.count - middle),
+    ]

@@ -9,7 +9,8 @@ Per backend a call passes these stages, outermost first::
 * single-flight: identical requests in flight share one call, run in the engine's task group
   so that one caller's cancellation never cancels what others await;
 * coalescer: compatible requests arriving within a window go out as one multi-prompt request;
-* split: a multi-prompt request the server refuses is halved until the bad prompt fails alone;
+* split: a request of several prompts, choices or continuations that the server refuses is
+  halved until it is taken or one part fails alone;
 * retry: transient failures are tried again with backoff under one deadline;
 * limiter: request and token buckets, one shared pause on 429, adaptive concurrency;
 * metered: the budget check, and the ledger of calls, tokens, retries and errors (a call is
@@ -75,7 +76,7 @@ from dlgraph.engine.ledger import Ledger
 from dlgraph.engine.limiter import Limiter, RateLimits, concurrency_ceiling, per_minute
 from dlgraph.engine.metered import Metered
 from dlgraph.engine.retry import Retry, RetryPolicy
-from dlgraph.engine.sampling import MAX_DRAWN, draw_samples
+from dlgraph.engine.samples import MAX_DRAWN, draw_samples
 from dlgraph.engine.shared import GrantPool, GrantSource
 from dlgraph.engine.single_flight import SingleFlight
 from dlgraph.engine.spans import OFF, Tracer
@@ -285,9 +286,10 @@ class Engine(anyio.AsyncContextManagerMixin):
         if window_ms == "auto":
             window_ms = DEFAULT_COALESCE_MS if limits.rpm else 0.0
         max_batch = self.backend.capabilities.max_batch if window_ms > 0 else 1
+        chain = Split(chain)
         if max_batch > 1:
             chain = Coalescer(
-                Split(chain),
+                chain,
                 task_group,
                 max_batch,
                 window_ms / 1000.0,

@@ -614,3 +614,18 @@ def test_a_config_with_a_wrong_openai_option_names_file_and_section(
     )
     with pytest.raises(dg.ConfigError, match=rf"run.toml: \[backend\] {message}"):
         RunConfig.read(config).forward.build()
+
+
+async def test_a_request_of_more_prompts_than_the_server_takes_is_halved_until_taken() -> None:
+    """`max_batch` set above the server's: a class of six verbalizers in one echo request is
+    refused (400), then scored in two of three, with the values of one request each."""
+    classes = ["yes|Yes|YES", "no|No|NO"]
+    async with SimServer(ServerConfig(api_key=KEY, max_batch=4), answers()) as server:
+        chosen = backend(server, max_batch=16, first_token_classes=False)
+        async with dg.Engine(chosen, retry=fast_retry(), coalesce_ms=0) as engine:
+            joint = await engine.classify(QUESTION, classes)
+        sent = [(a.outcome, len(a.prompts)) for a in server.attempts]
+        async with dg.Engine(backend(server, max_continuations=0)) as engine:
+            separate = await engine.classify(QUESTION, classes)
+    assert sent == [("rejected", 0), ("ok", 3), ("ok", 3)]  # the refused six are not recorded
+    assert joint == pytest.approx(separate, abs=1e-9)
