@@ -46,9 +46,12 @@ def _known_phase(instance: Any, attribute: attrs.Attribute[str], value: str) -> 
 
 
 def _node_name(instance: Any, attribute: attrs.Attribute[str | None], value: object) -> None:
-    """Who asks, as the ledger and tracing name it: a node's name, or None."""
+    """Who asks, as the ledger and tracing name it: a node's name, or None (not an empty
+    name, which the ledger would count with None's)."""
     if value is not None:
         check_text(attribute.name, value)
+        if not value:
+            raise ValueError(f"{attribute.name}: expected a node's name or None, got ''")
 
 
 @attrs.frozen
@@ -89,7 +92,9 @@ class SamplesRequest(_Sampling):
     """`count` samples of one prompt in one call: the prompt sent, charged and evaluated once
     (``n`` over HTTP; one prompt's cells shared by every sample in process), where a
     `GenerateRequest` each would send it `count` times. Sample i stands for the
-    `GenerateRequest` of seed `seed + i` (`each`), as the cache keeps it;
+    `GenerateRequest` of seed `seed + i` (`each`), as the cache keeps it: it is that
+    generation in process, on the simulated server and on vLLM's engine, and elsewhere (a
+    hosted API, whose seeds are best effort) an independent draw of the same distribution.
     `Capabilities.samples` says how many one call of a backend draws."""
 
     count: int = attrs.field(default=2, kw_only=True, validator=integer(1, MAX_SAMPLES))
@@ -108,13 +113,25 @@ class SamplesRequest(_Sampling):
         """The backend's samples, in order. A count that differs, or a sample that is not a
         text, is a malformed answer (retried, never cached)."""
         answer = as_answer(await backend.samples(self))
-        values = tuple(answer.value)
+        values = answered_list(backend, answer, "samples")
         if len(values) != self.count:
             raise MalformedAnswer(
                 f"{backend.identity}: {len(values)} samples for {self.count} asked",
                 usage=answer.usage,
             )
         return Answer(tuple(checked_texts(backend, values, answer)), usage=answer.usage)
+
+
+def answered_list(backend: Backend, answer: Answer[Any], what: str) -> tuple[object, ...]:
+    """An answer of several values, as a tuple; a text or anything that is no list of
+    values is a malformed answer (a text would pass for one value per character)."""
+    value = answer.value
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise MalformedAnswer(
+            f"{backend.identity}: expected a list of {what}, got {excerpt(value)}",
+            usage=answer.usage,
+        )
+    return tuple(value)
 
 
 def checked_texts(backend: Backend, values: Sequence[object], answer: Answer[Any]) -> list[str]:
@@ -258,7 +275,7 @@ class ContinuationsRequest:
         """The backend's values, one per continuation in order. A count that differs, a NaN
         or a positive value is a malformed answer (retried, never cached)."""
         answer = as_answer(await backend.continuations(self))
-        values = tuple(answer.value)
+        values = answered_list(backend, answer, "log-probabilities")
         if len(values) != len(self.continuations):
             raise MalformedAnswer(
                 f"{backend.identity}: {len(values)} log-probabilities for "
@@ -329,13 +346,13 @@ class Capabilities:
     repeats_context: bool = attrs.field(default=False, validator=boolean)
     """A `ContinuationsRequest` sends (and a server charges) the context once per
     continuation, as a list of prompts does, rather than once."""
-    samples: int = attrs.field(default=0, validator=integer(0, MAX_SAMPLES))
-    """How many samples of one prompt one call (`SamplesRequest`) may draw (0: none): a
-    hidden node's posterior samples of an example are then one call instead of one each."""
     first_token_classes: bool = attrs.field(default=False, validator=boolean)
     """Where `repeats_context`, read a class distribution from the first token's
     alternatives first (`reads_first_token`): the backend's choice of fewer tokens over,
     sometimes, one more request."""
+    samples: int = attrs.field(default=0, validator=integer(0, MAX_SAMPLES))
+    """How many samples of one prompt one call (`SamplesRequest`) may draw (0: none): a
+    hidden node's posterior samples of an example are then one call instead of one each."""
 
     def continuation_calls(self, continuations: int) -> int:
         """Calls that score `continuations` continuations of one context (the engine's
@@ -464,7 +481,8 @@ class Backend:
 
     async def samples(self, request: SamplesRequest) -> Sequence[str] | Answer[Sequence[str]]:
         """`request.count` samples of one prompt, in order, in one call (when
-        `capabilities.samples` > 1); sample i as seed `request.seed + i` would give it."""
+        `capabilities.samples` > 1); sample i as seed `request.seed + i` would give it, where
+        the backend's seeds allow."""
         raise NotImplementedError(
             f"{type(self).__qualname__} does not draw several samples per call"
         )

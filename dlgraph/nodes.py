@@ -214,7 +214,7 @@ class NodeKind(Protocol):
     ) -> list[str]:
         """Outputs a posterior weighs for one example: the forward `output` first, then every
         other output the node can give, or `samples` continuations of the posterior `prompt`
-        (seeds 0 to samples - 1, at the call's temperature)."""
+        (seeds from the call's on, at the call's temperature)."""
         ...
 
     async def run(
@@ -393,7 +393,7 @@ class TextKind:
     async def posterior_candidates(
         self, node: LanguageNode, output: str, prompt: str, samples: int, call: NodeCall
     ) -> list[str]:
-        """The forward output, then the samples of seeds 0 to `samples` - 1, drawn together
+        """The forward output, then the samples of seeds from the call's on, drawn together
         (`Engine.samples`: one call where the backend draws several of one prompt)."""
         drawn = await call.engine.samples(prompt, samples, **self._sampling(node, call))
         return [output, *(text.strip() for text in drawn)]

@@ -723,6 +723,12 @@ CASES = [
         r"node: expected str, got 3",
     ),
     Case(
+        "a request naming its node with an empty name",
+        lambda t: dg.SamplesRequest("x", count=2, node=""),
+        ValueError,
+        r"node: expected a node's name or None, got ''",
+    ),
+    Case(
         "a generation naming its node with a list",
         lambda t: _generate(node=["reason"]),
         TypeError,

@@ -74,11 +74,11 @@ async def test_more_samples_than_one_call_draws_are_as_few_calls_as_hold_them(
     assert texts == alone(5, seed=3)
 
 
-async def test_no_sample_is_drawn_twice_whichever_request_asks(tmp_path) -> None:
+async def test_a_known_sample_is_not_drawn_again_whichever_request_asks(tmp_path) -> None:
     """Drawn together, each sample answers a later request for its seed alone, and a later
     request for known samples sends nothing; one for some known and some new sends the new
-    ones (from the first new seed to the last), the known keep their text; from a cache on
-    disk too."""
+    ones (from the first new seed to the last: a known one between them keeps its text); from
+    a cache on disk too."""
     path = tmp_path / "cache.sqlite"
     model = scripted()
     async with dg.Engine(model, cache=path) as engine:
@@ -155,8 +155,10 @@ def test_a_samples_request_keys_on_its_sampling_fields_and_count_only() -> None:
         (lambda r: ("one",), "1 samples for 3 asked"),
         (lambda r: ("one", "two", 3), "not a text"),
         (lambda r: ("one", None, "three"), "not a text"),
+        (lambda r: "abc", "expected a list of samples, got 'abc'"),
+        (lambda r: None, "expected a list of samples, got None"),
     ],
-    ids=["too few", "a number", "none"],
+    ids=["too few", "a number", "none", "one text", "nothing"],
 )
 async def test_a_malformed_samples_answer_is_retried_and_never_cached(answer, message) -> None:
     class Broken(dg.Backend):
@@ -218,7 +220,7 @@ async def test_a_hidden_node_s_posterior_samples_are_one_call_per_example_alike(
     )
 
 
-async def test_more_samples_than_the_server_draws_at_once_are_halved_until_drawn() -> None:
+async def test_more_samples_than_the_server_draws_at_once_go_in_requests_it_takes() -> None:
     def fault(request: object, number: int) -> Exception | None:
         if isinstance(request, dg.SamplesRequest) and request.count > 2:
             return dg.RequestRejected("n must be at most 2")
@@ -227,6 +229,28 @@ async def test_more_samples_than_the_server_draws_at_once_are_halved_until_drawn
     model = scripted(fault=fault)
     async with dg.Engine(model, retry=FAST) as engine:
         texts = await engine.samples(PROMPT, 5, temperature=1.0)
+        later = await engine.samples(PROMPT + " Again:", 4, temperature=1.0)
     asked = [(call.request.seed, call.request.count) for call in model.calls]
-    assert sorted(asked) == [(0, 2), (0, 5), (2, 1), (2, 3), (3, 2)]
-    assert texts == alone(5)
+    assert asked[:2] == [(0, 5), (0, 1)] and sorted(asked[2:4]) == [(1, 2), (3, 2)]
+    assert sorted(asked[4:]) == [(0, 2), (2, 2)]  # learnt: no refusal again
+    assert texts == alone(5) and len(later) == 4
+
+
+async def test_the_span_of_a_partly_known_or_split_request_counts_what_it_sent() -> None:
+    """A request answered partly from the cache, or sent in pieces after a refusal, is one
+    span whose attempts and tokens are those of the parts it sent (not one shared call's)."""
+
+    def fault(request: object, number: int) -> Exception | None:
+        if isinstance(request, dg.SamplesRequest) and request.count > 2:
+            return dg.RequestRejected("n must be at most 2")
+        return None
+
+    spans = Spans()
+    async with dg.Engine(scripted(fault=fault), retry=FAST, tracing=spans.tracing()) as engine:
+        await engine.generate(PROMPT, temperature=1.0, seed=0)
+        await engine.samples(PROMPT, 4, temperature=1.0)  # seed 0 known: 1 to 3 sent, refused
+    partial = [s for s in spans.calls() if s.attributes["dlgraph.request.kind"] == "samples"]
+    (call,) = partial
+    assert call.attributes["dlgraph.attempts"] == 4  # three refused, then one at a time
+    assert "dlgraph.shared" not in call.attributes
+    assert call.attributes["gen_ai.usage.output_tokens"] > 0

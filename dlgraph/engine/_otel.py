@@ -16,9 +16,11 @@ A call's span follows the GenAI client-span conventions (`SEMCONV_VERSION`, v1.3
 * opt-in (``Tracing(record_content=True)``): ``gen_ai.input.messages`` and
   ``gen_ai.output.messages``, JSON strings (spans take no structured values);
 * dlgraph's: ``dlgraph.node``, ``dlgraph.phase``, ``dlgraph.request.kind`` (``generate``,
-  ``logprob``, ``top_logprobs``, ``continuations``), ``dlgraph.request.continuations`` (how
-  many a continuations request scores), ``dlgraph.attempts`` (backend attempts: retries, and the
-  re-sends of a refused batch being split, included), ``dlgraph.retries``,
+  ``logprob``, ``top_logprobs``, ``continuations``, ``samples``), ``dlgraph.request.continuations``
+  (how many a continuations request scores), ``gen_ai.request.choice.count`` (how many
+  samples a samples request draws), ``dlgraph.attempts`` (backend attempts: retries, the
+  re-sends of a refused batch being split, and the parts a partly cached or split request
+  sent, included), ``dlgraph.retries``,
   ``dlgraph.cache_hit``, ``dlgraph.shared``, ``dlgraph.logprob`` (``dlgraph.logprobs``, one per
   continuation), ``dlgraph.cancelled``;
 * events: ``dlgraph.rate_limited`` per 429 (``dlgraph.retry_after_s``, the pause the server
@@ -211,7 +213,9 @@ class CallSpans:
     model: str
     record_content: bool = False
     _open: dict[int, list[_Call]] = attrs.field(factory=dict, init=False)
-    """Calls in flight by the identity of their request (held alive by the caller)."""
+    """Calls in flight by the identity of their request (held alive by the caller), and by
+    that of a part sent in its place (`alias`, held alive by who sends it)."""
+    _aliases: set[int] = attrs.field(factory=set, init=False)
     _name: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -243,6 +247,19 @@ class CallSpans:
     ) -> None:
         for call in self._open.get(id(request), ()):
             call.count(counts, error)
+
+    def alias(self, derived: Request, original: Request) -> None:
+        """A part sent for a call (a partly cached request's rest, a split's piece) counts
+        on the call's span."""
+        calls = self._open.get(id(original))
+        if calls is not None and id(derived) not in self._open:
+            self._open[id(derived)] = calls
+            self._aliases.add(id(derived))
+
+    def unalias(self, derived: Request) -> None:
+        if id(derived) in self._aliases:
+            self._aliases.discard(id(derived))
+            del self._open[id(derived)]
 
     def _asked(self, request: Request) -> dict[str, AttributeValue]:
         attributes: dict[str, AttributeValue] = {

@@ -333,11 +333,7 @@ def fits(value: object, work: Work) -> TypeGuard[Result | list[float]]:
             and all(_is_logprob(v) for v in value)
         )
     if isinstance(work, SamplesRequest):
-        return (
-            isinstance(value, tuple | list)
-            and len(value) == work.count
-            and all(isinstance(v, str) for v in value)
-        )
+        return False  # never kept whole: each sample is kept as its GenerateRequest
     return (
         isinstance(value, dict)
         and bool(value)
@@ -370,9 +366,10 @@ def _rest(work: Parted, missing: list[int]) -> tuple[Work, list[int]]:
 class Cache:
     """Successful results by request key; failures are never cached. Each continuation of a
     `ContinuationsRequest` is kept as the `LogprobRequest` it equals, and each sample of a
-    `SamplesRequest` as the `GenerateRequest` of its seed, so that nothing is asked twice: a
-    request whose parts are all known is answered here, one for some of them sends only the
-    others."""
+    `SamplesRequest` as the `GenerateRequest` of its seed, so that no part is asked again
+    once known: a request whose parts are all known is answered here; one for some of them
+    sends the other continuations, or the samples from the first unknown seed to the last
+    (one call; a known sample between them keeps its text)."""
 
     inner: Call
     key: Callable[[Work], Hashable]
@@ -380,7 +377,8 @@ class Cache:
     store: Store
 
     async def __call__(self, work: Work) -> Outcome:
-        found = await self._get(work)  # a continuations request: as older versions kept it
+        # a continuations request may be kept whole, as older versions kept it; samples never
+        found = None if isinstance(work, SamplesRequest) else await self._get(work)
         if found is not None:
             self.ledger.add(work, cache_hits=1)
             return tuple(found) if isinstance(found, list) else found
@@ -404,7 +402,8 @@ class Cache:
             self.ledger.add(work, cache_hits=1)
         else:
             rest, held = _rest(work, missing)
-            result = await self.inner(rest)
+            with self.ledger.sent_for(work, rest):  # type: ignore[arg-type]
+                result = await self.inner(rest)
             answered = result if isinstance(result, tuple) else (result,)
             for i, value in zip(held, answered, strict=True):
                 if values[i] is None:

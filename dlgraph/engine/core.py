@@ -286,7 +286,7 @@ class Engine(anyio.AsyncContextManagerMixin):
         if window_ms == "auto":
             window_ms = DEFAULT_COALESCE_MS if limits.rpm else 0.0
         max_batch = self.backend.capabilities.max_batch if window_ms > 0 else 1
-        chain = Split(chain)
+        chain = Split(chain, ledger=self.ledger)
         if max_batch > 1:
             chain = Coalescer(
                 chain,

@@ -113,9 +113,10 @@ class Race:
         return sum(len(r) / examples * 0.5**k for k, r in enumerate(self.rounds(examples)))
 
     def kept(self, candidates: int, examples: int) -> int:
-        """Of `candidates` other than the current parameter, how many are expected still in
-        the race at its end (the field halved after every round but the last; the bound's
-        drops, which depend on the data, left out): those a step's memory takes in."""
+        """Of `candidates` new ones, how many are expected still in the race at its end,
+        those a step's memory takes in: the new ones halved after every round but the last.
+        An approximation leaning high: a race halves its whole field, remembered candidates
+        included, and the bound drops more, as the data decide."""
         for _ in self.rounds(examples)[1:]:
             candidates = math.ceil(candidates / 2)
         return candidates

@@ -312,8 +312,8 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
 
     async def samples(self, request: dg.SamplesRequest) -> tuple[str, ...]:
         """Each sample as its seed's `generate` draws it, decoded together: the prompt is
-        evaluated once and its cells shared by every sample (the serial path draws them in
-        turn)."""
+        evaluated once and its cells shared by every sample (the serial path, and the
+        deterministic mode, which shares no cells, draw them in turn)."""
         texts = [""] * request.count
 
         async def draw(index: int, each: dg.GenerateRequest) -> None:

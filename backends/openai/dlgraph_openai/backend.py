@@ -144,7 +144,7 @@ class OpenAIBackend(dg.Backend):
         several = min(max_batch, plugin.MAX_CONTINUATIONS) if echo and max_batch > 1 else 0
         if self.max_continuations is not None:
             several = min(several, self.max_continuations)
-        samples = self.profile.samples
+        samples = min(self.profile.samples, plugin.MAX_SAMPLES)
         if self.max_samples is not None:
             samples = min(samples, self.max_samples)
         return dg.Capabilities(
@@ -338,6 +338,12 @@ class OpenAIBackend(dg.Backend):
         where = self._where(path)
         read = answers.chat_text if chat else answers.text
         with posted.reading(where) as data:
+            found = data.get("choices")
+            if isinstance(found, list) and 0 < len(found) < request.count:
+                raise dg.RequestRejected(  # asked again, it would answer as few: not retried
+                    f"{where}: {len(found)} choice(s) for n={request.count}: the server draws "
+                    "fewer samples per request (set max_samples to what it draws, 0 for one)"
+                )
             return posted.answer(
                 [read(choice, where) for choice in answers.choices(data, request.count, where)]
             )

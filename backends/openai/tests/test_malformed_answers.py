@@ -187,12 +187,6 @@ MALFORMED = [
         r"no first-token log-probabilities .*logprobs = \{'content': \[\]\}",
     ),
     (
-        "one choice for three samples (a server that ignores n)",
-        "samples",
-        {"choices": [{"index": 0, "text": "a"}]},
-        r"1 answers for 3",
-    ),
-    (
         "samples whose choice indexes repeat",
         "samples",
         {

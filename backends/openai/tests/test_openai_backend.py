@@ -12,6 +12,7 @@ from collections.abc import Callable
 import anyio
 import attrs
 import pytest
+from aiohttp import web
 from dlgraph_openai import PROFILES, OpenAIBackend
 from dlgraph_openai.errors import retry_after_s
 from dlgraph_openai.profiles import Profile
@@ -616,9 +617,10 @@ def test_a_config_with_a_wrong_openai_option_names_file_and_section(
         RunConfig.read(config).forward.build()
 
 
-async def test_a_request_of_more_prompts_than_the_server_takes_is_halved_until_taken() -> None:
+async def test_a_request_of_more_prompts_than_the_server_takes_is_split_until_taken() -> None:
     """`max_batch` set above the server's: a class of six verbalizers in one echo request is
-    refused (400), then scored in two of three, with the values of one request each."""
+    refused (400); its first verbalizer alone is taken, the others go in requests of three,
+    with the values of one request each."""
     classes = ["yes|Yes|YES", "no|No|NO"]
     async with SimServer(ServerConfig(api_key=KEY, max_batch=4), answers()) as server:
         chosen = backend(server, max_batch=16, first_token_classes=False)
@@ -627,5 +629,39 @@ async def test_a_request_of_more_prompts_than_the_server_takes_is_halved_until_t
         sent = [(a.outcome, len(a.prompts)) for a in server.attempts]
         async with dg.Engine(backend(server, max_continuations=0)) as engine:
             separate = await engine.classify(QUESTION, classes)
-    assert sent == [("rejected", 0), ("ok", 3), ("ok", 3)]  # the refused six are not recorded
+    assert sent[:2] == [("rejected", 0), ("ok", 1)]  # the refused six are not recorded
+    assert sorted(sent[2:]) == [("ok", 2), ("ok", 3)]
     assert joint == pytest.approx(separate, abs=1e-9)
+
+
+async def test_a_server_that_ignores_n_gets_one_sample_per_request() -> None:
+    """A proxy or server that answers one choice whatever ``n`` says: the request is refused
+    at once (asked again, it would answer the same), its first sample is drawn alone, and
+    every later sample goes in a request of its own; no retry spins to the deadline."""
+    answered: list[int] = []
+
+    async def one_choice(request: web.Request) -> web.Response:
+        body = await request.json()
+        answered.append(int(body.get("n", 1)))
+        text = f" word {body['seed']}"
+        return web.json_response({"choices": [{"index": 0, "text": text}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", one_choice)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        chosen = dg.connect(
+            "openai", base_url=f"http://127.0.0.1:{port}/v1", model="m", profile="vllm"
+        )
+        async with dg.Engine(chosen, retry=fast_retry()) as engine:
+            first = await engine.samples("Say:", 5, temperature=1.0)
+            second = await engine.samples("Say again:", 3, temperature=1.0)
+    finally:
+        await runner.cleanup()
+    assert first == [f" word {seed}" for seed in range(5)] and len(second) == 3
+    assert answered[:2] == [5, 1] and sorted(answered[2:8]) == [1, 1, 1, 1, 2, 2]
+    assert answered[8:] == [1, 1, 1]  # learnt: one sample per request from then on

@@ -138,7 +138,8 @@ class ScriptedModel(dg.Backend):
         return result
 
     async def samples(self, request: dg.SamplesRequest) -> tuple[str, ...]:
-        """One call: each sample as `generate` draws its seed alone (same node and phase)."""
+        """One call: each sample as `generate` draws its seed alone (same node and phase); a
+        request of more samples than `capabilities.samples` is refused, as a server would."""
         if request.count > self.capabilities.samples:
             raise dg.RequestRejected(
                 f"{self.identity}: {request.count} samples in one call, "
