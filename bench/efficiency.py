@@ -5,11 +5,13 @@
                                         [--modes full one-call decided]
 
 Row kinds (`MODES`): ``full`` is full scoring as it was before this work, exactly:
-``stop_when_decided = false`` and one log-probability request per verbalizer (the backend's
-``max_continuations = 0``); ``decided`` is the default (races, dev comparisons that stop, a
-class distribution in one call); ``one-call`` (optional, not run unless asked) is full scoring
-with one-call classes, so that the table separates what one-call classes save (``one-call``
-against ``full``) from what stopping when decided saves (``decided`` against ``one-call``).
+``stop_when_decided = false``, one log-probability request per verbalizer and one request per
+posterior sample (the backend's ``max_continuations = 0`` and ``max_samples = 0``); ``decided``
+is the default (races, dev comparisons that stop, a class distribution and an example's
+posterior samples in one call each); ``one-call`` (optional, not run unless asked) is full
+scoring with one-call classes and samples, so that the table separates what one call saves
+(``one-call`` against ``full``) from what stopping when decided saves (``decided`` against
+``one-call``).
 
 ``embedded`` trains each task in each mode for each seed on the embedded model (Gemma 3 270M):
 the main job (examples/tweets.toml), the paper's mpqa and trec (DLN-1, from ../shared/data or
@@ -39,8 +41,9 @@ import dlgraph as dg
 from dlgraph.config import RunConfig
 
 MODES = {"full": (False, 0), "one-call": (False, None), "decided": (True, None)}
-"""Row label: the value of `stop_when_decided`, and the backend's `max_continuations` (0: one
-request per verbalizer; None: the backend's default, every verbalizer in one call)."""
+"""Row label: the value of `stop_when_decided`, and the backend's `max_continuations` and
+`max_samples` (0: one request per verbalizer and per sample; None: the backend's default,
+every verbalizer, and every sample of a prompt, in one call)."""
 DEFAULT_MODES = ["full", "decided"]
 """The issue's comparison: the scoring before this work against the new default."""
 TASKS = {
@@ -167,6 +170,7 @@ async def embedded(args: argparse.Namespace) -> None:
                 ]
                 if continuations is not None:
                     settings.append(f"backend.options.max_continuations={continuations}")
+                    settings.append(f"backend.options.max_samples={continuations}")
                 config = RunConfig.read(args.config, settings)
                 data = config.task()
                 net = config.build_network(data)
@@ -278,6 +282,7 @@ async def simulated(args: argparse.Namespace) -> None:
                     model="sim-1",
                     profile="sim",
                     max_continuations=continuations,
+                    max_samples=continuations,
                 )
                 async with dg.Engine(backend, tpm=args.tpm) as engine:
                     options = dg.TrainerOptions(

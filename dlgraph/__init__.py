@@ -8,6 +8,7 @@ from dlgraph.backend import (
     ContinuationsRequest,
     GenerateRequest,
     LogprobRequest,
+    SamplesRequest,
     TopLogprobsRequest,
     connect,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "RequestRejected",
     "RetriesExhausted",
     "RetryPolicy",
+    "SamplesRequest",
     "Score",
     "StepRecord",
     "TopLogprobsRequest",

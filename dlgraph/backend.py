@@ -1,7 +1,8 @@
 """What a model must do for dlgraph (the port), and how plugins that do it are found.
 
-A backend answers two kinds of request: generate text, and give log p(target | context)
-(one target, or several continuations of one context in one call when it can).
+A backend answers two kinds of request: generate text (one sample, or several of one prompt
+in one call when it can), and give log p(target | context) (one target, or several
+continuations of one context in one call when it can).
 Plugins are separate distributions that declare an entry point in the group
 ``dlgraph.backends`` (read by `dlgraph._entry_points`); the core never imports them.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, get_args
 
@@ -19,7 +20,16 @@ import attrs
 
 from dlgraph._entry_points import BACKENDS
 from dlgraph._untrusted import excerpt
-from dlgraph._validate import MAX_TOKENS, boolean, integer, number, stop_strings, strings, text
+from dlgraph._validate import (
+    MAX_TOKENS,
+    boolean,
+    check_text,
+    integer,
+    number,
+    stop_strings,
+    strings,
+    text,
+)
 from dlgraph.answer import Answer, as_answer
 from dlgraph.errors import BackendError, MalformedAnswer, UnknownBackend
 
@@ -35,26 +45,104 @@ def _known_phase(instance: Any, attribute: attrs.Attribute[str], value: str) -> 
         raise ValueError(f"{attribute.name}={excerpt(value)}: expected one of {', '.join(PHASES)}")
 
 
+def _node_name(instance: Any, attribute: attrs.Attribute[str | None], value: object) -> None:
+    """Who asks, as the ledger and tracing name it: a node's name, or None (not an empty
+    name, which the ledger would count with None's)."""
+    if value is not None:
+        check_text(attribute.name, value)
+        if not value:
+            raise ValueError(f"{attribute.name}: expected a node's name or None, got ''")
+
+
 @attrs.frozen
-class GenerateRequest:
-    """Sample a continuation of `prompt`. `seed` is the sample index: two samples differ."""
+class _Sampling:
+    """What a generation is asked with: a prompt and how to sample its continuation."""
 
     prompt: str = attrs.field(validator=text)
     max_tokens: int = attrs.field(default=128, kw_only=True, validator=integer(1, MAX_TOKENS))
     temperature: float = attrs.field(default=0.0, kw_only=True, validator=number(0))
     stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=stop_strings)
     seed: int = attrs.field(default=0, kw_only=True, validator=integer())
-    node: str | None = attrs.field(default=None, kw_only=True)
+    node: str | None = attrs.field(default=None, kw_only=True, validator=_node_name)
     phase: Phase = attrs.field(default="forward", kw_only=True, validator=_known_phase)
     priority: int = attrs.field(default=0, kw_only=True, validator=integer())
     """When the rate limit is the bottleneck, higher goes first (deeper nodes finish a batch sooner)."""
+
+
+@attrs.frozen
+class GenerateRequest(_Sampling):
+    """Sample a continuation of `prompt`. `seed` is the sample index: two samples differ."""
 
     def key(self) -> tuple[object, ...]:
         """Every field that decides the answer (not node, phase or priority)."""
         return ("generate", self.prompt, self.max_tokens, self.temperature, self.stop, self.seed)
 
-    def ask(self, backend: Backend) -> Awaitable[str | Answer[str]]:
-        return backend.generate(self)
+    async def ask(self, backend: Backend) -> Answer[str]:
+        """The backend's text; anything else is a malformed answer (retried, never cached)."""
+        answer = as_answer(await backend.generate(self))
+        return Answer(checked_texts(backend, [answer.value], answer)[0], usage=answer.usage)
+
+
+MAX_SAMPLES = 128
+"""The most samples one request may draw (OpenAI's ``n`` takes at most 128)."""
+
+
+@attrs.frozen
+class SamplesRequest(_Sampling):
+    """`count` samples of one prompt in one call: the prompt sent, charged and evaluated once
+    (``n`` over HTTP; one prompt's cells shared by every sample in process), where a
+    `GenerateRequest` each would send it `count` times. Sample i stands for the
+    `GenerateRequest` of seed `seed + i` (`each`), as the cache keeps it: it is that
+    generation in process, on the simulated server and on vLLM's engine, and elsewhere (a
+    hosted API, whose seeds are best effort) an independent draw of the same distribution.
+    `Capabilities.samples` says how many one call of a backend draws."""
+
+    count: int = attrs.field(default=2, kw_only=True, validator=integer(1, MAX_SAMPLES))
+
+    def key(self) -> tuple[object, ...]:
+        sampling = (self.prompt, self.max_tokens, self.temperature, self.stop, self.seed)
+        return ("samples", *sampling, self.count)
+
+    def each(self) -> list[GenerateRequest]:
+        """Each sample as the `GenerateRequest` it stands for (same node, phase, priority)."""
+        fields = attrs.asdict(self, recurse=False)
+        del fields["count"], fields["seed"]
+        return [GenerateRequest(**fields, seed=self.seed + i) for i in range(self.count)]
+
+    async def ask(self, backend: Backend) -> Answer[tuple[str, ...]]:
+        """The backend's samples, in order. A count that differs, or a sample that is not a
+        text, is a malformed answer (retried, never cached)."""
+        answer = as_answer(await backend.samples(self))
+        values = answered_list(backend, answer, "samples")
+        if len(values) != self.count:
+            raise MalformedAnswer(
+                f"{backend.identity}: {len(values)} samples for {self.count} asked",
+                usage=answer.usage,
+            )
+        return Answer(tuple(checked_texts(backend, values, answer)), usage=answer.usage)
+
+
+def answered_list(backend: Backend, answer: Answer[Any], what: str) -> tuple[object, ...]:
+    """An answer of several values, as a tuple; a text or anything that is no list of
+    values is a malformed answer (a text would pass for one value per character)."""
+    value = answer.value
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise MalformedAnswer(
+            f"{backend.identity}: expected a list of {what}, got {excerpt(value)}",
+            usage=answer.usage,
+        )
+    return tuple(value)
+
+
+def checked_texts(backend: Backend, values: Sequence[object], answer: Answer[Any]) -> list[str]:
+    """`values` as generated texts; one that is none makes the answer malformed."""
+    for value in values:
+        if not isinstance(value, str):
+            raise MalformedAnswer(
+                f"{backend.identity}: a generation answered {excerpt(value)}, not a text",
+                usage=answer.usage,
+            )
+    return list(values)  # type: ignore[arg-type]
 
 
 @attrs.frozen
@@ -63,7 +151,7 @@ class LogprobRequest:
 
     context: str = attrs.field(validator=text)
     target: str = attrs.field(validator=text)
-    node: str | None = attrs.field(default=None, kw_only=True)
+    node: str | None = attrs.field(default=None, kw_only=True, validator=_node_name)
     phase: Phase = attrs.field(default="score", kw_only=True, validator=_known_phase)
     priority: int = attrs.field(default=0, kw_only=True, validator=integer())
 
@@ -83,7 +171,7 @@ class TopLogprobsRequest:
 
     context: str = attrs.field(validator=text)
     count: int = attrs.field(default=20, kw_only=True, validator=integer(1))
-    node: str | None = attrs.field(default=None, kw_only=True)
+    node: str | None = attrs.field(default=None, kw_only=True, validator=_node_name)
     phase: Phase = attrs.field(default="score", kw_only=True, validator=_known_phase)
     priority: int = attrs.field(default=0, kw_only=True, validator=integer())
 
@@ -166,7 +254,7 @@ class ContinuationsRequest:
 
     context: str = attrs.field(validator=text)
     continuations: tuple[str, ...] = attrs.field(converter=continuation_texts)
-    node: str | None = attrs.field(default=None, kw_only=True)
+    node: str | None = attrs.field(default=None, kw_only=True, validator=_node_name)
     phase: Phase = attrs.field(default="score", kw_only=True, validator=_known_phase)
     priority: int = attrs.field(default=0, kw_only=True, validator=integer())
 
@@ -187,7 +275,7 @@ class ContinuationsRequest:
         """The backend's values, one per continuation in order. A count that differs, a NaN
         or a positive value is a malformed answer (retried, never cached)."""
         answer = as_answer(await backend.continuations(self))
-        values = tuple(answer.value)
+        values = answered_list(backend, answer, "log-probabilities")
         if len(values) != len(self.continuations):
             raise MalformedAnswer(
                 f"{backend.identity}: {len(values)} log-probabilities for "
@@ -197,8 +285,10 @@ class ContinuationsRequest:
         return Answer(tuple(checked_logprobs(backend, values, answer)), usage=answer.usage)
 
 
-Request = GenerateRequest | LogprobRequest | TopLogprobsRequest | ContinuationsRequest
-Result = str | float | dict[str, float] | tuple[float, ...]
+Request = (
+    GenerateRequest | LogprobRequest | TopLogprobsRequest | ContinuationsRequest | SamplesRequest
+)
+Result = str | float | dict[str, float] | tuple[float, ...] | tuple[str, ...]
 UNKEYED_FIELDS = ("node", "phase", "priority")
 """Fields that do not change an answer: left out of `key()`, cache and single-flight keys."""
 
@@ -218,11 +308,12 @@ class Batch:
         return max(request.priority for request in self.requests)
 
     async def ask(self, backend: Backend) -> Sequence[Result] | Answer[Sequence[Result]]:
-        """The backend's values, in order (the engine checks their count); a log-probability
-        that is none is a malformed answer, as alone."""
+        """The backend's values, in order (the engine checks their count); a text or a
+        log-probability that is none is a malformed answer, as alone."""
         generate = [r for r in self.requests if isinstance(r, GenerateRequest)]
         if generate:
-            return await backend.generate_batch(generate)
+            texts = as_answer(await backend.generate_batch(generate))
+            return Answer(checked_texts(backend, list(texts.value), texts), usage=texts.usage)
         logprobs = [r for r in self.requests if isinstance(r, LogprobRequest)]
         answer = as_answer(await backend.logprob_batch(logprobs))
         return Answer(checked_logprobs(backend, list(answer.value), answer), usage=answer.usage)
@@ -259,6 +350,9 @@ class Capabilities:
     """Where `repeats_context`, read a class distribution from the first token's
     alternatives first (`reads_first_token`): the backend's choice of fewer tokens over,
     sometimes, one more request."""
+    samples: int = attrs.field(default=0, validator=integer(0, MAX_SAMPLES))
+    """How many samples of one prompt one call (`SamplesRequest`) may draw (0: none): a
+    hidden node's posterior samples of an example are then one call instead of one each."""
 
     def continuation_calls(self, continuations: int) -> int:
         """Calls that score `continuations` continuations of one context (the engine's
@@ -267,6 +361,13 @@ class Capabilities:
         if self.continuations < 2:
             return continuations
         return -(-continuations // self.continuations)
+
+    def sample_calls(self, samples: int) -> int:
+        """Calls that draw `samples` samples of one prompt (the engine's `samples`, and what
+        the estimate counts for it): as many as one call draws in each, or one each."""
+        if self.samples < 2:
+            return samples
+        return -(-samples // self.samples)
 
     def reads_first_token(self, verbalizers: int) -> bool:
         """Whether a class distribution over `verbalizers` verbalizers is read from the
@@ -376,6 +477,14 @@ class Backend:
         `capabilities.continuations` > 0)."""
         raise NotImplementedError(
             f"{type(self).__qualname__} does not score several continuations per call"
+        )
+
+    async def samples(self, request: SamplesRequest) -> Sequence[str] | Answer[Sequence[str]]:
+        """`request.count` samples of one prompt, in order, in one call (when
+        `capabilities.samples` > 1); sample i as seed `request.seed + i` would give it, where
+        the backend's seeds allow."""
+        raise NotImplementedError(
+            f"{type(self).__qualname__} does not draw several samples per call"
         )
 
     async def top_logprobs(

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, Unpack
 import attrs
 import jinja2
 
-from dlgraph._tasks import map_concurrently
 from dlgraph._untrusted import excerpt
 from dlgraph._validate import (
     MAX_TOKENS,
@@ -205,8 +204,9 @@ class NodeKind(Protocol):
         """Outputs a posterior weighs per example, given `samples` posterior samples."""
         ...
 
-    def posterior_draws(self, samples: int) -> int:
-        """Calls a posterior makes per example to draw them (on the backward engine)."""
+    def posterior_draws(self, samples: int, capabilities: Capabilities) -> int:
+        """Calls a posterior makes per example to draw `samples` samples (on the backward
+        engine, a backend of these `capabilities`)."""
         ...
 
     async def posterior_candidates(
@@ -214,7 +214,7 @@ class NodeKind(Protocol):
     ) -> list[str]:
         """Outputs a posterior weighs for one example: the forward `output` first, then every
         other output the node can give, or `samples` continuations of the posterior `prompt`
-        (seeds 0 to samples - 1, at the call's temperature)."""
+        (seeds from the call's on, at the call's temperature)."""
         ...
 
     async def run(
@@ -301,7 +301,7 @@ class ClassKind:
     def posterior_size(self, samples: int) -> int:
         return len(self.classes)
 
-    def posterior_draws(self, samples: int) -> int:
+    def posterior_draws(self, samples: int, capabilities: Capabilities) -> int:
         return 0
 
     async def posterior_candidates(
@@ -386,16 +386,17 @@ class TextKind:
     def posterior_size(self, samples: int) -> int:
         return samples + 1
 
-    def posterior_draws(self, samples: int) -> int:
-        return samples
+    def posterior_draws(self, samples: int, capabilities: Capabilities) -> int:
+        """As many calls as draw them: one where the backend draws that many of one prompt."""
+        return capabilities.sample_calls(samples)
 
     async def posterior_candidates(
         self, node: LanguageNode, output: str, prompt: str, samples: int, call: NodeCall
     ) -> list[str]:
-        async def sample(seed: int) -> str:
-            return await self._generate(node, prompt, attrs.evolve(call, seed=seed))
-
-        return [output, *await map_concurrently(sample, range(samples))]
+        """The forward output, then the samples of seeds from the call's on, drawn together
+        (`Engine.samples`: one call where the backend draws several of one prompt)."""
+        drawn = await call.engine.samples(prompt, samples, **self._sampling(node, call))
+        return [output, *(text.strip() for text in drawn)]
 
     async def run(
         self, node: LanguageNode, parents: Sequence[Parent], call: NodeCall
@@ -404,8 +405,13 @@ class TextKind:
         return NodeOutput(rendered, await self._generate(node, rendered, call))
 
     async def _generate(self, node: LanguageNode, prompt: str, call: NodeCall) -> str:
-        output = await call.engine.generate(
-            prompt,
+        output = await call.engine.generate(prompt, **self._sampling(node, call))
+        return output.strip()
+
+    def _sampling(self, node: LanguageNode, call: NodeCall) -> dict[str, Any]:
+        """How the node's text is drawn in this call: its own settings, the call's
+        temperature over its own, the call's seed, who asks."""
+        return dict(
             max_tokens=self.max_tokens,
             temperature=self.temperature if call.temperature is None else call.temperature,
             stop=self.stop,
@@ -414,7 +420,6 @@ class TextKind:
             phase=call.phase,
             priority=call.priority,
         )
-        return output.strip()
 
     async def logliks(
         self, node: LanguageNode, parents: Sequence[Parent], targets: Sequence[str], call: NodeCall

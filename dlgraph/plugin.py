@@ -9,8 +9,9 @@ knows it (the server's token counts and stated limits). A failure raises a `Back
 subclass (`TransientError` is retried, `RequestRejected` is not), which may carry the usage
 too (``error.usage``). State what the backend can do in `Capabilities` (its context window
 when known; `continuations`, up to `MAX_CONTINUATIONS`, when it implements `continuations`:
-several continuations of one context scored in one call). A backend that sends work elsewhere
-whole overrides `Backend.handle` instead.
+several continuations of one context scored in one call; `samples`, up to `MAX_SAMPLES`, when
+it implements `samples`: several samples of one prompt drawn in one call). A backend that
+sends work elsewhere whole overrides `Backend.handle` instead.
 
 **Shared limits** (group ``dlgraph.shared_limits``: a factory taking the endpoint's key and
 returning a `GrantSource`). The source lends `Grant`s of an endpoint's allowance to engines
@@ -42,6 +43,7 @@ from dlgraph._validate import boolean, check_int, check_number, integer, number
 from dlgraph.answer import NO_USAGE, Answer, CallUsage, as_answer
 from dlgraph.backend import (
     MAX_CONTINUATIONS,
+    MAX_SAMPLES,
     PHASES,
     Backend,
     BackendFactory,
@@ -54,6 +56,7 @@ from dlgraph.backend import (
     Phase,
     Request,
     Result,
+    SamplesRequest,
     TopLogprobsRequest,
     Work,
     connect,
@@ -94,6 +97,7 @@ __all__ = [
     "BACKENDS",
     "COMMANDS",
     "MAX_CONTINUATIONS",
+    "MAX_SAMPLES",
     "METRICS",
     "NO_USAGE",
     "PHASES",
@@ -109,6 +113,7 @@ __all__ = [
     "CallUsage",
     "Capabilities",
     "ContinuationsRequest",
+    "SamplesRequest",
     "CommandHandler",
     "Commands",
     "ConfigError",

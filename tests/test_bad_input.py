@@ -75,6 +75,11 @@ async def _generate(**options: object) -> None:
         await engine.generate("x", **options)  # type: ignore[arg-type]
 
 
+async def _samples(count: object) -> None:
+    async with dg.Engine(MODEL.current) as engine:
+        await engine.samples("x", count)  # type: ignore[arg-type]
+
+
 async def _logprobs(targets: object) -> None:
     async with dg.Engine(MODEL.current) as engine:
         await engine.logprobs("x", targets)  # type: ignore[arg-type]
@@ -710,6 +715,84 @@ CASES = [
         lambda t: _logprobs(" yes"),
         TypeError,
         r"targets: expected a list of strings, got the string ' yes'",
+    ),
+    Case(
+        "a request naming its node with a number",
+        lambda t: dg.LogprobRequest("x", "y", node=3),  # type: ignore[arg-type]
+        TypeError,
+        r"node: expected str, got 3",
+    ),
+    Case(
+        "a request naming its node with an empty name",
+        lambda t: dg.SamplesRequest("x", count=2, node=""),
+        ValueError,
+        r"node: expected a node's name or None, got ''",
+    ),
+    Case(
+        "a generation naming its node with a list",
+        lambda t: _generate(node=["reason"]),
+        TypeError,
+        r"node: expected str, got \['reason'\]",
+    ),
+    Case(
+        "samples of one prompt counted with a bool",
+        lambda t: dg.SamplesRequest("x", count=True),  # type: ignore[arg-type]
+        TypeError,
+        r"count: expected int, got True",
+    ),
+    Case(
+        "no samples in a samples request",
+        lambda t: dg.SamplesRequest("x", count=0),
+        ValueError,
+        r"count must be > 0, got 0",
+    ),
+    Case(
+        "more samples than one request draws",
+        lambda t: dg.SamplesRequest("x", count=129),
+        ValueError,
+        r"count must be <= 128, got 129",
+    ),
+    Case(
+        "samples of a prompt that is not text",
+        lambda t: dg.SamplesRequest(b"x", count=2),  # type: ignore[arg-type]
+        TypeError,
+        r"prompt: expected str, got b'x'",
+    ),
+    Case(
+        "samples at a negative temperature",
+        lambda t: dg.SamplesRequest("x", count=2, temperature=-1.0),
+        ValueError,
+        r"temperature must be >= 0",
+    ),
+    Case(
+        "a backend stating it draws a negative number of samples",
+        lambda t: dg.Capabilities(samples=-1),
+        ValueError,
+        r"samples must be >= 0, got -1",
+    ),
+    Case(
+        "a backend stating it draws samples as text",
+        lambda t: dg.Capabilities(samples="8"),  # type: ignore[arg-type]
+        TypeError,
+        r"samples: expected int, got '8'",
+    ),
+    Case(
+        "an engine asked for a negative number of samples",
+        lambda t: _samples(-1),
+        ValueError,
+        r"count must be >= 0, got -1",
+    ),
+    Case(
+        "an engine asked for samples counted as text",
+        lambda t: _samples("5"),
+        TypeError,
+        r"count: expected int, got '5'",
+    ),
+    Case(
+        "an engine asked for more samples than it draws in one go",
+        lambda t: _samples(10_001),
+        ValueError,
+        r"count must be <= 10,000, got 10001",
     ),
     Case(
         "an unknown backend",

@@ -125,8 +125,9 @@ async def test_a_distribution_in_one_call_is_one_span_naming_its_continuations()
         (lambda r: (-1.0,), "1 log-probabilities for 6 continuations"),
         (lambda r: (-1.0,) * 5 + (math.nan,), "not a number <= 0"),
         (lambda r: (-1.0,) * 5 + (0.5,), "not a number <= 0"),
+        (lambda r: -1.0, "expected a list of log-probabilities, got -1.0"),
     ],
-    ids=["too few", "NaN", "positive"],
+    ids=["too few", "NaN", "positive", "one number"],
 )
 async def test_a_malformed_continuations_answer_is_retried_and_never_cached(
     answer, message
@@ -356,3 +357,41 @@ async def test_a_value_that_is_no_log_probability_is_malformed_alike_alone_and_t
         ):
             with pytest.raises(dg.RetriesExhausted, match="is not a number <= 0"):
                 await ask()
+
+
+def refuses_more_than(most: int):
+    """A server fault: a request of more than `most` continuations is refused (a 400)."""
+
+    def fault(request: object, number: int) -> Exception | None:
+        if isinstance(request, dg.ContinuationsRequest) and len(request.continuations) > most:
+            return dg.RequestRejected(f"at most {most} prompts per request")
+        return None
+
+    return fault
+
+
+async def test_more_continuations_than_the_server_takes_go_in_requests_it_takes() -> None:
+    """A backend set to send more continuations per request than its server takes (a user's
+    `max_batch` above the server's): the refused request's first continuation is sent alone
+    (taken: the size was refused), the rest in requests of half the refused size, and later
+    requests so from the start; the values are those of one request each."""
+    model = scripted(fault=refuses_more_than(3))
+    async with dg.Engine(model, retry=FAST) as engine:
+        distribution = await engine.classify(CONTEXT, CLASSES)
+        usage = engine.statistics().total
+        await engine.classify(CONTEXT + " Really?", CLASSES)
+    sizes = [len(call.request.continuations) for call in model.calls]
+    assert sizes[:2] == [6, 1] and sorted(sizes[2:4]) == [2, 3] and sizes[4:] == [3, 3]
+    async with dg.Engine(scripted(dg.Capabilities())) as engine:
+        assert distribution == pytest.approx(await engine.classify(CONTEXT, CLASSES), abs=1e-12)
+    assert usage.calls == 4 and usage.errors == 1
+
+
+async def test_continuations_whose_context_is_refused_fail_after_two_calls() -> None:
+    """Refused, then refused for one continuation alone: the server refuses the context (too
+    long, filtered), which no smaller request mends."""
+    model = scripted(fault=refuses_more_than(0))
+    async with dg.Engine(model, retry=FAST) as engine:
+        with pytest.raises(dg.RequestRejected, match="at most 0 prompts"):
+            await engine.logprobs(CONTEXT, TARGETS)
+    assert [len(call.request.continuations) for call in model.calls] == [len(TARGETS), 1]

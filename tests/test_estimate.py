@@ -22,6 +22,7 @@ from test_trainer import YES_NO, dln1, dln2
 
 import dlgraph as dg
 from dlgraph.train.proposals import END
+from dlgraph.train.race import Race
 from dlgraph.train.waves import Count, Wave, by_key
 
 OPTIONS = dict(
@@ -102,7 +103,7 @@ NETWORKS = {
 }
 
 
-def distinct(world: object, name: str, continuations: int = 0) -> ScriptedModel:
+def distinct(world: object, name: str, continuations: int = 0, samples: int = 0) -> ScriptedModel:
     """The world's model, with every text it writes made unlike any other by a last line
     naming its prompt and seed (a line no world reads): proposals, posterior samples and the
     outputs of text nodes (which demonstrations and posteriors show) never coincide."""
@@ -115,7 +116,7 @@ def distinct(world: object, name: str, continuations: int = 0) -> ScriptedModel:
             return text.split(END)[0].rstrip() + mark + END
         return text + mark
 
-    capabilities = dg.Capabilities(continuations=continuations)
+    capabilities = dg.Capabilities(continuations=continuations, samples=samples)
     return ScriptedModel(
         generate=generate, logprob=world.logprob, name=name, capabilities=capabilities
     )
@@ -155,15 +156,16 @@ async def trainer_on(
     cache: bool = False,
     separate: bool = False,
     continuations: int = 0,
+    samples: int = 0,
     **options: object,
 ) -> AsyncIterator[tuple[dg.VariationalTrainer, dg.Engine, dg.Engine]]:
     """A trainer of `network` on its distinct world, and its forward and backward engines
     (the backward one unused unless `separate`), whose models score `continuations` of one
-    context in one call."""
+    context, and draw `samples` samples of one prompt, in one call."""
     make, world, _ = NETWORKS[network]
     async with (
-        dg.Engine(distinct(world, "runs", continuations), cache=cache) as engine,
-        dg.Engine(distinct(world, "writes", continuations), cache=cache) as writer,
+        dg.Engine(distinct(world, "runs", continuations, samples), cache=cache) as engine,
+        dg.Engine(distinct(world, "writes", continuations, samples), cache=cache) as writer,
     ):
         backward = writer if separate else None
         trainer = dg.VariationalTrainer(make(), engine, backward=backward, **(OPTIONS | options))
@@ -184,6 +186,7 @@ async def run(
     separate: bool,
     steps: int,
     continuations: int = 0,
+    samples: int = 0,
     **options: object,
 ):
     """Estimate a run, then make it (no cache: each request is sent); the estimate's calls
@@ -193,6 +196,7 @@ async def run(
         "max_demonstrations": demonstrations,
         "separate": separate,
         "continuations": continuations,
+        "samples": samples,
     }
     async with trainer_on(network, **options) as (trainer, engine, writer):
         estimate = trainer.estimate(steps, BATCH, train, len(dev))
@@ -234,6 +238,25 @@ async def test_with_a_class_distribution_in_one_call_the_estimate_expects_each_p
     outputs = {"two outputs": ["first", "second"]}.get(network, ["answer"])
     for name in outputs:
         assert sent[0][name, "eval"] == 2 * len(dev)  # before the step and after it
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["one engine", "a backward engine"])
+@pytest.mark.parametrize("network", ["dln2", "three layers with fan-in"])
+async def test_with_samples_drawn_in_one_call_the_estimate_expects_each_phases_calls(
+    network: str, separate: bool
+) -> None:
+    """On a backend that draws several samples of one prompt in one call, a hidden node's
+    posterior samples of an example are one call: the estimate counts one, phase by phase,
+    on the engine that draws them."""
+    planned, sent = await run(network, 0, separate, steps=1, samples=8)
+    for counts, calls in zip(planned, sent, strict=True):
+        assert expected(counts) == calls
+        assert_bounded(counts, calls)
+    _, each = await run(network, 0, separate, steps=1)
+    side = 1 if separate else 0
+    hidden = {"dln2": ["reason"], "three layers with fan-in": ["a", "b", "m"]}[network]
+    for name in hidden:  # two samples an example: one call instead of two
+        assert each[side][name, "posterior"] - sent[side][name, "posterior"] == BATCH
 
 
 @pytest.mark.parametrize(("network", "demonstrations", "separate"), CASES)
@@ -433,6 +456,26 @@ def test_the_estimate_expects_the_memory_to_fill_with_each_steps_new_candidates(
     assert each == [(per_step + r) * 4 for r in remembered]  # 4 calls a score: yes|Yes, no|No
 
 
+@pytest.mark.parametrize(("batch", "kept"), [(6, 2), (12, 1)])
+def test_a_racing_run_expects_its_memory_to_fill_with_what_each_race_keeps(
+    batch: int, kept: int
+) -> None:
+    """Only the candidates still in a race at its end are remembered: of three proposals,
+    two after the one halving of a batch of six (rounds of 5 and 1 examples), one after the
+    two halvings of a batch of twelve (5, 5, 2); step n expects those of the steps before it
+    (up to the memory's ten), each scored on the race's share of the batch."""
+    share = Race(1.645).expected_share(batch)
+    scores = [
+        planned(dln1(), steps, batch, memory_size=10, max_demonstrations=0, stop_when_decided=True)[
+            "answer", "score"
+        ].expected
+        for steps in range(1, 6)
+    ]
+    each = [scores[0]] + [b - a for a, b in zip(scores, scores[1:], strict=False)]
+    others = [3 + min(10, kept * (n - 1)) for n in range(1, 6)]
+    assert each == [round(o * batch * share) * 4 for o in others]
+
+
 @pytest.mark.parametrize(("batch", "shown"), [(1, 0), (2, 1), (3, 2), (6, 2)])
 def test_a_demonstration_set_is_expected_to_be_scored_on_the_examples_it_does_not_show(
     batch: int, shown: int
@@ -476,8 +519,8 @@ async def test_the_pace_of_a_run_with_batches_of_one_example_is_measured(
     net: Callable[[], dg.Network],
 ) -> None:
     """Every probe builds its call from the one example a stand-in batch then holds (the
-    forward run, a posterior sample and its evidence, a proposal, a candidate's score); a
-    proposal or a sample is timed as the one call it is."""
+    forward run, an example's posterior samples and their evidence, a proposal, a
+    candidate's score); a proposal is timed as the one call it is, a draw as its samples."""
     world = LetterWorld()
     forward_model, backward_model = world.model(), world.model()
     async with dg.Engine(forward_model) as forward, dg.Engine(backward_model) as backward:
@@ -487,8 +530,8 @@ async def test_the_pace_of_a_run_with_batches_of_one_example_is_measured(
     assert backward_model.count(phase="propose") == 6
     assert {"generate", "score"} <= set(pace.forward.latency)
     assert pace.backward.latency["propose"].calls == 1
-    if "generate" in pace.backward.latency:
-        assert pace.backward.latency["generate"].calls == 1
+    if "sample" in pace.backward.latency:  # an example's samples: one call each here
+        assert pace.backward.latency["sample"].calls == trainer.options.num_hidden_samples
 
 
 # -- which current scores the cache answers, and the shares of what is expected ---------------

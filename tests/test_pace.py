@@ -107,8 +107,9 @@ async def test_probe_calls_never_come_from_the_cache_and_are_counted() -> None:
         usage = engine.statistics().total
     assert second.forward.latency["score"].alone_s >= 0.015
     assert usage.cache_hits == 0
-    assert usage.calls == len(model.calls) == 2 * 6 * (4 + 1 + 1)  # scores ask for 4 classes
-    assert set(first.forward.latency) == {"score", "generate", "propose"}
+    samples = 5  # an example's posterior samples: one probe, one call each here
+    assert usage.calls == len(model.calls) == 2 * 6 * (4 + 1 + samples + 1)  # 4 classes a score
+    assert set(first.forward.latency) == {"score", "generate", "sample", "propose"}
 
 
 async def test_a_backward_engine_is_timed_for_what_it_writes() -> None:
@@ -117,7 +118,7 @@ async def test_a_backward_engine_is_timed_for_what_it_writes() -> None:
     async with dg.Engine(forward) as f, dg.Engine(backward) as b:
         pace = await dg.VariationalTrainer(dln2(), f, backward=b).pace(train)
     assert set(pace.forward.latency) == {"score", "generate"}
-    assert set(pace.backward.latency) == {"propose", "generate"}
+    assert set(pace.backward.latency) == {"propose", "sample"}
     assert pace.backward.latency["propose"].alone_s > pace.forward.latency["score"].alone_s
     assert backward.count(phase="score") == 0 and forward.count(phase="propose") == 0
 
@@ -188,10 +189,18 @@ async def test_a_score_is_probed_by_the_first_phase_of_the_step_that_scores(
     assert pace.forward.latency["score"].calls == 1
 
 
-async def test_a_backward_engine_is_timed_drawing_posterior_samples_as_the_step_does() -> None:
-    forward, backward = LetterWorld().model(), LetterWorld().model()
+@pytest.mark.parametrize("together", [0, 8], ids=["one call a sample", "samples in one call"])
+async def test_a_backward_engine_is_timed_drawing_posterior_samples_as_the_step_does(
+    together: int,
+) -> None:
+    """A probe is an example's draw, as the step makes it: its five samples in five calls,
+    or in one where the backend draws several of one prompt (which the probe then times)."""
+    world = LetterWorld()
+    forward = world.model()
+    backward = attrs.evolve(world.model(), capabilities=dg.Capabilities(samples=together))
     async with dg.Engine(forward) as f, dg.Engine(backward) as b:
         pace = await dg.VariationalTrainer(dln2(), f, backward=b).pace(single_word_task(10, 1))
-    samples = [c.request for c in backward.calls if c.request.phase == "posterior"]
-    assert len(samples) == 6 and pace.backward.latency["generate"].calls == 1
-    assert all("Better output:" in r.prompt and r.node == "reason" for r in samples)
+    draws = [c.request for c in backward.calls if c.request.phase == "posterior"]
+    per_probe = 1 if together else 5
+    assert len(draws) == 6 * per_probe and pace.backward.latency["sample"].calls == per_probe
+    assert all("Better output:" in r.prompt and r.node == "reason" for r in draws)

@@ -372,6 +372,41 @@ def test_the_tally_sums_each_phase_and_scales_by_what_was_sent_over_what_was_exp
     assert "forward" not in tally.factors()  # nothing expected: no factor
 
 
+@pytest.mark.parametrize(
+    ("race", "examples", "kept"),
+    [(Race(None), 20, 7), (Race(1.645), 5, 7), (Race(1.645), 10, 4), (Race(1.645), 20, 2)],
+    ids=["full scoring keeps all", "one round", "two rounds", "three rounds"],
+)
+def test_a_race_is_expected_to_keep_what_its_halvings_leave(
+    race: Race, examples: int, kept: int
+) -> None:
+    assert race.kept(7, examples) == kept
+
+
+async def test_midway_the_figure_is_the_steps_done_and_the_others_scaled_as_they_went() -> None:
+    """After one step of three, the figure is what the run sent (its first dev evaluation
+    and the step) and the prior's two other steps scaled by phase as that step went; the
+    bound does not move."""
+    world, _ = clear_winner_world(1)
+    model = world.model()
+    train_set, dev = items(60), items(20, start=500)
+    async with dg.Engine(model, cache=False) as engine:
+        trainer = dg.VariationalTrainer(
+            network(), engine, num_prompt_samples=4, max_demonstrations=0, seed=1
+        )
+        before = trainer.estimate(3, 20, train_set, len(dev))
+        await trainer.fit(train_set, dev, steps=1, batch_size=20)
+        midway = trainer.estimate(3, 20, train_set, len(dev))
+        factors = trainer.tally.factors()
+        later = [w for s in (2, 3) for w in trainer.planned(s, 20, len(dev), True)]
+    assert midway.calls == before.calls
+    expected_later = sum(
+        p.count.expected * factors.get(p.phase, 1.0) for w in later for p in w.parts
+    )
+    assert midway.expected_calls == pytest.approx(len(model.calls) + expected_later, abs=len(later))
+    assert before.expected_calls != midway.expected_calls
+
+
 def test_halving_keeps_the_better_half_by_mean_difference_to_the_current_parameter() -> None:
     """Six noisy candidates (no bound settles any of them): the three best by their mean
     difference to the current parameter go on, wherever they stand in the list."""

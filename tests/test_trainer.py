@@ -300,7 +300,7 @@ async def test_estimate_lays_out_a_dln2_run_in_the_waves_the_trainer_sends() -> 
     dev = [Wave(False, "generate", 20), Wave(False, "score", 20 * 4)]
     forward = [Wave(False, "generate", 10), Wave(False, "score", 10 * 4)]
     posterior = [
-        Wave(True, "generate", 10 * 5),  # 5 samples besides the forward output
+        Wave(True, "sample", 10 * 5),  # 5 samples besides the forward output, one call each
         # the child's likelihood (the forward output's from the cache: the forward pass's)
         # and the prior (one call per candidate: this model scores one continuation a call)
         Wave(False, "score", 10 * 6 * (4 + 1), 10 * 5 * 4 + 10 * 6),

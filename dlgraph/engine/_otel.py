@@ -16,9 +16,11 @@ A call's span follows the GenAI client-span conventions (`SEMCONV_VERSION`, v1.3
 * opt-in (``Tracing(record_content=True)``): ``gen_ai.input.messages`` and
   ``gen_ai.output.messages``, JSON strings (spans take no structured values);
 * dlgraph's: ``dlgraph.node``, ``dlgraph.phase``, ``dlgraph.request.kind`` (``generate``,
-  ``logprob``, ``top_logprobs``, ``continuations``), ``dlgraph.request.continuations`` (how
-  many a continuations request scores), ``dlgraph.attempts`` (backend attempts: retries, and the
-  re-sends of a refused batch being split, included), ``dlgraph.retries``,
+  ``logprob``, ``top_logprobs``, ``continuations``, ``samples``), ``dlgraph.request.continuations``
+  (how many a continuations request scores), ``gen_ai.request.choice.count`` (how many
+  samples a samples request draws), ``dlgraph.attempts`` (backend attempts: retries, the
+  re-sends of a refused batch being split, and the parts a partly cached or split request
+  sent, included), ``dlgraph.retries``,
   ``dlgraph.cache_hit``, ``dlgraph.shared``, ``dlgraph.logprob`` (``dlgraph.logprobs``, one per
   continuation), ``dlgraph.cancelled``;
 * events: ``dlgraph.rate_limited`` per 429 (``dlgraph.retry_after_s``, the pause the server
@@ -56,6 +58,7 @@ from dlgraph.backend import (
     GenerateRequest,
     LogprobRequest,
     Request,
+    SamplesRequest,
     TopLogprobsRequest,
 )
 from dlgraph.engine.ledger import Ledger
@@ -76,6 +79,7 @@ KINDS: Mapping[type, str] = {
     LogprobRequest: "logprob",
     TopLogprobsRequest: "top_logprobs",
     ContinuationsRequest: "continuations",
+    SamplesRequest: "samples",
 }
 
 
@@ -209,7 +213,9 @@ class CallSpans:
     model: str
     record_content: bool = False
     _open: dict[int, list[_Call]] = attrs.field(factory=dict, init=False)
-    """Calls in flight by the identity of their request (held alive by the caller)."""
+    """Calls in flight by the identity of their request (held alive by the caller), and by
+    that of a part sent in its place (`alias`, held alive by who sends it)."""
+    _aliases: set[int] = attrs.field(factory=set, init=False)
     _name: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -242,6 +248,19 @@ class CallSpans:
         for call in self._open.get(id(request), ()):
             call.count(counts, error)
 
+    def alias(self, derived: Request, original: Request) -> None:
+        """A part sent for a call (a partly cached request's rest, a split's piece) counts
+        on the call's span."""
+        calls = self._open.get(id(original))
+        if calls is not None and id(derived) not in self._open:
+            self._open[id(derived)] = calls
+            self._aliases.add(id(derived))
+
+    def unalias(self, derived: Request) -> None:
+        if id(derived) in self._aliases:
+            self._aliases.discard(id(derived))
+            del self._open[id(derived)]
+
     def _asked(self, request: Request) -> dict[str, AttributeValue]:
         attributes: dict[str, AttributeValue] = {
             "gen_ai.operation.name": self.operation,
@@ -252,12 +271,14 @@ class CallSpans:
         }
         if request.node is not None:
             attributes["dlgraph.node"] = request.node
-        if isinstance(request, GenerateRequest):
+        if isinstance(request, GenerateRequest | SamplesRequest):
             attributes["gen_ai.request.max_tokens"] = request.max_tokens
             attributes["gen_ai.request.temperature"] = request.temperature
             attributes["gen_ai.request.seed"] = request.seed
             if request.stop:
                 attributes["gen_ai.request.stop_sequences"] = request.stop
+            if isinstance(request, SamplesRequest):
+                attributes["gen_ai.request.choice.count"] = request.count
         elif isinstance(request, TopLogprobsRequest):
             attributes["dlgraph.request.top_logprobs"] = request.count
         elif isinstance(request, ContinuationsRequest):
@@ -281,7 +302,7 @@ class CallSpans:
                 attributes["dlgraph.shared"] = True
             if isinstance(outcome, float | int):
                 attributes["dlgraph.logprob"] = float(outcome)
-            elif isinstance(outcome, tuple):
+            elif isinstance(outcome, tuple) and not all(isinstance(v, str) for v in outcome):
                 attributes["dlgraph.logprobs"] = outcome
             elif self.record_content and outcome is not None:
                 attributes["gen_ai.output.messages"] = _output_messages(outcome)
@@ -295,7 +316,7 @@ def _text(role: str, content: str) -> dict[str, Any]:
 
 def _input_messages(request: Request) -> str:
     """The conventions' input messages, as a JSON string (spans take no structured values)."""
-    if isinstance(request, GenerateRequest):
+    if isinstance(request, GenerateRequest | SamplesRequest):
         messages = [_text("user", request.prompt)]
     elif isinstance(request, LogprobRequest):
         messages = [_text("user", request.context), _text("assistant", request.target)]
@@ -308,7 +329,13 @@ def _input_messages(request: Request) -> str:
 
 
 def _output_messages(outcome: Outcome) -> str:
-    """A generation as the conventions' output messages (backends do not say why it ended);
-    first-token alternatives as one JSON text part."""
-    content = outcome if isinstance(outcome, str) else json.dumps(outcome, ensure_ascii=False)
-    return json.dumps([_text("assistant", content) | {"finish_reason": "unknown"}])
+    """A generation as the conventions' output messages (backends do not say why it ended),
+    several samples as one message each; first-token alternatives as one JSON text part."""
+    if isinstance(outcome, tuple) and all(isinstance(v, str) for v in outcome):
+        contents = [str(v) for v in outcome]
+    elif isinstance(outcome, str):
+        contents = [outcome]
+    else:
+        contents = [json.dumps(outcome, ensure_ascii=False)]
+    messages = [_text("assistant", c) | {"finish_reason": "unknown"} for c in contents]
+    return json.dumps(messages)

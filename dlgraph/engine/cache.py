@@ -36,6 +36,7 @@ from dlgraph.backend import (
     GenerateRequest,
     LogprobRequest,
     Result,
+    SamplesRequest,
     logprob_value,
 )
 from dlgraph.engine.ledger import Ledger
@@ -331,6 +332,8 @@ def fits(value: object, work: Work) -> TypeGuard[Result | list[float]]:
             and len(value) == len(work.continuations)
             and all(_is_logprob(v) for v in value)
         )
+    if isinstance(work, SamplesRequest):
+        return False  # never kept whole: each sample is kept as its GenerateRequest
     return (
         isinstance(value, dict)
         and bool(value)
@@ -338,12 +341,35 @@ def fits(value: object, work: Work) -> TypeGuard[Result | list[float]]:
     )
 
 
+Parted = ContinuationsRequest | SamplesRequest
+"""A request whose parts each equal a request of their own (`each`): a continuation its
+`LogprobRequest`, a sample the `GenerateRequest` of its seed."""
+
+
+def _rest(work: Parted, missing: list[int]) -> tuple[Work, list[int]]:
+    """What to send for the parts at `missing`, and the parts its answer holds: the request
+    itself when none is known, one part alone (a `LogprobRequest` or `GenerateRequest`,
+    which a coalescer can batch) for one, else those continuations, or the samples from the
+    first missing seed to the last."""
+    parts = work.each()
+    if len(missing) == len(parts):
+        return work, missing
+    if len(missing) == 1:
+        return parts[missing[0]], missing
+    if isinstance(work, ContinuationsRequest):
+        return attrs.evolve(work, continuations=[work.continuations[i] for i in missing]), missing
+    held = list(range(missing[0], missing[-1] + 1))
+    return attrs.evolve(work, seed=work.seed + missing[0], count=len(held)), held
+
+
 @attrs.define(eq=False)
 class Cache:
     """Successful results by request key; failures are never cached. Each continuation of a
-    `ContinuationsRequest` is kept as the `LogprobRequest` it equals, so that no (context,
-    continuation) is sent twice: a request for continuations that are all known is answered
-    here, one for some of them sends only the others."""
+    `ContinuationsRequest` is kept as the `LogprobRequest` it equals, and each sample of a
+    `SamplesRequest` as the `GenerateRequest` of its seed, so that no part is asked again
+    once known: a request whose parts are all known is answered here; one for some of them
+    sends the other continuations, or the samples from the first unknown seed to the last
+    (one call; a known sample between them keeps its text)."""
 
     inner: Call
     key: Callable[[Work], Hashable]
@@ -351,12 +377,13 @@ class Cache:
     store: Store
 
     async def __call__(self, work: Work) -> Outcome:
-        found = await self._get(work)  # a continuations request: as older versions kept it
+        # a continuations request may be kept whole, as older versions kept it; samples never
+        found = None if isinstance(work, SamplesRequest) else await self._get(work)
         if found is not None:
             self.ledger.add(work, cache_hits=1)
             return tuple(found) if isinstance(found, list) else found
-        if isinstance(work, ContinuationsRequest):
-            return await self._continuations(work)
+        if isinstance(work, ContinuationsRequest | SamplesRequest):
+            return await self._parts(work)
         result = await self.inner(work)
         assert not isinstance(result, list), "the cache sits above the coalescer"
         await self.store.put(self.key(work), result)
@@ -366,31 +393,22 @@ class Cache:
         found = await self.store.get(self.key(work))
         return found if found is not None and fits(found, work) else None
 
-    @staticmethod
-    def _rest(work: ContinuationsRequest, missing: list[int]) -> Work:
-        """What to send for the continuations at `missing`: the request itself when none is
-        known, one `LogprobRequest` (which a coalescer can batch) for one, else those."""
-        if len(missing) == len(work.continuations):
-            return work
-        if len(missing) == 1:
-            return work.each()[missing[0]]
-        return attrs.evolve(work, continuations=[work.continuations[i] for i in missing])
-
-    async def _continuations(self, work: ContinuationsRequest) -> tuple[float, ...]:
-        """Those continuations not known already, sent; each kept as its `LogprobRequest`."""
+    async def _parts(self, work: Parted) -> tuple[float, ...] | tuple[str, ...]:
+        """Those parts not known already, sent; each kept as the request it equals."""
         parts = work.each()
-        values = [await self._get(part) for part in parts]
+        values: list[object] = [await self._get(part) for part in parts]
         missing = [i for i, value in enumerate(values) if value is None]
         if not missing:
             self.ledger.add(work, cache_hits=1)
         else:
-            result = await self.inner(self._rest(work, missing))
-            if isinstance(result, int | float):
-                result = (result,)
-            assert isinstance(result, tuple), "a continuations request answers a tuple"
-            for i, value in zip(missing, result, strict=True):
-                values[i] = value
-                await self.store.put(self.key(parts[i]), value)
-        answer = tuple(float(value) for value in values if isinstance(value, int | float))
-        assert len(answer) == len(parts), "every value is a known or a new log-probability"
-        return answer
+            rest, held = _rest(work, missing)
+            with self.ledger.sent_for(work, rest):  # type: ignore[arg-type]
+                result = await self.inner(rest)
+            answered = result if isinstance(result, tuple) else (result,)
+            for i, value in zip(held, answered, strict=True):
+                if values[i] is None:
+                    values[i] = value
+                    await self.store.put(self.key(parts[i]), value)  # type: ignore[arg-type]
+        if isinstance(work, SamplesRequest):
+            return tuple(str(value) for value in values)
+        return tuple(float(value) for value in values)  # type: ignore[arg-type]

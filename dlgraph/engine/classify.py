@@ -93,7 +93,7 @@ async def continuation_scores(
             return [float(value)]
         values = await send(query.continuations(chunk))
         assert isinstance(values, tuple)
-        return list(values)
+        return [float(value) for value in values]
 
     values = list(itertools.chain(*await map_concurrently(score, chunks)))
     scored = dict(zip(unique, values, strict=True))

@@ -1,4 +1,5 @@
-"""Compatible requests arriving close together go out as one multi-prompt request.
+"""Compatible requests arriving close together go out as one multi-prompt request; a request
+of several parts that the server refuses is split.
 
 A request opens a batch (or joins the open one with the same sampling fields); the batch is
 sent when it is full or when its window has passed, by a task in the engine's task group.
@@ -7,13 +8,21 @@ A waiter cancelled before its batch is sent leaves it; one cancelled later just 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 
 import anyio
 import anyio.abc
 import attrs
 
-from dlgraph.backend import GenerateRequest, LogprobRequest, Result
+from dlgraph._tasks import map_concurrently
+from dlgraph.backend import (
+    ContinuationsRequest,
+    GenerateRequest,
+    LogprobRequest,
+    Result,
+    SamplesRequest,
+)
+from dlgraph.engine.ledger import Ledger
 from dlgraph.engine.stage import Batch, Call, Outcome, Work, batch_key
 from dlgraph.errors import BackendError, RequestRejected
 
@@ -105,13 +114,27 @@ class Coalescer:
 
 @attrs.define(eq=False)
 class Split:
-    """A multi-prompt request the server refuses is split in halves until the refused
-    prompt fails alone; the other prompts still get their answers. The halves keep the batch's
-    place in the limiter's queue, and a half that fails for another reason fails alone."""
+    """A request of several parts the server refuses is split, so that what the server
+    takes still gets its answers.
+
+    A multi-prompt `Batch` is halved until the refused prompt fails alone: the other prompts
+    still get their answers, a half that fails for another reason fails alone, and the halves
+    keep the batch's place in the limiter's queue. Several continuations or samples of one
+    text (`ContinuationsRequest`, `SamplesRequest`) share that text, which is what a server
+    most often refuses (too long, filtered): one part is sent alone first, and if it is
+    refused too, so is the request, after two calls. If it is taken, the server refused the
+    size: the rest goes in requests of at most half the refused size, and so does every
+    later request of that kind (`most`), halved again while refused."""
 
     inner: Call
+    ledger: Ledger | None = attrs.field(default=None, kw_only=True)
+    """Told of the pieces a request is sent in, so that tracing counts them as its."""
+    most: dict[type, int] = attrs.field(factory=dict)
+    """By kind of request, the most parts a request is sent with, learnt from refusals."""
 
     async def __call__(self, work: Work) -> Outcome:
+        if isinstance(work, ContinuationsRequest | SamplesRequest):
+            return await self._parts(work)
         if not isinstance(work, Batch):
             return await self.inner(work)
         try:
@@ -139,3 +162,57 @@ class Split:
             task_group.start_soon(run, 0)
             task_group.start_soon(run, 1)
         return results[0] + results[1]  # type: ignore[return-value]
+
+    async def _parts(self, work: Parted) -> Outcome:
+        size, most = _size(work), self.most.get(type(work))
+        if most is not None and size > most:
+            return await self._in_chunks(work, most)
+        try:
+            return await self.inner(work)
+        except RequestRejected:
+            if size == 1:
+                raise
+        first = await self._piece(work, 0, 1)  # refused too: the text, not the size
+        self.most[type(work)] = min(size // 2, self.most.get(type(work), size))
+        return _joined([first, await self._piece(work, 1, size)])
+
+    async def _piece(self, work: Parted, start: int, stop: int) -> Outcome:
+        """Parts `start` to `stop` of `work`, sent as a request of their own."""
+        piece = _piece(work, start, stop)
+        if self.ledger is None:
+            return await self._parts(piece)
+        with self.ledger.sent_for(work, piece):
+            return await self._parts(piece)
+
+    async def _in_chunks(self, work: Parted, most: int) -> Outcome:
+        """The request's parts in consecutive requests of at most `most`, values joined."""
+        size = _size(work)
+        starts = range(0, size, most)
+        pieces = await map_concurrently(
+            lambda start: self._piece(work, start, min(start + most, size)), starts
+        )
+        return _joined(pieces)
+
+
+Parted = ContinuationsRequest | SamplesRequest
+
+
+def _joined(outcomes: Sequence[Outcome]) -> Outcome:
+    """The values of consecutive pieces of one request, as one answer."""
+    joined: list[object] = []
+    for outcome in outcomes:
+        assert isinstance(outcome, tuple), "a request of several parts answers a tuple"
+        joined.extend(outcome)
+    return tuple(joined)  # type: ignore[return-value]
+
+
+def _size(work: Parted) -> int:
+    return len(work.continuations) if isinstance(work, ContinuationsRequest) else work.count
+
+
+def _piece(work: Parted, start: int, stop: int) -> Parted:
+    """The request for parts `start` to `stop` of `work`: those continuations, or the
+    samples of those seeds."""
+    if isinstance(work, ContinuationsRequest):
+        return attrs.evolve(work, continuations=work.continuations[start:stop])
+    return attrs.evolve(work, seed=work.seed + start, count=stop - start)

@@ -9,7 +9,8 @@ Per backend a call passes these stages, outermost first::
 * single-flight: identical requests in flight share one call, run in the engine's task group
   so that one caller's cancellation never cancels what others await;
 * coalescer: compatible requests arriving within a window go out as one multi-prompt request;
-* split: a multi-prompt request the server refuses is halved until the bad prompt fails alone;
+* split: a request of several prompts, choices or continuations that the server refuses is
+  halved until it is taken or one part fails alone;
 * retry: transient failures are tried again with backoff under one deadline;
 * limiter: request and token buckets, one shared pause on 429, adaptive concurrency;
 * metered: the budget check, and the ledger of calls, tokens, retries and errors (a call is
@@ -51,6 +52,7 @@ import attrs
 from dlgraph._tasks import single_errors
 from dlgraph._untrusted import excerpt
 from dlgraph._validate import (
+    check_int,
     check_number,
     check_path,
     class_strings,
@@ -74,6 +76,7 @@ from dlgraph.engine.ledger import Ledger
 from dlgraph.engine.limiter import Limiter, RateLimits, concurrency_ceiling, per_minute
 from dlgraph.engine.metered import Metered
 from dlgraph.engine.retry import Retry, RetryPolicy
+from dlgraph.engine.samples import MAX_DRAWN, draw_samples
 from dlgraph.engine.shared import GrantPool, GrantSource
 from dlgraph.engine.single_flight import SingleFlight
 from dlgraph.engine.spans import OFF, Tracer
@@ -283,9 +286,10 @@ class Engine(anyio.AsyncContextManagerMixin):
         if window_ms == "auto":
             window_ms = DEFAULT_COALESCE_MS if limits.rpm else 0.0
         max_batch = self.backend.capabilities.max_batch if window_ms > 0 else 1
+        chain = Split(chain, ledger=self.ledger)
         if max_batch > 1:
             chain = Coalescer(
-                Split(chain),
+                chain,
                 task_group,
                 max_batch,
                 window_ms / 1000.0,
@@ -336,6 +340,36 @@ class Engine(anyio.AsyncContextManagerMixin):
         result = await self.request(request)
         assert isinstance(result, str)
         return result
+
+    async def samples(
+        self,
+        prompt: str,
+        count: int,
+        *,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        stop: Sequence[str] = (),
+        seed: int = 0,
+        node: str | None = None,
+        phase: Phase = "forward",
+        priority: int = 0,
+    ) -> list[str]:
+        """`count` samples of one prompt, of seeds `seed` to `seed + count - 1`: in one call
+        where the backend draws that many (`Capabilities.samples`: the prompt sent and
+        charged once), else one call each; sample i is the one `generate` with seed
+        `seed + i` stands for, and the cache answers either for the other."""
+        check_int("count", count, 0, MAX_DRAWN)
+        first = GenerateRequest(
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stop=stop,
+            seed=seed,
+            node=node,
+            phase=phase,
+            priority=priority,
+        )
+        return await draw_samples(self.request, self.backend.capabilities, first, count)
 
     async def logprob(
         self,

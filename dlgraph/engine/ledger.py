@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 import attrs
@@ -23,6 +24,12 @@ class Listener(Protocol):
     def counted(
         self, request: Request, counts: Mapping[str, int], error: BackendError | None
     ) -> None: ...
+
+    def alias(self, derived: Request, original: Request) -> None:
+        """From now on, `derived`'s counts are `original`'s."""
+
+    def unalias(self, derived: Request) -> None:
+        """`derived` is answered: its counts are its own again."""
 
 
 @attrs.define(eq=False)
@@ -75,6 +82,21 @@ class Ledger:
             self._tokens += counts.get("tokens_in", 0) + counts.get("tokens_out", 0)
             if self.listener is not None:
                 self.listener.counted(request, counts, error)
+
+    @contextmanager
+    def sent_for(self, original: Request, derived: Request) -> Iterator[None]:
+        """While `derived`, a part of `original` sent in its place (a cache's rest, a split's
+        piece), is in flight, what it is charged is told to the listener as `original`'s;
+        the ledger's own counts go by node and phase, which the two share."""
+        listener = self.listener
+        if listener is None or derived is original:
+            yield
+            return
+        listener.alias(derived, original)
+        try:
+            yield
+        finally:
+            listener.unalias(derived)
 
     def start(self, work: Work) -> None:
         """Charge the calls `work` carries before they are sent (one HTTP request, to the

@@ -33,7 +33,7 @@ class Metered:
             prompt_tokens = estimated_tokens(self.backend, work)[0]
         completion_tokens = reply.usage.completion_tokens
         if completion_tokens is None:
-            texts = reply.outcome if isinstance(reply.outcome, list) else [reply.outcome]
+            texts = reply.outcome if isinstance(reply.outcome, list | tuple) else [reply.outcome]
             completion_tokens = sum(
                 self.backend.count_tokens(text) for text in texts if isinstance(text, str)
             )

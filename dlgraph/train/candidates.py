@@ -19,6 +19,7 @@ from dlgraph._validate import check_number
 from dlgraph.graph import Graph
 from dlgraph.nodes import INPUT, Demonstration, Parameter, describe_inputs
 from dlgraph.train.options import TrainerOptions
+from dlgraph.train.race import Race
 from dlgraph.train.step import StepState
 from dlgraph.train.waves import Count
 
@@ -109,10 +110,12 @@ def other_candidates(
 ) -> Count:
     """Before the run: the examples that a node's candidates other than its current parameter
     are scored on at step `step` (from 1), all together, at most and as expected. The
-    remembered ones fill the memory as steps go; a demonstration set is not scored on the
+    remembered ones fill the memory as steps go, with the candidates still in each step's
+    race at its end (every one under full scoring); a demonstration set is not scored on the
     examples it shows; the current parameter has a version without demonstrations when it has
     some (the network's own are taken to last)."""
-    remembered = min(options.memory_size, (step - 1) * new_candidates(options))
+    kept = Race.of(options).kept(new_candidates(options), examples)
+    remembered = min(options.memory_size, (step - 1) * kept)
     shown = demonstration_size(options, examples)
     sets = options.num_demonstration_samples if options.max_demonstrations else 0
     bare = 1  # the current instruction without demonstrations

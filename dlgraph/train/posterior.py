@@ -71,14 +71,15 @@ class PosteriorPhase:
         setup, name = self.setup, self.name
         if not setup.options.use_posterior:
             return []
-        samples = setup.net.node(name).kind.posterior_draws(setup.options.num_hidden_samples)
+        kind, samples = setup.net.node(name).kind, setup.options.num_hidden_samples
+        draws = kind.posterior_draws(samples, setup.backward.backend.capabilities)
         size = posterior_size(setup.net, name, setup.options)
         evidence = [
             self._scores(scored, sizes.examples, size)
             for scored in evidence_nodes(setup.net, name, setup.options)
         ]
-        draws = Calls(name, "posterior", "generate", Count(sizes.examples * samples))
-        return wave(True, [draws]) + wave(False, evidence)
+        calls = Calls(name, "posterior", "sample", Count(sizes.examples * draws))
+        return wave(True, [calls]) + wave(False, evidence)
 
     def _scores(self, scored: str, examples: int, size: int) -> Calls:
         """Node `scored`'s evidence for `size` candidates on each of `examples` examples: the
@@ -98,17 +99,17 @@ class PosteriorPhase:
         return Calls(scored, "posterior", action(cost), count)
 
     def probe(self, wave: Wave, stand_in: StandIn) -> Probe:
-        """One posterior sample (on the backward engine), or one candidate's evidence from
-        the first node the wave scores."""
+        """One example's posterior samples, as the step draws them (on the backward engine:
+        one call where it draws several of one prompt, which in process decodes them all),
+        or one candidate's evidence from the first node the wave scores."""
         setup, node = self.setup, self.setup.net.node(wave.parts[0].node)
 
         async def sample(tag: int) -> int:
-            state = stand_in(tag)
-            call = self._call(setup.engine_for(wave))
-            await node.kind.posterior_candidates(
-                node, state.trace.outputs[node.name][0], self._prompt(state, 0), 1, call
-            )
-            return node.kind.posterior_draws(1)
+            state, engine = stand_in(tag), setup.engine_for(wave)
+            samples = setup.options.num_hidden_samples
+            output, prompt = state.trace.outputs[node.name][0], self._prompt(state, 0)
+            await node.kind.posterior_candidates(node, output, prompt, samples, self._call(engine))
+            return node.kind.posterior_draws(samples, engine.backend.capabilities)
 
         async def evidence(tag: int) -> int:
             state = stand_in(tag)

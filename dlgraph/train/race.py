@@ -112,6 +112,15 @@ class Race:
             return 1.0
         return sum(len(r) / examples * 0.5**k for k, r in enumerate(self.rounds(examples)))
 
+    def kept(self, candidates: int, examples: int) -> int:
+        """Of `candidates` new ones, how many are expected still in the race at its end,
+        those a step's memory takes in: the new ones halved after every round but the last.
+        An approximation leaning high: a race halves its whole field, remembered candidates
+        included, and the bound drops more, as the data decide."""
+        for _ in self.rounds(examples)[1:]:
+            candidates = math.ceil(candidates / 2)
+        return candidates
+
     @property
     def dev_share(self) -> float:
         """The share of the dev set a step's comparison is expected to score."""

@@ -5,8 +5,8 @@ A call is described on two axes. Its *phase* (`dlgraph.backend.Phase`: forward, 
 propose, score, eval) is the part of a run that asks for it, and the ledger counts calls by
 node and phase. Its *action* is what the call does, which decides how long it takes:
 ``score`` reads a given text (a class node's answer, a target's log-likelihood), ``generate``
-writes a node's output or a posterior sample, ``propose`` writes an instruction (the longest
-text). A phase may send several actions (a forward pass scores with its class nodes and
+writes a node's output, ``sample`` writes an example's posterior samples (one call where the
+backend draws several of one prompt), ``propose`` writes an instruction (the longest text). A phase may send several actions (a forward pass scores with its class nodes and
 generates with its text nodes), and an action serves several phases.
 
 A *wave* is calls the trainer sends together and waits for as a whole; its parts say whose
@@ -26,7 +26,7 @@ import attrs
 from dlgraph.backend import Phase
 from dlgraph.nodes import Cost
 
-Action = Literal["score", "generate", "propose"]
+Action = Literal["score", "generate", "sample", "propose"]
 ACTIONS: tuple[Action, ...] = get_args(Action)
 """From the quickest to the slowest: a wave of several takes as long as its slowest."""
 

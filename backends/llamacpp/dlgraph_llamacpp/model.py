@@ -57,6 +57,10 @@ def _continuations(instance: object, attribute: attrs.Attribute[Any], value: obj
     plugin.check_int(attribute.name, value, 0, plugin.MAX_CONTINUATIONS)
 
 
+def _samples(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    plugin.check_int(attribute.name, value, 0, plugin.MAX_SAMPLES)
+
+
 @attrs.define(eq=False, slots=False)
 class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
     """A GGUF model in this process (Gemma 3 270M by default).
@@ -88,6 +92,11 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
     """The most verbalizers one call scores after one evaluated context
     (`ContinuationsRequest`); 0: one log-probability call per verbalizer, the scoring measured
     before one-call classes (the prefix is still shared in the KV cache, the calls are not)."""
+    max_samples: int = attrs.field(default=plugin.MAX_SAMPLES, validator=_samples)
+    """The most samples of one prompt one call draws (`SamplesRequest`: a hidden node's
+    posterior samples of an example, its prompt evaluated once and shared, as the scheduler
+    shares any common prefix); 0: one call per sample, as before samples were drawn
+    together (the prefix is still shared in the KV cache, the calls are not)."""
     verdict: Verdict | None = attrs.field(default=None, init=False)
     """Whether extra buffer types are in use, and why; known once the model is loaded."""
     _native: NativeModel | None = attrs.field(default=None, init=False, repr=False)
@@ -107,6 +116,7 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
             max_concurrency=None if self.batching else 1,
             context_window=self.context_size,
             continuations=self.max_continuations,
+            samples=self.max_samples,
         )
 
     @property
@@ -299,6 +309,20 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
             stop=request.stop,
             priority=request.priority,
         )
+
+    async def samples(self, request: dg.SamplesRequest) -> tuple[str, ...]:
+        """Each sample as its seed's `generate` draws it, decoded together: the prompt is
+        evaluated once and its cells shared by every sample (the serial path, and the
+        deterministic mode, which shares no cells, draw them in turn)."""
+        texts = [""] * request.count
+
+        async def draw(index: int, each: dg.GenerateRequest) -> None:
+            texts[index] = await self.generate(each)
+
+        async with anyio.create_task_group() as group:
+            for index, each in enumerate(request.each()):
+                group.start_soon(draw, index, each)
+        return tuple(texts)
 
     def _serial_logprob(self, request: dg.LogprobRequest) -> float:
         context = self.tokenize(request.context, add_bos=True)

@@ -370,3 +370,24 @@ async def test_continuations_of_one_context_equal_separate_logprob_calls_on_the_
     # batches of another shape by the two paths (a difference of the paths, not of the call)
     assert joint[:5] == pytest.approx(alone[:5], abs=1e-3)
     assert len(set(joint)) == len(texts)  # each its own value, none a neighbour's
+
+
+async def test_samples_of_one_prompt_evaluate_it_once_each_the_sample_of_its_seed() -> None:
+    """Posterior samples in one call (`SamplesRequest`): the prompt evaluated once and its
+    cells shared by every sample; each sample the one its seed draws alone (decoding alone:
+    the deterministic mode), batched or serial."""
+    request = dg.SamplesRequest(word_prompt("garden"), count=4, max_tokens=8, temperature=1.0)
+    async with batched() as model:
+        assert model.capabilities.samples >= request.count
+        drawn = await model.samples(request)
+        evaluated = model.scheduler.statistics().evaluated_tokens
+        length = len(model.tokenize(request.prompt, add_bos=True))
+    async with batched(deterministic=True) as model:
+        together = await model.samples(request)
+        alone = [await model.generate(each) for each in request.each()]
+    async with LlamaCppModel(n_ctx=256, batching=False) as serial:
+        serial_together = await serial.samples(request)
+        serial_alone = [await serial.generate(each) for each in request.each()]
+    assert evaluated < length + request.count * request.max_tokens + length // 2
+    assert list(together) == alone and list(serial_together) == serial_alone
+    assert len(drawn) == 4 and len(set(together)) > 1  # each seed its own sample

@@ -82,6 +82,13 @@ class OpenAIBackend(dg.Backend):
     request's prompts, where the profile echoes several (vllm, openai, azure, sim); lower only
     (a profile that cannot echo several takes none); 0: one log-probability request per
     verbalizer, the scoring measured before one-call classes."""
+    max_samples: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(plugin.integer(0, plugin.MAX_SAMPLES))
+    )
+    """The most samples of one prompt one request draws (``n``: a hidden node's posterior
+    samples of an example, the prompt sent and billed once). Default: the profile's (openai,
+    azure, vllm, sim; none for the llama.cpp servers and ollama); lower only; 0: one request
+    per sample, as before samples were drawn together."""
     first_token_classes: bool | None = attrs.field(
         default=None, validator=attrs.validators.optional(plugin.boolean)
     )
@@ -137,12 +144,16 @@ class OpenAIBackend(dg.Backend):
         several = min(max_batch, plugin.MAX_CONTINUATIONS) if echo and max_batch > 1 else 0
         if self.max_continuations is not None:
             several = min(several, self.max_continuations)
+        samples = min(self.profile.samples, plugin.MAX_SAMPLES)
+        if self.max_samples is not None:
+            samples = min(samples, self.max_samples)
         return dg.Capabilities(
             exact_logprobs=completions
             and (self.profile.echo_logprobs or self.profile.prompt_logprobs),
             top_logprobs=self.profile.top_logprobs,
             max_batch=max_batch,
             continuations=several,
+            samples=samples,
             repeats_context=True,
             first_token_classes=self.profile.first_token_classes
             if self.first_token_classes is None
@@ -277,7 +288,7 @@ class OpenAIBackend(dg.Backend):
 
     # -- generation --------------------------------------------------------------------------
 
-    def _sampling(self, request: dg.GenerateRequest) -> dict[str, Any]:
+    def _sampling(self, request: dg.GenerateRequest | dg.SamplesRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
@@ -315,6 +326,26 @@ class OpenAIBackend(dg.Backend):
                     answers.text(choice, where)
                     for choice in answers.choices(data, len(requests), where)
                 ]
+            )
+
+    @_scrubbing
+    async def samples(self, request: dg.SamplesRequest) -> dg.Answer[list[str]]:
+        """`request.count` choices of one prompt in one request (``n``), billed the prompt once."""
+        chat = self.api == "chat"
+        path = "/chat/completions" if chat else "/completions"
+        asked = {"messages": _messages(request.prompt)} if chat else {"prompt": request.prompt}
+        posted = await self._post(path, self._sampling(request) | asked | {"n": request.count})
+        where = self._where(path)
+        read = answers.chat_text if chat else answers.text
+        with posted.reading(where) as data:
+            found = data.get("choices")
+            if isinstance(found, list) and 0 < len(found) < request.count:
+                raise dg.RequestRejected(  # asked again, it would answer as few: not retried
+                    f"{where}: {len(found)} choice(s) for n={request.count}: the server draws "
+                    "fewer samples per request (set max_samples to what it draws, 0 for one)"
+                )
+            return posted.answer(
+                [read(choice, where) for choice in answers.choices(data, request.count, where)]
             )
 
     # -- scoring -----------------------------------------------------------------------------

@@ -47,6 +47,8 @@ class Profile:
     """First-token alternatives available (chat ``top_logprobs`` / completions ``logprobs``)."""
     max_batch: int = attrs.field(default=1, validator=_count(1))
     """Prompts per /v1/completions request."""
+    samples: int = attrs.field(default=0, validator=_count(0))
+    """Choices one request draws of one prompt (``n``; 0: the server draws one)."""
     first_token_classes: bool = False
     """A class distribution read from the first token's alternatives first (the backend's
     `first_token_classes`): where tokens are billed or limited, fewer tokens are worth the
@@ -70,6 +72,7 @@ PROFILES = {
             echo_max_tokens=0,
             top_logprobs=5,
             max_batch=20,
+            samples=128,
             first_token_classes=True,
         ),
         Profile(
@@ -82,6 +85,7 @@ PROFILES = {
             echo_max_tokens=0,
             top_logprobs=5,
             max_batch=20,
+            samples=128,
             first_token_classes=True,
         ),
         Profile(
@@ -93,6 +97,7 @@ PROFILES = {
             prompt_logprobs=True,
             top_logprobs=20,
             max_batch=64,
+            samples=64,
             model_info=True,
         ),
         # llama-cpp-python's server (python -m llama_cpp.server --logits_all true): exact
@@ -134,6 +139,7 @@ PROFILES = {
             prompt_logprobs=True,
             top_logprobs=10,
             max_batch=64,
+            samples=64,
             model_info=True,
             first_token_classes=True,  # as a hosted API: bench/efficiency.py's TPM run
         ),

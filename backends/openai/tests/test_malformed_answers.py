@@ -187,6 +187,24 @@ MALFORMED = [
         r"no first-token log-probabilities .*logprobs = \{'content': \[\]\}",
     ),
     (
+        "samples whose choice indexes repeat",
+        "samples",
+        {
+            "choices": [
+                {"index": 0, "text": "a"},
+                {"index": 0, "text": "b"},
+                {"index": 2, "text": "c"},
+            ]
+        },
+        r"choice indexes are not 0..2",
+    ),
+    (
+        "a chat sample without a message",
+        "chat samples",
+        {"choices": [{"index": i} for i in range(3)]},
+        r"choice without a message",
+    ),
+    (
         "usage of the wrong type, and no text",
         "generate",
         {"choices": [{"index": 0, "text": None}], "usage": {"prompt_tokens": "many"}},
@@ -211,6 +229,8 @@ async def test_a_malformed_200_answer_is_a_malformed_answer_error_naming_the_end
                     await backend.logprob(dg.LogprobRequest("The sky is", " blue"))
                 elif kind.endswith("top_logprobs"):
                     await backend.top_logprobs(dg.TopLogprobsRequest("Is it hot?", count=5))
+                elif kind.endswith("samples"):
+                    await backend.samples(dg.SamplesRequest("hi", count=3))
                 else:
                     await backend.generate(dg.GenerateRequest("hi"))
     assert re.search(message, str(caught.value)), str(caught.value)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import anyio
 import attrs
 import pytest
+from aiohttp import web
 from dlgraph_openai import PROFILES, OpenAIBackend
 from dlgraph_openai.errors import retry_after_s
 from dlgraph_openai.profiles import Profile
@@ -551,3 +552,116 @@ def test_the_window_is_read_from_either_servers_model_list_and_nothing_else(body
     from dlgraph_openai.answers import context_window
 
     assert context_window(body, "m") == window
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+async def test_samples_of_one_prompt_are_one_request_of_n_billed_the_prompt_once(api: str) -> None:
+    """Five posterior samples of one prompt: one request with ``n``, each sample the one its
+    seed gives in a request of its own, and the prompt's tokens counted once."""
+    prompt = "Think of a word that ends in e:"
+    async with SimServer(ServerConfig(api_key=KEY)) as server:
+        async with dg.Engine(backend(server, api=api), cache=False) as engine:
+            together = await engine.samples(prompt, 5, temperature=1.0, max_tokens=6, seed=2)
+            usage = engine.statistics().total
+        requests = server.count("ok")
+        async with dg.Engine(backend(server, api=api, max_samples=0), cache=False) as engine:
+            each = await engine.samples(prompt, 5, temperature=1.0, max_tokens=6, seed=2)
+            alone = engine.statistics().total
+    assert requests == 1 and server.count("ok") == 6
+    assert together == each and len(set(together)) == 5
+    assert usage.tokens_in * 5 == alone.tokens_in
+    assert usage.tokens_out == alone.tokens_out
+
+
+@pytest.mark.parametrize(
+    ("profile", "samples"),
+    [("openai", 128), ("azure", 128), ("vllm", 64), ("sim", 64), ("llamacpp", 0), ("ollama", 0)],
+)
+def test_samples_are_drawn_together_where_the_profile_s_server_takes_n(
+    profile: str, samples: int
+) -> None:
+    def drawn(**options: object) -> int:
+        chosen = OpenAIBackend("m", base_url="http://127.0.0.1:1/v1", profile=profile, **options)
+        return chosen.capabilities.samples
+
+    assert drawn() == samples
+    assert drawn(max_samples=4) == min(4, samples) and drawn(max_samples=0) == 0
+
+
+@pytest.mark.parametrize("value", [-1, 129, True, "8"])
+def test_a_max_samples_that_is_no_count_is_refused(value: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="max_samples"):
+        OpenAIBackend("m", profile="vllm", max_samples=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("max_samples = -2", r"max_samples must be >= 0, got -2"),
+        ('max_samples = "all"', r"max_samples: expected int, got 'all'"),
+        ('first_token_classes = "no"', r"first_token_classes: expected bool"),
+    ],
+)
+def test_a_config_with_a_wrong_openai_option_names_file_and_section(
+    tmp_path, option: str, message: str
+) -> None:
+    from dlgraph.config import RunConfig
+
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '[backend]\nname = "openai"\n'
+        f'options = {{ base_url = "http://127.0.0.1:1/v1", model = "m", profile = "vllm", {option} }}\n'
+        '[data]\ntask = "tweets"\n[network]\nkind = "dln1"\n'
+    )
+    with pytest.raises(dg.ConfigError, match=rf"run.toml: \[backend\] {message}"):
+        RunConfig.read(config).forward.build()
+
+
+async def test_a_request_of_more_prompts_than_the_server_takes_is_split_until_taken() -> None:
+    """`max_batch` set above the server's: a class of six verbalizers in one echo request is
+    refused (400); its first verbalizer alone is taken, the others go in requests of three,
+    with the values of one request each."""
+    classes = ["yes|Yes|YES", "no|No|NO"]
+    async with SimServer(ServerConfig(api_key=KEY, max_batch=4), answers()) as server:
+        chosen = backend(server, max_batch=16, first_token_classes=False)
+        async with dg.Engine(chosen, retry=fast_retry(), coalesce_ms=0) as engine:
+            joint = await engine.classify(QUESTION, classes)
+        sent = [(a.outcome, len(a.prompts)) for a in server.attempts]
+        async with dg.Engine(backend(server, max_continuations=0)) as engine:
+            separate = await engine.classify(QUESTION, classes)
+    assert sent[:2] == [("rejected", 0), ("ok", 1)]  # the refused six are not recorded
+    assert sorted(sent[2:]) == [("ok", 2), ("ok", 3)]
+    assert joint == pytest.approx(separate, abs=1e-9)
+
+
+async def test_a_server_that_ignores_n_gets_one_sample_per_request() -> None:
+    """A proxy or server that answers one choice whatever ``n`` says: the request is refused
+    at once (asked again, it would answer the same), its first sample is drawn alone, and
+    every later sample goes in a request of its own; no retry spins to the deadline."""
+    answered: list[int] = []
+
+    async def one_choice(request: web.Request) -> web.Response:
+        body = await request.json()
+        answered.append(int(body.get("n", 1)))
+        text = f" word {body['seed']}"
+        return web.json_response({"choices": [{"index": 0, "text": text}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", one_choice)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        chosen = dg.connect(
+            "openai", base_url=f"http://127.0.0.1:{port}/v1", model="m", profile="vllm"
+        )
+        async with dg.Engine(chosen, retry=fast_retry()) as engine:
+            first = await engine.samples("Say:", 5, temperature=1.0)
+            second = await engine.samples("Say again:", 3, temperature=1.0)
+    finally:
+        await runner.cleanup()
+    assert first == [f" word {seed}" for seed in range(5)] and len(second) == 3
+    assert answered[:2] == [5, 1] and sorted(answered[2:8]) == [1, 1, 1, 1, 2, 2]
+    assert answered[8:] == [1, 1, 1]  # learnt: one sample per request from then on

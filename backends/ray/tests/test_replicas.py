@@ -139,6 +139,17 @@ async def test_a_class_distribution_in_one_call_is_forwarded_whole_to_a_replica(
         )
 
 
+async def test_samples_of_one_prompt_in_one_call_are_forwarded_whole_to_a_replica() -> None:
+    backend = dg.connect(
+        "ray", backend="sim", replicas=1, num_cpus=0.5, capabilities=dg.Capabilities(samples=8)
+    )
+    assert backend.capabilities.samples == 8
+    async with dg.Engine(backend, cache=False) as engine:
+        texts = await engine.samples("Say a word:", 5, temperature=1.0)
+        assert engine.statistics().total.calls == 1
+    assert texts == [""] * 5  # the scripted replica's silent rule, sample by sample
+
+
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [

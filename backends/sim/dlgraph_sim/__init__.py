@@ -4,7 +4,8 @@
 can wait a given latency and raise scripted failures, and records every call with its start
 and end time so that tests can count and order calls. Given
 ``capabilities=dg.Capabilities(continuations=n)``, it scores several continuations of one
-context in one call, each as `logprob` scores it alone.
+context in one call, each as `logprob` scores it alone; given ``samples=n``, it draws several
+samples of one prompt in one call, each as `generate` draws its seed alone.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ __all__ = ["CallRecord", "ScriptedModel", "stable_random"]
 
 GenerateRule = Callable[[dg.GenerateRequest], str]
 LogprobRule = Callable[[dg.LogprobRequest], float]
-ScriptedRequest = dg.GenerateRequest | dg.LogprobRequest | dg.ContinuationsRequest
+ScriptedRequest = (
+    dg.GenerateRequest | dg.LogprobRequest | dg.ContinuationsRequest | dg.SamplesRequest
+)
 FaultRule = Callable[[ScriptedRequest, int], Exception | None]
 
 
@@ -62,7 +65,7 @@ class CallRecord:
     request: ScriptedRequest
     started: float
     finished: float
-    result: str | float | tuple[float, ...] | None
+    result: str | float | tuple[float, ...] | tuple[str, ...] | None
 
 
 @attrs.define(eq=False)
@@ -88,12 +91,13 @@ class ScriptedModel(dg.Backend):
         return f"sim:{self.name}"
 
     def count(self, kind: str = "", node: str | None = None, phase: str | None = None) -> int:
-        """How many calls match: kind ``generate`` / ``logprob`` (every scoring call, one or
-        several continuations), node and phase."""
+        """How many calls match: kind ``generate`` (one sample or several) / ``logprob``
+        (every scoring call, one or several continuations), node and phase."""
+        writes = dg.GenerateRequest | dg.SamplesRequest
         return sum(
             1
             for record in self.calls
-            if (not kind or (kind == "generate") == isinstance(record.request, dg.GenerateRequest))
+            if (not kind or (kind == "generate") == isinstance(record.request, writes))
             and (node is None or record.request.node == node)
             and (phase is None or record.request.phase == phase)
         )
@@ -131,6 +135,21 @@ class ScriptedModel(dg.Backend):
             return tuple(float(self.logprob_rule(each)) for each in asked.each())
 
         result: tuple[float, ...] = await self._answer(request, rule)
+        return result
+
+    async def samples(self, request: dg.SamplesRequest) -> tuple[str, ...]:
+        """One call: each sample as `generate` draws its seed alone (same node and phase); a
+        request of more samples than `capabilities.samples` is refused, as a server would."""
+        if request.count > self.capabilities.samples:
+            raise dg.RequestRejected(
+                f"{self.identity}: {request.count} samples in one call, "
+                f"{self.capabilities.samples} at most"
+            )
+
+        def rule(asked: dg.SamplesRequest) -> tuple[str, ...]:
+            return tuple(str(self.generate_rule(each)) for each in asked.each())
+
+        result: tuple[str, ...] = await self._answer(request, rule)
         return result
 
     async def aclose(self) -> None:

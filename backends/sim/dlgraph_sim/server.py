@@ -306,16 +306,17 @@ class SimServer:
     ) -> web.StreamResponse:
         """Serve one request: `handler` reads its body into the prompts, max_tokens and a
         function that builds the answer; a request is charged its prompts plus max_tokens
-        for each."""
+        for each of its ``n`` choices of each."""
         try:
             body = await request.json()
             prompts, max_tokens, answer = handler(body)
+            choices = _choice_count(body)
         except (ValueError, KeyError, TypeError) as error:
             self._record(request, 400, "rejected", [])
             return _error(400, f"malformed request: {error}", {})
         sizes = [len(tokenize(prompt)) for prompt in prompts]
         try:
-            await self._gate(request, prompts, sum(sizes) + max_tokens * len(prompts))
+            await self._gate(request, prompts, sum(sizes) + max_tokens * len(prompts) * choices)
             self._check_window(max(sizes) + max_tokens)
         except _Rejection as rejection:
             self._record(request, rejection.status, rejection.outcome, prompts)
@@ -371,13 +372,22 @@ class SimServer:
         max_tokens = int(body.get("max_tokens", 16))
 
         def answer() -> dict[str, Any]:
+            n = _choice_count(body)
             choices = [
-                self._completion_choice(i, p, body, max_tokens) for i, p in enumerate(prompts)
+                self._completion_choice(i * n + j, p, body | {"seed": _seed(body) + j}, max_tokens)
+                for i, p in enumerate(prompts)
+                for j in range(n)
             ]
             prompt_tokens = sum(len(tokenize(p)) for p in prompts)
             completion_tokens = sum(
-                len(tokenize(c["text"][len(p) :] if body.get("echo") else c["text"]))
-                for c, p in zip(choices, prompts, strict=True)
+                len(
+                    tokenize(
+                        c["text"][len(prompts[c["index"] // n]) :]
+                        if body.get("echo")
+                        else c["text"]
+                    )
+                )
+                for c in choices
             )
             return {
                 "id": "cmpl-sim",
@@ -395,8 +405,10 @@ class SimServer:
 
     def _generate(self, prompt: str, body: dict[str, Any], max_tokens: int) -> str:
         """The model's continuation under the request's sampling fields, cut at a stop sequence."""
-        temperature, seed = float(body.get("temperature", 1.0)), int(body.get("seed") or 0)
-        return _cut(self.model.complete(prompt, max_tokens, temperature, seed), body.get("stop"))
+        temperature = float(body.get("temperature", 1.0))
+        return _cut(
+            self.model.complete(prompt, max_tokens, temperature, _seed(body)), body.get("stop")
+        )
 
     def _completion_choice(
         self, index: int, prompt: str, body: dict[str, Any], max_tokens: int
@@ -457,34 +469,17 @@ class SimServer:
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
 
         def answer() -> dict[str, Any]:
-            text = self._generate(prompt, body, max_tokens)
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
-            }
-            if body.get("logprobs"):
-                count = int(body.get("top_logprobs") or 0)
-                content = []
-                for offset, token in tokenize(text):
-                    prefix = prompt + text[:offset]
-                    alternatives = self.model.alternatives(prefix, count) if count else {}
-                    content.append(
-                        {
-                            "token": token,
-                            "logprob": self.model.token_logprob(prefix, token),
-                            "top_logprobs": [
-                                {"token": t, "logprob": lp} for t, lp in alternatives.items()
-                            ],
-                        }
-                    )
-                choice["logprobs"] = {"content": content}
-            prompt_tokens, completion_tokens = len(tokenize(prompt)), len(tokenize(text))
+            choices = [
+                self._chat_choice(j, prompt, body | {"seed": _seed(body) + j}, max_tokens)
+                for j in range(_choice_count(body))
+            ]
+            prompt_tokens = len(tokenize(prompt))
+            completion_tokens = sum(len(tokenize(c["message"]["content"])) for c in choices)
             return {
                 "id": "chat-sim",
                 "object": "chat.completion",
                 "model": self.config.model,
-                "choices": [choice],
+                "choices": choices,
                 "usage": {
                     "prompt_tokens": prompt_tokens,
                     "completion_tokens": completion_tokens,
@@ -493,6 +488,33 @@ class SimServer:
             }
 
         return [prompt], max_tokens, answer
+
+    def _chat_choice(
+        self, index: int, prompt: str, body: dict[str, Any], max_tokens: int
+    ) -> dict[str, Any]:
+        text = self._generate(prompt, body, max_tokens)
+        choice: dict[str, Any] = {
+            "index": index,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop",
+        }
+        if body.get("logprobs"):
+            count = int(body.get("top_logprobs") or 0)
+            content = []
+            for offset, token in tokenize(text):
+                prefix = prompt + text[:offset]
+                alternatives = self.model.alternatives(prefix, count) if count else {}
+                content.append(
+                    {
+                        "token": token,
+                        "logprob": self.model.token_logprob(prefix, token),
+                        "top_logprobs": [
+                            {"token": t, "logprob": lp} for t, lp in alternatives.items()
+                        ],
+                    }
+                )
+            choice["logprobs"] = {"content": content}
+        return choice
 
 
 def _cut(text: str, stop: str | list[str] | None) -> str:
@@ -552,6 +574,18 @@ class ServerProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _choice_count(body: dict[str, Any]) -> int:
+    """A request's ``n``: the choices drawn for each prompt (sample j with seed ``seed + j``)."""
+    n = body.get("n", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 128:
+        raise ValueError(f"n must be an integer from 1 to 128, got {n!r}")
+    return n
+
+
+def _seed(body: dict[str, Any]) -> int:
+    return int(body.get("seed") or 0)
 
 
 def main() -> None:
