@@ -117,23 +117,25 @@ def class_strings(values: Iterable[str]) -> tuple[str, ...]:
     return strings(values, "classes")
 
 
-def integer(minimum: int | None = None, maximum: int | None = None) -> Validator:
+def integer(
+    minimum: int | None = None, maximum: int | None = None, *, none: bool = True
+) -> Validator:
     """An attrs validator: an integer (never a bool) from `minimum` to `maximum`; None
-    passes."""
+    passes unless `none` is False."""
 
     def validate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None:
+        if value is not None or not none:
             check_int(attribute.name, value, minimum, maximum)
 
     return validate
 
 
-def number(minimum: float | None = None, *, above: bool = False) -> Validator:
+def number(minimum: float | None = None, *, above: bool = False, none: bool = True) -> Validator:
     """An attrs validator: a finite real number of at least (or above) `minimum`; None
-    passes."""
+    passes unless `none` is False."""
 
     def validate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None:
+        if value is not None or not none:
             check_number(attribute.name, value, minimum, above=above)
 
     return validate

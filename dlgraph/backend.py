@@ -45,6 +45,10 @@ def _known_phase(instance: Any, attribute: attrs.Attribute[str], value: str) -> 
         raise ValueError(f"{attribute.name}={excerpt(value)}: expected one of {', '.join(PHASES)}")
 
 
+MAX_SEED = 2**32 - 1
+"""The largest seed a generation takes."""
+
+
 def _node_name(instance: Any, attribute: attrs.Attribute[str | None], value: object) -> None:
     """Who asks, as the ledger and tracing name it: a node's name, or None (not an empty
     name, which the ledger would count with None's)."""
@@ -59,13 +63,17 @@ class _Sampling:
     """What a generation is asked with: a prompt and how to sample its continuation."""
 
     prompt: str = attrs.field(validator=text)
-    max_tokens: int = attrs.field(default=128, kw_only=True, validator=integer(1, MAX_TOKENS))
-    temperature: float = attrs.field(default=0.0, kw_only=True, validator=number(0))
+    max_tokens: int = attrs.field(
+        default=128, kw_only=True, validator=integer(1, MAX_TOKENS, none=False)
+    )
+    temperature: float = attrs.field(default=0.0, kw_only=True, validator=number(0, none=False))
     stop: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=stop_strings)
-    seed: int = attrs.field(default=0, kw_only=True, validator=integer())
+    seed: int = attrs.field(default=0, kw_only=True, validator=integer(0, MAX_SEED, none=False))
+    """The sample's index, from 0: two seeds draw two samples (a seed at and above 2**32
+    would repeat a smaller one's on the embedded model, whose generators take 32 bits)."""
     node: str | None = attrs.field(default=None, kw_only=True, validator=_node_name)
     phase: Phase = attrs.field(default="forward", kw_only=True, validator=_known_phase)
-    priority: int = attrs.field(default=0, kw_only=True, validator=integer())
+    priority: int = attrs.field(default=0, kw_only=True, validator=integer(none=False))
     """When the rate limit is the bottleneck, higher goes first (deeper nodes finish a batch sooner)."""
 
 
@@ -97,7 +105,14 @@ class SamplesRequest(_Sampling):
     hosted API, whose seeds are best effort) an independent draw of the same distribution.
     `Capabilities.samples` says how many one call of a backend draws."""
 
-    count: int = attrs.field(default=2, kw_only=True, validator=integer(1, MAX_SAMPLES))
+    count: int = attrs.field(default=2, kw_only=True, validator=integer(1, MAX_SAMPLES, none=False))
+
+    def __attrs_post_init__(self) -> None:
+        if self.seed + self.count - 1 > MAX_SEED:
+            raise ValueError(
+                f"seed: samples of seeds {self.seed:,} to {self.seed + self.count - 1:,} go past "
+                f"the largest seed, {MAX_SEED:,}"
+            )
 
     def key(self) -> tuple[object, ...]:
         sampling = (self.prompt, self.max_tokens, self.temperature, self.stop, self.seed)
@@ -153,7 +168,7 @@ class LogprobRequest:
     target: str = attrs.field(validator=text)
     node: str | None = attrs.field(default=None, kw_only=True, validator=_node_name)
     phase: Phase = attrs.field(default="score", kw_only=True, validator=_known_phase)
-    priority: int = attrs.field(default=0, kw_only=True, validator=integer())
+    priority: int = attrs.field(default=0, kw_only=True, validator=integer(none=False))
 
     def key(self) -> tuple[object, ...]:
         return ("logprob", self.context, self.target)
@@ -173,7 +188,7 @@ class TopLogprobsRequest:
     count: int = attrs.field(default=20, kw_only=True, validator=integer(1))
     node: str | None = attrs.field(default=None, kw_only=True, validator=_node_name)
     phase: Phase = attrs.field(default="score", kw_only=True, validator=_known_phase)
-    priority: int = attrs.field(default=0, kw_only=True, validator=integer())
+    priority: int = attrs.field(default=0, kw_only=True, validator=integer(none=False))
 
     def key(self) -> tuple[object, ...]:
         return ("top_logprobs", self.context, self.count)
@@ -256,7 +271,7 @@ class ContinuationsRequest:
     continuations: tuple[str, ...] = attrs.field(converter=continuation_texts)
     node: str | None = attrs.field(default=None, kw_only=True, validator=_node_name)
     phase: Phase = attrs.field(default="score", kw_only=True, validator=_known_phase)
-    priority: int = attrs.field(default=0, kw_only=True, validator=integer())
+    priority: int = attrs.field(default=0, kw_only=True, validator=integer(none=False))
 
     def key(self) -> tuple[object, ...]:
         return ("continuations", self.context, self.continuations)

@@ -735,6 +735,36 @@ CASES = [
         r"node: expected str, got \['reason'\]",
     ),
     Case(
+        "samples of a negative seed",
+        lambda t: dg.SamplesRequest("x", count=2, seed=-1),
+        ValueError,
+        r"seed must be >= 0, got -1",
+    ),
+    Case(
+        "samples whose seeds go past the largest",
+        lambda t: dg.SamplesRequest("x", count=3, seed=2**32 - 2),
+        ValueError,
+        r"seed: samples of seeds 4,294,967,294 to 4,294,967,296 go past the largest seed",
+    ),
+    Case(
+        "a generation of no seed",
+        lambda t: dg.GenerateRequest("x", seed=None),  # type: ignore[arg-type]
+        TypeError,
+        r"seed: expected int, got None",
+    ),
+    Case(
+        "samples counted as nothing",
+        lambda t: dg.SamplesRequest("x", count=None),  # type: ignore[arg-type]
+        TypeError,
+        r"count: expected int, got None",
+    ),
+    Case(
+        "a generation at no temperature",
+        lambda t: _generate(temperature=None),
+        TypeError,
+        r"temperature: expected float, got None",
+    ),
+    Case(
         "samples of one prompt counted with a bool",
         lambda t: dg.SamplesRequest("x", count=True),  # type: ignore[arg-type]
         TypeError,

@@ -380,8 +380,9 @@ async def test_more_continuations_than_the_server_takes_go_in_requests_it_takes(
         distribution = await engine.classify(CONTEXT, CLASSES)
         usage = engine.statistics().total
         await engine.classify(CONTEXT + " Really?", CLASSES)
-    sizes = [len(call.request.continuations) for call in model.calls]
+    sizes = [len(getattr(call.request, "continuations", "1")) for call in model.calls]
     assert sizes[:2] == [6, 1] and sorted(sizes[2:4]) == [2, 3] and sizes[4:] == [3, 3]
+    assert isinstance(model.calls[1].request, dg.LogprobRequest)  # one alone: as it is
     async with dg.Engine(scripted(dg.Capabilities())) as engine:
         assert distribution == pytest.approx(await engine.classify(CONTEXT, CLASSES), abs=1e-12)
     assert usage.calls == 4 and usage.errors == 1
@@ -390,8 +391,15 @@ async def test_more_continuations_than_the_server_takes_go_in_requests_it_takes(
 async def test_continuations_whose_context_is_refused_fail_after_two_calls() -> None:
     """Refused, then refused for one continuation alone: the server refuses the context (too
     long, filtered), which no smaller request mends."""
-    model = scripted(fault=refuses_more_than(0))
+
+    def fault(request: object, number: int) -> Exception | None:
+        return dg.RequestRejected("the prompt is too long")
+
+    model = scripted(fault=fault)
     async with dg.Engine(model, retry=FAST) as engine:
-        with pytest.raises(dg.RequestRejected, match="at most 0 prompts"):
+        with pytest.raises(dg.RequestRejected, match="too long"):
             await engine.logprobs(CONTEXT, TARGETS)
-    assert [len(call.request.continuations) for call in model.calls] == [len(TARGETS), 1]
+    first, alone = (call.request for call in model.calls)
+    assert len(first.continuations) == len(TARGETS) and alone == dg.LogprobRequest(
+        CONTEXT, TARGETS[0]
+    )

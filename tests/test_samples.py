@@ -10,6 +10,7 @@ from dlgraph_sim import ScriptedModel, stable_random
 from test_tracing import Spans
 
 import dlgraph as dg
+from dlgraph._tasks import map_concurrently
 from dlgraph.engine.journal import read_journal
 from dlgraph.engine.tokens import estimated_tokens
 from dlgraph.plugin import Batch
@@ -230,9 +231,11 @@ async def test_more_samples_than_the_server_draws_at_once_go_in_requests_it_take
     async with dg.Engine(model, retry=FAST) as engine:
         texts = await engine.samples(PROMPT, 5, temperature=1.0)
         later = await engine.samples(PROMPT + " Again:", 4, temperature=1.0)
-    asked = [(call.request.seed, call.request.count) for call in model.calls]
-    assert asked[:2] == [(0, 5), (0, 1)] and sorted(asked[2:4]) == [(1, 2), (3, 2)]
-    assert sorted(asked[4:]) == [(0, 2), (2, 2)]  # learnt: no refusal again
+    asked = [(call.request.seed, getattr(call.request, "count", 1)) for call in model.calls]
+    assert asked[:2] == [(0, 5), (0, 1)]  # then at most 3, refused, then at most 2
+    assert sorted(asked[2:6]) == [(1, 2), (1, 3), (3, 1), (4, 1)]
+    assert isinstance(model.calls[1].request, dg.GenerateRequest)  # one alone: as it is
+    assert sorted(asked[6:]) == [(0, 2), (2, 2)]  # learnt: no refusal again
     assert texts == alone(5) and len(later) == 4
 
 
@@ -251,6 +254,46 @@ async def test_the_span_of_a_partly_known_or_split_request_counts_what_it_sent()
         await engine.samples(PROMPT, 4, temperature=1.0)  # seed 0 known: 1 to 3 sent, refused
     partial = [s for s in spans.calls() if s.attributes["dlgraph.request.kind"] == "samples"]
     (call,) = partial
-    assert call.attributes["dlgraph.attempts"] == 4  # three refused, then one at a time
+    assert call.attributes["dlgraph.attempts"] == 3  # three refused, one alone, then two
     assert "dlgraph.shared" not in call.attributes
     assert call.attributes["gen_ai.usage.output_tokens"] > 0
+
+
+async def test_concurrent_draws_on_a_server_that_takes_five_cost_fewer_calls_than_one_each() -> (
+    None
+):
+    """Four draws of sixteen in flight at once, each refused first: the size learnt stays
+    at what the server takes or a little below, never one, and the draws cost fewer calls
+    than a call per sample would."""
+
+    def fault(request: object, number: int) -> Exception | None:
+        if isinstance(request, dg.SamplesRequest) and request.count > 5:
+            return dg.RequestRejected("n must be at most 5")
+        return None
+
+    model = scripted(dg.Capabilities(samples=16), fault=fault)
+    async with dg.Engine(model, retry=FAST) as engine:
+        drawn = await map_concurrently(
+            lambda k: engine.samples(f"{PROMPT} ({k})", 16, temperature=1.0), range(4)
+        )
+        later = await engine.samples(PROMPT + " Later:", 16, temperature=1.0)
+    assert all(len(texts) == 16 for texts in drawn) and len(later) == 16
+    assert len(model.calls) < 4 * 16
+    sizes = [getattr(call.request, "count", 1) for call in model.calls[-4:]]
+    assert max(sizes) >= 3 and all(size <= 5 for size in sizes)
+
+
+async def test_a_server_that_refuses_several_samples_in_any_form_gets_one_each() -> None:
+    """A server that refuses every request of several samples (`n` unknown to it): the first
+    sample alone is a plain generation, taken, and the others follow one a request."""
+
+    def fault(request: object, number: int) -> Exception | None:
+        if isinstance(request, dg.SamplesRequest):
+            return dg.RequestRejected("unknown parameter n")
+        return None
+
+    model = scripted(fault=fault)
+    async with dg.Engine(model, retry=FAST) as engine:
+        texts = await engine.samples(PROMPT, 4, temperature=1.0)
+    assert texts == alone(4)
+    assert sum(isinstance(c.request, dg.SamplesRequest) for c in model.calls) <= 3

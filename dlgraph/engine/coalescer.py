@@ -9,6 +9,7 @@ A waiter cancelled before its batch is sent leaves it; one cancelled later just 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import anyio
 import anyio.abc
@@ -172,17 +173,18 @@ class Split:
         except RequestRejected:
             if size == 1:
                 raise
-        first = await self._piece(work, 0, 1)  # refused too: the text, not the size
-        self.most[type(work)] = min(size // 2, self.most.get(type(work), size))
-        return _joined([first, await self._piece(work, 1, size)])
+        if most is None:  # nothing learnt yet: is it the text, or the size?
+            first = await self._piece(work, 0, 1)  # refused too: the text, not the size
+            self._learn(work, size)
+            return _joined([first, await self._piece(work, 1, size)])
+        self._learn(work, size)
+        return await self._parts(work)
 
-    async def _piece(self, work: Parted, start: int, stop: int) -> Outcome:
-        """Parts `start` to `stop` of `work`, sent as a request of their own."""
-        piece = _piece(work, start, stop)
-        if self.ledger is None:
-            return await self._parts(piece)
-        with self.ledger.sent_for(work, piece):
-            return await self._parts(piece)
+    def _learn(self, work: Parted, refused: int) -> None:
+        """A request of `refused` parts was too many: at most half of them (rounded up) from
+        now on, never raised again by a request sent before the last refusal."""
+        kind = type(work)
+        self.most[kind] = min(self.most.get(kind, refused), max(1, (refused + 1) // 2))
 
     async def _in_chunks(self, work: Parted, most: int) -> Outcome:
         """The request's parts in consecutive requests of at most `most`, values joined."""
@@ -192,6 +194,18 @@ class Split:
             lambda start: self._piece(work, start, min(start + most, size)), starts
         )
         return _joined(pieces)
+
+    async def _piece(self, work: Parted, start: int, stop: int) -> Outcome:
+        """Parts `start` to `stop` of `work`, sent as a request of their own (one part as
+        the request it equals: a server may refuse the several-parts form itself)."""
+        piece: Work = work.each()[start] if stop - start == 1 else _piece(work, start, stop)
+        with self._sent_for(work, piece):
+            if isinstance(piece, ContinuationsRequest | SamplesRequest):
+                return await self._parts(piece)
+            return (await self.inner(piece),)  # type: ignore[return-value]
+
+    def _sent_for(self, work: Parted, piece: Work) -> AbstractContextManager[None]:
+        return nullcontext() if self.ledger is None else self.ledger.sent_for(work, piece)  # type: ignore[arg-type]
 
 
 Parted = ContinuationsRequest | SamplesRequest

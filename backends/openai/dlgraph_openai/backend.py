@@ -334,7 +334,8 @@ class OpenAIBackend(dg.Backend):
         chat = self.api == "chat"
         path = "/chat/completions" if chat else "/completions"
         asked = {"messages": _messages(request.prompt)} if chat else {"prompt": request.prompt}
-        posted = await self._post(path, self._sampling(request) | asked | {"n": request.count})
+        several = {"n": request.count} if request.count > 1 else {}  # n=1: as a server without n
+        posted = await self._post(path, self._sampling(request) | asked | several)
         where = self._where(path)
         read = answers.chat_text if chat else answers.text
         with posted.reading(where) as data:
