@@ -118,6 +118,15 @@ class SamplesRequest(_Sampling):
         sampling = (self.prompt, self.max_tokens, self.temperature, self.stop, self.seed)
         return ("samples", *sampling, self.count)
 
+    @property
+    def size(self) -> int:
+        """The samples it draws."""
+        return self.count
+
+    def piece(self, start: int, stop: int) -> SamplesRequest:
+        """The samples `start` to `stop` of this request, as a request of their own."""
+        return attrs.evolve(self, seed=self.seed + start, count=stop - start)
+
     def each(self) -> list[GenerateRequest]:
         """Each sample as the `GenerateRequest` it stands for (same node, phase, priority)."""
         fields = attrs.asdict(self, recurse=False)
@@ -276,6 +285,15 @@ class ContinuationsRequest:
     def key(self) -> tuple[object, ...]:
         return ("continuations", self.context, self.continuations)
 
+    @property
+    def size(self) -> int:
+        """The continuations it scores."""
+        return len(self.continuations)
+
+    def piece(self, start: int, stop: int) -> ContinuationsRequest:
+        """The continuations `start` to `stop` of this request, as a request of their own."""
+        return attrs.evolve(self, continuations=self.continuations[start:stop])
+
     def each(self) -> list[LogprobRequest]:
         """Each continuation as the `LogprobRequest` whose value it equals (same node, phase
         and priority)."""
@@ -304,6 +322,9 @@ Request = (
     GenerateRequest | LogprobRequest | TopLogprobsRequest | ContinuationsRequest | SamplesRequest
 )
 Result = str | float | dict[str, float] | tuple[float, ...] | tuple[str, ...]
+Parted = ContinuationsRequest | SamplesRequest
+"""A request of several parts, each equal to a request of its own (`each`): a continuation
+its `LogprobRequest`, a sample the `GenerateRequest` of its seed; `piece` is a run of them."""
 UNKEYED_FIELDS = ("node", "phase", "priority")
 """Fields that do not change an answer: left out of `key()`, cache and single-flight keys."""
 

@@ -35,6 +35,8 @@ from dlgraph.backend import (
     ContinuationsRequest,
     GenerateRequest,
     LogprobRequest,
+    Parted,
+    Request,
     Result,
     SamplesRequest,
     logprob_value,
@@ -341,25 +343,18 @@ def fits(value: object, work: Work) -> TypeGuard[Result | list[float]]:
     )
 
 
-Parted = ContinuationsRequest | SamplesRequest
-"""A request whose parts each equal a request of their own (`each`): a continuation its
-`LogprobRequest`, a sample the `GenerateRequest` of its seed."""
-
-
-def _rest(work: Parted, missing: list[int]) -> tuple[Work, list[int]]:
+def _rest(work: Parted, missing: list[int]) -> tuple[Request, list[int]]:
     """What to send for the parts at `missing`, and the parts its answer holds: the request
     itself when none is known, one part alone (a `LogprobRequest` or `GenerateRequest`,
     which a coalescer can batch) for one, else those continuations, or the samples from the
     first missing seed to the last."""
-    parts = work.each()
-    if len(missing) == len(parts):
+    if len(missing) == work.size:
         return work, missing
     if len(missing) == 1:
-        return parts[missing[0]], missing
+        return work.each()[missing[0]], missing
     if isinstance(work, ContinuationsRequest):
         return attrs.evolve(work, continuations=[work.continuations[i] for i in missing]), missing
-    held = list(range(missing[0], missing[-1] + 1))
-    return attrs.evolve(work, seed=work.seed + missing[0], count=len(held)), held
+    return work.piece(missing[0], missing[-1] + 1), list(range(missing[0], missing[-1] + 1))
 
 
 @attrs.define(eq=False)
@@ -382,7 +377,7 @@ class Cache:
         if found is not None:
             self.ledger.add(work, cache_hits=1)
             return tuple(found) if isinstance(found, list) else found
-        if isinstance(work, ContinuationsRequest | SamplesRequest):
+        if isinstance(work, Parted):
             return await self._parts(work)
         result = await self.inner(work)
         assert not isinstance(result, list), "the cache sits above the coalescer"
@@ -402,7 +397,7 @@ class Cache:
             self.ledger.add(work, cache_hits=1)
         else:
             rest, held = _rest(work, missing)
-            with self.ledger.sent_for(work, rest):  # type: ignore[arg-type]
+            with self.ledger.sent_for(work, rest):
                 result = await self.inner(rest)
             answered = result if isinstance(result, tuple) else (result,)
             for i, value in zip(held, answered, strict=True):

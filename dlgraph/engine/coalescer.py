@@ -9,20 +9,13 @@ A waiter cancelled before its batch is sent leaves it; one cancelled later just 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 
 import anyio
 import anyio.abc
 import attrs
 
 from dlgraph._tasks import map_concurrently
-from dlgraph.backend import (
-    ContinuationsRequest,
-    GenerateRequest,
-    LogprobRequest,
-    Result,
-    SamplesRequest,
-)
+from dlgraph.backend import GenerateRequest, LogprobRequest, Parted, Result
 from dlgraph.engine.ledger import Ledger
 from dlgraph.engine.stage import Batch, Call, Outcome, Work, batch_key
 from dlgraph.errors import BackendError, RequestRejected
@@ -128,13 +121,13 @@ class Split:
     later request of that kind (`most`), halved again while refused."""
 
     inner: Call
-    ledger: Ledger | None = attrs.field(default=None, kw_only=True)
+    ledger: Ledger = attrs.field(factory=Ledger, kw_only=True)
     """Told of the pieces a request is sent in, so that tracing counts them as its."""
     most: dict[type, int] = attrs.field(factory=dict)
     """By kind of request, the most parts a request is sent with, learnt from refusals."""
 
     async def __call__(self, work: Work) -> Outcome:
-        if isinstance(work, ContinuationsRequest | SamplesRequest):
+        if isinstance(work, Parted):
             return await self._parts(work)
         if not isinstance(work, Batch):
             return await self.inner(work)
@@ -165,7 +158,7 @@ class Split:
         return results[0] + results[1]  # type: ignore[return-value]
 
     async def _parts(self, work: Parted) -> Outcome:
-        size, most = _size(work), self.most.get(type(work))
+        size, most = work.size, self.most.get(type(work))
         if most is not None and size > most:
             return await self._in_chunks(work, most)
         try:
@@ -188,7 +181,7 @@ class Split:
 
     async def _in_chunks(self, work: Parted, most: int) -> Outcome:
         """The request's parts in consecutive requests of at most `most`, values joined."""
-        size = _size(work)
+        size = work.size
         starts = range(0, size, most)
         pieces = await map_concurrently(
             lambda start: self._piece(work, start, min(start + most, size)), starts
@@ -198,17 +191,11 @@ class Split:
     async def _piece(self, work: Parted, start: int, stop: int) -> Outcome:
         """Parts `start` to `stop` of `work`, sent as a request of their own (one part as
         the request it equals: a server may refuse the several-parts form itself)."""
-        piece: Work = work.each()[start] if stop - start == 1 else _piece(work, start, stop)
-        with self._sent_for(work, piece):
-            if isinstance(piece, ContinuationsRequest | SamplesRequest):
+        piece = work.each()[start] if stop - start == 1 else work.piece(start, stop)
+        with self.ledger.sent_for(work, piece):
+            if isinstance(piece, Parted):
                 return await self._parts(piece)
             return (await self.inner(piece),)  # type: ignore[return-value]
-
-    def _sent_for(self, work: Parted, piece: Work) -> AbstractContextManager[None]:
-        return nullcontext() if self.ledger is None else self.ledger.sent_for(work, piece)  # type: ignore[arg-type]
-
-
-Parted = ContinuationsRequest | SamplesRequest
 
 
 def _joined(outcomes: Sequence[Outcome]) -> Outcome:
@@ -218,15 +205,3 @@ def _joined(outcomes: Sequence[Outcome]) -> Outcome:
         assert isinstance(outcome, tuple), "a request of several parts answers a tuple"
         joined.extend(outcome)
     return tuple(joined)  # type: ignore[return-value]
-
-
-def _size(work: Parted) -> int:
-    return len(work.continuations) if isinstance(work, ContinuationsRequest) else work.count
-
-
-def _piece(work: Parted, start: int, stop: int) -> Parted:
-    """The request for parts `start` to `stop` of `work`: those continuations, or the
-    samples of those seeds."""
-    if isinstance(work, ContinuationsRequest):
-        return attrs.evolve(work, continuations=work.continuations[start:stop])
-    return attrs.evolve(work, seed=work.seed + start, count=stop - start)

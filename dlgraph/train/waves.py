@@ -6,8 +6,9 @@ propose, score, eval) is the part of a run that asks for it, and the ledger coun
 node and phase. Its *action* is what the call does, which decides how long it takes:
 ``score`` reads a given text (a class node's answer, a target's log-likelihood), ``generate``
 writes a node's output, ``sample`` writes an example's posterior samples (one call where the
-backend draws several of one prompt), ``propose`` writes an instruction (the longest text). A phase may send several actions (a forward pass scores with its class nodes and
-generates with its text nodes), and an action serves several phases.
+backend draws several of one prompt), ``propose`` writes an instruction (the longest text).
+A phase may send several actions (a forward pass scores with its class nodes and generates
+with its text nodes), and an action serves several phases.
 
 A *wave* is calls the trainer sends together and waits for as a whole; its parts say whose
 calls they are, as the ledger will count them. Counts come in pairs: `calls`, at most (no
