@@ -63,6 +63,22 @@ async def test_logprob_through_echo_matches_the_servers_token_logprobs() -> None
     assert value == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("api", ["completions", "chat"])
+async def test_the_simulated_server_answers_and_bills_no_more_than_max_tokens(api: str) -> None:
+    """A scripted model may write on; a server stops at max_tokens and charges what it sent,
+    also after an echoed prompt (where the tokens billed decide a TPM run's wall time)."""
+    model = SimModel(complete=lambda prompt, max_tokens, temperature, seed: " one two three four")
+    async with SimServer(ServerConfig(api_key=KEY), model) as server:
+        async with dg.Engine(backend(server, api=api), cache=False) as engine:
+            text = await engine.generate("Count:", max_tokens=2)
+            generated = engine.statistics().total.tokens_out
+            if api == "completions":
+                await engine.logprob("Count:", " one")
+    assert text == " one two" and generated == 2
+    if api == "completions":  # echo_max_tokens = 1: one token written after the prompt
+        assert engine.statistics().total.tokens_out == 3
+
+
 async def test_logprob_through_vllm_prompt_logprobs_matches_echo() -> None:
     vllm_only = attrs.evolve(PROFILES["sim"], echo_logprobs=False, prompt_logprobs=True)
     async with SimServer(ServerConfig(api_key=KEY)) as server:

@@ -404,11 +404,15 @@ class SimServer:
         return prompts, max_tokens, answer
 
     def _generate(self, prompt: str, body: dict[str, Any], max_tokens: int) -> str:
-        """The model's continuation under the request's sampling fields, cut at a stop sequence."""
+        """The model's continuation under the request's sampling fields, no longer than
+        `max_tokens` tokens (a model function may write more; a server never answers more,
+        nor charges for more) and cut at a stop sequence."""
         temperature = float(body.get("temperature", 1.0))
-        return _cut(
-            self.model.complete(prompt, max_tokens, temperature, _seed(body)), body.get("stop")
-        )
+        text = self.model.complete(prompt, max_tokens, temperature, _seed(body))
+        tokens = tokenize(text)
+        if len(tokens) > max_tokens:
+            text = text[: tokens[max_tokens][0]]
+        return _cut(text, body.get("stop"))
 
     def _completion_choice(
         self, index: int, prompt: str, body: dict[str, Any], max_tokens: int
