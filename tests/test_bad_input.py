@@ -705,6 +705,42 @@ CASES = [
         r"repeats_context: expected bool \(true or false\), got 'yes'",
     ),
     Case(
+        "a backend stating requests of no prompts",
+        lambda t: dg.Capabilities(max_batch=0),
+        ValueError,
+        r"max_batch must be > 0, got 0",
+    ),
+    Case(
+        "a backend stating its batch size as text",
+        lambda t: dg.Capabilities(max_batch="8"),  # type: ignore[arg-type]
+        TypeError,
+        r"max_batch: expected int, got '8'",
+    ),
+    Case(
+        "a backend stating no calls at all may be in flight",
+        lambda t: dg.Capabilities(max_concurrency=0),
+        ValueError,
+        r"max_concurrency must be > 0, got 0",
+    ),
+    Case(
+        "a backend stating a context window of no tokens",
+        lambda t: dg.Capabilities(context_window=0),
+        ValueError,
+        r"context_window must be > 0, got 0",
+    ),
+    Case(
+        "a backend stating a negative number of first-token alternatives",
+        lambda t: dg.Capabilities(top_logprobs=-5),
+        ValueError,
+        r"top_logprobs must be >= 0, got -5",
+    ),
+    Case(
+        "a backend stating exact log-probabilities with a string",
+        lambda t: dg.Capabilities(exact_logprobs="no"),  # type: ignore[arg-type]
+        TypeError,
+        r"exact_logprobs: expected bool",
+    ),
+    Case(
         "several targets of one context that are not texts",
         lambda t: dg.ContinuationsRequest("x", [" yes", 3]),  # type: ignore[list-item]
         TypeError,

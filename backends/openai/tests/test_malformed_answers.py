@@ -314,6 +314,16 @@ async def test_an_answer_that_stays_malformed_fails_with_the_node_and_the_endpoi
     assert "node 'n'" in str(caught.value) and "has no text" in str(caught.value)
 
 
+async def test_an_answer_malformed_again_and_again_fails_after_three_paid_attempts() -> None:
+    """Not at the retry deadline, five minutes and dozens of paid requests later."""
+    async with AnswerServer({"choices": [{"index": 0, "text": None}]}) as server:
+        backend = dg.connect("openai", base_url=server.url, model="m", api_key=KEY, profile="sim")
+        async with dg.Engine(backend, retry=dg.RetryPolicy(initial_wait_s=0.01)) as engine:
+            with pytest.raises(dg.RetriesExhausted, match="malformed 3 times in a row"):
+                await engine.generate("hi", node="n")
+    assert server.requests == 3 and engine.statistics().total.retries == 2
+
+
 async def test_a_key_the_server_echoes_or_the_url_carries_appears_in_no_error() -> None:
     body = {"error": {"message": f"invalid api key {KEY} for user"}}
     async with AnswerServer(body, status=401) as server:
