@@ -40,9 +40,14 @@ Phase = Literal["forward", "posterior", "propose", "score", "eval"]
 PHASES: tuple[Phase, ...] = get_args(Phase)
 
 
-def _known_phase(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+def check_phase(name: str, value: object) -> Phase:
     if value not in PHASES:
-        raise ValueError(f"{attribute.name}={excerpt(value)}: expected one of {', '.join(PHASES)}")
+        raise ValueError(f"{name}={excerpt(value)}: expected one of {', '.join(PHASES)}")
+    return value
+
+
+def _known_phase(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    check_phase(attribute.name, value)
 
 
 MAX_SEED = 2**32 - 1

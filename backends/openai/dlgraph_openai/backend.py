@@ -491,10 +491,13 @@ def _messages(prompt: str) -> list[dict[str, str]]:
 
 
 def _int(value: object) -> int | None:
-    """A header or usage count, or None when the server sent none or nonsense."""
+    """A header or usage count, or None when the server sent none or nonsense (a negative
+    count too: the engine then estimates the call's tokens, where the count would have
+    paid a budget back)."""
     if value is None or isinstance(value, bool):
         return None
     try:
-        return int(float(value))  # type: ignore[arg-type]
+        count = int(float(value))  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
         return None
+    return count if count >= 0 else None
