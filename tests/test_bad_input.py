@@ -2150,6 +2150,24 @@ CLI_CASES = [
         ("train", "{config}", "--set", "train.steps=1\nzzz = 5"),
     ),
     CliCase(
+        "an instruction of the wrong type where the source does not read it",
+        None,
+        r"run.toml: \[data\] instruction: expected str, got 5",
+        ("train", "{config}", "--set", "data.instruction=5"),
+    ),
+    CliCase(
+        "a hidden node of no tokens where the preset has no hidden node",
+        None,
+        r"run.toml: \[network\] hidden_max_tokens: must be >= 1",
+        ("train", "{config}", "--set", "network.hidden_max_tokens=0"),
+    ),
+    CliCase(
+        "edges without the nodes they join",
+        None,
+        r"run.toml: \[network\] edges: edges need the nodes they join",
+        ("train", "{config}", "--set", 'network.edges=[["INPUT", "answer"]]'),
+    ),
+    CliCase(
         "a trainable node the network lacks",
         None,
         r"run.toml: \[train\] trainable: unknown node 'nosuch' \(nodes: ",
