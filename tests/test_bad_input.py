@@ -1109,6 +1109,12 @@ CASES = [
         r"evaluation data\[1\]: target names topic; the output nodes are answer",
     ),
     Case(
+        "a data line whose target names an output of no name",
+        lambda t: read_jsonl(_jsonl(t, b'{"input": "a", "target": {"": "yes"}}\n')),
+        dg.DataError,
+        r"train.jsonl:1: target: an output's name is empty",
+    ),
+    Case(
         "a JSONL target that is a list",
         lambda t: read_jsonl(_jsonl(t, b'{"input": "a", "target": ["yes"]}\n')),
         dg.DataError,

@@ -74,7 +74,10 @@ class Example:
             target = str(target)
         else:
             raise DataError(f"{where}: field 'target' must be text, or an object of texts")
-        return cls(str(record["input"]), target, source=where)
+        try:
+            return cls(str(record["input"]), target, source=where)
+        except (TypeError, ValueError) as error:  # the checks of Example itself
+            raise DataError(f"{where}: {error}") from None
 
 
 def check_dataset(examples: Sequence[Example], name: str) -> list[Example]:

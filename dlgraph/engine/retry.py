@@ -40,7 +40,9 @@ class RetryPolicy:
     initial_wait_s: float = attrs.field(default=0.25, validator=number(0))
     max_wait_s: float = attrs.field(default=10.0, validator=number(0))
     malformed_attempts: int = attrs.field(default=3, validator=integer(1, none=False))
-    """A call fails once this many attempts in a row were answered malformed."""
+    """A call fails once this many attempts in a row were answered malformed (a server that
+    garbles a share p of its answers then fails a call with probability p**this: raise it
+    for a flaky proxy)."""
 
 
 class _DeadlinePassed(Exception):

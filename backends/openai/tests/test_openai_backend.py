@@ -122,8 +122,8 @@ async def test_every_fault_kind_is_survived_and_counted() -> None:
     async with SimServer(config) as server:
         # a hang lasts an hour; the client's timeout must outlast any answer the server does
         # give, however busy the machine (with 0.5 s, a slow answer was once taken for a hang)
-        # 8% malformed answers are far from a real server's; a call answered so four times
-        # in a row would fail by design (RetryPolicy.malformed_attempts)
+        # 8% malformed answers are far from a real server's; a call answered so three times
+        # in a row would fail by design (RetryPolicy.malformed_attempts, default 3)
         retry = attrs.evolve(fast_retry(), malformed_attempts=10)
         async with dg.Engine(backend(server, timeout_s=3.0), retry=retry) as engine:
             texts = await gather(engine, [f"prompt {i}" for i in range(80)], max_tokens=4)

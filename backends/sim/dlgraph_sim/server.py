@@ -114,7 +114,8 @@ def _text(instance: object, attribute: attrs.Attribute[Any], value: object) -> N
     if value is None and attribute.name != "model":
         return
     if not isinstance(value, str):
-        raise TypeError(f"{attribute.name}: expected text, got {value!r}")
+        # the type alone: the value may be a key given the wrong way (bytes)
+        raise TypeError(f"{attribute.name}: expected text, got {type(value).__name__}")
     if not value and attribute.name == "model":
         raise ValueError("model: expected a non-empty name")
 
