@@ -141,15 +141,31 @@ def number(minimum: float | None = None, *, above: bool = False, none: bool = Tr
     return validate
 
 
+def check_instance(name: str, value: object, record: type, described: str) -> None:
+    """An instance of `record` (a class such as dg.Budget), named as `described` when not."""
+    if not isinstance(value, record):
+        raise TypeError(f"{name}: expected {described}, got {excerpt(value)}")
+
+
 def instance_of(record: type, described: str) -> Validator:
-    """An attrs validator: an instance of `record` (a class such as dg.Budget), named as
-    `described` when refused."""
+    """An attrs validator: `check_instance`."""
 
     def validate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not isinstance(value, record):
-            raise TypeError(f"{attribute.name}: expected {described}, got {excerpt(value)}")
+        check_instance(attribute.name, value, record, described)
 
     return validate
+
+
+def file_path(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """An attrs validator: a file or folder path (`check_path`), or None."""
+    if value is not None:
+        check_path(attribute.name, value)
+
+
+def function(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """An attrs validator: something to call."""
+    if not callable(value):
+        raise TypeError(f"{attribute.name}: expected a function, got {excerpt(value)}")
 
 
 def boolean(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:

@@ -14,6 +14,8 @@ from typing import Generic, TypeVar
 
 import attrs
 
+from dlgraph._validate import integer
+
 T = TypeVar("T")
 Value = TypeVar("Value", covariant=True)
 
@@ -23,14 +25,15 @@ class CallUsage:
     """What one call cost and what the server said of its limits, as far as the backend
     knows; None where it does not (the engine then estimates the tokens, keeps its limits)."""
 
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    remaining_requests: int | None = None
+    prompt_tokens: int | None = attrs.field(default=None, validator=integer(0))
+    completion_tokens: int | None = attrs.field(default=None, validator=integer(0))
+    """Counts of at least 0: a negative one would pay a budget back."""
+    remaining_requests: int | None = attrs.field(default=None, validator=integer(0))
     """Requests the server says are left in its current window (x-ratelimit-remaining-*)."""
-    remaining_tokens: int | None = None
-    limit_requests: int | None = None
+    remaining_tokens: int | None = attrs.field(default=None, validator=integer(0))
+    limit_requests: int | None = attrs.field(default=None, validator=integer(0))
     """The server's own requests-per-minute limit (x-ratelimit-limit-*)."""
-    limit_tokens: int | None = None
+    limit_tokens: int | None = attrs.field(default=None, validator=integer(0))
 
     @property
     def states_limits(self) -> bool:

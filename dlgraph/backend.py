@@ -40,9 +40,14 @@ Phase = Literal["forward", "posterior", "propose", "score", "eval"]
 PHASES: tuple[Phase, ...] = get_args(Phase)
 
 
-def _known_phase(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+def check_phase(name: str, value: object) -> Phase:
     if value not in PHASES:
-        raise ValueError(f"{attribute.name}={excerpt(value)}: expected one of {', '.join(PHASES)}")
+        raise ValueError(f"{name}={excerpt(value)}: expected one of {', '.join(PHASES)}")
+    return value
+
+
+def _known_phase(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    check_phase(attribute.name, value)
 
 
 MAX_SEED = 2**32 - 1
@@ -363,15 +368,15 @@ Work = Request | Batch
 class Capabilities:
     """What a backend can do; the engine reads this to choose a strategy, it never probes."""
 
-    exact_logprobs: bool = True
+    exact_logprobs: bool = attrs.field(default=True, validator=boolean)
     """`logprob` returns the exact summed log-probability of the target."""
-    top_logprobs: int = 0
+    top_logprobs: int = attrs.field(default=0, validator=integer(0, none=False))
     """How many first-token alternatives the backend can report (0: none)."""
-    max_batch: int = 1
+    max_batch: int = attrs.field(default=1, validator=integer(1, none=False))
     """How many prompts one request may carry."""
-    max_concurrency: int | None = None
+    max_concurrency: int | None = attrs.field(default=None, validator=integer(1))
     """A hard limit on calls in flight (1 for a model that is not thread-safe)."""
-    context_window: int | None = None
+    context_window: int | None = attrs.field(default=None, validator=integer(1))
     """The most tokens one call may hold, prompt and answer, when known: the trainer leaves
     out candidates whose demonstrations would not fit."""
     continuations: int = attrs.field(default=0, validator=integer(0, MAX_CONTINUATIONS))

@@ -9,7 +9,7 @@ import attrs
 
 from dlgraph._tasks import single_errors
 from dlgraph._untrusted import excerpt
-from dlgraph.backend import Phase
+from dlgraph.backend import Phase, check_phase
 from dlgraph.engine import Engine
 from dlgraph.errors import DataError
 from dlgraph.graph import Graph
@@ -47,6 +47,7 @@ async def forward(
     and each (node, example) a ``dlgraph.node`` span under it, parent of the node's calls.
     """
     graph.validate()
+    check_phase("phase", phase)
     inputs = _inputs(xs)
     tracer = engine.tracer
     order = graph.topological_order()

@@ -25,6 +25,8 @@ from dlgraph.templates import TemplateFailed
 
 FORMAT = "dlgraph.network"
 VERSION = 2
+DOCUMENT_KEYS = ("format", "version", "nodes", "edges")
+"""What a saved network holds (`to_json`)."""
 NODE_KEYS = ("name", "prompt", *NodeSettings.__annotations__)
 
 
@@ -300,10 +302,15 @@ class Graph:
                 f"not a dlgraph network (expected a JSON object, got {type(data).__name__})"
             )
         version = data.get("version")
-        if data.get("format") != FORMAT or version not in (1, VERSION):
+        if data.get("format") != FORMAT or type(version) is not int or version not in (1, VERSION):
             raise GraphError(
                 f"not a dlgraph network (format {excerpt(data.get('format'))}, version "
                 f"{excerpt(version)}; expected {FORMAT!r}, {VERSION})"
+            )
+        unknown = sorted(set(data) - set(DOCUMENT_KEYS))
+        if unknown:
+            raise GraphError(
+                f"unknown key {excerpt(unknown[0])} (a network holds {', '.join(DOCUMENT_KEYS)})"
             )
         graph = cls()
         for index, entry in enumerate(_list(data, "nodes")):

@@ -22,12 +22,15 @@ import numbers
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import attrs
 
 from dlgraph._entry_points import METRICS
 from dlgraph._numbers import last_number
 from dlgraph._untrusted import excerpt
+from dlgraph._validate import check_text
+from dlgraph._validate import function as a_function
 from dlgraph._validate import number as finite_number
 from dlgraph.data.example import Example
 from dlgraph.errors import DlgraphError, MetricError
@@ -40,6 +43,11 @@ Compare = Callable[[str, str], float]
 """One output's answer and its target to a score: how built-ins score each output node."""
 
 
+def _name(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not check_text("name", value).strip():
+        raise ValueError("name: a metric needs a name (errors, logs and results call it by it)")
+
+
 @attrs.frozen
 class Metric:
     """A metric and the name errors, logs and results call it by.
@@ -50,9 +58,11 @@ class Metric:
     1): a training run's dev comparison stops exactly once even that score on every example
     left would not win; unknown, it stops only on its confidence bound."""
 
-    name: str
-    function: MetricFunction = attrs.field(repr=False)
-    compare: Compare | None = attrs.field(default=None, kw_only=True, repr=False)
+    name: str = attrs.field(validator=_name)
+    function: MetricFunction = attrs.field(repr=False, validator=a_function)
+    compare: Compare | None = attrs.field(
+        default=None, kw_only=True, repr=False, validator=attrs.validators.optional(a_function)
+    )
     maximum: float | None = attrs.field(default=None, kw_only=True, validator=finite_number())
 
     @classmethod

@@ -234,6 +234,11 @@ def _classes(instance: ClassKind, attribute: attrs.Attribute[Any], value: tuple[
     names = [verbalizers(spec)[0] if verbalizers(spec) else "" for spec in value]
     if "" in names:
         raise ValueError(f"empty class in {excerpt(list(value))}")
+    for spec in value:
+        if "" in spec.split("|"):
+            raise ValueError(
+                f"class {excerpt(spec)}: an empty verbalizer (each '|' separates two spellings)"
+            )
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate class names in {excerpt(list(value))}")
     owner: dict[str, str] = {}
@@ -575,6 +580,12 @@ class NodeSettings(TypedDict, total=False):
 def make_node(name: str, prompt: str, **settings: Unpack[NodeSettings]) -> LanguageNode:
     """A node from the keywords of `Network.add_node`; the one path every node takes, built in
     code or loaded from a file. Raises GraphError naming the node and what is wrong."""
+    unknown = sorted(set(settings) - set(NodeSettings.__annotations__))
+    if unknown:
+        raise GraphError(
+            f"node {excerpt(name)}: unknown setting {excerpt(unknown[0])} (known: "
+            f"{', '.join(NodeSettings.__annotations__)})"
+        )
     try:
         trainable, output = settings.get("trainable", True), settings.get("output", False)
         check_bool("trainable", trainable)

@@ -67,7 +67,7 @@ def check_run(config: RunConfig) -> CheckedRun:
     """Everything that can be checked before a call or a deleted file: the config, the data
     (every target against the output nodes), the network, the backends and engine options.
     Raises ConfigError (or DataError, GraphError) naming what and where."""
-    task = config.task()
+    task = config.training_task()
     net = config.build_network(task)
     checked = CheckedRun(task, net, config.engine(), config.backward_engine())
     checked.trainer(config).check_data(task.train, task.dev)

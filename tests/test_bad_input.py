@@ -53,6 +53,11 @@ def data(*pairs: tuple[str, str]) -> list[dg.Example]:
 GOOD = data(("a", "yes"), ("b", "no"))
 
 
+def trainer(**arguments: object) -> dg.VariationalTrainer:
+    settings = {"net": one_node(), "engine": dg.Engine(MODEL.current)} | arguments
+    return dg.VariationalTrainer(**settings)  # type: ignore[arg-type]
+
+
 async def fit(**overrides: object) -> None:
     settings = {"train": GOOD, "dev": GOOD, "steps": 1, "batch_size": 2} | overrides
     async with dg.Engine(MODEL.current) as engine:
@@ -65,9 +70,9 @@ async def classify(classes: object) -> None:
         await engine.classify("Is it?", classes)  # type: ignore[arg-type]
 
 
-async def forward(net: dg.Network, xs: object) -> None:
+async def forward(net: dg.Network, xs: object, phase: object = "forward") -> None:
     async with dg.Engine(MODEL.current) as engine:
-        await net.forward(engine, xs)  # type: ignore[arg-type]
+        await net.forward(engine, xs, phase=phase)  # type: ignore[arg-type]
 
 
 async def _generate(**options: object) -> None:
@@ -429,6 +434,108 @@ CASES = [
         r"inputs\[0\]: expected text, got 1",
     ),
     # -- training and evaluation ---------------------------------------------------------------
+    Case(
+        "a forward pass of an unknown phase (was an exception group from its tasks)",
+        lambda t: forward(one_node(), ["x"], phase="bogus"),
+        ValueError,
+        r"phase='bogus': expected one of forward, posterior",
+    ),
+    Case(
+        "a metric without a name",
+        lambda t: dg.Metric("", lambda outputs, example: 1.0),
+        ValueError,
+        r"name: a metric needs a name",
+    ),
+    Case(
+        "a metric whose function is a string",
+        lambda t: dg.Metric("mine", "exact"),  # type: ignore[arg-type]
+        TypeError,
+        r"function: expected a function, got 'exact'",
+    ),
+    Case(
+        "an example whose source is a line number",
+        lambda t: dg.Example("x", "yes", source=17),  # type: ignore[arg-type]
+        TypeError,
+        r"source: expected str, got 17",
+    ),
+    Case(
+        "an example with a target for an output of no name",
+        lambda t: dg.Example("x", {"": "yes"}),
+        ValueError,
+        r"target: an output's name is empty",
+    ),
+    Case(
+        "an engine given no backend",
+        lambda t: dg.Engine(5),  # type: ignore[arg-type]
+        TypeError,
+        r"backend: expected a dg.Backend \(such as dg.connect returns\), got 5",
+    ),
+    Case(
+        "a journal path holding a NUL byte",
+        lambda t: dg.Engine(MODEL.current, journal="calls\0.jsonl"),
+        ValueError,
+        r"journal: a path may not hold a NUL byte",
+    ),
+    Case(
+        "a coalescing window of days",
+        lambda t: dg.Engine(MODEL.current, coalesce_ms=1e9),
+        ValueError,
+        r"coalesce_ms must be at most 60,000 \(a minute\), got 1e\+09",
+    ),
+    Case(
+        "a step callback that cannot be called (found only after the first paid step)",
+        lambda t: fit(on_step=5),
+        TypeError,
+        r"on_step: expected a function, got 5",
+    ),
+    Case(
+        "a step log path holding a NUL byte",
+        lambda t: fit(log_path="steps\0.jsonl"),
+        ValueError,
+        r"log_path: a path may not hold a NUL byte",
+    ),
+    Case(
+        "a checkpoint folder that is a number",
+        lambda t: fit(checkpoint_dir=5),
+        TypeError,
+        r"checkpoint_dir: expected a path, got 5",
+    ),
+    Case(
+        "a trainer given no engine",
+        lambda t: trainer(engine=5),
+        TypeError,
+        r"engine: expected a dg.Engine, got 5",
+    ),
+    Case(
+        "a trainer given a backward engine that is none",
+        lambda t: trainer(backward="gpt-4"),
+        TypeError,
+        r"backward: expected a dg.Engine, got 'gpt-4'",
+    ),
+    Case(
+        "a trainer given options that are no TrainerOptions",
+        lambda t: trainer(options={"seed": 1}),
+        TypeError,
+        r"options: expected a dg.TrainerOptions",
+    ),
+    Case(
+        "a trainer given no network",
+        lambda t: trainer(net="net.json"),
+        TypeError,
+        r"net: expected a dg.Network, got 'net.json'",
+    ),
+    Case(
+        "an estimate for a negative dev set",
+        lambda t: trainer().estimate(1, 2, dev_size=-1),
+        ValueError,
+        r"dev_size must be >= 0, got -1",
+    ),
+    Case(
+        "an estimate on training examples that are pairs, not examples",
+        lambda t: trainer().estimate(1, 2, [("x", "yes")]),  # type: ignore[list-item]
+        dg.DataError,
+        r"train\[0\]",
+    ),
     Case("an empty dev set", lambda t: fit(dev=[]), dg.DataError, r"dev: empty dataset"),
     Case("an empty train set", lambda t: fit(train=[]), dg.DataError, r"train: empty dataset"),
     Case(
@@ -705,6 +812,60 @@ CASES = [
         r"repeats_context: expected bool \(true or false\), got 'yes'",
     ),
     Case(
+        "a backend reporting a negative token count (it would pay a budget back)",
+        lambda t: dg.CallUsage(prompt_tokens=-1_000_000),
+        ValueError,
+        r"prompt_tokens must be >= 0, got -1000000",
+    ),
+    Case(
+        "a backend reporting a token count that is no whole number",
+        lambda t: dg.CallUsage(completion_tokens=1.5),  # type: ignore[arg-type]
+        TypeError,
+        r"completion_tokens: expected int, got 1.5",
+    ),
+    Case(
+        "a backend reporting the server's remaining requests as true",
+        lambda t: dg.CallUsage(remaining_requests=True),
+        TypeError,
+        r"remaining_requests: expected int",
+    ),
+    Case(
+        "a backend stating requests of no prompts",
+        lambda t: dg.Capabilities(max_batch=0),
+        ValueError,
+        r"max_batch must be > 0, got 0",
+    ),
+    Case(
+        "a backend stating its batch size as text",
+        lambda t: dg.Capabilities(max_batch="8"),  # type: ignore[arg-type]
+        TypeError,
+        r"max_batch: expected int, got '8'",
+    ),
+    Case(
+        "a backend stating no calls at all may be in flight",
+        lambda t: dg.Capabilities(max_concurrency=0),
+        ValueError,
+        r"max_concurrency must be > 0, got 0",
+    ),
+    Case(
+        "a backend stating a context window of no tokens",
+        lambda t: dg.Capabilities(context_window=0),
+        ValueError,
+        r"context_window must be > 0, got 0",
+    ),
+    Case(
+        "a backend stating a negative number of first-token alternatives",
+        lambda t: dg.Capabilities(top_logprobs=-5),
+        ValueError,
+        r"top_logprobs must be >= 0, got -5",
+    ),
+    Case(
+        "a backend stating exact log-probabilities with a string",
+        lambda t: dg.Capabilities(exact_logprobs="no"),  # type: ignore[arg-type]
+        TypeError,
+        r"exact_logprobs: expected bool",
+    ),
+    Case(
         "several targets of one context that are not texts",
         lambda t: dg.ContinuationsRequest("x", [" yes", 3]),  # type: ignore[list-item]
         TypeError,
@@ -856,6 +1017,42 @@ CASES = [
         r"net.json: not valid JSON",
     ),
     Case(
+        "a network file whose version is true",
+        lambda t: dg.Network.load(network_file(t, node_document() | {"version": True})),
+        dg.GraphError,
+        r"net.json: not a dlgraph network \(format 'dlgraph.network', version True",
+    ),
+    Case(
+        "a network file whose version is a fraction",
+        lambda t: dg.Network.load(network_file(t, node_document() | {"version": 2.0})),
+        dg.GraphError,
+        r"net.json: not a dlgraph network \(format 'dlgraph.network', version 2.0",
+    ),
+    Case(
+        "a network file with an unknown top-level key",
+        lambda t: dg.Network.load(network_file(t, node_document() | {"edge": []})),
+        dg.GraphError,
+        r"net.json: unknown key 'edge' \(a network holds format, version, nodes, edges\)",
+    ),
+    Case(
+        "a network file with an empty template",
+        lambda t: dg.Network.load(network_file(t, node_document(template=""))),
+        dg.GraphError,
+        r"net.json: node 'answer': template is empty",
+    ),
+    Case(
+        "a network file with a class of an empty spelling",
+        lambda t: dg.Network.load(network_file(t, node_document(classes=["yes|", "no"]))),
+        dg.GraphError,
+        r"net.json: node 'answer': class 'yes\|': an empty verbalizer",
+    ),
+    Case(
+        "a misspelt node setting in code",
+        lambda t: dg.Network().add_node("answer", "Answer.", clases=["yes", "no"]),  # type: ignore[call-arg]
+        dg.GraphError,
+        r"node 'answer': unknown setting 'clases' \(known: demonstrations, template, classes",
+    ),
+    Case(
         "a network file with an unknown node key",
         lambda t: dg.Network.load(network_file(t, node_document(colour="red"))),
         dg.GraphError,
@@ -910,6 +1107,12 @@ CASES = [
         lambda t: evaluate(data(("a", "yes")) + [dg.Example("b", {"topic": "no"})]),
         dg.DataError,
         r"evaluation data\[1\]: target names topic; the output nodes are answer",
+    ),
+    Case(
+        "a data line whose target names an output of no name",
+        lambda t: read_jsonl(_jsonl(t, b'{"input": "a", "target": {"": "yes"}}\n')),
+        dg.DataError,
+        r"train.jsonl:1: target: an output's name is empty",
     ),
     Case(
         "a JSONL target that is a list",
@@ -1458,7 +1661,7 @@ CASES = [
         "a ledger journal that is a number",
         lambda t: dg.Engine(MODEL.current, journal=5),
         TypeError,
-        r"journal: expected a file path, got 5",
+        r"journal: expected a path, got 5",
     ),
     Case(
         "a cache file with the right tables and a trigger over a recursive view",
@@ -1951,6 +2154,42 @@ CLI_CASES = [
         None,
         r"'train.steps=1\\nzzz = 5': a setting is one line",
         ("train", "{config}", "--set", "train.steps=1\nzzz = 5"),
+    ),
+    CliCase(
+        "an instruction of the wrong type where the source does not read it",
+        None,
+        r"run.toml: \[data\] instruction: expected str, got 5",
+        ("train", "{config}", "--set", "data.instruction=5"),
+    ),
+    CliCase(
+        "a hidden node of no tokens where the preset has no hidden node",
+        None,
+        r"run.toml: \[network\] hidden_max_tokens: must be >= 1",
+        ("train", "{config}", "--set", "network.hidden_max_tokens=0"),
+    ),
+    CliCase(
+        "edges without the nodes they join",
+        None,
+        r"run.toml: \[network\] edges: edges need the nodes they join",
+        ("train", "{config}", "--set", 'network.edges=[["INPUT", "answer"]]'),
+    ),
+    CliCase(
+        "a trainable node the network lacks",
+        None,
+        r"run.toml: \[train\] trainable: unknown node 'nosuch' \(nodes: ",
+        ("train", "{config}", "--set", 'train.trainable=["nosuch"]'),
+    ),
+    CliCase(
+        "a training run without dev examples",
+        None,
+        r"run.toml: \[data\] dev: no examples \(training needs some\)",
+        ("train", "{config}", "--set", "data.dev=0"),
+    ),
+    CliCase(
+        "an empty output folder (the config's own folder would take the run's files)",
+        None,
+        r"run.toml: \[output\] dir: an empty path",
+        ("train", "{config}", "--set", 'output.dir=""'),
     ),
     CliCase(
         "an output folder with a NUL byte",

@@ -227,6 +227,27 @@ async def test_retry_gives_up_at_once_on_rejected_request() -> None:
     assert calls == 1
 
 
+async def test_retry_stops_after_malformed_answers_in_a_row_and_only_in_a_row() -> None:
+    """Malformed, malformed, a dropped connection, then malformed three times: the drop
+    starts the count again, so the call fails on the sixth attempt, not the third."""
+    failures = [dg.MalformedAnswer("no text")] * 2 + [dg.TransientError("dropped")]
+    failures += [dg.MalformedAnswer("no text")] * 5
+    calls = 0
+
+    async def garbling(request):
+        nonlocal calls
+        calls += 1
+        raise failures[calls - 1]
+
+    async def sleep(seconds: float) -> None:
+        pass
+
+    retry = Retry(garbling, Ledger(), RetryPolicy(malformed_attempts=3), sleep=sleep)
+    with pytest.raises(dg.RetriesExhausted, match="malformed 3 times in a row") as caught:
+        await retry(dg.GenerateRequest("x"))
+    assert calls == 6 and isinstance(caught.value.__cause__, dg.MalformedAnswer)
+
+
 async def test_retry_raises_retries_exhausted_at_the_deadline() -> None:
     async def down(request):
         raise dg.TransientError("502 bad gateway")
@@ -388,10 +409,12 @@ def test_a_backoff_after_more_than_a_thousand_retries_is_the_longest_wait_not_an
         ({"deadline_s": 0}, "deadline_s"),
         ({"initial_wait_s": -0.5}, "initial_wait_s"),
         ({"max_wait_s": -1}, "max_wait_s"),
+        ({"malformed_attempts": 0}, "malformed_attempts"),
+        ({"malformed_attempts": 2.5}, "malformed_attempts"),
     ],
 )
 def test_a_retry_policy_refuses_a_deadline_of_nothing_and_negative_waits(setting, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((TypeError, ValueError), match=message):
         RetryPolicy(**setting)
 
 

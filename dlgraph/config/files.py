@@ -111,13 +111,16 @@ class Section:
         return value
 
     def file_path(self, key: str, default: str | None = None) -> str | None:
-        """A file or folder path (text without a NUL byte)."""
+        """A file or folder path (text without a NUL byte). An empty one is refused: it
+        would name the config's own folder, or no file at all."""
         value: str | None = self.get(key, str, default)
         if value is not None:
             try:
                 check_path(key, value)
             except ValueError as error:
                 raise ConfigError(f"{self.path}: [{self.name}] {error}") from None
+            if not value.strip():
+                raise ConfigError(f"{self.where(key)}: an empty path")
         return value
 
     @overload

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import attrs
 
+from dlgraph._untrusted import excerpt
 from dlgraph.config.engines import ENGINE_KEYS, EngineConfig
 from dlgraph.config.files import SECTIONS, Section, apply_settings, bracketed, read_tables
 from dlgraph.config.presets import network_from
@@ -111,7 +112,7 @@ class RunConfig:
     def check(self) -> None:
         """Every check that needs no backend connected nor shared limit joined: the data and
         the network it describes, the engines' plugin names, options and limits."""
-        self.build_network(self.task())
+        self.build_network(self.training_task())
         for engine in (self.forward, self.backward):
             if engine is not None:
                 engine.check()
@@ -120,6 +121,14 @@ class RunConfig:
         """The data: a generated task, a task of the DLN paper, or JSONL files."""
         return task_from(self.data)
 
+    def training_task(self) -> Task:
+        """The data of a training run, which learns on train and chooses on dev."""
+        task = self.task()
+        for split in ("train", "dev"):
+            if not getattr(task, split):
+                raise ConfigError(f"{self.data.where(split)}: no examples (training needs some)")
+        return task
+
     def engine(self) -> Engine:
         return self.forward.build()
 
@@ -127,5 +136,13 @@ class RunConfig:
         return None if self.backward is None else self.backward.build()
 
     def build_network(self, task: Task) -> Network:
-        """`kind = "dln1"` or `"dln2"` from the task, or explicit nodes and edges."""
-        return network_from(self.network, task)
+        """`kind = "dln1"` or `"dln2"` from the task, or explicit nodes and edges; the nodes
+        ``[train] trainable`` names must be among them."""
+        net = network_from(self.network, task)
+        for name in self.options.trainable or ():
+            if name not in net.nodes:
+                raise ConfigError(
+                    f"{self.path}: [train] trainable: unknown node {excerpt(name)} (nodes: "
+                    f"{', '.join(net.nodes)})"
+                )
+        return net

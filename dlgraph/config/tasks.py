@@ -23,6 +23,9 @@ def task_from(data: Section) -> Task:
         raise ConfigError(
             f"{data.where('source')}: expected generated, paper or jsonl, got {excerpt(source)}"
         )
+    for key, kind in (("task", str), ("seed", int), ("classes", list), ("instruction", str)):
+        data.get(key, kind)  # checked whatever the source reads, as a --set may switch it
+    data.file_path("path")
     splits = ("train", "dev", "test")
     try:
         if source == "generated":

@@ -34,6 +34,8 @@ def _target(value: object) -> str | dict[str, str]:
                 raise TypeError(
                     f"target: expected text for each output, got {excerpt(key)}: {excerpt(item)}"
                 )
+            if not key:
+                raise ValueError(f"target: an output's name is empty (its answer {excerpt(item)})")
         return dict(value)
     raise TypeError(f"target: expected text or an object of texts by output, got {excerpt(value)}")
 
@@ -45,7 +47,9 @@ class Example:
 
     input: str = attrs.field(validator=text)
     target: str | dict[str, str] = attrs.field(converter=_target)
-    source: str | None = attrs.field(default=None, kw_only=True, eq=False, repr=False)
+    source: str | None = attrs.field(
+        default=None, kw_only=True, eq=False, repr=False, validator=attrs.validators.optional(text)
+    )
     """Where the example was read (``train.jsonl:17``), so that errors can say so."""
 
     def where(self, fallback: str) -> str:
@@ -70,7 +74,10 @@ class Example:
             target = str(target)
         else:
             raise DataError(f"{where}: field 'target' must be text, or an object of texts")
-        return cls(str(record["input"]), target, source=where)
+        try:
+            return cls(str(record["input"]), target, source=where)
+        except (TypeError, ValueError) as error:  # the checks of Example itself
+            raise DataError(f"{where}: {error}") from None
 
 
 def check_dataset(examples: Sequence[Example], name: str) -> list[Example]:

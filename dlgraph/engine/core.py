@@ -56,6 +56,8 @@ from dlgraph._validate import (
     check_number,
     check_path,
     class_strings,
+    file_path,
+    function,
     instance_of,
     integer,
     strings,
@@ -92,9 +94,15 @@ DEFAULT_COALESCE_MS = 10.0
 """The coalescing window under an rpm limit, where each request then carries many calls."""
 
 
+MAX_COALESCE_MS = 60_000
+"""A coalescing window longer than a minute holds every call back that long: a typo."""
+
+
 def _coalesce_ms(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value != "auto":
-        check_number(attribute.name, value, 0)
+    if value != "auto" and check_number(attribute.name, value, 0) > MAX_COALESCE_MS:
+        raise ValueError(
+            f"coalesce_ms must be at most {MAX_COALESCE_MS:,} (a minute), got {value:g}"
+        )
 
 
 def _cache(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -111,16 +119,6 @@ def _price(instance: object, attribute: attrs.Attribute[Any], value: object) -> 
             f"price: expected a dg.Price or a table of them by backend identity, "
             f"got {excerpt(value)}"
         )
-
-
-def _callable(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not callable(value):
-        raise TypeError(f"{attribute.name}: expected a function, got {excerpt(value)}")
-
-
-def _journal(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not isinstance(value, str | os.PathLike):
-        raise TypeError(f"journal: expected a file path, got {value!r}")
 
 
 @attrs.define(eq=False, slots=False)
@@ -143,7 +141,9 @@ class Engine(anyio.AsyncContextManagerMixin):
     tracer provider), a `Tracing` record, or False (see `dlgraph.engine.tracing`).
     """
 
-    backend: Backend
+    backend: Backend = attrs.field(
+        validator=instance_of(Backend, "a dg.Backend (such as dg.connect returns)")
+    )
     rpm: float | None = attrs.field(default=None, kw_only=True, validator=per_minute)
     tpm: float | None = attrs.field(default=None, kw_only=True, validator=per_minute)
     max_concurrency: int | None = attrs.field(default=None, kw_only=True, validator=integer(1))
@@ -172,16 +172,16 @@ class Engine(anyio.AsyncContextManagerMixin):
     )
     """Cost per million tokens, or a table of them by backend identity."""
     clock: Callable[[], float] = attrs.field(
-        default=anyio.current_time, kw_only=True, validator=_callable
+        default=anyio.current_time, kw_only=True, validator=function
     )
     sleep: Callable[[float], Awaitable[None]] = attrs.field(
-        default=anyio.sleep, kw_only=True, validator=_callable
+        default=anyio.sleep, kw_only=True, validator=function
     )
     seed: int = attrs.field(default=0, kw_only=True, validator=integer())
     """Seeds the jitter of retries and pauses."""
     shared_limit: GrantSource | None = attrs.field(default=None, kw_only=True)
     journal: str | os.PathLike[str] | None = attrs.field(
-        default=None, kw_only=True, validator=_journal
+        default=None, kw_only=True, validator=file_path
     )
     """A file where every call is recorded as it is sent (see `dlgraph.engine.journal`): an
     engine opened on one counts the calls of earlier processes in its statistics and budget."""

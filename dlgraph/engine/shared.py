@@ -24,6 +24,7 @@ import attrs
 
 from dlgraph._entry_points import SHARED_LIMITS
 from dlgraph._untrusted import excerpt
+from dlgraph._validate import integer, number
 
 BLOCK_S = 0.1
 """A borrowed block holds about this many seconds of the endpoint's rate."""
@@ -32,11 +33,14 @@ BLOCK_S = 0.1
 @attrs.frozen
 class Grant:
     """What a source lent: whole requests and tokens, or nothing and how long to wait first
-    (a pause after a 429, or the time the bucket needs to refill)."""
+    (a pause after a 429, or the time the bucket needs to refill).
 
-    requests: int
-    tokens: int
-    wait_s: float = 0.0
+    Checked on construction: a grant comes from a plugin, and a fraction, a negative count or
+    a NaN wait would otherwise reach the engine's bookkeeping and its sleeps unnoticed."""
+
+    requests: int = attrs.field(validator=integer(0, none=False))
+    tokens: int = attrs.field(validator=integer(0, none=False))
+    wait_s: float = attrs.field(default=0.0, validator=number(0, none=False))
 
 
 @runtime_checkable

@@ -69,6 +69,10 @@ class Template:
         """Compile a built-in template by name, or template text. ValueError if it does not
         parse or is one word that names no built-in template (a misspelt name);
         TemplateRefused if it says something prompts may not."""
+        if not name_or_text.strip():
+            raise ValueError(
+                f"template is empty (built-in: {', '.join(BUILTIN)}; or give template text)"
+            )
         if name_or_text.isidentifier() and name_or_text not in BUILTIN:
             raise ValueError(
                 f"unknown template {excerpt(name_or_text)} (built-in: {', '.join(BUILTIN)}; "

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Protocol
 
 import attrs
+from attrs.validators import optional
 
 from dlgraph._files import remove_stale_temporaries, write_atomic
-from dlgraph._validate import integer
+from dlgraph._validate import file_path, function, integer
 from dlgraph.data.example import Example, check_dataset
 from dlgraph.engine import Engine, Usage
 from dlgraph.errors import BudgetExhausted, CheckpointError
@@ -108,9 +109,15 @@ class Training:
     train: list[Example] = attrs.field(converter=_train_set)
     dev: list[Example] = attrs.field(converter=_dev_set)
     schedule: Schedule
-    checkpoint_dir: str | os.PathLike[str] | None = attrs.field(default=None, kw_only=True)
-    log_path: str | os.PathLike[str] | None = attrs.field(default=None, kw_only=True)
-    on_step: StepCallback | None = attrs.field(default=None, kw_only=True)
+    checkpoint_dir: str | os.PathLike[str] | None = attrs.field(
+        default=None, kw_only=True, validator=file_path
+    )
+    log_path: str | os.PathLike[str] | None = attrs.field(
+        default=None, kw_only=True, validator=file_path
+    )
+    on_step: StepCallback | None = attrs.field(
+        default=None, kw_only=True, validator=optional(function)
+    )
     metric: Metric = attrs.field(default=DEFAULT, kw_only=True)
     """Decides which network is kept: dev evaluations, selection, early stopping."""
     history: list[StepRecord] = attrs.field(factory=list, init=False)

@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 
+from dlgraph._validate import check_instance, check_int
 from dlgraph.data.example import Example, check_dataset
 from dlgraph.engine import Engine
 from dlgraph.errors import DataError
@@ -61,6 +62,12 @@ class VariationalTrainer:
         backward: Engine | None = None,
         **keywords: Any,
     ) -> None:
+        check_instance("net", net, Network, "a dg.Network")
+        check_instance("engine", engine, Engine, "a dg.Engine")
+        if backward is not None:
+            check_instance("backward", backward, Engine, "a dg.Engine")
+        if options is not None:
+            check_instance("options", options, TrainerOptions, "a dg.TrainerOptions")
         self.net = net
         self.engine = engine
         self.backward = engine if backward is None else backward
@@ -237,6 +244,9 @@ class VariationalTrainer:
         own, which neither figure counts and the estimate names in `unknown`."""
         chosen = resolve_metric(metric)
         schedule = Schedule(steps=steps, batch_size=batch_size, eval_every=eval_every)
+        check_int("dev_size", dev_size, 0)
+        if train:  # examples to measure prompt lengths on (none: the bound alone)
+            train = check_dataset(train, "train")
         setup = self._setup()
         factors = self.tally.factors()
         found = estimate(self._phases(setup), setup, schedule, train, dev_size, factors)

@@ -43,6 +43,17 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: object) 
         raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
 
 
+def _model_path(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """None for the default model; an empty path (an unset environment variable) is refused
+    rather than read as the default, which would train another model than the one meant."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"model_path: expected a file path, got {value!r}")
+    if not value.strip() or "\0" in value:
+        raise ValueError(f"model_path: expected a .gguf file's path, got {value!r}")
+
+
 def _boolean(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{attribute.name}: expected bool (true or false), got {value!r}")
@@ -77,9 +88,8 @@ class LlamaCppModel(anyio.AsyncContextManagerMixin, dg.Backend):
     machine in a child process (`guard.py`); True or False decides without trying.
     """
 
-    model_path: str | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
-    )
+    model_path: str | None = attrs.field(default=None, validator=_model_path)
+    """A .gguf file (checked on entering, where the model loads); None: Gemma 3 270M."""
     n_ctx: int | None = attrs.field(default=None, validator=_positive)
     """KV cells shared by all sequences; by default 256 per parallel sequence (at least 2048)."""
     n_threads: int | None = attrs.field(default=None, validator=_positive)

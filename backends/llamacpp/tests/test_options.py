@@ -55,3 +55,11 @@ def test_a_config_with_a_wrong_max_samples_names_file_and_section(tmp_path) -> N
     )
     with pytest.raises(dg.ConfigError, match=r"run.toml: \[backend\] max_samples: expected int"):
         RunConfig.read(config).forward.build()
+
+
+@pytest.mark.parametrize("value", ["", "  ", "model\0.gguf", 5])
+def test_a_model_path_that_is_empty_or_no_path_is_refused_not_read_as_the_default(
+    value: object,
+) -> None:
+    with pytest.raises((TypeError, ValueError), match="model_path"):
+        LlamaCppModel(model_path=value)  # type: ignore[arg-type]

@@ -60,20 +60,33 @@ def _profile(value: str | Profile) -> Profile:
     return PROFILES[value]
 
 
+def _text(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name}: expected text, got {type(value).__name__}")
+
+
+def _model_name(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    _text(instance, attribute, value)
+    if not str(value).strip():
+        raise ValueError("model: expected the model's name, got an empty one")
+
+
 @attrs.define(eq=False)
 class OpenAIBackend(dg.Backend):
     """An OpenAI-compatible endpoint. `api_key` defaults to the profile's environment variable
     and appears in no repr, log line or error."""
 
-    model: str
+    model: str = attrs.field(validator=_model_name)
     base_url: str | None = attrs.field(default=None, repr=lambda url: repr(public_url(url or "")))
-    api_key: str | None = attrs.field(default=None, repr=False)
+    api_key: str | None = attrs.field(
+        default=None, repr=False, validator=attrs.validators.optional(_text)
+    )
     profile: Profile = attrs.field(default=PROFILES["openai"], converter=_profile)
     api: Literal["completions", "chat"] = attrs.field(
         default="completions", validator=attrs.validators.in_(("completions", "chat"))
     )
-    timeout_s: float = 60.0
-    max_batch: int | None = None
+    timeout_s: float = attrs.field(default=60.0, validator=plugin.number(0, above=True, none=False))
+    max_batch: int | None = attrs.field(default=None, validator=plugin.integer(1))
     """Prompts per request when coalescing (default: the profile's)."""
     max_continuations: int | None = attrs.field(
         default=None, validator=plugin.integer(0, plugin.MAX_CONTINUATIONS)
@@ -98,8 +111,10 @@ class OpenAIBackend(dg.Backend):
     either way). False: every verbalizer in one request of several prompts, for a server
     limited by requests rather than tokens. Default: the profile's (on for openai, azure and
     sim, which bill or limit tokens; off for vllm, which caches the repeated context)."""
-    connections: int = 256
-    tokenizer: Callable[[str], int] | None = None
+    connections: int = attrs.field(default=256, validator=plugin.integer(1, none=False))
+    tokenizer: Callable[[str], int] | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.is_callable())
+    )
     """Counts tokens as the server does (e.g. with tiktoken), for rate limits and budgets;
     default: about four characters per token."""
     context_window: int | None = attrs.field(default=None, validator=plugin.integer(1))
@@ -476,10 +491,13 @@ def _messages(prompt: str) -> list[dict[str, str]]:
 
 
 def _int(value: object) -> int | None:
-    """A header or usage count, or None when the server sent none or nonsense."""
+    """A header or usage count, or None when the server sent none or nonsense (a negative
+    count too: the engine then estimates the call's tokens, where the count would have
+    paid a budget back)."""
     if value is None or isinstance(value, bool):
         return None
     try:
-        return int(float(value))  # type: ignore[arg-type]
+        count = int(float(value))  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
         return None
+    return count if count >= 0 else None

@@ -314,6 +314,35 @@ async def test_an_answer_that_stays_malformed_fails_with_the_node_and_the_endpoi
     assert "node 'n'" in str(caught.value) and "has no text" in str(caught.value)
 
 
+async def test_an_answer_malformed_again_and_again_fails_after_three_paid_attempts() -> None:
+    """Not at the retry deadline, five minutes and dozens of paid requests later."""
+    async with AnswerServer({"choices": [{"index": 0, "text": None}]}) as server:
+        backend = dg.connect("openai", base_url=server.url, model="m", api_key=KEY, profile="sim")
+        async with dg.Engine(backend, retry=dg.RetryPolicy(initial_wait_s=0.01)) as engine:
+            with pytest.raises(dg.RetriesExhausted, match="malformed 3 times in a row"):
+                await engine.generate("hi", node="n")
+    assert server.requests == 3 and engine.statistics().total.retries == 2
+
+
+@pytest.mark.parametrize("count", [-1_000_000, "-5", 1e400, "lots"])
+async def test_a_token_count_that_is_negative_or_nonsense_is_estimated_and_the_budget_holds(
+    count: object,
+) -> None:
+    """A hostile server's negative usage would pay a token budget back call after call."""
+    body = {
+        "choices": [{"index": 0, "text": " fine"}],
+        "usage": {"prompt_tokens": count, "completion_tokens": count},
+    }
+    async with AnswerServer(body) as server:
+        backend = dg.connect("openai", base_url=server.url, model="m", api_key=KEY, profile="sim")
+        async with dg.Engine(backend, budget=dg.Budget(max_tokens=100), cache=False) as engine:
+            with pytest.raises(dg.BudgetExhausted):
+                for _ in range(30):
+                    await engine.generate("Say something kind about the weather.", max_tokens=8)
+            total = engine.statistics().total
+    assert 0 < total.tokens_in and 0 < total.tokens_out and server.requests < 30
+
+
 async def test_a_key_the_server_echoes_or_the_url_carries_appears_in_no_error() -> None:
     body = {"error": {"message": f"invalid api key {KEY} for user"}}
     async with AnswerServer(body, status=401) as server:

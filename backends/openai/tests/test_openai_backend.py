@@ -63,6 +63,22 @@ async def test_logprob_through_echo_matches_the_servers_token_logprobs() -> None
     assert value == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("api", ["completions", "chat"])
+async def test_the_simulated_server_answers_and_bills_no_more_than_max_tokens(api: str) -> None:
+    """A scripted model may write on; a server stops at max_tokens and charges what it sent,
+    also after an echoed prompt (where the tokens billed decide a TPM run's wall time)."""
+    model = SimModel(complete=lambda prompt, max_tokens, temperature, seed: " one two three four")
+    async with SimServer(ServerConfig(api_key=KEY), model) as server:
+        async with dg.Engine(backend(server, api=api), cache=False) as engine:
+            text = await engine.generate("Count:", max_tokens=2)
+            generated = engine.statistics().total.tokens_out
+            if api == "completions":
+                await engine.logprob("Count:", " one")
+    assert text == " one two" and generated == 2
+    if api == "completions":  # echo_max_tokens = 1: one token written after the prompt
+        assert engine.statistics().total.tokens_out == 3
+
+
 async def test_logprob_through_vllm_prompt_logprobs_matches_echo() -> None:
     vllm_only = attrs.evolve(PROFILES["sim"], echo_logprobs=False, prompt_logprobs=True)
     async with SimServer(ServerConfig(api_key=KEY)) as server:
@@ -106,7 +122,10 @@ async def test_every_fault_kind_is_survived_and_counted() -> None:
     async with SimServer(config) as server:
         # a hang lasts an hour; the client's timeout must outlast any answer the server does
         # give, however busy the machine (with 0.5 s, a slow answer was once taken for a hang)
-        async with dg.Engine(backend(server, timeout_s=3.0), retry=fast_retry()) as engine:
+        # 8% malformed answers are far from a real server's; a call answered so three times
+        # in a row would fail by design (RetryPolicy.malformed_attempts, default 3)
+        retry = attrs.evolve(fast_retry(), malformed_attempts=10)
+        async with dg.Engine(backend(server, timeout_s=3.0), retry=retry) as engine:
             texts = await gather(engine, [f"prompt {i}" for i in range(80)], max_tokens=4)
         total = engine.statistics().total
     assert len(texts) == 80 and all(texts)
@@ -588,6 +607,24 @@ def test_samples_are_drawn_together_where_the_profile_s_server_takes_n(
     assert drawn(max_samples=4) == min(4, samples) and drawn(max_samples=0) == 0
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"model": ""}, "model: expected the model's name"),
+        ({"model": None}, "model: expected text, got NoneType"),
+        ({"max_batch": -3}, "max_batch must be > 0"),
+        ({"max_batch": 2.0}, "max_batch: expected int"),
+        ({"timeout_s": float("nan")}, "timeout_s"),
+        ({"connections": True}, "connections: expected int"),
+        ({"tokenizer": 4}, "'tokenizer' must be callable"),
+    ],
+)
+def test_an_option_of_the_wrong_kind_or_range_is_refused_naming_it(options, message) -> None:
+    """Checked on construction, as a config file's are, not at the first request."""
+    with pytest.raises((TypeError, ValueError), match=message):
+        OpenAIBackend(**({"model": "m", "profile": "vllm"} | options))
+
+
 @pytest.mark.parametrize("value", [-1, 129, True, "8"])
 def test_a_max_samples_that_is_no_count_is_refused(value: object) -> None:
     with pytest.raises((TypeError, ValueError), match="max_samples"):
@@ -600,6 +637,13 @@ def test_a_max_samples_that_is_no_count_is_refused(value: object) -> None:
         ("max_samples = -2", r"max_samples must be >= 0, got -2"),
         ('max_samples = "all"', r"max_samples: expected int, got 'all'"),
         ('first_token_classes = "no"', r"first_token_classes: expected bool"),
+        ("max_batch = 0", r"max_batch must be > 0, got 0"),
+        ('max_batch = "8"', r"max_batch: expected int, got '8'"),
+        ("timeout_s = -1", r"timeout_s must be > 0, got -1"),
+        ('timeout_s = "1m"', r"timeout_s: expected float, got '1m'"),
+        ("connections = 0", r"connections must be > 0, got 0"),
+        ("api_key = 12345", r"api_key: expected text, got int"),
+        ('tokenizer = "tiktoken"', r"'tokenizer' must be callable"),
     ],
 )
 def test_a_config_with_a_wrong_openai_option_names_file_and_section(

@@ -16,11 +16,26 @@ NAMESPACE = "dlgraph"
 """Named actors (shared limits) live here, so that every job on a cluster finds them."""
 
 
+def check_address(address: object) -> None:
+    """`address` is None (the Ray running, ``RAY_ADDRESS``, or a new local one) or the text of
+    a cluster's address; anything else is refused naming it, before Ray is asked."""
+    if address is None:
+        return
+    if not isinstance(address, str):
+        raise TypeError(
+            f"address: expected a Ray address as text (such as 'HOST:6379' or 'auto'), "
+            f"got {address!r}"
+        )
+    if not address.strip():
+        raise ValueError("address: expected a Ray address (such as 'HOST:6379'), got ''")
+
+
 def join(address: str | None = None) -> bool:
     """Connect to Ray: the cluster at `address`, else ``RAY_ADDRESS`` or a Ray started on this
     machine with ``ray start``, else a new local one in process. True when this call started
     or joined it (and so should shut it down). An address where nothing answers is refused
     within seconds (Ray itself would keep trying for minutes)."""
+    check_address(address)
     if ray.is_initialized():
         return False
     if address is not None:

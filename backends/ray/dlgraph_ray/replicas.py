@@ -22,7 +22,7 @@ from ray.exceptions import RayActorError
 
 import dlgraph as dg
 from dlgraph import plugin
-from dlgraph_ray.cluster import join, resolve
+from dlgraph_ray.cluster import check_address, join, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,55 @@ def pool(
     )
 
 
+def check_pool(
+    backend: str,
+    *,
+    replicas: int = 1,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    address: str | None = None,
+    max_attempts: int = 4,
+    **options: Any,
+) -> None:
+    """Every check `pool` makes before it starts Ray or a replica (a sweep's up-front check of
+    a config with ``[backend] name = "ray"``); raises what `pool` would."""
+    _check(backend, replicas, num_cpus, num_gpus, address, max_attempts, options)
+
+
+def _check(
+    backend: object,
+    replicas: object,
+    num_cpus: object,
+    num_gpus: object,
+    address: object,
+    max_attempts: object,
+    options: dict[str, Any],
+) -> None:
+    """The pool's own options, then the hosted backend's: it is built here, not entered (no
+    model loaded, no connection made), so that a bad option is refused naming it rather than
+    by each replica as it starts."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected the name of an installed backend, got {backend!r}")
+    if backend == "ray":
+        raise ValueError("backend: a replica cannot itself be a pool of replicas")
+    known = dg.BackendRegistry.from_entry_points().names()
+    if backend not in known:
+        raise dg.UnknownBackend(f"unknown backend {backend!r} (known: {', '.join(known)})")
+    _positive("replicas", replicas, whole=True)
+    _positive("max_attempts", max_attempts, whole=True)
+    _positive("num_cpus", num_cpus)
+    _positive("num_gpus", num_gpus)
+    check_address(address)
+    try:
+        dg.connect(backend, **options)
+    except dg.DlgraphError:
+        raise
+    except TypeError as error:
+        raise TypeError(f"{backend}: {error}") from error
+    except ValueError as error:
+        raise ValueError(f"{backend}: {error}") from error
+
+
 @attrs.define(eq=False)
 class ReplicaPool(dg.Backend):
     """`replicas` actors each running ``dg.connect(backend, **options)``, with `num_cpus` and
@@ -117,19 +166,15 @@ class ReplicaPool(dg.Backend):
     """Replicas that died and were replaced."""
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.backend, str):
-            raise TypeError(
-                f"backend: expected the name of an installed backend, got {self.backend!r}"
-            )
-        if self.backend == "ray":
-            raise ValueError("backend: a replica cannot itself be a pool of replicas")
-        known = dg.BackendRegistry.from_entry_points().names()
-        if self.backend not in known:
-            raise dg.UnknownBackend(f"unknown backend {self.backend!r} (known: {', '.join(known)})")
-        _positive("replicas", self.replicas, whole=True)
-        _positive("max_attempts", self.max_attempts, whole=True)
-        _positive("num_cpus", self.num_cpus)
-        _positive("num_gpus", self.num_gpus)
+        _check(
+            self.backend,
+            self.replicas,
+            self.num_cpus,
+            self.num_gpus,
+            self.address,
+            self.max_attempts,
+            self.options,
+        )
         join(self.address)
         self._slots = [_Slot(self._spawn()) for _ in range(self.replicas)]
         try:

@@ -52,12 +52,15 @@ from dlgraph.plugin import (
     StepRecord,
     Task,
     VariationalTrainer,
+    check_number,
+    connect,
     parse_setting,
     prepare_folder,
     train_run,
     write_atomic,
 )
-from dlgraph_ray.cluster import join
+from dlgraph_ray.cluster import check_address, join
+from dlgraph_ray.replicas import check_pool
 
 Echo = Callable[[str], None]
 
@@ -81,19 +84,52 @@ def split_values(text: str) -> list[str]:
     return [value.strip() for value in values]
 
 
+SEED = ("train", "seed")
+"""The key each trial's ``--seeds`` value sets, last: a grid or ``--set`` of it would be
+overridden, running identical trials."""
+
+
+def refuse_seed(option: str, setting: str, keys: tuple[str, ...]) -> None:
+    if keys == SEED:
+        raise ConfigError(
+            f"{option} {setting!r}: a sweep sets train.seed from --seeds (one trial per seed); "
+            "give the seeds there, as in --seeds 1 2"
+        )
+
+
 def parse_axis(spec: str) -> list[str]:
-    """``section.key=v1,v2`` -> the settings ``section.key=v1``, ``section.key=v2``."""
+    """``section.key=v1,v2`` -> the settings ``section.key=v1``, ``section.key=v2``; values
+    are compared as the config reads them, so ``1`` and ``+1`` are one value given twice."""
     name, equals, values = spec.partition("=")
     if not equals or not values.strip():
         raise ConfigError(f"--grid {spec!r}: expected section.key=value1,value2")
     settings = [f"{name.strip()}={value}" for value in split_values(values)]
+    values_read: list[Any] = []
     for setting in settings:
         if not setting.partition("=")[2]:
             raise ConfigError(f"--grid {spec!r}: an empty value")
-        parse_setting(setting)
-    if len(set(settings)) != len(settings):
-        raise ConfigError(f"--grid {spec!r}: a value is given twice")
+        keys, value = parse_setting(setting)
+        refuse_seed("--grid", spec, keys)
+        for earlier, seen in zip(settings, values_read, strict=False):
+            if _same(value, seen):
+                raise ConfigError(
+                    f"--grid {spec!r}: a value is given twice "
+                    f"({earlier.partition('=')[2]!r} and {setting.partition('=')[2]!r})"
+                )
+        values_read.append(value)
     return settings
+
+
+def _same(one: object, other: object) -> bool:
+    """Whether two parsed values set a key alike: numbers by value (``1``, ``+1``, ``0x1``,
+    ``1.0``), but ``true`` never equals ``1``, in lists and tables too."""
+    if isinstance(one, bool) or isinstance(other, bool):
+        return type(one) is type(other) and one == other
+    if isinstance(one, list) and isinstance(other, list):
+        return len(one) == len(other) and all(map(_same, one, other))
+    if isinstance(one, dict) and isinstance(other, dict):
+        return one.keys() == other.keys() and all(_same(one[k], other[k]) for k in one)
+    return one == other
 
 
 @attrs.frozen
@@ -320,6 +356,36 @@ def _shared(config: RunConfig) -> list[str]:
     return settings
 
 
+def _check_options(cpus: object, gpus: object, retries: object, address: object) -> None:
+    for name, value in (("--cpus-per-trial", cpus), ("--gpus-per-trial", gpus)):
+        try:
+            check_number(name, value, 0)  # NaN and infinity too: Ray would take them
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a finite number >= 0, got {value!r}") from None
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"--retries: expected a whole number >= 0, got {retries!r}")
+    try:
+        check_address(address)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"--{error}") from None
+
+
+def check_backends(config: RunConfig) -> None:
+    """The engines' backends built as ``dlgraph train`` builds them (`dlgraph.connect`), and
+    not entered: their options are checked, no model is loaded, no server asked. A pool of
+    replicas (``name = "ray"``) is checked without starting Ray, its hosted backend built here."""
+    for engine in (config.forward, config.backward):
+        if engine is None:
+            continue
+        try:
+            if engine.backend == "ray":
+                check_pool(**engine.backend_options)
+            else:
+                connect(engine.backend, **engine.backend_options)
+        except (TypeError, ValueError, DlgraphError) as error:
+            raise ConfigError(f"{engine.path}: [{engine.backend_section}] {error}") from error
+
+
 def sweep(
     config: str | os.PathLike[str],
     grid: Sequence[str] = (),
@@ -337,15 +403,9 @@ def sweep(
     """Run every trial not finished yet, on Ray; write trials.jsonl, summary.csv,
     summary.jsonl and summary.png (with matplotlib) into the sweep's folder (default: the
     config's output folder + ``-sweep``)."""
-    for name, value in (
-        ("--cpus-per-trial", cpus_per_trial),
-        ("--gpus-per-trial", gpus_per_trial),
-        ("--retries", retries),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ConfigError(f"{name}: expected a number >= 0, got {value!r}")
-    if not isinstance(retries, int):
-        raise ConfigError(f"--retries: expected a whole number, got {retries!r}")
+    _check_options(cpus_per_trial, gpus_per_trial, retries, address)
+    for setting in settings:
+        refuse_seed("--set", setting, parse_setting(setting)[0])
     path = Path(config).resolve()
     trials = plan(grid, seeds)
     overrides = {}
@@ -353,6 +413,7 @@ def sweep(
         try:
             checked = RunConfig.read(path, [*settings, *trial.overrides()])
             checked.check()
+            check_backends(checked)
         except ConfigError as error:
             raise ConfigError(f"trial {trial.setting} seed {trial.seed}: {error}") from None
         extra = _shared(checked) if shared_limit else []

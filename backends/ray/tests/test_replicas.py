@@ -161,7 +161,7 @@ async def test_samples_of_one_prompt_in_one_call_are_forwarded_whole_to_a_replic
         ({"backend": "sim", "num_cpus": -1}, ValueError, "num_cpus: expected a number >= 0"),
         ({"backend": "sim", "num_gpus": "one"}, ValueError, "num_gpus: expected a number >= 0"),
         ({"backend": "sim", "max_attempts": 0}, ValueError, "max_attempts: expected an integer"),
-        ({"backend": "sim", "no_such_option": 1}, dg.BackendError, "failed to start"),
+        ({"backend": "sim", "no_such_option": 1}, TypeError, "sim: .*'no_such_option'"),
     ],
 )
 def test_bad_pool_options_are_refused_naming_the_option(

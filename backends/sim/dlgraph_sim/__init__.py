@@ -19,6 +19,7 @@ import anyio
 import attrs
 
 import dlgraph as dg
+from dlgraph import plugin
 
 __all__ = ["CallRecord", "ScriptedModel", "stable_random"]
 
@@ -36,13 +37,33 @@ def stable_random(*parts: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _table(rules: Mapping[str, str]) -> GenerateRule:
-    compiled = [(re.compile(pattern), text) for pattern, text in rules.items()]
+def _shown(value: object) -> str:
+    """A value as an error shows it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _table(rules: Mapping[Any, Any]) -> GenerateRule:
+    """A table of ``{pattern: text}``; every pattern is compiled here, so that a bad one
+    (from a config file, say) is refused on construction, not at the first call."""
+    compiled = []
+    for pattern, text in rules.items():
+        if not isinstance(pattern, str) or not isinstance(text, str):
+            raise TypeError(
+                f"generate: expected a table of {{pattern: text}}, got {_shown(pattern)}: "
+                f"{_shown(text)}"
+            )
+        try:
+            compiled.append((re.compile(pattern), text))
+        except re.error as error:
+            raise ValueError(
+                f"generate: {_shown(pattern)} is not a valid pattern ({error})"
+            ) from None
 
     def generate(request: dg.GenerateRequest) -> str:
-        for pattern, text in compiled:
+        for pattern, answer in compiled:
             if pattern.search(request.prompt):
-                return text
+                return answer
         return ""
 
     return generate
@@ -57,7 +78,51 @@ def _silent(request: dg.GenerateRequest) -> str:
 
 
 def _as_rule(rule: GenerateRule | Mapping[str, str]) -> GenerateRule:
-    return _table(rule) if isinstance(rule, Mapping) else rule
+    if isinstance(rule, Mapping):
+        return _table(rule)
+    if not callable(rule):
+        raise TypeError(
+            "generate: expected a function of the request or a table of {pattern: text}, "
+            f"got {_shown(rule)}"
+        )
+    return rule
+
+
+def _function(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if attribute.name == "fault":
+        if value is not None and not callable(value):
+            raise TypeError(
+                f"fault: expected None or a function of (request, call number), got {_shown(value)}"
+            )
+    elif not callable(value):
+        raise TypeError(
+            f"{attribute.alias}: expected a function of the request, got {_shown(value)}"
+        )
+
+
+def _latency(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """Seconds waited per call (finite: a call that never ends is a `fault`), or a function
+    of the request giving them."""
+    if callable(value):
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"latency_s: expected seconds (a number >= 0) or a function of the request, "
+            f"got {_shown(value)}"
+        )
+    plugin.check_number("latency_s", value, 0)
+
+
+def _name(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"name: expected text, got {_shown(value)}")
+    if not value:
+        raise ValueError("name: expected a non-empty text (it names the model in its identity)")
+
+
+def _capabilities(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, dg.Capabilities):
+        raise TypeError(f"capabilities: expected a dlgraph.Capabilities, got {_shown(value)}")
 
 
 @attrs.frozen
@@ -75,14 +140,18 @@ class ScriptedModel(dg.Backend):
     `generate` is a function of the request, or a table ``{regex: text}`` matched against the
     prompt (first match wins, else ""). `logprob` is a function of the request. `fault` may
     return an exception to raise for (request, call number). `latency_s` is waited per call.
+    Every option is checked on construction, naming it: they may come from a config file's
+    ``[backend] options``.
     """
 
     generate_rule: GenerateRule = attrs.field(default=_silent, alias="generate", converter=_as_rule)
-    logprob_rule: LogprobRule = attrs.field(default=_default_logprob, alias="logprob")
-    fault: FaultRule | None = None
-    latency_s: float | Callable[[Any], float] = 0.0
-    name: str = "scripted"
-    capabilities: dg.Capabilities = attrs.field(factory=dg.Capabilities)
+    logprob_rule: LogprobRule = attrs.field(
+        default=_default_logprob, alias="logprob", validator=_function
+    )
+    fault: FaultRule | None = attrs.field(default=None, validator=_function)
+    latency_s: float | Callable[[Any], float] = attrs.field(default=0.0, validator=_latency)
+    name: str = attrs.field(default="scripted", validator=_name)
+    capabilities: dg.Capabilities = attrs.field(factory=dg.Capabilities, validator=_capabilities)
     calls: list[CallRecord] = attrs.field(factory=list, init=False)
     closed: bool = attrs.field(default=False, init=False)
 

@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 from aiohttp import web
 
+from dlgraph import plugin
 from dlgraph_sim import stable_random
 
 _TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])|\s+")
@@ -94,31 +95,59 @@ def _default_token_logprob(prefix: str, token: str) -> float:
     return -(0.05 + 4.0 * stable_random(prefix[-64:], token))
 
 
+RETRY_AFTER = ("ms", "seconds", "date", "none")
+
+
+def _rate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A share of attempts, from 0 to 1."""
+    if plugin.check_number(attribute.name, value, 0) > 1:
+        raise ValueError(f"{attribute.name} must be <= 1 (a share of attempts), got {value!r}")
+
+
+def _retry_after(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in RETRY_AFTER:
+        raise ValueError(f"retry_after: expected one of {', '.join(RETRY_AFTER)}, got {value!r}")
+
+
+def _text(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """Text; non-empty for the model's name (clients send it back), None where allowed."""
+    if value is None and attribute.name != "model":
+        return
+    if not isinstance(value, str):
+        # the type alone: the value may be a key given the wrong way (bytes)
+        raise TypeError(f"{attribute.name}: expected text, got {type(value).__name__}")
+    if not value and attribute.name == "model":
+        raise ValueError("model: expected a non-empty name")
+
+
 @attrs.frozen(kw_only=True)
 class ServerConfig:
-    model: str = "sim-1"
-    api_key: str | None = None
-    rpm: float | None = None
-    tpm: float | None = None
-    burst_s: float = 1.0
-    retry_after: str = "ms"
+    """How the simulated server behaves; checked on construction (each field named), so that
+    a benchmark or a test cannot run against a server that quietly ignores a bad setting."""
+
+    model: str = attrs.field(default="sim-1", validator=_text)
+    api_key: str | None = attrs.field(default=None, validator=_text, repr=False)
+    rpm: float | None = attrs.field(default=None, validator=plugin.number(0, above=True))
+    tpm: float | None = attrs.field(default=None, validator=plugin.number(0, above=True))
+    burst_s: float = attrs.field(default=1.0, validator=plugin.number(0, above=True, none=False))
+    retry_after: str = attrs.field(default="ms", validator=_retry_after)
     """How a 429 says when to come back: "ms" (retry-after-ms), "seconds", "date" or "none"."""
-    latency_median_s: float = 0.0
-    latency_sigma: float = 0.5
-    error_rate: float = 0.0
+    latency_median_s: float = attrs.field(default=0.0, validator=plugin.number(0, none=False))
+    latency_sigma: float = attrs.field(default=0.5, validator=plugin.number(0, none=False))
+    error_rate: float = attrs.field(default=0.0, validator=_rate)
     """Share of attempts answered 500, 502 or 503."""
-    drop_rate: float = 0.0
+    drop_rate: float = attrs.field(default=0.0, validator=_rate)
     """Share of attempts whose connection is closed without an answer."""
-    hang_rate: float = 0.0
+    hang_rate: float = attrs.field(default=0.0, validator=_rate)
     """Share of attempts that never answer (past any sane client timeout)."""
-    malformed_rate: float = 0.0
-    poison: str | None = "POISON"
+    malformed_rate: float = attrs.field(default=0.0, validator=_rate)
+    poison: str | None = attrs.field(default="POISON", validator=_text)
     """A prompt containing this text is refused with 400."""
-    max_batch: int = 64
-    context_window: int | None = None
+    max_batch: int = attrs.field(default=64, validator=plugin.integer(1, none=False))
+    context_window: int | None = attrs.field(default=None, validator=plugin.integer(1))
     """The most tokens one prompt and its max_tokens may hold (as vLLM, stated in /v1/models
     as ``max_model_len``); a request over it is refused with 400."""
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=plugin.integer(none=False))
 
 
 @attrs.frozen
@@ -404,11 +433,15 @@ class SimServer:
         return prompts, max_tokens, answer
 
     def _generate(self, prompt: str, body: dict[str, Any], max_tokens: int) -> str:
-        """The model's continuation under the request's sampling fields, cut at a stop sequence."""
+        """The model's continuation under the request's sampling fields, no longer than
+        `max_tokens` tokens (a model function may write more; a server never answers more,
+        nor charges for more) and cut at a stop sequence."""
         temperature = float(body.get("temperature", 1.0))
-        return _cut(
-            self.model.complete(prompt, max_tokens, temperature, _seed(body)), body.get("stop")
-        )
+        text = self.model.complete(prompt, max_tokens, temperature, _seed(body))
+        tokens = tokenize(text)
+        if len(tokens) > max_tokens:
+            text = text[: tokens[max_tokens][0]]
+        return _cut(text, body.get("stop"))
 
     def _completion_choice(
         self, index: int, prompt: str, body: dict[str, Any], max_tokens: int
@@ -604,6 +637,11 @@ def main() -> None:
         parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=field.default)
     args = vars(parser.parse_args())
     port = args.pop("port")
+    for name, value in args.items():  # one at a time, to name the option at fault
+        try:
+            ServerConfig(**{name: value})
+        except (TypeError, ValueError) as error:
+            parser.error(f"--{name.replace('_', '-')}: {error}")
     config = ServerConfig(**args)
 
     async def serve() -> None:
