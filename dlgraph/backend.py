@@ -589,6 +589,17 @@ class BackendRegistry:
             factory = factory.load()
         return factory
 
+    def check(self, name: str, /, **options: Any) -> None:
+        """Every check building the backend called `name` with `options` makes, without what
+        building may start: through the factory's own ``check`` when it has one (a factory
+        that joins a cluster or starts processes on building), else by building the backend
+        and dropping it (building makes no call: a backend connects or loads on entering)."""
+        check = getattr(self.factory(name), "check", None)
+        if callable(check):
+            check(**options)
+        else:
+            self.connect(name, **options)
+
     def connect(self, name: str, /, **options: Any) -> Backend:
         """Build the backend called `name`; raises UnknownBackend listing the known names."""
         backend = self.factory(name)(**options)

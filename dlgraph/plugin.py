@@ -11,7 +11,10 @@ too (``error.usage``). State what the backend can do in `Capabilities` (its cont
 when known; `continuations`, up to `MAX_CONTINUATIONS`, when it implements `continuations`:
 several continuations of one context scored in one call; `samples`, up to `MAX_SAMPLES`, when
 it implements `samples`: several samples of one prompt drawn in one call). A backend that
-sends work elsewhere whole overrides `Backend.handle` instead.
+sends work elsewhere whole overrides `Backend.handle` instead. Building a backend makes no
+call (it connects or loads on entering), so a config's check builds it and drops it; a
+factory whose building starts something (a cluster, processes) has a ``check`` attribute
+taking the same options, which makes every check building would and starts nothing.
 
 **Shared limits** (group ``dlgraph.shared_limits``: a factory taking the endpoint's key and
 returning a `GrantSource`). The source lends `Grant`s of an endpoint's allowance to engines

@@ -49,6 +49,43 @@ def test_registry_accepts_in_process_backends() -> None:
     assert registry.names() == ["mine"]
 
 
+def test_a_check_builds_the_backend_or_asks_the_factory_s_own_check_and_starts_nothing() -> None:
+    """A factory whose building starts something (a cluster) says so with a ``check``."""
+    built, checked = [], []
+
+    def starts_a_cluster(**options: object) -> dg.Backend:
+        built.append(options)
+        return ScriptedModel()
+
+    def check(**options: object) -> None:
+        if options.get("replicas", 1) < 1:  # type: ignore[operator]
+            raise ValueError("replicas must be >= 1")
+        checked.append(options)
+
+    starts_a_cluster.check = check  # type: ignore[attr-defined]
+    registry = dg.BackendRegistry()
+    registry.register("cluster", starts_a_cluster)
+    registry.register("plain", lambda **options: ScriptedModel(**options))  # type: ignore[arg-type]
+    registry.check("cluster", replicas=2)
+    with pytest.raises(ValueError, match="replicas must be >= 1"):
+        registry.check("cluster", replicas=0)
+    with pytest.raises(TypeError, match="latency_s"):
+        registry.check("plain", latency_s="slow")
+    assert checked == [{"replicas": 2}] and built == []
+
+
+def test_a_config_check_refuses_bad_backend_options_naming_file_and_section(tmp_path) -> None:
+    from dlgraph.config import RunConfig
+
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '[backend]\nname = "sim"\noptions = { latency_s = -1 }\n'
+        '[data]\ntask = "tweets"\n[network]\nkind = "dln1"\n'
+    )
+    with pytest.raises(dg.ConfigError, match=r"run.toml: \[backend\] latency_s must be >= 0"):
+        RunConfig.read(config).check()
+
+
 def test_requests_validate_their_fields() -> None:
     with pytest.raises(ValueError, match="max_tokens must be > 0"):
         dg.GenerateRequest("x", max_tokens=0)

@@ -33,8 +33,9 @@ class EngineConfig:
         return self._engine(connect_backend=True)
 
     def check(self) -> None:
-        """Every check `build` makes that needs no backend or shared limit made: the names
-        are installed plugins, the engine options and limits are valid."""
+        """Every check `build` makes without joining a shared limit or starting what a
+        backend's building may start (`BackendRegistry.check`): the names are installed
+        plugins, the backend's options, the engine's options and limits are valid."""
         self._engine(connect_backend=False)
 
     def _engine(self, connect_backend: bool) -> Engine:
@@ -47,7 +48,7 @@ class EngineConfig:
             if connect_backend:
                 backend = connect(self.backend, **self.backend_options)
             else:
-                BackendRegistry.from_entry_points().factory(self.backend)
+                BackendRegistry.from_entry_points().check(self.backend, **self.backend_options)
                 backend = Backend()
         except (TypeError, ValueError, DlgraphError) as error:
             raise ConfigError(f"{self.path}: [{self.backend_section}] {error}") from error

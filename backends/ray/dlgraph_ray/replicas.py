@@ -106,9 +106,12 @@ def check_pool(
     max_attempts: int = 4,
     **options: Any,
 ) -> None:
-    """Every check `pool` makes before it starts Ray or a replica (a sweep's up-front check of
-    a config with ``[backend] name = "ray"``); raises what `pool` would."""
+    """Every check `pool` makes before it starts Ray or a replica (a config's check, with
+    ``[backend] name = "ray"``: `BackendRegistry.check`); raises what `pool` would."""
     _check(backend, replicas, num_cpus, num_gpus, address, max_attempts, options)
+
+
+pool.check = check_pool  # type: ignore[attr-defined]  # the factory's check, found by the core
 
 
 def _check(

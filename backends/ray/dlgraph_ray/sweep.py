@@ -53,14 +53,12 @@ from dlgraph.plugin import (
     Task,
     VariationalTrainer,
     check_number,
-    connect,
     parse_setting,
     prepare_folder,
     train_run,
     write_atomic,
 )
 from dlgraph_ray.cluster import check_address, join
-from dlgraph_ray.replicas import check_pool
 
 Echo = Callable[[str], None]
 
@@ -370,22 +368,6 @@ def _check_options(cpus: object, gpus: object, retries: object, address: object)
         raise ConfigError(f"--{error}") from None
 
 
-def check_backends(config: RunConfig) -> None:
-    """The engines' backends built as ``dlgraph train`` builds them (`dlgraph.connect`), and
-    not entered: their options are checked, no model is loaded, no server asked. A pool of
-    replicas (``name = "ray"``) is checked without starting Ray, its hosted backend built here."""
-    for engine in (config.forward, config.backward):
-        if engine is None:
-            continue
-        try:
-            if engine.backend == "ray":
-                check_pool(**engine.backend_options)
-            else:
-                connect(engine.backend, **engine.backend_options)
-        except (TypeError, ValueError, DlgraphError) as error:
-            raise ConfigError(f"{engine.path}: [{engine.backend_section}] {error}") from error
-
-
 def sweep(
     config: str | os.PathLike[str],
     grid: Sequence[str] = (),
@@ -413,7 +395,6 @@ def sweep(
         try:
             checked = RunConfig.read(path, [*settings, *trial.overrides()])
             checked.check()
-            check_backends(checked)
         except ConfigError as error:
             raise ConfigError(f"trial {trial.setting} seed {trial.seed}: {error}") from None
         extra = _shared(checked) if shared_limit else []
