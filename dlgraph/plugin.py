@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from dlgraph._entry_points import BACKENDS, COMMANDS, METRICS, SHARED_LIMITS, PluginGroup
 from dlgraph._files import prepare_folder, write_atomic
+from dlgraph._untrusted import excerpt
 from dlgraph._validate import boolean, check_int, check_number, integer, number
 from dlgraph.answer import NO_USAGE, Answer, CallUsage, as_answer
 from dlgraph.backend import (
@@ -150,6 +151,7 @@ __all__ = [
     "check_int",
     "check_number",
     "connect",
+    "excerpt",
     "integer",
     "number",
     "parse_setting",

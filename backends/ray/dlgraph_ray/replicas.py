@@ -107,25 +107,10 @@ def check_pool(
     **options: Any,
 ) -> None:
     """Every check `pool` makes before it starts Ray or a replica (a config's check, with
-    ``[backend] name = "ray"``: `BackendRegistry.check`); raises what `pool` would."""
-    _check(backend, replicas, num_cpus, num_gpus, address, max_attempts, options)
-
-
-pool.check = check_pool  # type: ignore[attr-defined]  # the factory's check, found by the core
-
-
-def _check(
-    backend: object,
-    replicas: object,
-    num_cpus: object,
-    num_gpus: object,
-    address: object,
-    max_attempts: object,
-    options: dict[str, Any],
-) -> None:
-    """The pool's own options, then the hosted backend's: it is built here, not entered (no
-    model loaded, no connection made), so that a bad option is refused naming it rather than
-    by each replica as it starts."""
+    ``[backend] name = "ray"``: `BackendRegistry.check`); raises what `pool` would. The
+    pool's own options, then the hosted backend's: it is built here, not entered (no model
+    loaded, no connection made), so that a bad option is refused naming it rather than by
+    each replica as it starts."""
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected the name of an installed backend, got {backend!r}")
     if backend == "ray":
@@ -146,6 +131,9 @@ def _check(
         raise TypeError(f"{backend}: {error}") from error
     except ValueError as error:
         raise ValueError(f"{backend}: {error}") from error
+
+
+pool.check = check_pool  # type: ignore[attr-defined]  # the factory's check, found by the core
 
 
 @attrs.define(eq=False)
@@ -169,14 +157,14 @@ class ReplicaPool(dg.Backend):
     """Replicas that died and were replaced."""
 
     def __attrs_post_init__(self) -> None:
-        _check(
+        check_pool(
             self.backend,
-            self.replicas,
-            self.num_cpus,
-            self.num_gpus,
-            self.address,
-            self.max_attempts,
-            self.options,
+            replicas=self.replicas,
+            num_cpus=self.num_cpus,
+            num_gpus=self.num_gpus,
+            address=self.address,
+            max_attempts=self.max_attempts,
+            **self.options,
         )
         join(self.address)
         self._slots = [_Slot(self._spawn()) for _ in range(self.replicas)]

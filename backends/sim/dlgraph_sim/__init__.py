@@ -37,12 +37,6 @@ def stable_random(*parts: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _shown(value: object) -> str:
-    """A value as an error shows it: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _table(rules: Mapping[Any, Any]) -> GenerateRule:
     """A table of ``{pattern: text}``; every pattern is compiled here, so that a bad one
     (from a config file, say) is refused on construction, not at the first call."""
@@ -50,14 +44,14 @@ def _table(rules: Mapping[Any, Any]) -> GenerateRule:
     for pattern, text in rules.items():
         if not isinstance(pattern, str) or not isinstance(text, str):
             raise TypeError(
-                f"generate: expected a table of {{pattern: text}}, got {_shown(pattern)}: "
-                f"{_shown(text)}"
+                f"generate: expected a table of {{pattern: text}}, got {plugin.excerpt(pattern)}: "
+                f"{plugin.excerpt(text)}"
             )
         try:
             compiled.append((re.compile(pattern), text))
         except re.error as error:
             raise ValueError(
-                f"generate: {_shown(pattern)} is not a valid pattern ({error})"
+                f"generate: {plugin.excerpt(pattern)} is not a valid pattern ({error})"
             ) from None
 
     def generate(request: dg.GenerateRequest) -> str:
@@ -83,7 +77,7 @@ def _as_rule(rule: GenerateRule | Mapping[str, str]) -> GenerateRule:
     if not callable(rule):
         raise TypeError(
             "generate: expected a function of the request or a table of {pattern: text}, "
-            f"got {_shown(rule)}"
+            f"got {plugin.excerpt(rule)}"
         )
     return rule
 
@@ -92,11 +86,11 @@ def _function(instance: object, attribute: attrs.Attribute[Any], value: object) 
     if attribute.name == "fault":
         if value is not None and not callable(value):
             raise TypeError(
-                f"fault: expected None or a function of (request, call number), got {_shown(value)}"
+                f"fault: expected None or a function of (request, call number), got {plugin.excerpt(value)}"
             )
     elif not callable(value):
         raise TypeError(
-            f"{attribute.alias}: expected a function of the request, got {_shown(value)}"
+            f"{attribute.alias}: expected a function of the request, got {plugin.excerpt(value)}"
         )
 
 
@@ -108,21 +102,23 @@ def _latency(instance: object, attribute: attrs.Attribute[Any], value: object) -
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(
             f"latency_s: expected seconds (a number >= 0) or a function of the request, "
-            f"got {_shown(value)}"
+            f"got {plugin.excerpt(value)}"
         )
     plugin.check_number("latency_s", value, 0)
 
 
 def _name(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str):
-        raise TypeError(f"name: expected text, got {_shown(value)}")
+        raise TypeError(f"name: expected text, got {plugin.excerpt(value)}")
     if not value:
         raise ValueError("name: expected a non-empty text (it names the model in its identity)")
 
 
 def _capabilities(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, dg.Capabilities):
-        raise TypeError(f"capabilities: expected a dlgraph.Capabilities, got {_shown(value)}")
+        raise TypeError(
+            f"capabilities: expected a dlgraph.Capabilities, got {plugin.excerpt(value)}"
+        )
 
 
 @attrs.frozen
